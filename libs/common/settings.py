@@ -1,0 +1,80 @@
+"""Settings shared by every service, and the base each service's settings extend.
+
+Shared values use the prefix ``SHOPLOOP_`` (``SHOPLOOP_API_KEYS``, ``SHOPLOOP_KAFKA__BOOTSTRAP_SERVERS``);
+a service's own values use ``SHOPLOOP_<SERVICE>__`` (``SHOPLOOP_INGEST__DATABASE_URL``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_API_KEYS = "dev-admin-key:admin;dev-ingest-key:ingest;dev-read-key:read;dev-campaigns-key:campaigns"
+SCOPES = ("ingest", "read", "campaigns", "admin")
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    # tansu (the embedded broker) does not implement the idempotent producer; Apache Kafka does.
+    enable_idempotence: bool = False
+    topic_partitions: int = Field(default=8, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    request_timeout_ms: int = Field(default=10_000, ge=100)
+    linger_ms: int = Field(default=2, ge=0)
+    max_batch_bytes: int = Field(default=1_048_576, ge=16_384)
+    client_id_prefix: str = "shoploop"
+
+
+class CommonSettings(BaseSettings):
+    """Values every service reads under the ``SHOPLOOP_`` prefix."""
+
+    model_config = SettingsConfigDict(env_prefix="SHOPLOOP_", env_nested_delimiter="__", extra="ignore")
+
+    env: Literal["local", "test", "staging", "production"] = "local"
+    api_keys: str = DEV_API_KEYS
+    currency: str = Field(default="CNY", pattern=r"^[A-Z]{3}$")
+    timezone: str = "UTC"
+    log_level: str = "INFO"
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _no_dev_keys_outside_local(self) -> CommonSettings:
+        if self.env in ("local", "test"):
+            return self
+        from libs.common.auth import parse_api_keys
+
+        dev_keys = set(parse_api_keys(DEV_API_KEYS))
+        used = sorted(dev_keys & set(parse_api_keys(self.api_keys)))
+        if used:
+            raise ValueError(
+                f"SHOPLOOP_ENV={self.env}: refusing to start with the embedded stack's development API keys "
+                f"({', '.join(used)}); set SHOPLOOP_API_KEYS to your own keys"
+            )
+        return self
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+class ServiceSettings(BaseSettings):
+    """Base of each service's settings; subclasses set ``env_prefix`` to ``SHOPLOOP_<NAME>__``."""
+
+    model_config = SettingsConfigDict(env_nested_delimiter="__", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    database_url: str = "sqlite+aiosqlite:///.data/shoploop.db"
+    common: CommonSettings = Field(default_factory=CommonSettings)

@@ -1,0 +1,125 @@
+"""The ingest service's own table: rejected events, read from ``shoploop.events.rejected.v1``."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel
+from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text, and_, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from libs.common.db import Migration, create_all, insert
+from libs.common.events import epoch_micros, format_timestamp, from_epoch_micros
+
+metadata = MetaData()
+rejected_events = Table(
+    "rejected_events",
+    metadata,
+    Column("rejection_id", String(64), primary_key=True),
+    Column("received_us", BigInteger, nullable=False, index=True),
+    Column("format", String(16), nullable=False),
+    Column("route", String(64), nullable=False),
+    Column("item_index", Integer, nullable=False),
+    Column("error", Text, nullable=False),
+    Column("raw", Text, nullable=False),
+    Column("replayed_us", BigInteger, nullable=True),
+    Column("replayed_event_id", String(256), nullable=True),
+)
+MIGRATIONS = [Migration(1, "rejected events", create_all(metadata))]
+
+
+class RejectedRecord(BaseModel):
+    """A rejected event as kept on the rejected-events topic: raw body and the reason."""
+
+    rejection_id: str
+    received_at: datetime
+    format: Literal["native", "segment"]
+    route: str
+    index: int
+    error: str
+    raw: Any
+
+
+def _moment(micros: int | None) -> str | None:
+    return None if micros is None else format_timestamp(from_epoch_micros(micros))
+
+
+async def record_rejections(connection: AsyncConnection, records: Sequence[RejectedRecord]) -> None:
+    """Store rejected events (a replayed topic record is already there: do nothing)."""
+    rows = [
+        {
+            "rejection_id": r.rejection_id, "received_us": epoch_micros(r.received_at), "format": r.format,
+            "route": r.route, "item_index": r.index, "error": r.error, "raw": orjson.dumps(r.raw).decode(),
+        }
+        for r in records
+    ]
+    await connection.execute(
+        insert(connection, rejected_events).on_conflict_do_nothing(index_elements=["rejection_id"]), rows
+    )
+
+
+def _public(row: Any) -> dict[str, Any]:
+    return {
+        "rejection_id": row.rejection_id, "received_at": _moment(row.received_us), "format": row.format,
+        "route": row.route, "index": row.item_index, "error": row.error, "raw": orjson.loads(row.raw),
+        "replayed_at": _moment(row.replayed_us), "replayed_event_id": row.replayed_event_id,
+    }
+
+
+def _encode_cursor(row: Any) -> str:
+    return base64.urlsafe_b64encode(f"{row.received_us}:{row.rejection_id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    """Raise ValueError for a cursor this API did not hand out."""
+    try:
+        received, _, rejection_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
+        return int(received), rejection_id
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError("cursor is not one this API returned") from exc
+
+
+async def list_rejected(
+    connection: AsyncConnection, *, status: Literal["pending", "replayed", "all"], limit: int, cursor: str | None
+) -> dict[str, Any]:
+    """Newest first, keyset-paginated."""
+    query = select(rejected_events).order_by(rejected_events.c.received_us.desc(), rejected_events.c.rejection_id.desc())
+    if status == "pending":
+        query = query.where(rejected_events.c.replayed_us.is_(None))
+    elif status == "replayed":
+        query = query.where(rejected_events.c.replayed_us.is_not(None))
+    if cursor is not None:
+        received_us, rejection_id = decode_cursor(cursor)
+        query = query.where(
+            or_(
+                rejected_events.c.received_us < received_us,
+                and_(rejected_events.c.received_us == received_us, rejected_events.c.rejection_id < rejection_id),
+            )
+        )
+    rows = (await connection.execute(query.limit(limit + 1))).all()
+    page = rows[:limit]
+    return {
+        "items": [_public(row) for row in page],
+        "next_cursor": _encode_cursor(page[-1]) if len(rows) > limit else None,
+    }
+
+
+async def load_rejected(connection: AsyncConnection, rejection_ids: Sequence[str]) -> dict[str, Any]:
+    rows = (
+        await connection.execute(select(rejected_events).where(rejected_events.c.rejection_id.in_(set(rejection_ids))))
+    ).all()
+    return {row.rejection_id: row for row in rows}
+
+
+async def mark_replayed(connection: AsyncConnection, replayed: dict[str, str], at: datetime) -> None:
+    """``replayed`` maps rejection_id to the event_id it was published as."""
+    for rejection_id, event_id in replayed.items():
+        await connection.execute(
+            update(rejected_events)
+            .where(rejected_events.c.rejection_id == rejection_id)
+            .values(replayed_us=epoch_micros(at), replayed_event_id=event_id)
+        )

@@ -1,0 +1,42 @@
+"""Wire the ingest service: settings -> database, publisher, rejected-events consumer -> app."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from prometheus_client import Counter
+
+from libs.common.db import Database
+from libs.common.kafka import REJECTED_TOPIC, Subscription
+from libs.common.service import Service, create_app
+from services.ingest.adapters.rejected import MIGRATIONS, RejectedRecord, metadata
+from services.ingest.api import router
+from services.ingest.handlers import keep_rejections
+from services.ingest.ratelimit import RateLimiter
+from services.ingest.settings import IngestSettings
+
+DESCRIPTION = (
+    "Validates storefront behaviour events (native and Segment-compatible), publishes the accepted ones "
+    "to `shoploop.events.v1` keyed by person key, and keeps the rejected ones, with the reason, for "
+    "correction and replay."
+)
+
+
+def build_service(settings: IngestSettings) -> Service:
+    database = Database(settings.database_url, metadata=metadata, migrations=MIGRATIONS)
+    rejected = Subscription(
+        group="ingest-rejected", topics=[REJECTED_TOPIC], handle=keep_rejections,
+        decode=RejectedRecord.model_validate_json, event_id=lambda record: record.rejection_id,
+    )
+    return Service("ingest", settings, database, [rejected])
+
+
+def create_ingest_app(settings: IngestSettings | None = None) -> FastAPI:
+    settings = settings or IngestSettings()
+    service = build_service(settings)
+    app = create_app(service, routers=[router], title="shoploop ingest", description=DESCRIPTION)
+    app.state.rate_limiter = RateLimiter(settings.rate_limit.events_per_second, settings.rate_limit.burst)
+    app.state.ingest_counters = Counter(
+        "shoploop_ingest_events_total", "Events answered by ingest, by outcome", ["outcome"],
+        registry=service.metrics.registry,
+    )
+    return app
