@@ -248,6 +248,8 @@ class ConsumerRuntime:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            session_timeout_ms=self.kafka.session_timeout_ms,
+            heartbeat_interval_ms=self.kafka.heartbeat_interval_ms,
             request_timeout_ms=max(self.kafka.request_timeout_ms, 40_000),
         )
         self._consumer.subscribe(list(self.subscription.topics), listener=_FinishBatchBeforeRevoke(self))

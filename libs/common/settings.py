@@ -26,6 +26,9 @@ class KafkaSettings(BaseModel):
     linger_ms: int = Field(default=2, ge=0)
     max_batch_bytes: int = Field(default=1_048_576, ge=16_384)
     client_id_prefix: str = "shoploop"
+    # Group joins on tansu take about half the session timeout; 6 s is also Apache Kafka's minimum.
+    session_timeout_ms: int = Field(default=6_000, ge=1_000)
+    heartbeat_interval_ms: int = Field(default=600, ge=100)
 
 
 class CommonSettings(BaseSettings):
