@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -18,13 +19,15 @@ from libs.common.broker import free_port
 T = TypeVar("T")
 
 
-async def eventually(probe: Callable[[], Awaitable[T]], *, deadline_seconds: float = 20.0,
+async def eventually(probe: Callable[[], Awaitable[T] | T], *, deadline_seconds: float = 20.0,
                      interval: float = 0.05, what: str = "condition") -> T:
-    """Poll ``probe`` until it returns a truthy value; fail with ``what`` after the deadline."""
+    """Poll ``probe`` (sync or async) until it returns a truthy value; fail with ``what`` after the deadline."""
     deadline = time.monotonic() + deadline_seconds
     last: Any = None
     while time.monotonic() < deadline:
-        last = await probe()
+        last = probe()
+        if inspect.isawaitable(last):
+            last = await last
         if last:
             return last
         await asyncio.sleep(interval)
@@ -64,9 +67,7 @@ async def read_topic(bootstrap_servers: str, topic: str, *, count: int,
                                 auto_offset_reset="earliest")
     await consumer.start()
     try:
-        partitions = await eventually(
-            lambda: asyncio.sleep(0, consumer.partitions_for_topic(topic)), what=f"metadata of {topic}"
-        )
+        partitions = await eventually(lambda: consumer.partitions_for_topic(topic), what=f"metadata of {topic}")
         consumer.assign([TopicPartition(topic, p) for p in partitions])
         await consumer.seek_to_beginning()
         records: list[ConsumerRecord] = []

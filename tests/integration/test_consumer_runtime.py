@@ -1,0 +1,188 @@
+"""The one consumer runtime, on a real broker and both databases (SPEC.md "Topics and delivery")."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from libs.common.db import Database, Migration, create_all
+from libs.common.events import Event
+from libs.common.kafka import (
+    EVENTS_TOPIC,
+    ConsumerRuntime,
+    Publisher,
+    Subscription,
+    dead_letter_topic,
+    ensure_topics,
+)
+from libs.common.metrics import Metrics
+from tests.support import eventually, read_topic
+
+metadata = MetaData()
+applied = Table(
+    "applied", metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("event_id", String(100), nullable=False),
+)
+GROUP = "runtime-test"
+
+
+class SimulatedCrash(Exception):
+    """Stands for the process dying between the database commit and the offset commit."""
+
+
+def event(event_id: str, person: str = "p-1", product_id: str = "sku") -> Event:
+    return Event(event_id=event_id, type="view", user_id=person, occurred_at=datetime(2026, 5, 1, tzinfo=UTC),
+                 product={"product_id": product_id})
+
+
+async def record(connection: AsyncConnection, events: Sequence[Event]) -> None:
+    await connection.execute(applied.insert(), [{"event_id": e.event_id} for e in events])
+
+
+class Harness:
+    def __init__(self, common_settings, database: Database, publisher: Publisher) -> None:
+        self.kafka = common_settings.kafka
+        self.database = database
+        self.publisher = publisher
+        self.runtimes: list[ConsumerRuntime] = []
+
+    async def send(self, *events: Event) -> None:
+        await self.publisher.publish_many(EVENTS_TOPIC, [(e.person_key.encode(), e.to_json()) for e in events])
+
+    async def start(self, handle=record, runtime_class=ConsumerRuntime, **options: Any) -> ConsumerRuntime:
+        subscription = Subscription(group=GROUP, topics=[EVENTS_TOPIC], handle=handle,
+                                    retry_backoff_seconds=0.01, **options)
+        runtime = runtime_class(subscription, kafka=self.kafka, database=self.database, publisher=self.publisher,
+                                metrics=Metrics("test"))
+        await runtime.start()
+        self.runtimes.append(runtime)
+        return runtime
+
+    async def applied_counts(self) -> dict[str, int]:
+        async with self.database.read() as connection:
+            rows = await connection.execute(
+                select(applied.c.event_id, func.count()).group_by(applied.c.event_id)
+            )
+            return dict(rows.all())
+
+    async def wait_applied(self, expected: dict[str, int]) -> None:
+        async def done():
+            return await self.applied_counts() == expected
+        await eventually(done, what=f"applied counts {expected}")
+
+
+@pytest.fixture
+async def harness(common_settings, database_url) -> AsyncIterator[Harness]:
+    database = Database(database_url, metadata=metadata, migrations=[Migration(1, "applied", create_all(metadata))])
+    await database.start()
+    await ensure_topics(common_settings.kafka, [EVENTS_TOPIC, dead_letter_topic(GROUP)])
+    publisher = Publisher(common_settings.kafka, client_id="test")
+    await publisher.start()
+    harness = Harness(common_settings, database, publisher)
+    yield harness
+    for runtime in harness.runtimes:
+        await runtime.stop()
+    await publisher.stop()
+    await database.close()
+
+
+def consumed(runtime: ConsumerRuntime, metric: str) -> float:
+    return runtime.metrics.registry.get_sample_value(metric, {"consumer": GROUP}) or 0.0
+
+
+async def test_a_duplicate_event_is_applied_once(harness):
+    await harness.send(event("e-1"), event("e-1"), event("e-2"))
+    runtime = await harness.start()
+    await harness.wait_applied({"e-1": 1, "e-2": 1})
+    await harness.send(event("e-1"), event("e-3"))
+    await harness.wait_applied({"e-1": 1, "e-2": 1, "e-3": 1})
+    assert consumed(runtime, "shoploop_duplicate_events_total") == 2
+
+
+async def test_a_record_that_keeps_failing_is_dead_lettered_and_the_partition_moves_on(harness, broker):
+    attempts: dict[str, int] = {}
+
+    async def fragile(connection, events):
+        for e in events:
+            if e.product.product_id == "poison":
+                attempts[e.event_id] = attempts.get(e.event_id, 0) + 1
+                raise ValueError("cannot digest this product")
+        await record(connection, events)
+
+    # Same person, so the same partition: the good event after the poison one must still be applied.
+    await harness.send(event("good-1"), event("bad", product_id="poison"), event("good-2"))
+    runtime = await harness.start(handle=fragile, max_attempts=3)
+    await harness.wait_applied({"good-1": 1, "good-2": 1})
+    dead = await read_topic(broker.bootstrap_servers, dead_letter_topic(GROUP), count=1)
+    assert Event.from_json(dead[0].value).event_id == "bad"
+    headers = dict(dead[0].headers)
+    assert headers["x-error"] == b"ValueError: cannot digest this product"
+    assert headers["x-attempts"] == b"3"
+    assert headers["x-original-topic"] == EVENTS_TOPIC.encode()
+    assert attempts["bad"] == 3 + 1  # the whole-batch try, then three on its own
+    assert consumed(runtime, "shoploop_dead_letters_total") == 1
+    assert consumed(runtime, "shoploop_processing_errors_total") == 3
+
+
+async def test_a_record_that_fails_then_succeeds_is_applied_once_and_not_dead_lettered(harness, broker):
+    failures = {"left": 2}
+
+    async def flaky(connection, events):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise RuntimeError("transient")
+        await record(connection, events)
+
+    await harness.send(event("f-1"))
+    runtime = await harness.start(handle=flaky, max_attempts=3)
+    await harness.wait_applied({"f-1": 1})
+    assert consumed(runtime, "shoploop_dead_letters_total") == 0
+    assert await read_topic(broker.bootstrap_servers, dead_letter_topic(GROUP), count=1, deadline_seconds=1) == []
+
+
+async def test_an_undecodable_record_goes_straight_to_the_dead_letter_topic(harness, broker):
+    await harness.publisher.publish(EVENTS_TOPIC, b"p-1", b"{not an event")
+    await harness.send(event("after"))
+    await harness.start()
+    await harness.wait_applied({"after": 1})
+    dead = await read_topic(broker.bootstrap_servers, dead_letter_topic(GROUP), count=1)
+    assert dead[0].value == b"{not an event"
+    assert dict(dead[0].headers)["x-attempts"] == b"1"
+
+
+async def test_killed_between_database_commit_and_offset_commit_does_not_apply_twice(harness):
+    class CrashBeforeOffsetCommit(ConsumerRuntime):
+        async def _commit_offsets(self, offsets):
+            raise SimulatedCrash
+
+    events = [event(f"k-{i}", person=f"p-{i % 3}") for i in range(20)]
+    await harness.send(*events)
+    crashed = await harness.start(runtime_class=CrashBeforeOffsetCommit)
+    expected = {e.event_id: 1 for e in events}
+    await harness.wait_applied(expected)
+    await eventually(lambda: crashed.status.failed, what="the simulated crash")
+    assert "SimulatedCrash" in crashed.status.failed
+    await crashed.stop()  # leaves the group without committing any offset
+
+    restarted = await harness.start()
+    await eventually(lambda: consumed(restarted, "shoploop_duplicate_events_total") == 20,
+                     what="the restarted consumer to re-read all 20 records")
+    assert await harness.applied_counts() == expected
+
+
+async def test_graceful_stop_commits_the_batch_in_hand(harness):
+    await harness.send(*(event(f"g-{i}") for i in range(10)))
+    first = await harness.start()
+    await harness.wait_applied({f"g-{i}": 1 for i in range(10)})
+    await first.stop()
+    await harness.send(event("g-new"))
+    second = await harness.start()
+    await harness.wait_applied({**{f"g-{i}": 1 for i in range(10)}, "g-new": 1})
+    assert consumed(second, "shoploop_duplicate_events_total") == 0  # nothing re-read: offsets were committed
+
