@@ -26,7 +26,7 @@ def utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OrderItem:
     product_id: str
     category: str | None
@@ -39,7 +39,7 @@ class OrderItem:
         return self.quantity * self.unit_price
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OrderFacts:
     order_id: str
     status: Literal["completed", "refunded"]
@@ -59,7 +59,7 @@ class OrderFacts:
         return sum((item.amount for item in self.items if item.product_id == product_id), Decimal(0))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FunnelEvent:
     event_id: str
     type: EventType
@@ -92,7 +92,7 @@ class FunnelEvent:
         return () if self.product_id is None else (self.product_id,)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Refund:
     event_id: str
     order_id: str
@@ -100,7 +100,7 @@ class Refund:
     amount: Decimal
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ProductAttributes:
     name: str | None = None
     category: str | None = None
@@ -144,38 +144,58 @@ class History:
         for event in events:
             # The idempotency key counts an event once: the first arrival stands, as it does at ingest.
             first_seen.setdefault(event.event_id, event)
-        known = sorted((e for e in first_seen.values() if e.occurred_at <= self.as_of), key=_chronological)
-        self.events: Timeline[FunnelEvent] = Timeline(known)
+        known = (event for event in first_seen.values() if event.occurred_at <= self.as_of)
+        self.events: Timeline[FunnelEvent] = Timeline(sorted(known, key=_chronological))
 
+    @cached_property
+    def _counting(self) -> dict[str, FunnelEvent]:
         counting: dict[str, FunnelEvent] = {}
-        for event in known:
+        for event in self.events.items:
             if event.order is not None and event.order.status == "completed":
                 counting.setdefault(event.order.order_id, event)
-        self.orders: Timeline[FunnelEvent] = Timeline(counting.values())
-        self.order_by_id = counting
-        self._counting_event_ids = {event.event_id for event in counting.values()}
+        return counting
 
-        self.refunds: Timeline[Refund] = Timeline(
+    @cached_property
+    def orders(self) -> Timeline[FunnelEvent]:
+        """Each order's counting event: its earliest completed one (SPEC.md "Definitions", Orders)."""
+        return Timeline(self._counting.values())
+
+    @cached_property
+    def _counting_event_ids(self) -> set[str]:
+        return {event.event_id for event in self._counting.values()}
+
+    def counts_as_order(self, event: FunnelEvent) -> bool:
+        """Whether this is its order's counting completed event (SPEC.md "Definitions", Orders)."""
+        return event.event_id in self._counting_event_ids
+
+    @cached_property
+    def orders_by_person(self) -> dict[str, list[FunnelEvent]]:
+        """Each person's counted orders in time order."""
+        orders_by_person: dict[str, list[FunnelEvent]] = defaultdict(list)
+        for order in self.orders.items:
+            orders_by_person[order.person_key].append(order)
+        return dict(orders_by_person)
+
+    @cached_property
+    def refunds(self) -> Timeline[Refund]:
+        """Refunds of orders whose completed event is known (SPEC.md "Definitions", Orders)."""
+        return Timeline(
             Refund(event.event_id, event.order.order_id, event.occurred_at, amount)
-            for event in known
+            for event in self.events.items
             if event.order is not None
             and event.order.status == "refunded"
-            and (amount := _refund_amount(event.order, counting)) is not None
+            and (amount := _refund_amount(event.order, self._counting)) is not None
         )
-        self.refunded_order_ids = {refund.order_id for refund in self.refunds.items}
 
-        self.orders_by_person: dict[str, list[FunnelEvent]] = defaultdict(list)
-        for order in self.orders.items:
-            self.orders_by_person[order.person_key].append(order)
+    @cached_property
+    def refunded_order_ids(self) -> set[str]:
+        """Orders with at least one counted refund."""
+        return {refund.order_id for refund in self.refunds.items}
 
     @cached_property
     def products(self) -> dict[str, ProductAttributes]:
         """Attributes of every product known at as_of (SPEC.md "Definitions": product attributes)."""
         return _product_attributes(self.events.items)
-
-    def counts_as_order(self, event: FunnelEvent) -> bool:
-        """Whether this is its order's counting completed event (SPEC.md "Definitions", Orders)."""
-        return event.event_id in self._counting_event_ids
 
     def category_of(self, product_id: str) -> str | None:
         """The product's latest category (SPEC.md "Definitions": product attributes)."""
@@ -188,7 +208,6 @@ def _refund_amount(refund: OrderFacts, counting: dict[str, FunnelEvent]) -> Deci
     completed = counting.get(refund.order_id)
     if completed is None:
         return None
-    assert completed.order is not None
     return refund.refund_amount if refund.refund_amount is not None else completed.order.amount
 
 
@@ -210,4 +229,4 @@ def _product_attributes(known: Sequence[FunnelEvent]) -> dict[str, ProductAttrib
             fields = carried[item.product_id]
             if item.category is not None:
                 fields["category"] = item.category
-    return {product_id: ProductAttributes(**fields) for product_id, fields in carried.items()}  # type: ignore[arg-type]
+    return {product_id: ProductAttributes(**fields) for product_id, fields in carried.items()}

@@ -103,8 +103,7 @@ class _Candidate(NamedTuple):
     steps: tuple[int, ...]
 
 
-@dataclass(frozen=True)
-class _Journey:
+class _Journey(NamedTuple):
     """One entrant unit: how far its best chain went and how it converted."""
 
     product_id: str | None
@@ -118,33 +117,35 @@ class _Journey:
 def _candidates(
     definition: FunnelDefinition, history: History, start: datetime, horizon: datetime
 ) -> dict[tuple[str, str | None], list[_Candidate]]:
-    steps_by_type: dict[str, list[tuple[int, FunnelStep]]] = defaultdict(list)
-    for index, step in enumerate(definition.steps):
-        steps_by_type[step.type].append((index, step))
     by_unit: dict[tuple[str, str | None], list[_Candidate]] = defaultdict(list)
+    # Which steps an event matches depends only on its type, source and products: decide each combination once.
+    matching: dict[tuple[str, str, tuple[str, ...]], tuple[int, ...]] = {}
     # Every chain lies in [t(e1), t(e1) + W] with start <= t(e1) < end, so nothing outside [start, end + W)
     # can join one.
     for event in history.events.between(start, horizon):
-        typed_steps = steps_by_type.get(event.type)
-        if not typed_steps or (event.type == "order" and not history.counts_as_order(event)):
+        if event.type == "order" and not history.counts_as_order(event):
             continue
         # In a product unit the event is about the unit's product alone, filters included.
         for product_id in event.product_ids if definition.unit == "product" else (None,):
-            steps = tuple(index for index, step in typed_steps if _passes(step, event, product_id, history))
+            about = (event.type, event.source, event.product_ids if product_id is None else (product_id,))
+            if (steps := matching.get(about)) is None:
+                steps = matching[about] = tuple(
+                    index for index, step in enumerate(definition.steps) if _matches(step, *about, history)
+                )
             if steps:
                 by_unit[event.person_key, product_id].append(_Candidate(event, steps))
     return by_unit
 
 
-def _passes(step: FunnelStep, event: FunnelEvent, product_id: str | None, history: History) -> bool:
-    """Whether the event passes the step's where filters (SPEC.md "Funnel")."""
-    if step.source is not None and event.source != step.source:
-        return False
-    if step.product_id is None and step.category is None:
-        return True
-    products = event.product_ids if product_id is None else (product_id,)
-    return (step.product_id is None or step.product_id in products) and (
-        step.category is None or any(history.category_of(p) == step.category for p in products)
+def _matches(
+    step: FunnelStep, event_type: str, source: str, products: tuple[str, ...], history: History
+) -> bool:
+    """Whether an event of this type and source about these products matches the step (SPEC.md "Funnel")."""
+    return (
+        event_type == step.type
+        and (step.source is None or source == step.source)
+        and (step.product_id is None or step.product_id in products)
+        and (step.category is None or any(history.category_of(p) == step.category for p in products))
     )
 
 
