@@ -223,7 +223,9 @@ class Event(BaseModel):
             user_id, anonymous_id = data.get("user_id"), data.get("anonymous_id")
             if user_id in (None, "") and anonymous_id in (None, ""):
                 raise ValueError("one of user_id or anonymous_id is required")
-            data = dict(data)
+            # An empty id counts as absent (it must not name the person, nor fail the min-length rule).
+            data = {name: value for name, value in data.items()
+                    if not (name in ("user_id", "anonymous_id") and value == "")}
             data["person_key"] = (
                 user_id if user_id not in (None, "") else f"{ANONYMOUS_PREFIX}{anonymous_id}"
             )
