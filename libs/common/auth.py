@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from fastapi import Request
 
@@ -66,10 +66,11 @@ def key_from_headers(request: Request) -> str | None:
     return None
 
 
-def require_scope(scope: str) -> Callable[[Request], str]:
+def require_scope(scope: str) -> Callable[[Request], Awaitable[str]]:
     """A FastAPI dependency returning the caller's key once it is known to hold ``scope``."""
 
-    def dependency(request: Request) -> str:
+    # async: a sync dependency would cost a thread-pool round trip on every request.
+    async def dependency(request: Request) -> str:
         keys: ApiKeys = request.app.state.api_keys
         return keys.authorize(key_from_headers(request), scope)
 

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import uvicorn
-from fastapi import FastAPI
 
 from libs.common.logs import configure_logging
 from libs.common.settings import ServiceSettings
 
 
-def serve(app: FastAPI, settings: ServiceSettings, *, service: str) -> None:
-    """Serve until SIGTERM/SIGINT; uvicorn then runs the lifespan shutdown (consumers finish their batch)."""
+def serve(app_factory: str, settings: ServiceSettings, *, service: str) -> None:
+    """Serve ``module:factory`` until SIGTERM/SIGINT; shutdown lets consumers finish their batch.
+
+    With ``workers > 1`` uvicorn starts that many processes, each building its own app from the
+    environment (so settings must come from the environment, as they do in deployments).
+    """
     configure_logging(service, settings.common.log_level)
     uvicorn.run(
-        app, host=settings.host, port=settings.port, loop="uvloop", http="httptools", log_config=None,
-        access_log=False, timeout_graceful_shutdown=20, server_header=False,
+        app_factory, factory=True, host=settings.host, port=settings.port, workers=settings.workers,
+        loop="uvloop", http="httptools", log_config=None, access_log=False, proxy_headers=False,
+        timeout_graceful_shutdown=20, server_header=False,
     )

@@ -79,5 +79,6 @@ class ServiceSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    workers: int = Field(default=1, ge=1, le=64)
     database_url: str = "sqlite+aiosqlite:///.data/shoploop.db"
     common: CommonSettings = Field(default_factory=CommonSettings)

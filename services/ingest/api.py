@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import zlib
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -12,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from libs.common.auth import require_scope
 from libs.common.events import EventRejected, ValidationContext
-from libs.common.http import ApiError
+from libs.common.http import ApiError, JsonResponse
 from libs.common.kafka import BrokerUnavailable
 from libs.common.segment import Ignored
 from libs.common.service import Service
@@ -20,6 +21,7 @@ from services.ingest.adapters.rejected import list_rejected, load_rejected, mark
 from services.ingest.intake import Format, Outcome, publish, sort_out, validate_one
 from services.ingest.settings import IngestSettings
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["ingest"])
 IngestKey = Annotated[str, Depends(require_scope("ingest"))]
 
@@ -141,7 +143,7 @@ def _check_limits(request: Request, raws: list[Any], key: str) -> None:
 async def _take_in(
     request: Request, raws: list[Any], *, key: str, fmt: Format, route: str, batch_sent_at: Any = None,
     segment_defaults: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> JsonResponse:
     _check_limits(request, raws, key)
     service: Service = request.app.state.service
     settings = _settings(request)
@@ -153,13 +155,15 @@ async def _take_in(
     counters.labels("accepted").inc(len(outcome.events))
     counters.labels("rejected").inc(len(outcome.rejected))
     counters.labels("ignored").inc(len(outcome.ignored))
-    return outcome.answer()
+    # A ready response skips FastAPI re-validating it against the response model (documentation only here).
+    return JsonResponse(outcome.answer())
 
 
 async def _publish_or_503(outcome: Outcome, service: Service, settings: IngestSettings) -> None:
     try:
         await publish(outcome, service.publisher, deadline_seconds=settings.publish_timeout_seconds)
     except BrokerUnavailable as exc:
+        log.warning("answering 503: the broker did not acknowledge", extra={"error": str(exc)})
         raise ApiError(503, "broker_unavailable",
                        f"{exc}; nothing of this request was accepted, retry it (event ids make retries safe)",
                        headers={"Retry-After": "1"}) from None
@@ -171,7 +175,7 @@ async def _json_body(request: Request) -> Any:
 
 @router.post("/v1/events", response_model=IngestResult, summary="Post behaviour events (native form)",
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"example": _EXAMPLE}}}})
-async def post_events(request: Request, key: IngestKey) -> dict[str, Any]:
+async def post_events(request: Request, key: IngestKey) -> JsonResponse:
     """Body: `{"events": [...]}` or one event object. See README "Event format"."""
     payload = await _json_body(request)
     if isinstance(payload, dict) and "events" in payload:
@@ -187,7 +191,7 @@ async def post_events(request: Request, key: IngestKey) -> dict[str, Any]:
 
 @router.post("/v1/batch", response_model=IngestResult, summary="Segment-compatible batch",
              tags=["segment"])
-async def segment_batch(request: Request, key: IngestKey) -> dict[str, Any]:
+async def segment_batch(request: Request, key: IngestKey) -> JsonResponse:
     """Segment HTTP Tracking API `batch`: write key as the Basic user name (or Bearer)."""
     payload = await _json_body(request)
     if not isinstance(payload, dict) or not isinstance(payload.get("batch"), list):
@@ -197,7 +201,7 @@ async def segment_batch(request: Request, key: IngestKey) -> dict[str, Any]:
                           batch_sent_at=payload.get("sentAt"), segment_defaults=defaults)
 
 
-async def _segment_single(request: Request, key: str, call: str) -> dict[str, Any]:
+async def _segment_single(request: Request, key: str, call: str) -> JsonResponse:
     payload = await _json_body(request)
     if not isinstance(payload, dict):
         raise ApiError(400, "invalid_shape", f"body must be one Segment {call} message object")
@@ -206,12 +210,12 @@ async def _segment_single(request: Request, key: str, call: str) -> dict[str, An
 
 
 @router.post("/v1/track", response_model=IngestResult, summary="Segment-compatible track", tags=["segment"])
-async def segment_track(request: Request, key: IngestKey) -> dict[str, Any]:
+async def segment_track(request: Request, key: IngestKey) -> JsonResponse:
     return await _segment_single(request, key, "track")
 
 
 @router.post("/v1/identify", response_model=IngestResult, summary="Segment-compatible identify", tags=["segment"])
-async def segment_identify(request: Request, key: IngestKey) -> dict[str, Any]:
+async def segment_identify(request: Request, key: IngestKey) -> JsonResponse:
     return await _segment_single(request, key, "identify")
 
 

@@ -23,6 +23,8 @@ class IngestSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="SHOPLOOP_INGEST__", env_nested_delimiter="__", extra="ignore")
 
     port: int = 8001
+    # Stateless: one process per core (this service is CPU-bound on JSON and validation).
+    workers: int = Field(default=2, ge=1, le=64)
     database_url: str = "sqlite+aiosqlite:///.data/ingest.db"
     limits: Limits = Field(default_factory=Limits)
     rate_limit: RateLimit = Field(default_factory=RateLimit)
