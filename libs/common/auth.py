@@ -25,6 +25,8 @@ def parse_api_keys(spec: str) -> dict[str, frozenset[str]]:
         unknown = granted - SCOPES
         if unknown:
             raise ValueError(f"API key entry {entry!r}: unknown scope(s) {', '.join(sorted(unknown))}")
+        if key.strip() in keys:
+            raise ValueError(f"API key {key.strip()[:4]}… is listed twice; give it one entry with all its scopes")
         keys[key.strip()] = granted
     return keys
 

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -98,7 +99,11 @@ def _money_not_bool(value: Any) -> Any:
     return value
 
 
-Amount = Annotated[Money, BeforeValidator(_money_not_bool)]
+def _no_negative_zero(value: Decimal) -> Decimal:
+    return abs(value) if value.is_zero() else value
+
+
+Amount = Annotated[Money, BeforeValidator(_money_not_bool), AfterValidator(_no_negative_zero)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,8 +231,10 @@ class Event(BaseModel):
             # An empty id counts as absent (it must not name the person, nor fail the min-length rule).
             data = {name: value for name, value in data.items()
                     if not (name in ("user_id", "anonymous_id") and value == "")}
-            data["person_key"] = (
-                user_id if user_id not in (None, "") else f"{ANONYMOUS_PREFIX}{anonymous_id}"
+            person = user_id if user_id not in (None, "") else anonymous_id
+            # A non-string id fails on its own field; do not also blame person_key, which clients never send.
+            data["person_key"] = "" if not isinstance(person, str) else (
+                person if person is user_id else f"{ANONYMOUS_PREFIX}{person}"
             )
             if data.get("channel") is None:
                 data.pop("channel", None)

@@ -105,9 +105,14 @@ def _typed_parts(event_type: str, name: str, properties: dict[str, Any]) -> dict
     return parts
 
 
+def _identifier(value: Any) -> Any:
+    # Some SDKs send numeric ids; Segment itself treats them as strings.
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 def message_timestamp(message: dict[str, Any], *, received_at: datetime, batch_sent_at: Any) -> str:
     """Segment's clock-skew rule: timestamp = receivedAt - (sentAt - originalTimestamp) when sentAt is given."""
-    original = message.get("timestamp", message.get("originalTimestamp"))
+    original = message.get("timestamp") or message.get("originalTimestamp")
     if original is None:
         return format_timestamp(received_at)
     sent_at = message.get("sentAt", batch_sent_at)
@@ -134,8 +139,8 @@ def map_message(
     if not isinstance(context, dict) or not isinstance(properties, dict):
         raise SegmentMessageError("context and properties must be JSON objects")
     event: dict[str, Any] = {
-        "user_id": message.get("userId"),
-        "anonymous_id": message.get("anonymousId"),
+        "user_id": _identifier(message.get("userId")),
+        "anonymous_id": _identifier(message.get("anonymousId")),
         "occurred_at": message_timestamp(message, received_at=received_at, batch_sent_at=batch_sent_at),
     }
     if message.get("messageId") is not None:

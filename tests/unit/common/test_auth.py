@@ -150,3 +150,8 @@ def test_keys_from_headers_authorize_end_to_end():
     with pytest.raises(ApiError) as error:
         keys.authorize(key_from_headers(request_with("Basic %%%")), "ingest")
     assert error.value.status == 401
+
+
+def test_a_key_listed_twice_is_refused():
+    with pytest.raises(ValueError, match="listed twice"):
+        parse_api_keys("k1:read;k1:ingest")

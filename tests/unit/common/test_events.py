@@ -569,3 +569,18 @@ def test_from_epoch_micros_keeps_microseconds_that_a_float_would_lose():
     micros = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
     assert from_epoch_micros(micros) == datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
     assert epoch_micros(from_epoch_micros(micros)) == micros
+
+
+def test_numeric_user_id_is_blamed_on_user_id_alone():
+    with pytest.raises(EventRejected) as rejected:
+        validate_event({"type": "view", "user_id": 123, "occurred_at": "2026-05-01T10:00:00Z",
+                        "product": {"product_id": "p"}}, index=0,
+                       context=ValidationContext(received_at=datetime(2026, 5, 1, 12, tzinfo=UTC), currency="CNY"))
+    assert rejected.value.reason == "user_id: Input should be a valid string"
+
+
+def test_negative_zero_money_is_published_as_zero():
+    event = validate_event({"type": "view", "user_id": "u", "occurred_at": "2026-05-01T10:00:00Z",
+                            "product": {"product_id": "p", "price": "-0.00"}}, index=0,
+                           context=ValidationContext(received_at=datetime(2026, 5, 1, 12, tzinfo=UTC), currency="CNY"))
+    assert b'"price":"0.00"' in event.to_json()

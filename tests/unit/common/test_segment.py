@@ -321,3 +321,17 @@ def test_a_device_clock_far_ahead_is_corrected_rather_than_rejected_as_future():
     message = track("Product Viewed", {"product_id": "p"}, timestamp="2030-01-01T00:00:00Z",
                     sentAt="2030-01-01T00:00:01Z")
     assert timestamp_of(message) == datetime(2026, 5, 1, 11, 59, 59, tzinfo=UTC)
+
+
+def test_explicit_null_timestamp_falls_back_to_original_timestamp():
+    received = datetime(2026, 5, 1, 12, tzinfo=UTC)
+    stamp = message_timestamp({"timestamp": None, "originalTimestamp": "2026-05-01T10:00:00Z"},
+                              received_at=received, batch_sent_at=None)
+    assert stamp == "2026-05-01T10:00:00Z"
+
+
+def test_numeric_segment_user_id_becomes_a_string():
+    mapped = map_message({"type": "track", "event": "Product Viewed", "userId": 42,
+                          "timestamp": "2026-05-01T10:00:00Z", "properties": {"product_id": "p"}},
+                         received_at=datetime(2026, 5, 1, 12, tzinfo=UTC))
+    assert mapped["user_id"] == "42"
