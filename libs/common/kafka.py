@@ -21,7 +21,15 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    KafkaError,
+    KafkaTimeoutError,
+    RebalanceInProgressError,
+    TopicAlreadyExistsError,
+    UnknownMemberIdError,
+)
 from aiokafka.partitioner import murmur2
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -211,8 +219,15 @@ def _partition_of(key: bytes, partition_count: int) -> int:
 
 # A handler applies a batch of new (never seen by this consumer) events inside the open transaction.
 BatchHandler = Callable[[AsyncConnection, Sequence[Any]], Awaitable[None]]
-# Errors that say "the database or broker is unreachable", not "this record is bad": retried forever.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OperationalError, InterfaceError, OSError, TimeoutError, KafkaError)
+def is_transient(error: BaseException) -> bool:
+    """True when the database or broker is unreachable (retry forever), not when the record is bad."""
+    if isinstance(error, KafkaError):
+        return error.retriable or isinstance(error, KafkaTimeoutError)
+    return isinstance(error, (BrokerUnavailable, OperationalError, InterfaceError, OSError, TimeoutError))
+
+
+# The group moved on without us: the partitions' new owner re-reads and the database skips what we applied.
+_GROUP_MOVED_ON = (CommitFailedError, RebalanceInProgressError, IllegalGenerationError, UnknownMemberIdError)
 
 
 def _event_id(event: Any) -> str:
@@ -332,12 +347,12 @@ class ConsumerRuntime:
             raise
 
     async def _commit_offsets(self, offsets: dict[TopicPartition, int]) -> None:
-        assert self._consumer is not None
+        consumer = self._consumer
+        assert consumer is not None
         try:
-            await self._consumer.commit(offsets)
-        except CommitFailedError as exc:
-            # A rebalance took the partitions; the new owner re-reads them and the database skips what we applied.
-            log.warning("offset commit lost to a rebalance", extra={"error": str(exc)})
+            await self._with_transient_retries(lambda: consumer.commit(offsets))
+        except _GROUP_MOVED_ON as exc:
+            log.warning("offset commit lost to a rebalance", extra={"error": repr(exc)})
 
     async def _apply_batch(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         decoded: list[tuple[ConsumerRecord, Any]] = []
@@ -362,8 +377,8 @@ class ConsumerRuntime:
             try:
                 await attempt()
                 return
-            except TRANSIENT_ERRORS as exc:
-                if self._stopping.is_set():
+            except Exception as exc:
+                if not is_transient(exc) or self._stopping.is_set():
                     raise
                 log.warning("database or broker unavailable; retrying", extra={"error": str(exc)})
                 await asyncio.sleep(delay)

@@ -135,9 +135,14 @@ class Service:
 def _operations_router() -> APIRouter:
     router = APIRouter(tags=["operations"])
 
-    @router.get("/healthz", summary="The process is alive")
-    async def healthz(request: Request) -> dict[str, str]:
-        return {"status": "ok", "service": request.app.state.service.name, "version": VERSION}
+    @router.get("/healthz", summary="The process is alive (503 once a consumer loop has died: restart it)")
+    async def healthz(request: Request) -> JsonResponse:
+        service: Service = request.app.state.service
+        dead = {c.subscription.group: c.status.failed for c in service.consumers if c.status.failed}
+        body = {"status": "failed" if dead else "ok", "service": service.name, "version": VERSION}
+        if dead:
+            body["failed_consumers"] = dead
+        return JsonResponse(body, status_code=503 if dead else 200)
 
     @router.get("/readyz", summary="Database and broker reachable, consumers assigned")
     async def readyz(request: Request) -> JsonResponse:

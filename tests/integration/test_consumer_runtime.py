@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from aiokafka.errors import CommitFailedError, KafkaConnectionError, RequestTimedOutError
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -186,3 +187,31 @@ async def test_graceful_stop_commits_the_batch_in_hand(harness):
     await harness.wait_applied({**{f"g-{i}": 1 for i in range(10)}, "g-new": 1})
     assert consumed(second, "shoploop_duplicate_events_total") == 0  # nothing re-read: offsets were committed
 
+
+
+async def test_offset_commit_survives_broker_blips_and_lost_rebalances(harness):
+    failures = [KafkaConnectionError("broker gone"), RequestTimedOutError(), CommitFailedError("rebalanced")]
+
+    class FlakyCommits(ConsumerRuntime):
+        async def _commit_offsets(self, offsets):
+            consumer = self._consumer
+            real_commit = consumer.commit
+
+            async def commit(offsets):
+                if failures:
+                    raise failures.pop(0)
+                await real_commit(offsets)
+
+            consumer.commit = commit
+            try:
+                await super()._commit_offsets(offsets)
+            finally:
+                consumer.commit = real_commit
+
+    await harness.send(event("c-1"))
+    runtime = await harness.start(runtime_class=FlakyCommits)
+    await harness.wait_applied({"c-1": 1})
+    await harness.send(event("c-2"))
+    await harness.wait_applied({"c-1": 1, "c-2": 1})
+    assert failures == []
+    assert runtime.running and runtime.status.failed is None
