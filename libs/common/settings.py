@@ -13,7 +13,6 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_API_KEYS = "dev-admin-key:admin;dev-ingest-key:ingest;dev-read-key:read;dev-campaigns-key:campaigns"
-SCOPES = ("ingest", "read", "campaigns", "admin")
 
 
 class KafkaSettings(BaseModel):
