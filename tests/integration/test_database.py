@@ -1,0 +1,64 @@
+"""Schema steps and processed-event claims behave the same on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Integer, MetaData, String, Table, select, text
+
+from libs.common.db import SCHEMA_MIGRATIONS, Database, Migration, claim_events, create_all, insert
+
+metadata = MetaData()
+profiles = Table("profiles", metadata, Column("person_key", String(50), primary_key=True),
+                 Column("visits", Integer, nullable=False))
+STEP_1 = Migration(1, "profiles", create_all(metadata))
+STEP_2 = Migration(2, "profiles.tier", lambda c: c.execute(text("ALTER TABLE profiles ADD COLUMN tier VARCHAR(20)")))
+
+
+async def test_schema_steps_apply_once_in_order_across_restarts(database_url):
+    first = Database(database_url, metadata=metadata, migrations=[STEP_1])
+    await first.start()
+    await first.close()
+    upgraded = Database(database_url, metadata=metadata, migrations=[STEP_2, STEP_1])
+    await upgraded.start()
+    await upgraded.start()  # a restart finds nothing left to do
+    async with upgraded.begin() as connection:
+        await connection.execute(text("INSERT INTO profiles (person_key, visits, tier) VALUES ('u-1', 1, 'gold')"))
+    async with upgraded.read() as connection:
+        versions = (await connection.execute(text(f"SELECT version FROM {SCHEMA_MIGRATIONS} ORDER BY version"))).all()
+        tier = (await connection.execute(text("SELECT tier FROM profiles"))).scalar_one()
+    await upgraded.close()
+    assert [row.version for row in versions] == [1, 2]
+    assert tier == "gold"
+
+
+async def test_claims_return_only_ids_this_consumer_has_not_processed(database_url):
+    database = Database(database_url, metadata=metadata, migrations=[STEP_1])
+    await database.start()
+    try:
+        async with database.begin() as connection:
+            assert await claim_events(connection, "funnel", ["a", "b", "a"]) == {"a", "b"}
+        async with database.begin() as connection:
+            assert await claim_events(connection, "funnel", ["b", "c"]) == {"c"}
+            assert await claim_events(connection, "segmentation", ["b"]) == {"b"}  # another consumer's own record
+        ids = [f"e-{i}" for i in range(1200)]  # more than one chunk of bound parameters
+        async with database.begin() as connection:
+            assert await claim_events(connection, "funnel", ids) == set(ids)
+    finally:
+        await database.close()
+
+
+async def test_a_failed_unit_of_work_keeps_neither_state_nor_claims(database_url):
+    database = Database(database_url, metadata=metadata, migrations=[STEP_1])
+    await database.start()
+    try:
+        try:
+            async with database.begin() as connection:
+                await claim_events(connection, "funnel", ["x"])
+                await connection.execute(insert(connection, profiles).values(person_key="u-1", visits=1))
+                raise RuntimeError("handler failed")
+        except RuntimeError:
+            pass
+        async with database.begin() as connection:
+            assert await claim_events(connection, "funnel", ["x"]) == {"x"}
+            assert (await connection.execute(select(profiles))).all() == []
+    finally:
+        await database.close()
