@@ -1,0 +1,109 @@
+"""Rule segments, stored membership and the outbox of membership changes."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Any
+
+import orjson
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from libs.common.events import epoch_micros, from_epoch_micros
+from services.segmentation.adapters.facts import chunks
+from services.segmentation.adapters.tables import segment_changes, segment_members, segments
+from services.segmentation.domain.rules import parse_rule
+from services.segmentation.segments import SegmentDefinition, SegmentKind
+
+
+class DuplicateSegmentName(ValueError):
+    """Another segment already has this name."""
+
+
+def _definition(row: Any) -> SegmentDefinition:
+    # Stored rules passed parse_rule on creation; parsing again rebuilds the immutable tree.
+    raw_rule = orjson.loads(row.rule)
+    return SegmentDefinition(segment_id=row.segment_id, name=row.name, kind=SegmentKind.RULE,
+                             rule=parse_rule(raw_rule), created_at=from_epoch_micros(row.created_us),
+                             rule_json=raw_rule)
+
+
+async def add_rule_segment(connection: AsyncConnection, segment: SegmentDefinition) -> None:
+    """Store a validated rule segment; DuplicateSegmentName if the name is taken."""
+    assert segment.created_at is not None
+    try:
+        async with connection.begin_nested():
+            await connection.execute(segments.insert().values(
+                segment_id=segment.segment_id, name=segment.name, rule=orjson.dumps(segment.rule_json).decode(),
+                created_us=epoch_micros(segment.created_at),
+            ))
+    except IntegrityError:
+        raise DuplicateSegmentName(segment.name) from None
+
+
+async def rule_segments(connection: AsyncConnection) -> list[SegmentDefinition]:
+    """Every rule segment, oldest first."""
+    rows = await connection.execute(select(segments).order_by(segments.c.created_us, segments.c.segment_id))
+    return [_definition(row) for row in rows]
+
+
+async def rule_segment(connection: AsyncConnection, segment_id: str) -> SegmentDefinition | None:
+    row = (await connection.execute(select(segments).where(segments.c.segment_id == segment_id))).first()
+    return None if row is None else _definition(row)
+
+
+async def member_counts(connection: AsyncConnection) -> dict[str, int]:
+    """Stored (last published) member count per segment."""
+    query = select(segment_members.c.segment_id, func.count()).group_by(segment_members.c.segment_id)
+    return dict((await connection.execute(query)).all())
+
+
+async def stored_memberships(connection: AsyncConnection,
+                             persons: Collection[str] | None = None) -> set[tuple[str, str]]:
+    """(segment_id, person_key) pairs as last published."""
+    query = select(segment_members.c.segment_id, segment_members.c.person_key)
+    if persons is None:
+        return {(row.segment_id, row.person_key) for row in await connection.execute(query)}
+    found: set[tuple[str, str]] = set()
+    for batch in chunks(persons):
+        rows = await connection.execute(query.where(segment_members.c.person_key.in_(batch)))
+        found.update((row.segment_id, row.person_key) for row in rows)
+    return found
+
+
+async def apply_membership_changes(
+    connection: AsyncConnection, entered: Sequence[tuple[str, str]], exited: Sequence[tuple[str, str]],
+    at_us: int, records: Sequence[tuple[str, str, bytes]],
+) -> None:
+    """Store the new membership and queue its change records ``(change_id, person_key, payload)``."""
+    if entered:
+        await connection.execute(segment_members.insert(), [
+            {"segment_id": segment_id, "person_key": person, "entered_us": at_us} for segment_id, person in entered
+        ])
+    by_segment: dict[str, list[str]] = {}
+    for segment_id, person in exited:
+        by_segment.setdefault(segment_id, []).append(person)
+    for segment_id, persons in by_segment.items():
+        for batch in chunks(persons):
+            await connection.execute(delete(segment_members).where(
+                segment_members.c.segment_id == segment_id, segment_members.c.person_key.in_(batch)
+            ))
+    if records:
+        await connection.execute(segment_changes.insert(), [
+            {"change_id": change_id, "person_key": person, "payload": payload.decode()}
+            for change_id, person, payload in records
+        ])
+
+
+async def queued_changes(connection: AsyncConnection, limit: int) -> list[Any]:
+    """The oldest unpublished change records, locked against other replicas publishing them too."""
+    query = (select(segment_changes.c.seq, segment_changes.c.person_key, segment_changes.c.payload)
+             .order_by(segment_changes.c.seq).limit(limit).with_for_update(skip_locked=True))
+    return list((await connection.execute(query)).all())
+
+
+async def forget_changes(connection: AsyncConnection, seqs: Sequence[int]) -> None:
+    for start in range(0, len(seqs), 900):
+        batch = seqs[start:start + 900]
+        await connection.execute(delete(segment_changes).where(segment_changes.c.seq.in_(batch)))

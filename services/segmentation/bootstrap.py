@@ -1,0 +1,45 @@
+"""Wire the segmentation service: settings -> database, consumers, membership scheduler -> app."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from datetime import datetime
+
+from fastapi import FastAPI
+
+from libs.common.db import Database
+from libs.common.kafka import EVENTS_TOPIC, PRIVACY_TOPIC, Subscription
+from libs.common.service import create_app
+from services.segmentation.adapters.privacy import ErasureRequest
+from services.segmentation.adapters.tables import MIGRATIONS, metadata
+from services.segmentation.api import router
+from services.segmentation.handlers import erase_customers, record_customer_facts
+from services.segmentation.runtime import SegmentationService, system_clock
+from services.segmentation.settings import SegmentationSettings
+
+DESCRIPTION = (
+    "Customer profiles from `shoploop.events.v1`: RFM, lifecycle stages, membership tiers and rule segments, "
+    "every figure at any `as_of`. Segment enter/exit records go to `shoploop.segments.v1`; "
+    "erasure requests travel on `shoploop.privacy.v1`."
+)
+EVENTS_GROUP = "segmentation"
+PRIVACY_GROUP = "segmentation-privacy"
+
+
+def build_service(settings: SegmentationSettings, *, clock: Callable[[], datetime] = system_clock) -> SegmentationService:
+    database = Database(settings.database_url, metadata=metadata, migrations=MIGRATIONS)
+    service = SegmentationService(settings, database, clock=clock)
+    service.subscriptions = [
+        Subscription(group=EVENTS_GROUP, topics=[EVENTS_TOPIC],
+                     handle=functools.partial(record_customer_facts, notify=service.scheduler.notify)),
+        Subscription(group=PRIVACY_GROUP, topics=[PRIVACY_TOPIC], handle=erase_customers,
+                     decode=ErasureRequest.model_validate_json, event_id=lambda request: request.request_id),
+    ]
+    return service
+
+
+def create_segmentation_app(settings: SegmentationSettings | None = None, *,
+                            clock: Callable[[], datetime] = system_clock) -> FastAPI:
+    service = build_service(settings or SegmentationSettings(), clock=clock)
+    return create_app(service, routers=[router], title="shoploop segmentation", description=DESCRIPTION)

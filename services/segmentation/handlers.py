@@ -1,0 +1,24 @@
+"""Consumer handlers of the segmentation service: events into customer facts, erasure requests."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from libs.common.events import Event
+from services.segmentation.adapters.facts import erase_persons, record_events
+from services.segmentation.adapters.privacy import ErasureRequest
+
+
+async def record_customer_facts(connection: AsyncConnection, events: Sequence[Event],
+                                notify: Callable[[], None] = lambda: None) -> None:
+    """Store new events as the persons' facts and mark the persons for re-evaluation."""
+    await record_events(connection, events, token=uuid.uuid4().hex)
+    notify()
+
+
+async def erase_customers(connection: AsyncConnection, requests: Sequence[ErasureRequest]) -> None:
+    """Delete the persons' profiles, traits, facts, membership and queued changes."""
+    await erase_persons(connection, {request.person_key for request in requests})

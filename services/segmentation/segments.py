@@ -1,0 +1,53 @@
+"""Segments: the built-in ones (lifecycle stages, RFM segments, membership tiers) and operators' rule segments."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from services.segmentation.domain.customers import CustomerFigures, LifecycleStage, MembershipTier
+from services.segmentation.domain.rfm import RfmScore, RfmSegment
+from services.segmentation.domain.rules import Rule
+
+
+class SegmentKind(StrEnum):
+    RULE = "rule"
+    LIFECYCLE = "lifecycle"
+    RFM = "rfm"
+    TIER = "tier"
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentDefinition:
+    segment_id: str
+    name: str
+    kind: SegmentKind
+    rule: Rule | None = None
+    created_at: datetime | None = None
+    rule_json: Any = None  # the rule as the operator posted it
+
+
+def _builtin(kind: SegmentKind, value: str) -> SegmentDefinition:
+    segment_id = f"{kind}:{value}"
+    return SegmentDefinition(segment_id=segment_id, name=segment_id, kind=kind)
+
+
+# Campaigns target these like rule segments ("entered lifecycle:dormant"); ids never change.
+BUILTIN_SEGMENTS: tuple[SegmentDefinition, ...] = (
+    *(_builtin(SegmentKind.LIFECYCLE, stage) for stage in LifecycleStage),
+    *(_builtin(SegmentKind.RFM, segment) for segment in RfmSegment),
+    *(_builtin(SegmentKind.TIER, tier) for tier in MembershipTier),
+)
+BUILTIN_BY_ID = {segment.segment_id: segment for segment in BUILTIN_SEGMENTS}
+
+
+def builtin_segment_ids(figures: CustomerFigures, rfm: RfmScore | None) -> list[str]:
+    """The built-in segments a customer with these figures is in."""
+    ids = [f"{SegmentKind.LIFECYCLE}:{figures.lifecycle}"]
+    if rfm is not None:
+        ids.append(f"{SegmentKind.RFM}:{rfm.segment}")
+    if figures.tier is not None:
+        ids.append(f"{SegmentKind.TIER}:{figures.tier}")
+    return ids

@@ -1,0 +1,66 @@
+"""Settings of the segmentation service (``SHOPLOOP_SEGMENTATION__...``)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from libs.common.settings import ServiceSettings
+from services.segmentation.domain.customers import LifecycleThresholds, TierThresholds
+
+
+class LifecycleSettings(BaseModel):
+    """Day thresholds of the lifecycle stages (SPEC.md "Customers": defaults 30/90/180)."""
+
+    new_days: int = Field(default=30, ge=0)
+    active_days: int = Field(default=90, ge=0)
+    dormant_days: int = Field(default=180, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LifecycleSettings:
+        self.thresholds()  # raises ValueError with the reason
+        return self
+
+    def thresholds(self) -> LifecycleThresholds:
+        return LifecycleThresholds(self.new_days, self.active_days, self.dormant_days)
+
+
+class TierSettings(BaseModel):
+    """Membership tiers by gmv in the 365-day lookback: silver above, gold and diamond at or above."""
+
+    silver: Decimal = Field(default=Decimal(0), ge=0)
+    gold: Decimal = Field(default=Decimal(2000), ge=0)
+    diamond: Decimal = Field(default=Decimal(10000), ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TierSettings:
+        self.thresholds()
+        return self
+
+    def thresholds(self) -> TierThresholds:
+        return TierThresholds(self.silver, self.gold, self.diamond)
+
+
+class MembershipSettings(BaseModel):
+    """When segment membership is re-evaluated and its changes published on shoploop.segments.v1."""
+
+    # SPEC.md "API surface": time-driven membership is re-evaluated at least every 5 minutes.
+    evaluation_interval_seconds: float = Field(default=300.0, gt=0, le=300)
+    # Persons whose events were just applied are re-evaluated this often (and at once when notified).
+    pending_poll_seconds: float = Field(default=0.5, gt=0)
+    evaluate_after_events: bool = True
+    publish_batch: int = Field(default=5000, ge=1)
+
+
+class SegmentationSettings(ServiceSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SHOPLOOP_SEGMENTATION__", env_nested_delimiter="__", extra="ignore"
+    )
+
+    port: int = 8003
+    database_url: str = "sqlite+aiosqlite:///.data/segmentation.db"
+    lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
+    tiers: TierSettings = Field(default_factory=TierSettings)
+    membership: MembershipSettings = Field(default_factory=MembershipSettings)
