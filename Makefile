@@ -19,14 +19,17 @@ install: $(STAMP)
 run: install
 	$(PY) -m deploy.embedded
 
+# Four workers on two cores: most test time is spent waiting on broker group joins, not computing.
+TEST_WORKERS ?= 4
+
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 test-unit: install
 	$(PY) -m pytest -q tests/unit
 
 test-integration: install
-	$(PY) -m pytest -q tests/integration tests/e2e
+	$(PY) -m pytest -q -n $(TEST_WORKERS) tests/integration tests/e2e
 
 bench: install
 	$(PY) bench/ingest.py
