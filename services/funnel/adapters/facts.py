@@ -1,0 +1,310 @@
+"""Behaviour events in and out of storage: batched writes, and the reads that load exactly the facts an answer needs.
+
+An answer over a time span needs more than the events inside it, because SPEC.md's rules reach beyond it: an
+order counts at its earliest ``completed`` event wherever that lies, a refund counts only once its order's
+completed event is known, product attributes are the latest carried ones, and so on. ``FactQuery`` loads the
+span plus exactly those facts, each selected in SQL, so the pure functions in ``services.funnel.domain`` give
+the same answer on the loaded facts as on the whole stored history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Select, and_, bindparam, func, not_, or_, select, union, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
+
+from libs.common.db import insert
+from libs.common.events import epoch_micros, from_epoch_micros
+from services.funnel.adapters.tables import events, order_items
+from services.funnel.domain.facts import DIRECT, FunnelEvent, OrderFacts, OrderItem
+
+
+def cents(amount: Decimal | None) -> int | None:
+    """Money (at most 2 decimals, SPEC.md "Events") as exact integer cents."""
+    return None if amount is None else int(amount.scaleb(2))
+
+
+def _money(cents_value: int | None) -> Decimal | None:
+    return None if cents_value is None else Decimal(cents_value).scaleb(-2)
+
+
+def _micros(span: timedelta) -> int:
+    return span // timedelta(microseconds=1)
+
+
+async def store_facts(connection: AsyncConnection, facts: Sequence[FunnelEvent]) -> None:
+    """Insert events and their order items in two batched statements; a stored event_id is left as it is."""
+    if not facts:
+        return
+    event_rows = [_event_row(fact) for fact in facts]
+    await connection.execute(insert(connection, events).on_conflict_do_nothing(index_elements=["event_id"]), event_rows)
+    item_rows = [
+        {
+            "event_id": fact.event_id, "line": line, "product_id": item.product_id, "category": item.category,
+            "quantity": item.quantity, "unit_price_cents": cents(item.unit_price),
+        }
+        for fact in facts
+        if fact.order is not None
+        for line, item in enumerate(fact.order.items)
+    ]
+    if item_rows:
+        await connection.execute(
+            insert(connection, order_items).on_conflict_do_nothing(index_elements=["event_id", "line"]), item_rows
+        )
+
+
+def _event_row(fact: FunnelEvent) -> dict[str, Any]:
+    order = fact.order
+    return {
+        "event_id": fact.event_id, "type": fact.type, "person_key": fact.person_key,
+        "occurred_us": epoch_micros(fact.occurred_at), "source": fact.source, "product_id": fact.product_id,
+        "product_name": fact.product_name, "category": fact.category, "price_cents": cents(fact.price),
+        "declared_tier": fact.declared_tier, "quantity": fact.quantity, "inquiry_id": fact.inquiry_id,
+        "response_seconds": fact.response_seconds, "rating": fact.rating,
+        "order_id": order and order.order_id, "order_status": order and order.status,
+        "total_cents": order and cents(order.total), "discount_cents": order and cents(order.discount),
+        "coupon_code": order and order.coupon_code, "refund_cents": order and cents(order.refund_amount),
+    }
+
+
+async def pseudonymise_persons(connection: AsyncConnection, pseudonyms: Mapping[str, str]) -> None:
+    """Replace each person key by its pseudonym on every stored event: personal data gone, counts unchanged."""
+    if not pseudonyms:
+        return
+    statement = (
+        update(events).where(events.c.person_key == bindparam("old_key")).values(person_key=bindparam("new_key"))
+    )
+    await connection.execute(statement, [{"old_key": old, "new_key": new} for old, new in pseudonyms.items()])
+
+
+async def count_events(connection: AsyncConnection, event_ids: Collection[str]) -> int:
+    """How many of these events are stored (tests and operators: has the consumer caught up?)."""
+    ids = list(event_ids)
+    counted = 0
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        counted += (await connection.execute(select(func.count()).where(events.c.event_id.in_(chunk)))).scalar_one()
+    return counted
+
+
+class FactQuery:
+    """The events of one span ``[start, end)`` known at ``as_of``, plus the facts beyond the span that
+    SPEC.md's rules reach (added with the ``with_*`` methods), plus every order's counting event."""
+
+    def __init__(
+        self, start: datetime, end: datetime, as_of: datetime, *, types: Collection[str] | None = None
+    ) -> None:
+        self.as_of_us = epoch_micros(as_of)
+        self.start_us = epoch_micros(start)
+        self.end_us = min(epoch_micros(end), self.as_of_us + 1)
+        span = [
+            events.c.occurred_us >= self.start_us,
+            events.c.occurred_us < self.end_us,
+        ]
+        if types is not None:
+            span.append(events.c.type.in_(sorted(set(types))))
+        self._in_span: ColumnElement[bool] = and_(*span)
+        self._extras: list[Select[Any]] = []
+
+    def _known(self) -> ColumnElement[bool]:
+        return events.c.occurred_us <= self.as_of_us
+
+    def _between(self, start_us: int, end_us: int) -> ColumnElement[bool]:
+        return and_(events.c.occurred_us >= start_us, events.c.occurred_us < end_us, self._known())
+
+    def _persons_with(self, start_us: int, end_us: int, condition: ColumnElement[bool]) -> Select[Any]:
+        return select(events.c.person_key).where(self._between(start_us, end_us), condition)
+
+    def with_refunds_of_orders_placed(self, start: datetime, end: datetime) -> FactQuery:
+        """Refunds, at any time up to as_of, of orders completed in [start, end) (``return_rate``)."""
+        placed = select(events.c.order_id).where(
+            self._between(epoch_micros(start), epoch_micros(end)), events.c.order_status == "completed"
+        )
+        self._extras.append(
+            select(events.c.event_id).where(events.c.order_id.in_(placed), events.c.order_status == "refunded")
+        )
+        return self
+
+    def with_orders_after_inquiries(self, start: datetime, end: datetime, follow_up: timedelta) -> FactQuery:
+        """Completed orders in [start, end + follow_up] of persons with an inquiry in [start, end)."""
+        start_us, end_us = epoch_micros(start), epoch_micros(end)
+        inquirers = self._persons_with(start_us, end_us, events.c.type == "inquiry")
+        self._extras.append(
+            select(events.c.event_id).where(
+                events.c.person_key.in_(inquirers),
+                events.c.order_status == "completed",
+                self._between(start_us, end_us + _micros(follow_up) + 1),
+            )
+        )
+        return self
+
+    def with_earlier_orders_of_buyers(self, start: datetime, end: datetime) -> FactQuery:
+        """Completed orders before start of persons with a completed order in [start, end) (``new_customers``)."""
+        start_us = epoch_micros(start)
+        buyers = self._persons_with(start_us, epoch_micros(end), events.c.order_status == "completed")
+        self._extras.append(
+            select(events.c.event_id).where(
+                events.c.person_key.in_(buyers), events.c.order_status == "completed",
+                events.c.occurred_us < start_us,
+            )
+        )
+        return self
+
+    def with_touches_before(self, start: datetime, end: datetime, lookback: timedelta) -> FactQuery:
+        """Sourced events in [start - lookback, start) of persons with a completed order in [start, end)."""
+        start_us = epoch_micros(start)
+        buyers = self._persons_with(start_us, epoch_micros(end), events.c.order_status == "completed")
+        self._extras.append(
+            select(events.c.event_id).where(
+                events.c.person_key.in_(buyers), events.c.source != DIRECT,
+                self._between(start_us - _micros(lookback), start_us),
+            )
+        )
+        return self
+
+    def _products_in_span(self) -> Select[Any]:
+        in_span = and_(self._in_span, self._known())
+        return union(
+            select(events.c.product_id).where(in_span, events.c.product_id.is_not(None)),
+            select(order_items.c.product_id)
+            .join(events, events.c.event_id == order_items.c.event_id)
+            .where(in_span),
+        )
+
+    def with_product_attributes(self) -> FactQuery:
+        """For every product in the span, the latest events (up to as_of) carrying each of its attributes."""
+        products = self._products_in_span()
+        for column in (events.c.product_name, events.c.category, events.c.price_cents, events.c.declared_tier):
+            self._extras.append(self._carriers_of(column.is_not(None), products, func.max))
+        self._extras.append(self._item_carriers_of(order_items.c.category, products, func.max))
+        return self
+
+    def with_first_events_of_products(self) -> FactQuery:
+        """For every product in the span, its first event of any type (``introduction`` in the lifecycle)."""
+        products = self._products_in_span()
+        # An order is about its items' products, any other event about its product (FunnelEvent.product_ids).
+        self._extras.append(self._carriers_of(events.c.type != "order", products, func.min))
+        self._extras.append(self._item_carriers_of(None, products, func.min))
+        return self
+
+    def _carriers_of(self, condition: ColumnElement[bool], products: Select[Any], pick: Any) -> Select[Any]:
+        # Every event at the chosen instant is loaded: the domain breaks ties by event_id in its own order.
+        chosen = (
+            select(events.c.product_id, pick(events.c.occurred_us).label("at"))
+            .where(events.c.product_id.in_(products), condition, self._known())
+            .group_by(events.c.product_id)
+            .subquery()
+        )
+        return (
+            select(events.c.event_id)
+            .join(chosen, and_(events.c.product_id == chosen.c.product_id, events.c.occurred_us == chosen.c.at))
+            .where(condition)
+        )
+
+    def _item_carriers_of(self, carried: ColumnElement[Any] | None, products: Select[Any], pick: Any) -> Select[Any]:
+        condition = and_(order_items.c.product_id.in_(products), self._known())
+        if carried is not None:
+            condition = and_(condition, carried.is_not(None))
+        joined = order_items.join(events, events.c.event_id == order_items.c.event_id)
+        chosen = (
+            select(order_items.c.product_id, pick(events.c.occurred_us).label("at"))
+            .select_from(joined)
+            .where(condition)
+            .group_by(order_items.c.product_id)
+            .subquery()
+        )
+        return (
+            select(order_items.c.event_id)
+            .select_from(joined)
+            .join(
+                chosen,
+                and_(order_items.c.product_id == chosen.c.product_id, events.c.occurred_us == chosen.c.at),
+            )
+            .where(condition)
+        )
+
+    async def load(self, connection: AsyncConnection) -> list[FunnelEvent]:
+        """The span's events, the extra facts asked for, and the counting candidates of every order among them."""
+        in_span = and_(self._in_span, self._known())
+        loaded: dict[str, FunnelEvent] = {}
+        await _fetch(connection, in_span, loaded)
+        outside_span = and_(not_(self._in_span), self._known())
+        extras = union(*self._extras) if self._extras else None
+        if extras is not None:
+            await _fetch(connection, and_(events.c.event_id.in_(extras), outside_span), loaded)
+        # An order counts at its earliest completed event: load every completed event of each order seen.
+        seen = in_span if extras is None else and_(or_(self._in_span, events.c.event_id.in_(extras)), self._known())
+        orders = select(events.c.order_id).where(seen, events.c.type == "order")
+        await _fetch(
+            connection,
+            and_(events.c.order_status == "completed", events.c.order_id.in_(orders), outside_span),
+            loaded,
+        )
+        return list(loaded.values())
+
+
+_ITEM_COLUMNS = (
+    order_items.c.line,
+    order_items.c.product_id.label("item_product_id"),
+    order_items.c.category.label("item_category"),
+    order_items.c.quantity.label("item_quantity"),
+    order_items.c.unit_price_cents,
+)
+
+
+async def _fetch(connection: AsyncConnection, condition: ColumnElement[bool], loaded: dict[str, FunnelEvent]) -> None:
+    statement = (
+        select(events, *_ITEM_COLUMNS)
+        .select_from(events.outerjoin(order_items, order_items.c.event_id == events.c.event_id))
+        .where(condition)
+    )
+    rows: dict[str, Any] = {}
+    lines: dict[str, list[Any]] = {}
+    for row in (await connection.execute(statement)).all():
+        if row.event_id in loaded:
+            continue
+        rows.setdefault(row.event_id, row)
+        if row.line is not None:
+            lines.setdefault(row.event_id, []).append(row)
+    for event_id, row in rows.items():
+        loaded[event_id] = _fact(row, sorted(lines.get(event_id, ()), key=lambda line: line.line))
+
+
+def _fact(row: Any, lines: Iterable[Any]) -> FunnelEvent:
+    order = None
+    if row.type == "order":
+        order = OrderFacts(
+            order_id=row.order_id,
+            status=row.order_status,
+            items=tuple(
+                OrderItem(line.item_product_id, line.item_category, line.item_quantity, _money(line.unit_price_cents))
+                for line in lines
+            ),
+            total=_money(row.total_cents),
+            discount=_money(row.discount_cents),
+            coupon_code=row.coupon_code,
+            refund_amount=_money(row.refund_cents),
+        )
+    return FunnelEvent(
+        event_id=row.event_id,
+        type=row.type,
+        person_key=row.person_key,
+        occurred_at=from_epoch_micros(row.occurred_us),
+        source=row.source,
+        product_id=row.product_id,
+        product_name=row.product_name,
+        category=row.category,
+        price=_money(row.price_cents),
+        declared_tier=row.declared_tier,
+        quantity=row.quantity,
+        inquiry_id=row.inquiry_id,
+        response_seconds=row.response_seconds,
+        order=order,
+        rating=row.rating,
+    )
+

@@ -1,0 +1,232 @@
+"""Routes of the funnel service (SPEC.md "API surface: funnel")."""
+
+from __future__ import annotations
+
+import base64
+import re
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Annotated, Any, Literal, TypeVar
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from libs.common.auth import require_scope
+from libs.common.events import format_timestamp, parse_rfc3339
+from libs.common.http import ApiError, JsonResponse
+from libs.common.service import Service
+from services.funnel import reports
+from services.funnel.adapters.funnels import add_funnel, get_funnel, list_funnels
+from services.funnel.domain.funnels import FunnelDefinition, FunnelStep
+from services.funnel.schemas import (
+    ChannelsPublic,
+    FunnelCreate,
+    FunnelPage,
+    FunnelPublic,
+    FunnelResultPublic,
+    KpisPublic,
+    MatrixPage,
+    ProductPage,
+    channel_public,
+    day_public,
+    funnel_public,
+    funnel_result_public,
+    kpis_public,
+    matrix_entry_public,
+    product_public,
+    span_public,
+)
+from services.funnel.settings import FunnelSettings
+
+router = APIRouter(tags=["funnel"])
+ReadKey = Annotated[str, Depends(require_scope("read"))]
+
+_DEFAULT_PAGE_SIZE = 100
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_MOMENT_HELP = "a date (start of that day in SHOPLOOP_TIMEZONE) or an RFC 3339 timestamp"
+From = Annotated[str, Query(alias="from", description=f"range start, included: {_MOMENT_HELP}")]
+To = Annotated[str, Query(alias="to", description=f"range end, excluded: {_MOMENT_HELP}")]
+AsOf = Annotated[str | None, Query(description="RFC 3339 timestamp; only events up to it count (default: now)")]
+Limit = Annotated[int | None, Query(ge=1, description="page size (default 100, at most the service's max_page_size)")]
+Cursor = Annotated[str | None, Query(description="next_cursor of the previous page")]
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+def _settings(request: Request) -> FunnelSettings:
+    return request.app.state.service.settings
+
+
+def _moment(value: str, name: str, settings: FunnelSettings) -> datetime:
+    try:
+        if _DATE.match(value):
+            day = date.fromisoformat(value)
+            return datetime.combine(day, time(), settings.common.zone).astimezone(UTC)
+        return parse_rfc3339(value)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_parameter", f"{name}: {exc}; expected {_MOMENT_HELP}") from None
+
+
+def _as_of(value: str | None) -> datetime:
+    if value is None:
+        return datetime.now(UTC)
+    try:
+        return parse_rfc3339(value)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_parameter", f"as_of: {exc}") from None
+
+
+def _span(request: Request, start: str, end: str) -> tuple[datetime, datetime]:
+    settings = _settings(request)
+    start_at, end_at = _moment(start, "from", settings), _moment(end, "to", settings)
+    if start_at >= end_at:
+        raise ApiError(422, "invalid_parameter", "from must be before to (the range is [from, to))")
+    return start_at, end_at
+
+
+def _limit(request: Request, limit: int | None) -> int:
+    maximum = _settings(request).max_page_size
+    if limit is None:
+        return min(_DEFAULT_PAGE_SIZE, maximum)
+    if limit > maximum:
+        raise ApiError(422, "invalid_parameter", f"limit: at most {maximum}")
+    return limit
+
+
+T = TypeVar("T")
+
+
+def _page(items: Sequence[T], key: Callable[[T], str], limit: int, cursor: str | None) -> tuple[list[T], str | None]:
+    """Items (sorted by ``key``) after the cursor; the cursor is the last key of a page, opaque to clients."""
+    if cursor is not None:
+        try:
+            after = base64.urlsafe_b64decode(cursor.encode()).decode()
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(400, "invalid_cursor", "cursor is not one this API returned") from None
+        items = [item for item in items if key(item) > after]
+    page = list(items[:limit])
+    more = len(items) > limit
+    return page, base64.urlsafe_b64encode(key(page[-1]).encode()).decode() if more else None
+
+
+@router.get("/v1/kpis", response_model=KpisPublic, summary="Full-funnel KPIs over a range, optionally per day")
+async def get_kpis(
+    request: Request, _key: ReadKey, start: From, end: To,
+    granularity: Literal["range", "day"] = "range", as_of: AsOf = None,
+) -> JsonResponse:
+    """SPEC.md "Daily and range KPIs" over [from, to); `granularity=day` adds `days`, one entry per calendar
+    day of the range in the reporting time zone, each computed over that day alone."""
+    settings = _settings(request)
+    start_at, end_at = _span(request, start, end)
+    moment = _as_of(as_of)
+    by_day = granularity == "day"
+    if by_day and end_at - start_at > timedelta(days=settings.max_days):
+        raise ApiError(422, "invalid_parameter", f"granularity=day covers at most {settings.max_days} days")
+    async with reports.snapshot(_service(request).database) as connection:
+        totals, days = await reports.kpis(
+            connection, start_at, end_at, moment, settings.common.timezone if by_day else None
+        )
+    body: dict[str, Any] = {
+        **span_public(start_at, end_at, moment), "granularity": granularity, "time_zone": settings.common.timezone,
+        **kpis_public(totals),
+    }
+    if days is not None:
+        body["days"] = [day_public(day, figures) for day, figures in days.items()]
+    return JsonResponse(body)
+
+
+@router.post("/v1/funnels", response_model=FunnelPublic, status_code=201, summary="Define a funnel")
+async def create_funnel(request: Request, body: FunnelCreate, _key: ReadKey) -> JsonResponse:
+    """Results cover the whole stored history, not only events after the definition."""
+    definition = FunnelDefinition(
+        name=body.name,
+        steps=tuple(
+            FunnelStep(step.type, **(step.where.model_dump(exclude_none=True) if step.where else {}))
+            for step in body.steps
+        ),
+        window_seconds=body.window_seconds,
+        unit=body.unit,
+    )
+    async with _service(request).database.begin() as connection:
+        stored = await add_funnel(connection, str(uuid.uuid4()), definition, datetime.now(UTC))
+    return JsonResponse(
+        funnel_public(stored), status_code=201, headers={"Location": f"/v1/funnels/{stored.funnel_id}"}
+    )
+
+
+@router.get("/v1/funnels", response_model=FunnelPage, summary="List funnels, the built-in `default` first")
+async def get_funnels(request: Request, _key: ReadKey, limit: Limit = None, cursor: Cursor = None) -> JsonResponse:
+    async with _service(request).database.read() as connection:
+        try:
+            page, next_cursor = await list_funnels(connection, limit=_limit(request, limit), cursor=cursor)
+        except ValueError as exc:
+            raise ApiError(400, "invalid_cursor", str(exc)) from None
+    return JsonResponse({"items": [funnel_public(funnel) for funnel in page], "next_cursor": next_cursor})
+
+
+@router.get("/v1/funnels/{funnel_id}/result", response_model=FunnelResultPublic, summary="A funnel's result")
+async def get_funnel_result(
+    request: Request, funnel_id: str, _key: ReadKey, start: From, end: To,
+    breakdown: Literal["source", "category"] | None = None, as_of: AsOf = None,
+) -> JsonResponse:
+    """Entrants are units with a first-step event in [from, to); later steps may fall after `to` (SPEC.md
+    "Funnel"). `breakdown` splits by the source or category of each unit's first step event in range."""
+    start_at, end_at = _span(request, start, end)
+    moment = _as_of(as_of)
+    async with reports.snapshot(_service(request).database) as connection:
+        stored = await get_funnel(connection, funnel_id)
+        if stored is None:
+            raise ApiError(404, "not_found", f"no funnel with id {funnel_id!r}")
+        result = await reports.funnel(connection, stored.definition, start_at, end_at, moment, breakdown)
+    definition = stored.definition
+    return JsonResponse({
+        **span_public(start_at, end_at, moment), "funnel_id": stored.funnel_id, "name": definition.name,
+        "unit": definition.unit, "window_seconds": definition.window_seconds, "breakdown_by": breakdown,
+        **funnel_result_public(result),
+    })
+
+
+@router.get("/v1/products", response_model=ProductPage, summary="Per product metrics over a range")
+async def get_products(
+    request: Request, _key: ReadKey, start: From, end: To, as_of: AsOf = None, limit: Limit = None,
+    cursor: Cursor = None,
+) -> JsonResponse:
+    """Products with activity or sales in [from, to), by product_id."""
+    start_at, end_at = _span(request, start, end)
+    moment = _as_of(as_of)
+    limit = _limit(request, limit)
+    async with reports.snapshot(_service(request).database) as connection:
+        metrics = await reports.products(connection, start_at, end_at, moment)
+    page, next_cursor = _page(metrics, lambda product: product.product_id, limit, cursor)
+    return JsonResponse({
+        **span_public(start_at, end_at, moment), "items": [product_public(p) for p in page],
+        "next_cursor": next_cursor,
+    })
+
+
+@router.get("/v1/products/matrix", response_model=MatrixPage, summary="Product matrix: suggested vs declared tier")
+async def get_product_matrix(
+    request: Request, _key: ReadKey, as_of: AsOf = None, limit: Limit = None, cursor: Cursor = None
+) -> JsonResponse:
+    """Products viewed in the 30 days up to as_of, with suggested tier, declared tier and lifecycle stage."""
+    moment = _as_of(as_of)
+    limit = _limit(request, limit)
+    async with reports.snapshot(_service(request).database) as connection:
+        entries = await reports.matrix(connection, moment)
+    page, next_cursor = _page(entries, lambda entry: entry.product_id, limit, cursor)
+    return JsonResponse({
+        "as_of": format_timestamp(moment), "items": [matrix_entry_public(e) for e in page],
+        "next_cursor": next_cursor,
+    })
+
+
+@router.get("/v1/channels", response_model=ChannelsPublic, summary="Per channel source metrics over a range")
+async def get_channels(request: Request, _key: ReadKey, start: From, end: To, as_of: AsOf = None) -> JsonResponse:
+    """Sources by name; orders and gmv by the order's channel (SPEC.md "Channel of an order")."""
+    start_at, end_at = _span(request, start, end)
+    moment = _as_of(as_of)
+    async with reports.snapshot(_service(request).database) as connection:
+        metrics = await reports.channels(connection, start_at, end_at, moment)
+    return JsonResponse({**span_public(start_at, end_at, moment), "items": [channel_public(m) for m in metrics]})

@@ -1,0 +1,59 @@
+"""Wire the funnel service: settings -> database, consumers of events and erasure requests -> app."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+
+from libs.common.db import Database
+from libs.common.http import JsonResponse
+from libs.common.kafka import EVENTS_TOPIC, PRIVACY_TOPIC, Subscription
+from libs.common.service import Service, create_app
+from services.funnel.adapters.tables import MIGRATIONS, metadata
+from services.funnel.api import router
+from services.funnel.handlers import ErasureRequest, erase_persons, record_events
+from services.funnel.settings import FunnelSettings
+
+DESCRIPTION = (
+    "Consumes `shoploop.events.v1` and answers the full funnel: daily and range KPIs, the built-in and "
+    "operator-defined funnels, product metrics, the product matrix with lifecycle stages, and channel metrics. "
+    "Every answer is computed from the stored events at query time, so it is exact whatever order events "
+    "arrived in. Erasure requests on `shoploop.privacy.v1` replace the person's key by a pseudonym."
+)
+EVENTS_GROUP = "funnel"
+PRIVACY_GROUP = "funnel-privacy"
+
+
+def build_service(settings: FunnelSettings) -> Service:
+    database = Database(settings.database_url, metadata=metadata, migrations=MIGRATIONS)
+    subscriptions = [
+        Subscription(group=EVENTS_GROUP, topics=[EVENTS_TOPIC], handle=record_events),
+        Subscription(
+            group=PRIVACY_GROUP, topics=[PRIVACY_TOPIC], handle=erase_persons,
+            decode=ErasureRequest.model_validate_json, event_id=lambda request: request.request_id,
+        ),
+    ]
+    return Service("funnel", settings, database, subscriptions)
+
+
+def _describe(errors: Any) -> str:
+    parts = []
+    for error in errors:
+        path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]).lstrip(".")
+        parts.append(f"{path}: {error['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+async def _invalid_request(_request: Request, error: Exception) -> JsonResponse:
+    # The shared {"code", "detail"} shape instead of FastAPI's list, with each problem's place spelled out.
+    assert isinstance(error, RequestValidationError)
+    return JsonResponse({"code": "invalid_request", "detail": _describe(error.errors())}, status_code=422)
+
+
+def create_funnel_app(settings: FunnelSettings | None = None) -> FastAPI:
+    settings = settings or FunnelSettings()
+    app = create_app(build_service(settings), routers=[router], title="shoploop funnel", description=DESCRIPTION)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    return app

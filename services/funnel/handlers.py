@@ -1,0 +1,76 @@
+"""The funnel's consumer side: behaviour events into stored facts, erasure requests into pseudonyms.
+
+Handlers run inside the consumer runtime's transaction, which has already dropped event_ids seen before.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from libs.common.events import Event, Timestamp
+from services.funnel.adapters.facts import pseudonymise_persons, store_facts
+from services.funnel.domain.facts import FunnelEvent, OrderFacts, OrderItem
+
+
+def fact_of(event: Event) -> FunnelEvent | None:
+    """The facts the funnel keeps of one published event; None for `identify` calls, which carry no behaviour."""
+    if event.type == "identify":
+        return None
+    product, order = event.product, event.order
+    return FunnelEvent(
+        event_id=event.event_id,
+        type=event.type,
+        person_key=event.person_key,
+        occurred_at=event.occurred_at,
+        source=event.channel.source,
+        product_id=product and product.product_id,
+        product_name=product and product.name,
+        category=product and product.category,
+        price=product and product.price,
+        declared_tier=product and product.tier,
+        quantity=event.quantity,
+        inquiry_id=event.inquiry and event.inquiry.inquiry_id,
+        response_seconds=event.inquiry and event.inquiry.response_seconds,
+        order=order and OrderFacts(
+            order_id=order.order_id,
+            status=order.status,
+            items=tuple(OrderItem(i.product_id, i.category, i.quantity, i.unit_price) for i in order.items),
+            total=order.total,
+            discount=order.discount,
+            coupon_code=order.coupon_code,
+            refund_amount=order.refund_amount,
+        ),
+        rating=event.review and event.review.rating,
+    )
+
+
+async def record_events(connection: AsyncConnection, batch: Sequence[Event]) -> None:
+    """Keep every behaviour event as facts; answers are computed from them at query time."""
+    await store_facts(connection, [fact for event in batch if (fact := fact_of(event)) is not None])
+
+
+class ErasureRequest(BaseModel):
+    """An erasure request on ``shoploop.privacy.v1`` (SPEC.md "Customers": erasure); see docs/funnel.md."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    request_id: str = Field(min_length=1, max_length=256)
+    person_key: str = Field(min_length=1, max_length=300)
+    requested_at: Timestamp | None = None
+
+
+_PSEUDONYM_NAMESPACE = uuid.UUID("0b5bb0a6-58f4-4f0e-9a59-8f1f3a7b2c11")
+
+
+def pseudonym_of(request: ErasureRequest) -> str:
+    """A stable stand-in for the erased person: derived from the request, so nothing leads back to the person."""
+    return f"erased:{uuid.uuid5(_PSEUDONYM_NAMESPACE, request.request_id)}"
+
+
+async def erase_persons(connection: AsyncConnection, requests: Sequence[ErasureRequest]) -> None:
+    """Drop the persons' keys from their stored events; every count stays what it was."""
+    await pseudonymise_persons(connection, {request.person_key: pseudonym_of(request) for request in requests})

@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from libs.common.settings import ServiceSettings
+
+
+class FunnelSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="SHOPLOOP_FUNNEL__", env_nested_delimiter="__", extra="ignore")
+
+    port: int = 8002
+    database_url: str = "sqlite+aiosqlite:///.data/funnel.db"
+    # Each worker process is also a member of the consumer group, like a replica; one suffices on one machine.
+    workers: int = Field(default=1, ge=1, le=64)
+    # granularity=day answers one entry per day: bound the answer's size.
+    max_days: int = Field(default=366, ge=1)
+    max_page_size: int = Field(default=1000, ge=1)
