@@ -109,6 +109,7 @@ class MembershipScheduler:
         self.settings = settings
         self.clock = clock
         self.last_full_evaluation: datetime | None = None
+        self.full_evaluations = 0
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -158,6 +159,7 @@ class MembershipScheduler:
             more = not full and evaluated >= 5000
         if full:
             self.last_full_evaluation = as_of
+            self.full_evaluations += 1
         self._duration.labels(scope).observe(time.monotonic() - started)
         published = await publish_queued_changes(self.database, self.publisher,
                                                  batch=self.settings.publish_batch)
