@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from libs.common.events import Event
 from services.segmentation.adapters.facts import erase_persons, record_events
 from services.segmentation.adapters.privacy import ErasureRequest
+from services.segmentation.adapters.segments import lock_membership
 
 
 async def record_customer_facts(connection: AsyncConnection, events: Sequence[Event],
@@ -21,4 +22,6 @@ async def record_customer_facts(connection: AsyncConnection, events: Sequence[Ev
 
 async def erase_customers(connection: AsyncConnection, requests: Sequence[ErasureRequest]) -> None:
     """Delete the persons' profiles, traits, facts, membership and queued changes."""
+    # Not while an evaluation that loaded their facts is about to store their membership.
+    await lock_membership(connection)
     await erase_persons(connection, {request.person_key for request in requests})

@@ -17,7 +17,6 @@ from datetime import datetime
 
 import orjson
 from prometheus_client import Counter, Histogram
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db import Database
@@ -28,6 +27,7 @@ from services.segmentation.adapters.facts import claim_pending, clear_pending
 from services.segmentation.adapters.segments import (
     apply_membership_changes,
     forget_changes,
+    lock_membership,
     queued_changes,
     rule_segments,
     stored_memberships,
@@ -38,7 +38,6 @@ from services.segmentation.settings import MembershipSettings
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
-_EVALUATION_LOCK = 7461003  # PostgreSQL advisory lock key of this service's membership evaluation
 ENTERED, EXITED = "entered", "exited"
 
 
@@ -52,18 +51,15 @@ def change_record(change: str, segment: SegmentDefinition, person_key: str, as_o
     return change_id, person_key, payload
 
 
-async def _serialize(connection: AsyncConnection) -> None:
-    if connection.dialect.name == "postgresql":
-        await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _EVALUATION_LOCK})
-
-
 async def sync_membership(connection: AsyncConnection, as_of: datetime, thresholds: Thresholds, *,
                           pending_only: bool, pending_limit: int = 5000) -> tuple[int, int]:
     """Re-evaluate everyone (or the persons with new facts) at as_of and queue the changes.
 
     Returns (persons evaluated, changes queued).
     """
-    await _serialize(connection)
+    await lock_membership(connection)
+    # Under READ COMMITTED a concurrent consumer commit can land between two reads below; the persons it
+    # touched keep their pending mark (their token changed) and are evaluated again right after.
     pending = await claim_pending(connection, pending_limit if pending_only else None)
     if pending_only and not pending:
         return 0, 0

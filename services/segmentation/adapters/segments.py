@@ -6,7 +6,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -15,6 +15,14 @@ from services.segmentation.adapters.facts import chunks
 from services.segmentation.adapters.tables import segment_changes, segment_members, segments
 from services.segmentation.domain.rules import parse_rule
 from services.segmentation.segments import SegmentDefinition, SegmentKind
+
+_MEMBERSHIP_LOCK = 7461003  # PostgreSQL advisory lock key of this service's membership changes
+
+
+async def lock_membership(connection: AsyncConnection) -> None:
+    """Serialize membership evaluations and erasures until the transaction ends (SQLite: BEGIN IMMEDIATE does)."""
+    if connection.dialect.name == "postgresql":
+        await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MEMBERSHIP_LOCK})
 
 
 class DuplicateSegmentName(ValueError):
