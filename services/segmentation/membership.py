@@ -39,6 +39,7 @@ from services.segmentation.settings import MembershipSettings
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 ENTERED, EXITED = "entered", "exited"
+PENDING_BATCH = 5000
 
 
 def change_record(change: str, segment: SegmentDefinition, person_key: str, as_of: datetime) -> tuple[str, str, bytes]:
@@ -52,7 +53,7 @@ def change_record(change: str, segment: SegmentDefinition, person_key: str, as_o
 
 
 async def sync_membership(connection: AsyncConnection, as_of: datetime, thresholds: Thresholds, *,
-                          pending_only: bool, pending_limit: int = 5000) -> tuple[int, int]:
+                          pending_only: bool) -> tuple[int, int]:
     """Re-evaluate everyone (or the persons with new facts) at as_of and queue the changes.
 
     Returns (persons evaluated, changes queued).
@@ -60,9 +61,12 @@ async def sync_membership(connection: AsyncConnection, as_of: datetime, threshol
     await lock_membership(connection)
     # Under READ COMMITTED a concurrent consumer commit can land between two reads below; the persons it
     # touched keep their pending mark (their token changed) and are evaluated again right after.
-    pending = await claim_pending(connection, pending_limit if pending_only else None)
+    pending = await claim_pending(connection, PENDING_BATCH + 1 if pending_only else None)
     if pending_only and not pending:
         return 0, 0
+    if pending_only and len(pending) > PENDING_BATCH:
+        # Every evaluation loads the whole RFM population anyway: with this many persons, do everyone.
+        pending, pending_only = await claim_pending(connection), False
     scope: Collection[str] | None = list(pending) if pending_only else None
     definitions = await rule_segments(connection)
     evaluation = await evaluate_segments(connection, as_of, thresholds, definitions, scope)
@@ -123,7 +127,7 @@ class MembershipScheduler:
             self._wake.set()
 
     def request_full_evaluation(self) -> None:
-        """Evaluate everyone now (a new rule segment, or a test moving the clock)."""
+        """Evaluate everyone now (a new rule segment enters its members without waiting for the interval)."""
         self._next_full = 0.0
         self._wake.set()
 
@@ -148,11 +152,8 @@ class MembershipScheduler:
         scope = "all" if full else "pending"
         started = time.monotonic()
         as_of = self.clock()
-        more = True
-        while more:
-            async with self.database.begin() as connection:
-                evaluated, _queued = await sync_membership(connection, as_of, self.thresholds, pending_only=not full)
-            more = not full and evaluated >= 5000
+        async with self.database.begin() as connection:
+            await sync_membership(connection, as_of, self.thresholds, pending_only=not full)
         if full:
             self.last_full_evaluation = as_of
             self.full_evaluations += 1
