@@ -53,6 +53,9 @@ def story():
         refund("dan", at(7), "o-ghost"),  # a refund of an order never seen: kept, counts for nothing
         duplicate_view,
         duplicate_view,  # the same event_id twice: counted once
+        # Seen long ago, silent for two months, viewed again: not a new product (SPEC "Product lifecycle").
+        view("eve", AS_OF - timedelta(days=60), "p-old"),
+        view("eve", AS_OF - timedelta(days=1), "p-old", category="bags"),
     ]
 
 
@@ -102,7 +105,10 @@ async def test_a_day_of_the_shop_is_answered_exactly_by_every_route(funnel, publ
     matrix = await funnel.get("/v1/products/matrix", as_of=as_of)
     assert matrix["items"] == expected.matrix(known, AS_OF)
     assert await all_pages(funnel, "/v1/products/matrix", as_of=as_of) == matrix["items"]
-    assert matrix["items"][0]["declared_tier"] == "flagship"
+    dress = next(item for item in matrix["items"] if item["product_id"] == "p1")
+    assert (dress["declared_tier"], dress["lifecycle"]) == ("flagship", "introduction")
+    old = next(item for item in matrix["items"] if item["product_id"] == "p-old")
+    assert (old["lifecycle"], old["category"]) == ("inactive", "bags")
 
     channels = await funnel.get("/v1/channels", **span)
     assert channels["items"] == expected.channels(known, start, end, AS_OF)
