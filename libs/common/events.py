@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -125,25 +126,40 @@ def _check_currency(currency: str | None, info: ValidationInfo) -> str | None:
     return currency
 
 
-class Channel(_Part):
+Tier = Literal["flagship", "traffic_driver", "profit", "long_tail"]
+PlainMoney = Annotated[Decimal, Field(ge=0, decimal_places=2, max_digits=16)]
+
+
+# Two layers: the *Data models are the published form, with only the constraints pydantic checks in
+# Rust, so consumers parse an event in about 9 us. The ingest-side subclasses add the Python rules
+# (aliases, per-type parts, the clock, the currency): about 25 us, paid once, at the door.
+
+
+class ChannelData(_Part):
     source: str = Field(default=DIRECT, max_length=256)
     medium: str | None = Field(default=None, max_length=256)
     campaign: str | None = Field(default=None, max_length=256)
     term: str | None = Field(default=None, max_length=256)
     content: str | None = Field(default=None, max_length=256)
 
+
+class Channel(ChannelData):
     @field_validator("source", mode="before")
     @classmethod
     def _absent_source_is_direct(cls, value: Any) -> Any:
         return DIRECT if value is None or value == "" else value
 
 
-class Product(_Part):
+class ProductData(_Part):
     product_id: Identifier
     name: Text | None = None
     category: Text | None = None
+    price: PlainMoney | None = None
+    tier: Tier | None = None
+
+
+class Product(ProductData):
     price: Amount | None = None
-    tier: Literal["flagship", "traffic_driver", "profit", "long_tail"] | None = None
 
     @field_validator("tier", mode="before")
     @classmethod
@@ -157,23 +173,34 @@ class Inquiry(_Part):
     response_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
 
 
-class OrderItem(_Part):
+class OrderItemData(_Part):
     product_id: Identifier
     category: Text | None = None
     quantity: Count
+    unit_price: PlainMoney
+
+
+class OrderItem(OrderItemData):
     unit_price: Amount
 
 
-class Order(_Part):
+class OrderData(_Part):
     order_id: Identifier
     status: Literal["completed", "refunded"]
+    items: list[OrderItemData] = Field(default_factory=list, max_length=1000)
+    total: PlainMoney | None = None
+    discount: PlainMoney | None = None
+    coupon_code: Identifier | None = None
+    currency: str | None = None
+    refund_amount: PlainMoney | None = None
+    refund_reason: Text | None = None
+
+
+class Order(OrderData):
     items: list[OrderItem] = Field(default_factory=list, max_length=1000)
     total: Amount | None = None
     discount: Amount | None = None
-    coupon_code: Identifier | None = None
-    currency: str | None = None
     refund_amount: Amount | None = None
-    refund_reason: Text | None = None
 
     _currency = field_validator("currency")(_check_currency)
 
@@ -199,8 +226,8 @@ _PART_OF_TYPE = {"inquiry": "inquiry", "order": "order", "review": "review"}
 _PRODUCT_REQUIRED = ("view", "add_to_cart", "review")
 
 
-class Event(BaseModel):
-    """One behaviour event as published on ``shoploop.events.v1`` (SPEC.md "Events")."""
+class PublishedEvent(BaseModel):
+    """One behaviour event as published on ``shoploop.events.v1`` (SPEC.md "Events"), as consumers read it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -209,17 +236,36 @@ class Event(BaseModel):
     person_key: str = ""
     user_id: Identifier | None = None
     anonymous_id: Identifier | None = None
-    occurred_at: Timestamp
-    received_at: Timestamp | None = None
+    occurred_at: AwareDatetime
+    received_at: AwareDatetime | None = None
     session_id: Identifier | None = None
-    channel: Channel = Field(default_factory=Channel)
-    product: Product | None = None
+    channel: ChannelData = Field(default_factory=ChannelData)
+    product: ProductData | None = None
     quantity: Count = 1
     inquiry: Inquiry | None = None
-    order: Order | None = None
+    order: OrderData | None = None
     review: Review | None = None
     traits: dict[str, Any] | None = None
     properties: dict[str, Any] | None = None
+
+    def to_json(self) -> bytes:
+        """The published form: UTC timestamps, money as exact decimal strings, no nulls."""
+        return self.model_dump_json(exclude_none=True).encode()
+
+    @classmethod
+    def from_json(cls, payload: bytes | str) -> PublishedEvent:
+        """Parse a published event (the consumer side: no ingest-time rules)."""
+        return PublishedEvent.model_validate_json(payload)
+
+
+class Event(PublishedEvent):
+    """A client's event validated at ingest by every rule of SPEC.md "Events"."""
+
+    occurred_at: Timestamp
+    received_at: Timestamp | None = None
+    channel: Channel = Field(default_factory=Channel)
+    product: Product | None = None
+    order: Order | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -261,15 +307,6 @@ class Event(BaseModel):
                 f"(server time {format_timestamp(context.received_at)})"
             )
         return self
-
-    def to_json(self) -> bytes:
-        """The published form: UTC timestamps, money as exact decimal strings, no nulls."""
-        return self.model_dump_json(exclude_none=True).encode()
-
-    @classmethod
-    def from_json(cls, payload: bytes | str) -> Event:
-        """Parse a published event (no ingest-time checks)."""
-        return cls.model_validate_json(payload)
 
 
 def describe_errors(error: ValidationError) -> str:

@@ -35,7 +35,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db import Database, claim_events
-from libs.common.events import Event
+from libs.common.events import PublishedEvent
 from libs.common.metrics import Metrics
 from libs.common.settings import KafkaSettings
 
@@ -245,7 +245,7 @@ class Subscription:
     group: str
     topics: Sequence[str]
     handle: BatchHandler
-    decode: Callable[[bytes], Any] = Event.from_json
+    decode: Callable[[bytes], Any] = PublishedEvent.from_json
     event_id: Callable[[Any], str] = _event_id
     max_batch: int = 2000
     max_attempts: int = 3
