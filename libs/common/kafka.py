@@ -250,6 +250,9 @@ class Subscription:
     max_batch: int = 2000
     max_attempts: int = 3
     retry_backoff_seconds: float = 0.05
+    # Called with the newly applied events once their transaction has committed (before the offset
+    # commit), e.g. to wake work that reads the new state. It must not raise.
+    after_commit: Callable[[Sequence[Any]], None] | None = None
 
 
 @dataclass
@@ -396,6 +399,8 @@ class ConsumerRuntime:
                     fresh.append(event)
             if fresh:
                 await subscription.handle(connection, fresh)
+        if fresh and subscription.after_commit is not None:
+            subscription.after_commit(fresh)
         self.metrics.events_consumed.labels(subscription.group).inc(len(items))
         self.metrics.duplicates_skipped.labels(subscription.group).inc(len(items) - len(fresh))
         self._note_progress(fresh)

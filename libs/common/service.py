@@ -71,12 +71,14 @@ class Service:
                 log.warning("waiting for the broker", extra={"error": str(exc) or type(exc).__name__})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        for subscription in self.subscriptions:
-            runtime = ConsumerRuntime(
-                subscription, kafka=kafka, database=self.database, publisher=self.publisher, metrics=self.metrics
-            )
-            await runtime.start()
-            self.consumers.append(runtime)
+        runtimes = [
+            ConsumerRuntime(subscription, kafka=kafka, database=self.database, publisher=self.publisher,
+                            metrics=self.metrics)
+            for subscription in self.subscriptions
+        ]
+        # Groups join concurrently: a join waits on the broker's rebalance delay, once for all of them.
+        await asyncio.gather(*(runtime.start() for runtime in runtimes))
+        self.consumers.extend(runtimes)
         self._kafka_ready.set()
         log.info("connected to the broker", extra={"bootstrap_servers": kafka.bootstrap_servers})
 

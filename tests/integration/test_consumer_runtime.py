@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -215,3 +216,22 @@ async def test_offset_commit_survives_broker_blips_and_lost_rebalances(harness):
     await harness.wait_applied({"c-1": 1, "c-2": 1})
     assert failures == []
     assert runtime.running and runtime.status.failed is None
+
+
+async def test_after_commit_sees_each_new_event_once_and_only_after_its_transaction(harness):
+    seen: list[str] = []
+    reads: list[tuple[set[str], asyncio.Task]] = []
+
+    def after_commit(events):
+        ids = {e.event_id for e in events}
+        seen.extend(ids)
+        # A separate connection must already see this call's rows: the transaction has committed.
+        reads.append((ids, asyncio.get_running_loop().create_task(harness.applied_counts())))
+
+    await harness.send(event("a-1"), event("a-1"), event("a-2"))
+    await harness.start(after_commit=after_commit)
+    await harness.wait_applied({"a-1": 1, "a-2": 1})
+    await eventually(lambda: len(seen) == 2, what="after_commit calls")
+    assert sorted(seen) == ["a-1", "a-2"]
+    for ids, read in reads:
+        assert ids <= set(await read)
