@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -127,3 +128,34 @@ async def running_funnel(settings: FunnelSettings, *, ready_path: str = "/readyz
     app = create_funnel_app(settings)
     async with serve_app(app, ready_path=ready_path) as base_url, httpx.AsyncClient(base_url=base_url, headers=READ, timeout=30) as client:
         yield Funnel(app, client)
+
+
+def shop_stream(count: int, *, seed: int, start: datetime, days: int = 10) -> list[Event]:
+    """A busy shop's events over `days` from `start`: many persons, reused order ids, refunds (some of unknown
+    orders) and a few events sent twice."""
+    rng = random.Random(seed)
+    span_seconds = days * 24 * 3600
+    events: list[Event] = []
+    for _ in range(count):
+        person = f"u{rng.randrange(200)}"
+        at = start + timedelta(seconds=rng.randrange(span_seconds))
+        product = f"sku{rng.randrange(20)}"
+        source = rng.choice((None, None, "google", "douyin", "newsletter"))
+        roll = rng.random()
+        if events and roll < 0.03:
+            events.append(rng.choice(events))  # the same event_id again
+        elif roll < 0.5:
+            events.append(view(person, at, product, source=source, category=f"c{int(product[3:]) % 4}",
+                               price=str(10 + int(product[3:]) * 7)))
+        elif roll < 0.65:
+            events.append(cart(person, at, product, source=source))
+        elif roll < 0.7:
+            events.append(inquiry(person, at, product, response_seconds=rng.choice((None, 12, 300))))
+        elif roll < 0.75:
+            events.append(review(person, at, rng.randint(1, 5), product))
+        elif roll < 0.93:
+            lines = [(product, rng.randint(1, 3), str(10 + int(product[3:]) * 7))]
+            events.append(order(person, at, f"o{rng.randrange(count // 10)}", lines, source=source))
+        else:
+            events.append(refund(person, at, f"o{rng.randrange(count // 8)}", rng.choice((None, "5"))))
+    return events
