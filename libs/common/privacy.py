@@ -1,0 +1,43 @@
+"""Erasure requests on ``shoploop.privacy.v1`` (SPEC.md "Customers": erasure).
+
+Every service that stores personal data consumes this topic and removes the person's personal data;
+aggregate counts already published stay. The record is keyed by person key.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from libs.common.events import Timestamp, format_timestamp
+from libs.common.kafka import PRIVACY_TOPIC, Publisher
+
+
+class ErasureRequest(BaseModel):
+    """Remove this person's personal data; ``request_id`` is the idempotency key."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    person_key: str = Field(min_length=1, max_length=300)
+    requested_at: Timestamp
+    request_id: str = Field(min_length=1, max_length=256)
+
+    @classmethod
+    def new(cls, person_key: str, requested_at: datetime) -> ErasureRequest:
+        return cls(person_key=person_key, requested_at=requested_at, request_id=str(uuid.uuid4()))
+
+    @classmethod
+    def from_json(cls, payload: bytes) -> ErasureRequest:
+        return cls.model_validate_json(payload)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"person_key": self.person_key, "requested_at": format_timestamp(self.requested_at),
+                             "request_id": self.request_id})
+
+
+async def publish_erasure(publisher: Publisher, request: ErasureRequest) -> None:
+    """Publish the request keyed by person key; returns once the broker acknowledged it."""
+    await publisher.publish(PRIVACY_TOPIC, request.person_key.encode(), request.to_json())
