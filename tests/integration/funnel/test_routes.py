@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import orjson
+from sqlalchemy import select
+
 from libs.common.events import format_timestamp
+from libs.common.kafka import PRIVACY_TOPIC
+from services.funnel.adapters.tables import events
 from services.funnel.domain.funnels import DEFAULT_FUNNEL
 from tests.integration.funnel import expected
 from tests.integration.funnel.helpers import (
@@ -18,6 +23,7 @@ from tests.integration.funnel.helpers import (
     view,
     wait_consumed,
 )
+from tests.support import eventually
 
 DAY = datetime(2026, 3, 2, tzinfo=UTC)
 AS_OF = DAY + timedelta(days=5)
@@ -124,3 +130,28 @@ async def test_a_day_of_the_shop_is_answered_exactly_by_every_route(funnel, publ
     assert result["converted_value"] == 100.0
     assert set(result["breakdown"]) == {"dresses", "shoes"}
 
+
+
+async def test_an_erasure_request_removes_the_persons_key_from_stored_events_and_keeps_every_count(
+    funnel, publisher
+):
+    await wait_consumed(funnel.app, await publish(publisher, story()))
+    span = {"from": "2026-03-02", "to": "2026-03-04", "as_of": format_timestamp(AS_OF)}
+    routes = ("/v1/kpis", "/v1/funnels/default/result", "/v1/channels", "/v1/products")
+    before = [await funnel.get(path, **span) for path in routes]
+
+    request = {"request_id": "erasure-1", "person_key": "ann", "requested_at": "2026-03-06T00:00:00Z"}
+    await publisher.publish(PRIVACY_TOPIC, b"ann", orjson.dumps(request))
+
+    async def keys_left() -> list[str]:
+        async with funnel.app.state.service.database.read() as connection:
+            return (await connection.execute(select(events.c.person_key).distinct())).scalars().all()
+
+    await eventually(lambda: _without(keys_left, "ann"), what="ann's key to be gone from stored events")
+    assert [await funnel.get(path, **span) for path in routes] == before
+    pseudonyms = [key for key in await keys_left() if key.startswith("erased:")]
+    assert len(pseudonyms) == 1  # one stand-in for all of ann's events: distinct counts stay as they were
+
+
+async def _without(keys_left, person: str) -> bool:
+    return person not in await keys_left()
