@@ -43,6 +43,8 @@ ReadKey = Annotated[str, Depends(require_scope("read"))]
 
 _DEFAULT_PAGE_SIZE = 100
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# An unencoded "+" in a query string arrives as a space: "...T10:00:00 08:00" meant "+08:00".
+_SPACED_OFFSET = re.compile(r" (\d{2}:\d{2})$")
 _MOMENT_HELP = "a date (start of that day in SHOPLOOP_TIMEZONE) or an RFC 3339 timestamp"
 From = Annotated[str, Query(alias="from", description=f"range start, included: {_MOMENT_HELP}")]
 To = Annotated[str, Query(alias="to", description=f"range end, excluded: {_MOMENT_HELP}")]
@@ -59,12 +61,16 @@ def _settings(request: Request) -> FunnelSettings:
     return request.app.state.service.settings
 
 
+def _timestamp(value: str) -> datetime:
+    return parse_rfc3339(_SPACED_OFFSET.sub(r"+\1", value))
+
+
 def _moment(value: str, name: str, settings: FunnelSettings) -> datetime:
     try:
         if _DATE.match(value):
             day = date.fromisoformat(value)
             return datetime.combine(day, time(), settings.common.zone).astimezone(UTC)
-        return parse_rfc3339(value)
+        return _timestamp(value)
     except ValueError as exc:
         raise ApiError(422, "invalid_parameter", f"{name}: {exc}; expected {_MOMENT_HELP}") from None
 
@@ -73,7 +79,7 @@ def _as_of(value: str | None) -> datetime:
     if value is None:
         return datetime.now(UTC)
     try:
-        return parse_rfc3339(value)
+        return _timestamp(value)
     except ValueError as exc:
         raise ApiError(422, "invalid_parameter", f"as_of: {exc}") from None
 

@@ -116,3 +116,17 @@ async def test_defined_funnels_are_stored_listed_in_pages_and_unknown_ones_are_4
     assert missing.status_code == 404 and missing.json()["code"] == "not_found"
     bad_cursor = await client.get("/v1/funnels", params={"cursor": "not-a-cursor"})
     assert bad_cursor.status_code == 400
+
+
+async def test_dates_are_days_of_the_reporting_time_zone_and_a_bare_plus_in_a_timestamp_is_understood(tmp_path):
+    settings = _offline(f"sqlite+aiosqlite:///{tmp_path / 'funnel.db'}")
+    settings = settings.model_copy(update={"common": settings.common.model_copy(update={"timezone": "Asia/Shanghai"})})
+    async with running_funnel(settings, ready_path="/healthz") as app:
+        # The query string below is not URL-encoded on purpose: its "+" arrives as a space.
+        response = await app.client.get("/v1/kpis?from=2026-05-01&to=2026-05-01T12:00:00+08:00"
+                                        "&as_of=2026-05-02T00:00:00+08:00")
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert (body["from"], body["to"], body["as_of"]) == (
+            "2026-04-30T16:00:00.000000Z", "2026-05-01T04:00:00.000000Z", "2026-05-01T16:00:00.000000Z")
+        assert body["time_zone"] == "Asia/Shanghai" and body["pv"] == 0 and body["conversion_rate"] is None
