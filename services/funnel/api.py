@@ -61,17 +61,27 @@ def _settings(request: Request) -> FunnelSettings:
     return request.app.state.service.settings
 
 
+# Room on both sides for windows and lookbacks, so that date arithmetic never leaves datetime's range.
+_EARLIEST, _LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def _supported(moment: datetime) -> datetime:
+    if not _EARLIEST <= moment < _LATEST:
+        raise ValueError(f"{moment.isoformat()} is outside the supported years 1970 to 8999")
+    return moment
+
+
 def _timestamp(value: str) -> datetime:
-    return parse_rfc3339(_SPACED_OFFSET.sub(r"+\1", value))
+    return _supported(parse_rfc3339(_SPACED_OFFSET.sub(r"+\1", value)))
 
 
 def _moment(value: str, name: str, settings: FunnelSettings) -> datetime:
     try:
         if _DATE.match(value):
             day = date.fromisoformat(value)
-            return datetime.combine(day, time(), settings.common.zone).astimezone(UTC)
+            return _supported(datetime.combine(day, time(), settings.common.zone).astimezone(UTC))
         return _timestamp(value)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:  # a date at the very edge of the calendar overflows in the zone
         raise ApiError(422, "invalid_parameter", f"{name}: {exc}; expected {_MOMENT_HELP}") from None
 
 

@@ -47,6 +47,8 @@ async def offline_on_both(database_url) -> AsyncIterator[Funnel]:
     ("/v1/products", {**DAY, "limit": "51"}, "limit: at most 50"),
     ("/v1/products", {**DAY, "limit": "0"}, "query.limit: Input should be greater than or equal to 1"),
     ("/v1/products/matrix", {"as_of": "soon"}, "as_of:"),
+    ("/v1/products/matrix", {"as_of": "9999-12-31T23:59:59Z"}, "as_of: 9999-12-31T23:59:59+00:00 is outside"),
+    ("/v1/funnels/default/result", {"from": "0001-01-01", "to": "2026-01-01"}, "from: 0001-01-01"),
     ("/v1/channels", {"to": "2026-03-03"}, "query.from: Field required"),
 ])
 async def test_bad_parameters_are_422_with_the_reason(offline, path, params, fragment):
