@@ -9,12 +9,12 @@ the same answer on the loaded facts as on the whole stored history.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, func, not_, or_, select, union, update
+from sqlalchemy import Select, Table, and_, bindparam, func, not_, select, union, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -109,7 +109,9 @@ class FactQuery:
         if types is not None:
             span.append(events.c.type.in_(sorted(set(types))))
         self._in_span: ColumnElement[bool] = and_(*span)
+        # Extras selecting event ids from the span in SQL, and extras per product of the span (given in chunks).
         self._extras: list[Select[Any]] = []
+        self._product_extras: list[Callable[[Sequence[str]], Select[Any]]] = []
 
     def _known(self) -> ColumnElement[bool]:
         return events.c.occurred_us <= self.as_of_us
@@ -167,144 +169,163 @@ class FactQuery:
         )
         return self
 
-    def _products_in_span(self) -> Select[Any]:
-        in_span = and_(self._in_span, self._known())
-        return union(
-            select(events.c.product_id).where(in_span, events.c.product_id.is_not(None)),
-            select(order_items.c.product_id)
-            .join(events, events.c.event_id == order_items.c.event_id)
-            .where(in_span),
-        )
-
     def with_product_attributes(self) -> FactQuery:
         """For every product in the span, the latest events (up to as_of) carrying each of its attributes."""
-        products = self._products_in_span()
-        for column in (events.c.product_name, events.c.category, events.c.price_cents, events.c.declared_tier):
-            self._extras.append(self._carriers_of(column.is_not(None), products, func.max))
-        self._extras.append(self._item_carriers_of(order_items.c.category, products, func.max))
+        for column in ("product_name", "category", "price_cents", "declared_tier"):
+            self._product_extras.append(
+                lambda products, column=column: self._carriers(
+                    products, lambda table: table.c[column].is_not(None), latest=True
+                )
+            )
+        self._product_extras.append(lambda products: self._item_carriers(products, latest=True))
         return self
 
     def with_first_events_of_products(self) -> FactQuery:
         """For every product in the span, its first event of any type (``introduction`` in the lifecycle)."""
-        products = self._products_in_span()
         # An order is about its items' products, any other event about its product (FunnelEvent.product_ids).
-        self._extras.append(self._carriers_of(events.c.type != "order", products, func.min))
-        self._extras.append(self._item_carriers_of(None, products, func.min))
+        self._product_extras.append(
+            lambda products: self._carriers(products, lambda table: table.c.type != "order", latest=False)
+        )
+        self._product_extras.append(lambda products: self._item_carriers(products, latest=False, carried=False))
         return self
 
-    def _carriers_of(self, condition: ColumnElement[bool], products: Select[Any], pick: Any) -> Select[Any]:
-        # Every event at the chosen instant is loaded: the domain breaks ties by event_id in its own order.
-        chosen = (
-            select(events.c.product_id, pick(events.c.occurred_us).label("at"))
-            .where(events.c.product_id.in_(products), condition, self._known())
-            .group_by(events.c.product_id)
-            .subquery()
+    def _carriers(
+        self, products: Sequence[str], carries: Callable[[Table], ColumnElement[bool]], *, latest: bool
+    ) -> Select[Any]:
+        """Per product, the events at the latest (or first) instant up to as_of that satisfy `carries`.
+
+        The instant is found per product by walking the (product_id, occurred_us) index from one end; every
+        event at it is selected, because the domain breaks ties by event_id in its own order.
+        """
+        candidate = events.alias("candidate")
+        instant = (
+            select(candidate.c.occurred_us)
+            .where(candidate.c.product_id == events.c.product_id, carries(candidate),
+                   candidate.c.occurred_us <= self.as_of_us)
+            .order_by(candidate.c.occurred_us.desc() if latest else candidate.c.occurred_us)
+            .limit(1)
+            .scalar_subquery()
         )
-        return (
-            select(events.c.event_id)
-            .join(chosen, and_(events.c.product_id == chosen.c.product_id, events.c.occurred_us == chosen.c.at))
-            .where(condition)
+        return select(events.c.event_id).where(
+            events.c.product_id.in_(products), carries(events), events.c.occurred_us == instant
         )
 
-    def _item_carriers_of(self, carried: ColumnElement[Any] | None, products: Select[Any], pick: Any) -> Select[Any]:
-        condition = and_(order_items.c.product_id.in_(products), self._known())
-        if carried is not None:
-            condition = and_(condition, carried.is_not(None))
+    def _item_carriers(self, products: Sequence[str], *, latest: bool, carried: bool = True) -> Select[Any]:
+        """Like ``_carriers`` for order lines: the order events at the latest (first) instant up to as_of with a
+        line of the product (one carrying a category, when `carried`)."""
+        pick = func.max if latest else func.min
+        condition = [order_items.c.product_id.in_(products), events.c.occurred_us <= self.as_of_us]
+        if carried:
+            condition.append(order_items.c.category.is_not(None))
         joined = order_items.join(events, events.c.event_id == order_items.c.event_id)
         chosen = (
             select(order_items.c.product_id, pick(events.c.occurred_us).label("at"))
             .select_from(joined)
-            .where(condition)
+            .where(*condition)
             .group_by(order_items.c.product_id)
-            .subquery()
+            .subquery("chosen")
         )
         return (
             select(order_items.c.event_id)
             .select_from(joined)
-            .join(
-                chosen,
-                and_(order_items.c.product_id == chosen.c.product_id, events.c.occurred_us == chosen.c.at),
-            )
-            .where(condition)
+            .join(chosen, and_(order_items.c.product_id == chosen.c.product_id, events.c.occurred_us == chosen.c.at))
+            .where(*condition)
         )
 
     async def load(self, connection: AsyncConnection) -> list[FunnelEvent]:
         """The span's events, the extra facts asked for, and the counting candidates of every order among them."""
         in_span = and_(self._in_span, self._known())
+        outside_span = and_(not_(self._in_span), self._known())
         loaded: dict[str, FunnelEvent] = {}
         await _fetch(connection, in_span, loaded)
-        outside_span = and_(not_(self._in_span), self._known())
-        extras = union(*self._extras) if self._extras else None
-        if extras is not None:
-            await _fetch(connection, and_(events.c.event_id.in_(extras), outside_span), loaded)
+        beyond: dict[str, FunnelEvent] = {}
+        if self._extras:
+            await _fetch(connection, and_(events.c.event_id.in_(union(*self._extras)), outside_span), beyond, loaded)
+        if self._product_extras:
+            products = sorted({product for fact in loaded.values() for product in _products_of(fact)})
+            for chunk in _chunks(products):
+                chosen = union(*(extra(chunk) for extra in self._product_extras))
+                await _fetch(connection, and_(events.c.event_id.in_(chosen), outside_span), beyond, loaded)
+        loaded.update(beyond)
         # An order counts at its earliest completed event: load every completed event of each order seen.
-        seen = in_span if extras is None else and_(or_(self._in_span, events.c.event_id.in_(extras)), self._known())
-        orders = select(events.c.order_id).where(seen, events.c.type == "order")
-        await _fetch(
-            connection,
-            and_(events.c.order_status == "completed", events.c.order_id.in_(orders), outside_span),
-            loaded,
-        )
+        completed_elsewhere = and_(events.c.order_status == "completed", outside_span)
+        span_orders = select(events.c.order_id).where(in_span, events.c.type == "order")
+        await _fetch(connection, and_(completed_elsewhere, events.c.order_id.in_(span_orders)), loaded)
+        other_orders = sorted({fact.order.order_id for fact in beyond.values() if fact.order is not None})
+        for chunk in _chunks(other_orders):
+            await _fetch(connection, and_(completed_elsewhere, events.c.order_id.in_(chunk)), loaded)
         return list(loaded.values())
 
 
+def _products_of(fact: FunnelEvent) -> Iterable[str]:
+    """Every product an event names: its product, and its order lines' products."""
+    if fact.product_id is not None:
+        yield fact.product_id
+    if fact.order is not None:
+        yield from (item.product_id for item in fact.order.items)
+
+
+def _chunks(values: Sequence[str], size: int = 500) -> Iterable[Sequence[str]]:
+    # Bound the bound parameters of one statement (SQLite and asyncpg both have a limit).
+    return (values[start : start + size] for start in range(0, len(values), size))
+
+
+_EVENT_COLUMNS = (
+    events.c.event_id, events.c.type, events.c.person_key, events.c.occurred_us, events.c.source,
+    events.c.product_id, events.c.product_name, events.c.category, events.c.price_cents, events.c.declared_tier,
+    events.c.quantity, events.c.inquiry_id, events.c.response_seconds, events.c.order_id, events.c.order_status,
+    events.c.total_cents, events.c.discount_cents, events.c.coupon_code, events.c.refund_cents, events.c.rating,
+)
 _ITEM_COLUMNS = (
-    order_items.c.line,
-    order_items.c.product_id.label("item_product_id"),
-    order_items.c.category.label("item_category"),
-    order_items.c.quantity.label("item_quantity"),
-    order_items.c.unit_price_cents,
+    order_items.c.event_id, order_items.c.line, order_items.c.product_id, order_items.c.category,
+    order_items.c.quantity, order_items.c.unit_price_cents,
 )
 
 
-async def _fetch(connection: AsyncConnection, condition: ColumnElement[bool], loaded: dict[str, FunnelEvent]) -> None:
+async def _fetch(
+    connection: AsyncConnection, condition: ColumnElement[bool], into: dict[str, FunnelEvent],
+    known: Mapping[str, FunnelEvent] | None = None,
+) -> None:
+    """Load the events matching `condition`, with their order lines, that neither `into` nor `known` holds."""
+    # One statement, so that `condition` is evaluated once; an order event comes once per line.
     statement = (
-        select(events, *_ITEM_COLUMNS)
+        select(*_EVENT_COLUMNS, *_ITEM_COLUMNS)
         .select_from(events.outerjoin(order_items, order_items.c.event_id == events.c.event_id))
         .where(condition)
     )
-    rows: dict[str, Any] = {}
-    lines: dict[str, list[Any]] = {}
-    for row in (await connection.execute(statement)).all():
-        if row.event_id in loaded:
+    width = len(_EVENT_COLUMNS)
+    skip = into.keys() | (known.keys() if known is not None else set())
+    found: dict[str, Sequence[Any]] = {}
+    lines: dict[str, list[tuple[int, OrderItem]]] = {}
+    for row in await connection.execute(statement):
+        event_id = row[0]
+        if event_id in skip:
             continue
-        rows.setdefault(row.event_id, row)
-        if row.line is not None:
-            lines.setdefault(row.event_id, []).append(row)
-    for event_id, row in rows.items():
-        loaded[event_id] = _fact(row, sorted(lines.get(event_id, ()), key=lambda line: line.line))
+        found.setdefault(event_id, row)
+        if row[width + 1] is not None:
+            _, line, product_id, category, quantity, unit_price_cents = row[width:]
+            lines.setdefault(event_id, []).append(
+                (line, OrderItem(product_id, category, quantity, _money(unit_price_cents)))
+            )
+    for event_id, row in found.items():
+        into[event_id] = _fact(row, [item for _, item in sorted(lines.get(event_id, ()), key=_first)])
 
 
-def _fact(row: Any, lines: Iterable[Any]) -> FunnelEvent:
+def _first(pair: tuple[int, OrderItem]) -> int:
+    return pair[0]
+
+
+def _fact(row: Sequence[Any], lines: Sequence[OrderItem]) -> FunnelEvent:
+    (event_id, kind, person_key, occurred_us, source, product_id, product_name, category, price_cents,
+     declared_tier, quantity, inquiry_id, response_seconds, order_id, order_status, total_cents, discount_cents,
+     coupon_code, refund_cents, rating) = row[: len(_EVENT_COLUMNS)]
     order = None
-    if row.type == "order":
+    if kind == "order":
         order = OrderFacts(
-            order_id=row.order_id,
-            status=row.order_status,
-            items=tuple(
-                OrderItem(line.item_product_id, line.item_category, line.item_quantity, _money(line.unit_price_cents))
-                for line in lines
-            ),
-            total=_money(row.total_cents),
-            discount=_money(row.discount_cents),
-            coupon_code=row.coupon_code,
-            refund_amount=_money(row.refund_cents),
+            order_id, order_status, tuple(lines), _money(total_cents), _money(discount_cents), coupon_code,
+            _money(refund_cents),
         )
     return FunnelEvent(
-        event_id=row.event_id,
-        type=row.type,
-        person_key=row.person_key,
-        occurred_at=from_epoch_micros(row.occurred_us),
-        source=row.source,
-        product_id=row.product_id,
-        product_name=row.product_name,
-        category=row.category,
-        price=_money(row.price_cents),
-        declared_tier=row.declared_tier,
-        quantity=row.quantity,
-        inquiry_id=row.inquiry_id,
-        response_seconds=row.response_seconds,
-        order=order,
-        rating=row.rating,
+        event_id, kind, person_key, from_epoch_micros(occurred_us), source, product_id, product_name, category,
+        _money(price_cents), declared_tier, quantity, inquiry_id, response_seconds, order, rating,
     )
-

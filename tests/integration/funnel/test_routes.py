@@ -62,6 +62,11 @@ def story():
         # Seen long ago, silent for two months, viewed again: not a new product (SPEC "Product lifecycle").
         view("eve", AS_OF - timedelta(days=60), "p-old"),
         view("eve", AS_OF - timedelta(days=1), "p-old", category="bags"),
+        # Attributes carried only outside the span asked about still are the product's latest ones.
+        view("fay", at(2, days=3), "p1", category="gowns"),
+        view("eve", AS_OF - timedelta(days=59), "p-vintage"),
+        view("eve", AS_OF - timedelta(days=58), "p-vintage", category="bags", price="80"),
+        view("eve", AS_OF - timedelta(days=2), "p-vintage"),
     ]
 
 
@@ -105,7 +110,7 @@ async def test_a_day_of_the_shop_is_answered_exactly_by_every_route(funnel, publ
 
     products = await funnel.get("/v1/products", **span)
     assert products["items"] == expected.products(known, start, end, AS_OF)
-    assert products["items"][0]["name"] == "真丝连衣裙"
+    assert (products["items"][0]["name"], products["items"][0]["category"]) == ("真丝连衣裙", "gowns")
     assert await all_pages(funnel, "/v1/products", **span) == products["items"]
 
     matrix = await funnel.get("/v1/products/matrix", as_of=as_of)
@@ -115,6 +120,8 @@ async def test_a_day_of_the_shop_is_answered_exactly_by_every_route(funnel, publ
     assert (dress["declared_tier"], dress["lifecycle"]) == ("flagship", "introduction")
     old = next(item for item in matrix["items"] if item["product_id"] == "p-old")
     assert (old["lifecycle"], old["category"]) == ("inactive", "bags")
+    vintage = next(item for item in matrix["items"] if item["product_id"] == "p-vintage")
+    assert (vintage["category"], vintage["price"]) == ("bags", 80.0)
 
     channels = await funnel.get("/v1/channels", **span)
     assert channels["items"] == expected.channels(known, start, end, AS_OF)
@@ -128,7 +135,7 @@ async def test_a_day_of_the_shop_is_answered_exactly_by_every_route(funnel, publ
     result = await funnel.get(f"/v1/funnels/{created['funnel_id']}/result", **span, breakdown="category")
     assert result["counts"] == [3, 1, 1]  # bob: view -> inquiry -> order of shoes
     assert result["converted_value"] == 100.0
-    assert set(result["breakdown"]) == {"dresses", "shoes"}
+    assert set(result["breakdown"]) == {"gowns", "shoes"}  # p1's category as known at as_of
 
 
 
