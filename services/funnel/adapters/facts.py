@@ -82,16 +82,6 @@ async def pseudonymise_persons(connection: AsyncConnection, pseudonyms: Mapping[
     await connection.execute(statement, [{"old_key": old, "new_key": new} for old, new in pseudonyms.items()])
 
 
-async def count_events(connection: AsyncConnection, event_ids: Collection[str]) -> int:
-    """How many of these events are stored (tests and operators: has the consumer caught up?)."""
-    ids = list(event_ids)
-    counted = 0
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        counted += (await connection.execute(select(func.count()).where(events.c.event_id.in_(chunk)))).scalar_one()
-    return counted
-
-
 class FactQuery:
     """The events of one span ``[start, end)`` known at ``as_of``, plus the facts beyond the span that
     SPEC.md's rules reach (added with the ``with_*`` methods), plus every order's counting event."""
