@@ -10,10 +10,11 @@ from fastapi.exceptions import RequestValidationError
 from libs.common.db import Database
 from libs.common.http import JsonResponse
 from libs.common.kafka import EVENTS_TOPIC, PRIVACY_TOPIC, Subscription
+from libs.common.privacy import ErasureRequest
 from libs.common.service import Service, create_app
 from services.funnel.adapters.tables import MIGRATIONS, metadata
 from services.funnel.api import router
-from services.funnel.handlers import ErasureRequest, erase_persons, record_events
+from services.funnel.handlers import erase_persons, record_events
 from services.funnel.settings import FunnelSettings
 
 DESCRIPTION = (
@@ -32,7 +33,7 @@ def build_service(settings: FunnelSettings) -> Service:
         Subscription(group=EVENTS_GROUP, topics=[EVENTS_TOPIC], handle=record_events),
         Subscription(
             group=PRIVACY_GROUP, topics=[PRIVACY_TOPIC], handle=erase_persons,
-            decode=ErasureRequest.model_validate_json, event_id=lambda request: request.request_id,
+            decode=ErasureRequest.from_json, event_id=lambda request: request.request_id,
         ),
     ]
     return Service("funnel", settings, database, subscriptions)

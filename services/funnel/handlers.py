@@ -8,15 +8,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.common.events import Event, Timestamp
+from libs.common.events import PublishedEvent
+from libs.common.privacy import ErasureRequest
 from services.funnel.adapters.facts import pseudonymise_persons, store_facts
 from services.funnel.domain.facts import FunnelEvent, OrderFacts, OrderItem
 
 
-def fact_of(event: Event) -> FunnelEvent | None:
+def fact_of(event: PublishedEvent) -> FunnelEvent | None:
     """The facts the funnel keeps of one published event; None for `identify` calls, which carry no behaviour."""
     if event.type == "identify":
         return None
@@ -48,19 +48,9 @@ def fact_of(event: Event) -> FunnelEvent | None:
     )
 
 
-async def record_events(connection: AsyncConnection, batch: Sequence[Event]) -> None:
+async def record_events(connection: AsyncConnection, batch: Sequence[PublishedEvent]) -> None:
     """Keep every behaviour event as facts; answers are computed from them at query time."""
     await store_facts(connection, [fact for event in batch if (fact := fact_of(event)) is not None])
-
-
-class ErasureRequest(BaseModel):
-    """An erasure request on ``shoploop.privacy.v1`` (SPEC.md "Customers": erasure); see docs/funnel.md."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    request_id: str = Field(min_length=1, max_length=256)
-    person_key: str = Field(min_length=1, max_length=300)
-    requested_at: Timestamp | None = None
 
 
 _PSEUDONYM_NAMESPACE = uuid.UUID("0b5bb0a6-58f4-4f0e-9a59-8f1f3a7b2c11")

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import orjson
 from sqlalchemy import select
 
 from libs.common.events import format_timestamp
-from libs.common.kafka import PRIVACY_TOPIC
+from libs.common.privacy import ErasureRequest, publish_erasure
 from services.funnel.adapters.tables import events
 from services.funnel.domain.funnels import DEFAULT_FUNNEL
 from tests.integration.funnel import expected
@@ -147,8 +146,7 @@ async def test_an_erasure_request_removes_the_persons_key_from_stored_events_and
     routes = ("/v1/kpis", "/v1/funnels/default/result", "/v1/channels", "/v1/products")
     before = [await funnel.get(path, **span) for path in routes]
 
-    request = {"request_id": "erasure-1", "person_key": "ann", "requested_at": "2026-03-06T00:00:00Z"}
-    await publisher.publish(PRIVACY_TOPIC, b"ann", orjson.dumps(request))
+    await publish_erasure(publisher, ErasureRequest.new("ann", datetime(2026, 3, 6, tzinfo=UTC)))
 
     async def keys_left() -> list[str]:
         async with funnel.app.state.service.database.read() as connection:

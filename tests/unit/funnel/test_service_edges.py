@@ -8,8 +8,9 @@ from decimal import Decimal
 import pytest
 
 from libs.common.events import Event
+from libs.common.privacy import ErasureRequest
 from services.funnel.adapters.facts import cents
-from services.funnel.handlers import ErasureRequest, fact_of, pseudonym_of
+from services.funnel.handlers import fact_of, pseudonym_of
 from services.funnel.schemas import money
 
 
@@ -65,7 +66,7 @@ def test_money_is_stored_as_exact_cents():
 
 
 def test_an_erasure_request_gets_a_pseudonym_that_does_not_contain_the_person():
-    request = ErasureRequest.model_validate_json(
+    request = ErasureRequest.from_json(
         b'{"request_id": "r-1", "person_key": "anon:a-9", "requested_at": "2026-05-01T00:00:00Z", "by": "ops"}')
     pseudonym = pseudonym_of(request)
     assert pseudonym.startswith("erased:") and "a-9" not in pseudonym
