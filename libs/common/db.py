@@ -73,9 +73,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+_READ_ONLY = "shoploop_read_only"
+
+
 def _sqlite_begin(connection: Any) -> None:
-    # IMMEDIATE takes the write lock at BEGIN, so two writers queue instead of failing mid-transaction.
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # Writers: IMMEDIATE takes the write lock at BEGIN, so two writers queue instead of failing
+    # mid-transaction. Readers: a plain BEGIN, so API queries never hold up the consumer (WAL).
+    read_only = connection.get_execution_options().get(_READ_ONLY, False)
+    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 class Database:
@@ -113,7 +118,7 @@ class Database:
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A connection for queries (SQLite reads do not take the write lock)."""
         async with self.engine.connect() as connection:
-            yield connection
+            yield await connection.execution_options(**{_READ_ONLY: True})
 
     async def ping(self) -> None:
         async with self.engine.connect() as connection:

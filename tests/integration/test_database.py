@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from sqlalchemy import Column, Integer, MetaData, String, Table, select, text
 
 from libs.common.db import SCHEMA_MIGRATIONS, Database, Migration, claim_events, create_all, insert
@@ -60,5 +62,21 @@ async def test_a_failed_unit_of_work_keeps_neither_state_nor_claims(database_url
         async with database.begin() as connection:
             assert await claim_events(connection, "funnel", ["x"]) == {"x"}
             assert (await connection.execute(select(profiles))).all() == []
+    finally:
+        await database.close()
+
+
+async def test_an_open_read_does_not_hold_up_a_writer(database_url):
+    database = Database(database_url, metadata=metadata, migrations=[STEP_1])
+    await database.start()
+    try:
+        async with database.read() as reader:
+            await reader.execute(select(profiles))  # the read transaction is open from here
+
+            async def write() -> None:
+                async with database.begin() as writer:
+                    await writer.execute(insert(writer, profiles).values(person_key="u-1", visits=1))
+
+            await asyncio.wait_for(write(), 5)  # a read holding the write lock would block for busy_timeout
     finally:
         await database.close()
