@@ -16,8 +16,8 @@ from libs.common.auth import require_scope
 from libs.common.events import epoch_micros, format_timestamp, parse_rfc3339
 from libs.common.http import ApiError
 from libs.common.kafka import BrokerUnavailable
+from libs.common.privacy import ErasureRequest, publish_erasure
 from services.segmentation.adapters.facts import event_type_counts
-from services.segmentation.adapters.privacy import ErasureRequest, publish_erasure
 from services.segmentation.adapters.segments import (
     DuplicateSegmentName,
     add_rule_segment,
@@ -28,7 +28,12 @@ from services.segmentation.adapters.segments import (
 from services.segmentation.domain.customers import LifecycleStage, MembershipTier
 from services.segmentation.domain.rfm import SCORES, RfmSegment
 from services.segmentation.domain.rules import RuleError, parse_rule
-from services.segmentation.population import evaluate_segments, load_population
+from services.segmentation.population import (
+    builtin_memberships,
+    evaluate_segments,
+    lifecycle_and_tiers,
+    load_rfm_report,
+)
 from services.segmentation.runtime import SegmentationService
 from services.segmentation.segments import BUILTIN_BY_ID, BUILTIN_SEGMENTS, SegmentDefinition, SegmentKind
 
@@ -201,7 +206,7 @@ async def get_customer(request: Request, person_key: str, _key: ReadKey, as_of: 
         inquiries = await event_type_counts(connection, "inquiry", None, moment_us, [person_key])
         reviews = await event_type_counts(connection, "review", None, moment_us, [person_key])
     figures = customer.figures
-    score = evaluation.population.rfm.scores.get(person_key)
+    score = evaluation.population.rfm_scores.get(person_key)
     by_id = {**BUILTIN_BY_ID, **{segment.segment_id: segment for segment in definitions}}
     order = {segment.segment_id: i for i, segment in enumerate((*BUILTIN_SEGMENTS, *definitions))}
     member_of = sorted(evaluation.memberships.get(person_key, ()), key=order.__getitem__)
@@ -255,8 +260,7 @@ async def get_rfm(request: Request, _key: ReadKey, as_of: AsOf = None) -> dict[s
     service = _service(request)
     moment = _as_of(request, as_of)
     async with service.database.read() as connection:
-        population = await load_population(connection, moment, service.thresholds, persons=())
-    report = population.rfm
+        report = await load_rfm_report(connection, moment)
     return {
         "as_of": format_timestamp(moment),
         "customers": len(report.scores),
@@ -270,13 +274,13 @@ async def get_lifecycle(request: Request, _key: ReadKey, as_of: AsOf = None) -> 
     service = _service(request)
     moment = _as_of(request, as_of)
     async with service.database.read() as connection:
-        population = await load_population(connection, moment, service.thresholds)
+        customers = await lifecycle_and_tiers(connection, moment, service.thresholds)
     stages = dict.fromkeys(LifecycleStage, 0)
-    for customer in population.customers.values():
-        stages[customer.figures.lifecycle] += 1
+    for stage, _ in customers:
+        stages[stage] += 1
     lifecycle = service.thresholds.lifecycle
     return {
-        "as_of": format_timestamp(moment), "customers": len(population.customers), "stages": stages,
+        "as_of": format_timestamp(moment), "customers": len(customers), "stages": stages,
         "thresholds": {"new_days": lifecycle.new_days, "active_days": lifecycle.active_days,
                        "dormant_days": lifecycle.dormant_days},
     }
@@ -287,17 +291,17 @@ async def get_tiers(request: Request, _key: ReadKey, as_of: AsOf = None) -> dict
     service = _service(request)
     moment = _as_of(request, as_of)
     async with service.database.read() as connection:
-        population = await load_population(connection, moment, service.thresholds)
+        customers = await lifecycle_and_tiers(connection, moment, service.thresholds)
     tiers = dict.fromkeys(MembershipTier, 0)
     no_tier = 0
-    for customer in population.customers.values():
-        if customer.figures.tier is None:
+    for _, tier in customers:
+        if tier is None:
             no_tier += 1
         else:
-            tiers[customer.figures.tier] += 1
+            tiers[tier] += 1
     thresholds = service.thresholds.tiers
     return {
-        "as_of": format_timestamp(moment), "customers": len(population.customers), "tiers": tiers,
+        "as_of": format_timestamp(moment), "customers": len(customers), "tiers": tiers,
         "no_tier": no_tier,
         "thresholds": {"silver": float(thresholds.silver), "gold": float(thresholds.gold),
                        "diamond": float(thresholds.diamond)},
@@ -367,9 +371,13 @@ async def list_members(
         segment = BUILTIN_BY_ID.get(segment_id) or await rule_segment(connection, segment_id)
         if segment is None:
             raise ApiError(404, "unknown_segment", f"no segment {segment_id!r}")
-        evaluation = await evaluate_segments(connection, moment, service.thresholds,
-                                             [segment] if segment.rule is not None else [])
-    members = sorted(person for person, ids in evaluation.memberships.items() if segment_id in ids)
+        if segment.rule is None:
+            standings = await builtin_memberships(connection, moment, service.thresholds)
+            found = (standing.person_key for standing in standings if segment_id in standing.builtin_ids)
+        else:
+            evaluation = await evaluate_segments(connection, moment, service.thresholds, [segment])
+            found = (person for person, ids in evaluation.memberships.items() if segment_id in ids)
+    members = sorted(found)
     if after is not None:
         members = [person for person in members if person > after]
     page = members[:limit]

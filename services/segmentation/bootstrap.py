@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from datetime import datetime
 
@@ -10,9 +9,10 @@ from fastapi import FastAPI
 
 from libs.common.db import Database
 from libs.common.kafka import EVENTS_TOPIC, PRIVACY_TOPIC, Subscription
+from libs.common.privacy import ErasureRequest
 from libs.common.service import create_app
-from services.segmentation.adapters.privacy import ErasureRequest
-from services.segmentation.adapters.tables import MIGRATIONS, metadata
+from services.segmentation.adapters.migrations import MIGRATIONS
+from services.segmentation.adapters.tables import metadata
 from services.segmentation.api import router
 from services.segmentation.handlers import erase_customers, record_customer_facts
 from services.segmentation.runtime import SegmentationService, system_clock
@@ -31,10 +31,10 @@ def build_service(settings: SegmentationSettings, *, clock: Callable[[], datetim
     database = Database(settings.database_url, metadata=metadata, migrations=MIGRATIONS)
     service = SegmentationService(settings, database, clock=clock)
     service.subscriptions = [
-        Subscription(group=EVENTS_GROUP, topics=[EVENTS_TOPIC],
-                     handle=functools.partial(record_customer_facts, notify=service.scheduler.notify)),
+        Subscription(group=EVENTS_GROUP, topics=[EVENTS_TOPIC], handle=record_customer_facts,
+                     after_commit=service.scheduler.facts_committed),
         Subscription(group=PRIVACY_GROUP, topics=[PRIVACY_TOPIC], handle=erase_customers,
-                     decode=ErasureRequest.model_validate_json, event_id=lambda request: request.request_id),
+                     decode=ErasureRequest.from_json, event_id=lambda request: request.request_id),
     ]
     return service
 

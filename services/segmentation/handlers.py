@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.common.events import Event
+from libs.common.events import PublishedEvent
+from libs.common.privacy import ErasureRequest
 from services.segmentation.adapters.facts import erase_persons, record_events
-from services.segmentation.adapters.privacy import ErasureRequest
 from services.segmentation.adapters.segments import lock_membership
 
 
-async def record_customer_facts(connection: AsyncConnection, events: Sequence[Event],
-                                notify: Callable[[], None] = lambda: None) -> None:
-    """Store new events as the persons' facts and mark the persons for re-evaluation."""
-    await record_events(connection, events, token=uuid.uuid4().hex)
-    notify()
+async def record_customer_facts(connection: AsyncConnection, events: Sequence[PublishedEvent]) -> None:
+    """Store new events as the persons' facts (the membership scheduler hears of them after the commit)."""
+    await record_events(connection, events)
 
 
 async def erase_customers(connection: AsyncConnection, requests: Sequence[ErasureRequest]) -> None:

@@ -9,10 +9,11 @@ re-sends the record with the same ``change_id`` (consumers deduplicate on it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import datetime
 
 import orjson
@@ -20,20 +21,18 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db import Database
-from libs.common.events import epoch_micros, format_timestamp
+from libs.common.events import PublishedEvent, format_timestamp
 from libs.common.kafka import SEGMENTS_TOPIC, Publisher
 from libs.common.metrics import Metrics
-from services.segmentation.adapters.facts import claim_pending, clear_pending
 from services.segmentation.adapters.segments import (
-    apply_membership_changes,
     forget_changes,
     lock_membership,
     queued_changes,
     rule_segments,
-    stored_memberships,
+    store_memberships,
 )
-from services.segmentation.population import Thresholds, evaluate_segments
-from services.segmentation.segments import BUILTIN_BY_ID, SegmentDefinition
+from services.segmentation.population import Thresholds, builtin_memberships, evaluate_segments
+from services.segmentation.segments import BUILTIN_BY_ID, SegmentDefinition, membership_ids, membership_key
 from services.segmentation.settings import MembershipSettings
 
 log = logging.getLogger(__name__)
@@ -52,36 +51,43 @@ def change_record(change: str, segment: SegmentDefinition, person_key: str, as_o
     return change_id, person_key, payload
 
 
-async def sync_membership(connection: AsyncConnection, as_of: datetime, thresholds: Thresholds, *,
-                          pending_only: bool) -> tuple[int, int]:
-    """Re-evaluate everyone (or the persons with new facts) at as_of and queue the changes.
+async def sync_membership(connection: AsyncConnection, as_of: datetime, thresholds: Thresholds,
+                          persons: Collection[str] | None = None) -> tuple[int, int]:
+    """Re-evaluate the named persons (or everyone) at as_of and queue the changes.
 
     Returns (persons evaluated, changes queued).
     """
     await lock_membership(connection)
-    # Under READ COMMITTED a concurrent consumer commit can land between two reads below; the persons it
-    # touched keep their pending mark (their token changed) and are evaluated again right after.
-    pending = await claim_pending(connection, PENDING_BATCH + 1 if pending_only else None)
-    if pending_only and not pending:
-        return 0, 0
-    if pending_only and len(pending) > PENDING_BATCH:
-        # Every evaluation loads the whole RFM population anyway: with this many persons, do everyone.
-        pending, pending_only = await claim_pending(connection), False
-    scope: Collection[str] | None = list(pending) if pending_only else None
     definitions = await rule_segments(connection)
-    evaluation = await evaluate_segments(connection, as_of, thresholds, definitions, scope)
-    desired = {(segment_id, person) for person, ids in evaluation.memberships.items() for segment_id in ids}
-    stored = await stored_memberships(connection, scope)
+    standings = await builtin_memberships(connection, as_of, thresholds, persons, stored_segments=True)
+    rule_members: dict[str, set[str]] = {}
+    if definitions:
+        rule_ids = {segment.segment_id for segment in definitions}
+        evaluation = await evaluate_segments(connection, as_of, thresholds, definitions, persons)
+        rule_members = {person: ids & rule_ids for person, ids in evaluation.memberships.items()}
+    changed: dict[str, str] = {}
+    exited: list[tuple[str, str]] = []
+    entered: list[tuple[str, str]] = []
+    builtin_keys: dict[tuple[str, ...], str] = {}
+    for standing in standings:
+        person = standing.person_key
+        ids = standing.builtin_ids
+        rules = rule_members.get(person)
+        if rules:
+            key = membership_key([*ids, *rules])
+        elif (key := builtin_keys.get(ids)) is None:
+            key = builtin_keys[ids] = membership_key(ids)
+        if key != (standing.stored or ""):
+            changed[person] = key
+            before, after = membership_ids(standing.stored), membership_ids(key)
+            exited += ((person, segment_id) for segment_id in before - after)
+            entered += ((person, segment_id) for segment_id in after - before)
     by_id = {**BUILTIN_BY_ID, **{segment.segment_id: segment for segment in definitions}}
-    exited = sorted(stored - desired, key=lambda pair: (pair[1], pair[0]))
-    entered = sorted(desired - stored, key=lambda pair: (pair[1], pair[0]))
     # Exits first: a person moving from one stage to the next leaves before entering.
-    records = [change_record(EXITED, by_id[s], p, as_of) for s, p in exited if s in by_id]
-    records += [change_record(ENTERED, by_id[s], p, as_of) for s, p in entered]
-    await apply_membership_changes(connection, entered, exited, epoch_micros(as_of), records)
-    await clear_pending(connection, pending)
-    evaluated = len(scope) if scope is not None else len(evaluation.population.customers)
-    return evaluated, len(records)
+    records = [change_record(EXITED, by_id[s], p, as_of) for p, s in sorted(exited) if s in by_id]
+    records += [change_record(ENTERED, by_id[s], p, as_of) for p, s in sorted(entered)]
+    await store_memberships(connection, changed, records)
+    return sum(1 for standing in standings if standing.builtin_ids), len(records)
 
 
 async def publish_queued_changes(database: Database, publisher: Publisher, *, batch: int) -> int:
@@ -99,7 +105,12 @@ async def publish_queued_changes(database: Database, publisher: Publisher, *, ba
 
 
 class MembershipScheduler:
-    """Keeps stored membership current: the persons with new facts within moments, everyone every interval."""
+    """Keeps stored membership current: the persons with new facts within moments, everyone every interval.
+
+    The persons with new facts are kept in memory (the consumer reports them once their transaction has
+    committed). A process that dies with some of them unevaluated loses nothing: the first round after a
+    start evaluates everyone.
+    """
 
     def __init__(self, database: Database, publisher: Publisher, *, thresholds: Thresholds,
                  settings: MembershipSettings, clock: Clock, metrics: Metrics) -> None:
@@ -110,6 +121,7 @@ class MembershipScheduler:
         self.clock = clock
         self.last_full_evaluation: datetime | None = None
         self.full_evaluations = 0
+        self._pending: set[str] = set()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -121,9 +133,10 @@ class MembershipScheduler:
         self._duration = Histogram("shoploop_segment_evaluation_seconds", "Membership evaluation time", ["scope"],
                                    registry=registry, buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60))
 
-    def notify(self) -> None:
-        """New facts were applied: evaluate their persons soon."""
+    def facts_committed(self, events: Sequence[PublishedEvent]) -> None:
+        """The consumer's after-commit hook: evaluate these events' persons soon."""
         if self.settings.evaluate_after_events:
+            self._pending.update(event.person_key for event in events)
             self._wake.set()
 
     def request_full_evaluation(self) -> None:
@@ -149,15 +162,22 @@ class MembershipScheduler:
 
     async def run_once(self, *, full: bool) -> int:
         """One evaluation (everyone, or the persons with new facts) and the publishing of its changes."""
-        scope = "all" if full else "pending"
-        started = time.monotonic()
-        as_of = self.clock()
-        async with self.database.begin() as connection:
-            await sync_membership(connection, as_of, self.thresholds, pending_only=not full)
-        if full:
-            self.last_full_evaluation = as_of
-            self.full_evaluations += 1
-        self._duration.labels(scope).observe(time.monotonic() - started)
+        pending, self._pending = self._pending, set()
+        # Every evaluation ranks against the whole RFM population anyway: with this many persons, do everyone.
+        full = full or len(pending) > PENDING_BATCH
+        if pending or full:
+            started = time.monotonic()
+            as_of = self.clock()
+            try:
+                async with self.database.begin() as connection:
+                    await sync_membership(connection, as_of, self.thresholds, None if full else pending)
+            except BaseException:
+                self._pending |= pending
+                raise
+            if full:
+                self.last_full_evaluation = as_of
+                self.full_evaluations += 1
+            self._duration.labels("all" if full else "pending").observe(time.monotonic() - started)
         published = await publish_queued_changes(self.database, self.publisher,
                                                  batch=self.settings.publish_batch)
         self._changes.inc(published)
@@ -168,6 +188,7 @@ class MembershipScheduler:
         self._connected = True
         delay = 0.2
         while not self._stopping.is_set():
+            self._wake.clear()
             full = time.monotonic() >= self._next_full
             try:
                 if full:
@@ -181,14 +202,10 @@ class MembershipScheduler:
                 await self._sleep(delay)
                 delay = min(delay * 2, 10.0)
                 continue
-            await self._sleep(min(self.settings.pending_poll_seconds,
-                                  max(self._next_full - time.monotonic(), 0.0)))
+            if not self._pending:
+                await self._sleep(max(self._next_full - time.monotonic(), 0.0))
 
     async def _sleep(self, seconds: float) -> None:
-        try:
+        """Until woken (new facts, a new segment, stop) or ``seconds`` have passed."""
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
-            # Events arrive in bursts: gather the burst (and let its transaction commit) before evaluating.
-            await asyncio.sleep(0.02)
-        except TimeoutError:
-            pass
-        self._wake.clear()

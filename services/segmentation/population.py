@@ -1,39 +1,57 @@
 """Customers at ``as_of``: stored facts through the domain functions into figures, scores and segments.
 
-Nothing here is cached or incrementally maintained: every answer is computed from the facts with
-``occurred_at <= as_of`` (SPEC.md "Definitions"), so late and out-of-order events are exact.
+Nothing here is cached: every answer is computed from the facts with ``occurred_at <= as_of`` (SPEC.md
+"Definitions"), so late and out-of-order events are exact. The database sums each person's counted
+orders in one query; the domain functions turn the sums into figures, scores and segments. Two paths
+share those definitions: whole figures (a profile, rule segments) and, for the built-in segments of
+every customer, the same definitions on integers (``FiguresAt``), which keeps a million customers cheap.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.events import epoch_micros, from_epoch_micros
 from services.segmentation.adapters.facts import (
-    completed_order_records,
+    customer_totals,
     event_type_counts,
-    known_profiles,
     last_seen_at_or_before,
     merged_traits,
+    monetary_quintile_values,
+    rfm_histogram,
+    rfm_population,
+    standing_sums,
 )
 from services.segmentation.domain.customers import (
-    LOOKBACK,
     CustomerFigures,
+    FiguresAt,
+    LifecycleStage,
     LifecycleThresholds,
-    OrderFact,
+    MembershipTier,
+    OrderTotals,
     TierThresholds,
-    counted_orders,
-    customer_figures,
+    figures_from_totals,
 )
-from services.segmentation.domain.rfm import RfmReport, RfmScore, score_population
+from services.segmentation.domain.rfm import (
+    RfmCuts,
+    RfmReport,
+    RfmScore,
+    RfmSegment,
+    cuts_of,
+    cuts_of_counts,
+    quintile_ranks,
+    rfm_cuts,
+    rfm_report,
+)
 from services.segmentation.domain.rules import TRAIT_PREFIX, EventWindow, fields_used, matches, rule_figures
-from services.segmentation.segments import SegmentDefinition, builtin_segment_ids
+from services.segmentation.segments import SegmentDefinition, builtin_ids, builtin_segment_ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +61,9 @@ class Thresholds:
     lifecycle: LifecycleThresholds = field(default_factory=LifecycleThresholds)
     tiers: TierThresholds = field(default_factory=TierThresholds)
 
+    def at(self, as_of: datetime) -> FiguresAt:
+        return FiguresAt(as_of, self.lifecycle, self.tiers)
+
 
 @dataclass(frozen=True, slots=True)
 class Customer:
@@ -50,7 +71,6 @@ class Customer:
 
     person_key: str
     figures: CustomerFigures
-    orders: tuple[OrderFact, ...]
     first_seen_at: datetime
     last_seen_at: datetime
     acquisition_source: str
@@ -58,74 +78,164 @@ class Customer:
 
 @dataclass(frozen=True)
 class Population:
-    """The customers asked for (every known person when none were named) and the whole RFM population's scores."""
+    """The customers asked for (every known person when none were named), with the RFM scores of those in
+    the RFM population, ranked against the whole of it."""
 
     as_of: datetime
     customers: dict[str, Customer]
-    rfm: RfmReport
+    rfm_scores: dict[str, RfmScore]
 
 
-def _by_person(facts: Iterable[OrderFact]) -> dict[str, list[OrderFact]]:
-    grouped: dict[str, list[OrderFact]] = defaultdict(list)
-    for fact in facts:
-        grouped[fact.person_key].append(fact)
-    return grouped
+def _money(cents: int) -> Decimal:
+    return Decimal(cents).scaleb(-2)
+
+
+def _cents(amount: Decimal) -> int:
+    return int(amount.scaleb(2))
+
+
+def _moment(micros: int | None) -> datetime | None:
+    return None if micros is None else from_epoch_micros(micros)
+
+
+async def population_cuts(connection: AsyncConnection, figures_at: FiguresAt, *, monetary: bool) -> RfmCuts:
+    """The whole RFM population's quintile cuts at as_of from counts the database makes; monetary cuts
+    (a sort of the population) only when M scores are wanted, in cents."""
+    recency_counts: Counter[int] = Counter()
+    frequency_counts: Counter[int] = Counter()
+    for recency_days, frequency, customers in await rfm_histogram(connection, figures_at.as_of_us,
+                                                                  figures_at.lookback_start_us):
+        recency_counts[recency_days] += customers
+        frequency_counts[frequency] += customers
+    monetary_cuts: tuple[int, ...] = ()
+    if monetary:
+        ranks = quintile_ranks(sum(recency_counts.values()))
+        monetary_cuts = tuple(await monetary_quintile_values(connection, figures_at.as_of_us,
+                                                             figures_at.lookback_start_us, ranks))
+    return cuts_of_counts(recency_counts, frequency_counts, monetary_cuts)
 
 
 async def load_population(connection: AsyncConnection, as_of: datetime, thresholds: Thresholds,
                           persons: Collection[str] | None = None) -> Population:
-    """Figures of the named persons (or everyone) and RFM scores of everyone, at as_of."""
-    as_of_us = epoch_micros(as_of)
-    profiles = await known_profiles(connection, as_of_us, persons)
-    lookback_start = as_of - LOOKBACK
-    if persons is None:
-        facts = counted_orders(await completed_order_records(connection, as_of_us))
-        lookback_facts = [fact for fact in facts if fact.occurred_at > lookback_start]
-    else:
-        facts = counted_orders(await completed_order_records(connection, as_of_us, persons=list(profiles)))
-        # RFM scores rank a customer among all others: their lookback orders are needed too.
-        lookback_records = await completed_order_records(
-            connection, as_of_us, completed_since_us=epoch_micros(lookback_start)
-        )
-        lookback_facts = [fact for fact in counted_orders(lookback_records) if fact.occurred_at > lookback_start]
-    rfm_population = {}
-    for person, orders in _by_person(lookback_facts).items():
-        rfm_figures = customer_figures(orders, as_of).rfm_figures
-        if rfm_figures is not None:
-            rfm_population[person] = rfm_figures
-
-    orders_of = _by_person(facts)
-    stale = [person for person, profile in profiles.items() if profile.last_seen_us > as_of_us]
+    """Whole figures and RFM scores of the named persons (or everyone) at as_of."""
+    figures_at = thresholds.at(as_of)
+    as_of_us = figures_at.as_of_us
+    rows = await customer_totals(connection, as_of_us, figures_at.lookback_start_us, persons)
+    stale = [row.person_key for row in rows if row.last_seen_us > as_of_us]
     last_seen = await last_seen_at_or_before(connection, as_of_us, stale) if stale else {}
     customers = {}
-    for person, profile in profiles.items():
-        orders = tuple(orders_of.get(person, ()))
-        customers[person] = Customer(
-            person_key=person,
-            figures=customer_figures(orders, as_of, thresholds.lifecycle, thresholds.tiers),
-            orders=orders,
-            first_seen_at=from_epoch_micros(profile.first_seen_us),
-            last_seen_at=from_epoch_micros(last_seen.get(person, profile.last_seen_us)),
-            acquisition_source=profile.acquisition_source,
+    rfm_population = {}
+    for row in rows:
+        totals = OrderTotals(0, Decimal(0), None, None, 0, Decimal(0), 0) if row.orders is None else OrderTotals(
+            orders=row.orders, gmv=_money(row.gmv_cents), first_order_at=_moment(row.first_order_us),
+            last_order_at=_moment(row.last_order_us), frequency=row.frequency, monetary=_money(row.monetary_cents),
+            repeat_orders_90d=row.repeat_orders_90d,
         )
-    return Population(as_of=as_of, customers=customers, rfm=score_population(rfm_population))
+        figures = figures_from_totals(totals, as_of, thresholds.lifecycle, thresholds.tiers)
+        person = row.person_key
+        customers[person] = Customer(
+            person_key=person, figures=figures, first_seen_at=from_epoch_micros(row.first_seen_us),
+            last_seen_at=from_epoch_micros(last_seen.get(person, row.last_seen_us)),
+            acquisition_source=row.acquisition_source,
+        )
+        rfm_figures = figures.rfm_figures
+        if rfm_figures is not None:
+            rfm_population[person] = rfm_figures
+    if persons is None:
+        cuts = rfm_cuts(rfm_population.values())
+        scores = {person: cuts.score(figures) for person, figures in rfm_population.items()}
+    else:
+        # The named persons are ranked against everyone: the database hands over counts and cut values.
+        cuts = await population_cuts(connection, figures_at, monetary=True)
+        scores = {person: cuts.score_values(figures.recency_days, figures.frequency, _cents(figures.monetary))
+                  for person, figures in rfm_population.items()}
+    return Population(as_of=as_of, customers=customers, rfm_scores=scores)
 
 
-async def load_event_counts(connection: AsyncConnection, population: Population, windows: Iterable[EventWindow],
-                            persons: Collection[str] | None = None) -> dict[str, dict[EventWindow, int]]:
-    """Per person, events of a type in the last N days: (as_of - N days, as_of].
+async def load_rfm_report(connection: AsyncConnection, as_of: datetime) -> RfmReport:
+    """Scores of the whole RFM population at as_of, with counts per segment and cell."""
+    figures_at = FiguresAt(as_of)
+    rows = await rfm_population(connection, figures_at.as_of_us, figures_at.lookback_start_us)
+    recency = [figures_at.recency_days(row.last_order_us) for row in rows]
+    frequency = [row.frequency for row in rows]
+    monetary = [row.monetary_cents for row in rows]
+    cuts = cuts_of(list(recency), list(frequency), list(monetary))
+    return rfm_report({row.person_key: cuts.score_values(r, f, m)
+                       for row, r, f, m in zip(rows, recency, frequency, monetary, strict=True)})
 
-    For ``order`` the count is of counted orders (an order_id once, at its earliest completed event),
-    the definition every other order figure uses.
+
+async def lifecycle_and_tiers(connection: AsyncConnection, as_of: datetime,
+                              thresholds: Thresholds) -> list[tuple[LifecycleStage, MembershipTier | None]]:
+    """Each known person's lifecycle stage and tier at as_of."""
+    figures_at = thresholds.at(as_of)
+    return [(figures_at.lifecycle(orders or 0, last), figures_at.tier(monetary or 0))
+            async for part in standing_sums(connection, figures_at.as_of_us, figures_at.lookback_start_us)
+            for _, orders, last, _, monetary, _, _ in part]
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """A person's built-in segments at as_of (none when unknown then), and their membership as stored."""
+
+    person_key: str
+    builtin_ids: tuple[str, ...]
+    stored: str | None = None
+
+
+async def builtin_memberships(connection: AsyncConnection, as_of: datetime, thresholds: Thresholds,
+                              persons: Collection[str] | None = None, *,
+                              stored_segments: bool = False) -> list[Standing]:
+    """Built-in segments of the named persons (or everyone) at as_of, from integer sums (no whole figures).
+
+    With ``stored_segments``, also the stored membership, and persons with one who are unknown at as_of.
     """
-    as_of = population.as_of
+    figures_at = thresholds.at(as_of)
+    recency_days, lifecycle, tier = figures_at.recency_days, figures_at.lifecycle, figures_at.tier
+    # First what needs no ranking, while the rows arrive; RFM segments once the cuts are known.
+    decided: list[tuple[str, LifecycleStage, tuple[int, int] | None, MembershipTier | None, str | None]] = []
+    unknown: list[Standing] = []
+    recencies: list[int] = []
+    frequencies: list[int] = []
+    async for part in standing_sums(connection, figures_at.as_of_us, figures_at.lookback_start_us, persons,
+                                    stored_segments=stored_segments):
+        for person, orders, last, frequency, monetary, known, stored in part:
+            if not known:
+                unknown.append(Standing(person, (), stored))
+                continue
+            pair = None
+            if frequency:
+                pair = (recency_days(last), frequency)
+                recencies.append(pair[0])
+                frequencies.append(frequency)
+            decided.append((person, lifecycle(orders or 0, last), pair, tier(monetary or 0), stored))
+    if persons is None:
+        cuts = cuts_of(recencies, frequencies, None)
+    else:
+        cuts = await population_cuts(connection, figures_at, monetary=False)
+    # A million customers fall into a few thousand (recency, frequency) pairs and a few dozen id lists.
+    segments: dict[tuple[int, int], RfmSegment] = {}
+    id_lists: dict[tuple[LifecycleStage, RfmSegment | None, MembershipTier | None], tuple[str, ...]] = {}
+    standings = unknown
+    for person, stage, pair, membership_tier, stored in decided:
+        rfm_segment = None
+        if pair is not None:
+            rfm_segment = segments.get(pair)
+            if rfm_segment is None:
+                rfm_segment = segments[pair] = cuts.segment_of(*pair)
+        standing = (stage, rfm_segment, membership_tier)
+        ids = id_lists.get(standing)
+        if ids is None:
+            ids = id_lists[standing] = tuple(builtin_ids(*standing))
+        standings.append(Standing(person, ids, stored))
+    return standings
+
+
+async def load_event_counts(connection: AsyncConnection, as_of: datetime, windows: Iterable[EventWindow],
+                            persons: Collection[str] | None = None) -> dict[str, dict[EventWindow, int]]:
+    """Per person, events of a type in the last N days: (as_of - N days, as_of]; orders are counted orders."""
     counts: dict[str, dict[EventWindow, int]] = defaultdict(dict)
     for window in set(windows):
         after = as_of - timedelta(days=window.days)
-        if window.type == "order":
-            for person, customer in population.customers.items():
-                counts[person][window] = sum(1 for o in customer.orders if after < o.occurred_at <= as_of)
-            continue
         found = await event_type_counts(connection, window.type, epoch_micros(after), epoch_micros(as_of), persons)
         for person, count in found.items():
             counts[person][window] = count
@@ -145,17 +255,17 @@ async def evaluate_segments(
     connection: AsyncConnection, as_of: datetime, thresholds: Thresholds, rule_segments: Sequence[SegmentDefinition],
     persons: Collection[str] | None = None, *, always_load_traits: bool = False,
 ) -> Evaluation:
-    """Built-in and rule segment membership of the named persons (or everyone) at as_of."""
+    """Built-in and rule segment membership of the named persons (or everyone) at as_of, from whole figures."""
     population = await load_population(connection, as_of, thresholds, persons)
     used = frozenset().union(*(fields_used(segment.rule) for segment in rule_segments if segment.rule is not None))
     windows = [item for item in used if isinstance(item, EventWindow)]
     needs_traits = always_load_traits or any(isinstance(item, str) and item.startswith(TRAIT_PREFIX) for item in used)
     scope = list(population.customers) if persons is not None else None
     traits = await merged_traits(connection, epoch_micros(as_of), scope) if needs_traits else {}
-    counts = await load_event_counts(connection, population, windows, scope) if windows else {}
+    counts = await load_event_counts(connection, as_of, windows, scope) if windows else {}
     memberships = {}
     for person, customer in population.customers.items():
-        score = population.rfm.scores.get(person)
+        score = population.rfm_scores.get(person)
         members = set(builtin_segment_ids(customer.figures, score))
         if rule_segments:
             figures = rule_profile(customer, score, traits.get(person, {}))

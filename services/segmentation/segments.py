@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -43,11 +44,31 @@ BUILTIN_SEGMENTS: tuple[SegmentDefinition, ...] = (
 BUILTIN_BY_ID = {segment.segment_id: segment for segment in BUILTIN_SEGMENTS}
 
 
+_LIFECYCLE_IDS = {stage: f"{SegmentKind.LIFECYCLE}:{stage}" for stage in LifecycleStage}
+_RFM_IDS = {segment: f"{SegmentKind.RFM}:{segment}" for segment in RfmSegment}
+_TIER_IDS = {tier: f"{SegmentKind.TIER}:{tier}" for tier in MembershipTier}
+
+
+def builtin_ids(lifecycle: LifecycleStage, rfm_segment: RfmSegment | None, tier: MembershipTier | None) -> list[str]:
+    """The built-in segments of a customer in this lifecycle stage, RFM segment (if any) and tier (if any)."""
+    ids = [_LIFECYCLE_IDS[lifecycle]]
+    if rfm_segment is not None:
+        ids.append(_RFM_IDS[rfm_segment])
+    if tier is not None:
+        ids.append(_TIER_IDS[tier])
+    return ids
+
+
 def builtin_segment_ids(figures: CustomerFigures, rfm: RfmScore | None) -> list[str]:
     """The built-in segments a customer with these figures is in."""
-    ids = [f"{SegmentKind.LIFECYCLE}:{figures.lifecycle}"]
-    if rfm is not None:
-        ids.append(f"{SegmentKind.RFM}:{rfm.segment}")
-    if figures.tier is not None:
-        ids.append(f"{SegmentKind.TIER}:{figures.tier}")
-    return ids
+    return builtin_ids(figures.lifecycle, rfm and rfm.segment, figures.tier)
+
+
+def membership_key(segment_ids: Iterable[str]) -> str:
+    """How a person's membership is stored: the segment ids, sorted, joined by spaces (ids have none)."""
+    return " ".join(sorted(segment_ids))
+
+
+def membership_ids(key: str | None) -> set[str]:
+    """The segment ids of a stored ``membership_key``."""
+    return set(key.split()) if key else set()

@@ -48,8 +48,7 @@ class MembershipSettings(BaseModel):
 
     # SPEC.md "API surface": time-driven membership is re-evaluated at least every 5 minutes.
     evaluation_interval_seconds: float = Field(default=300.0, gt=0, le=300)
-    # Persons whose events were just applied are re-evaluated this often (and at once when notified).
-    pending_poll_seconds: float = Field(default=0.5, gt=0)
+    # Persons whose events were just applied are re-evaluated as soon as the consumer's transaction commits.
     evaluate_after_events: bool = True
     publish_batch: int = Field(default=5000, ge=1)
 

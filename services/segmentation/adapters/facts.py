@@ -2,29 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, and_, case, delete, func, or_, select
+from sqlalchemy import BigInteger, Select, and_, case, cast, delete, func, null, or_, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db import insert
-from libs.common.events import Event, epoch_micros, from_epoch_micros
+from libs.common.events import PublishedEvent, epoch_micros, from_epoch_micros
 from services.segmentation.adapters.tables import (
     PERSONAL_TABLES,
+    counted_orders,
     customer_events,
     customer_orders,
+    customer_segments,
     customer_traits,
-    pending_evaluations,
     profiles,
 )
-from services.segmentation.domain.customers import OrderRecord, OrderStatus
+from services.segmentation.domain.customers import REPEAT_WINDOW, OrderFact, OrderStatus
 
 # Bounded IN lists keep every statement well under SQLite's bound-parameter limit.
 _CHUNK = 900
+_REPEAT_WINDOW_US = REPEAT_WINDOW // timedelta(microseconds=1)
+_STREAMED_ROWS = 20_000
+_DAY_US = 86_400_000_000
 
 
 def chunks(values: Iterable[str], size: int = _CHUNK) -> Iterator[list[str]]:
@@ -62,14 +68,21 @@ class _Seen:
             self.last = moment
 
 
-def _bytewise(connection: AsyncConnection, column: Any) -> Any:
+def _bytewise(dialect: str, column: Any) -> Any:
     # SPEC ties are broken by event_id in code-point order: PostgreSQL's default collation is not that.
-    return column.collate("C") if connection.dialect.name == "postgresql" else column
+    return column.collate("C") if dialect == "postgresql" else column
 
 
-async def record_events(connection: AsyncConnection, events: Sequence[Event], *, token: str) -> set[str]:
-    """Store a batch of new events as facts, one statement per table; return the persons touched."""
+def _earlier(dialect: str, time: Any, event_id: Any, than_time: Any, than_event_id: Any) -> Any:
+    """(time, event_id) < (than_time, than_event_id): SPEC's "first", ties by event_id."""
+    return or_(time < than_time,
+               and_(time == than_time, _bytewise(dialect, event_id) < _bytewise(dialect, than_event_id)))
+
+
+async def record_events(connection: AsyncConnection, events: Sequence[PublishedEvent]) -> None:
+    """Store a batch of new events as facts: one statement per table."""
     seen: dict[str, _Seen] = {}
+    counted: dict[str, dict[str, Any]] = {}
     event_rows, order_rows, trait_rows = [], [], []
     for event in events:
         event_id = event.event_id or ""
@@ -85,11 +98,15 @@ async def record_events(connection: AsyncConnection, events: Sequence[Event], *,
                            "occurred_us": occurred_us})
         if event.order is not None:
             order = event.order
-            order_rows.append({
-                "event_id": event_id, "person_key": person, "order_id": order.order_id, "status": order.status,
-                "occurred_us": occurred_us, "total_cents": _cents(order.total),
-                "refund_cents": _cents(order.refund_amount),
-            })
+            row = {"event_id": event_id, "person_key": person, "order_id": order.order_id, "status": order.status,
+                   "occurred_us": occurred_us, "total_cents": _cents(order.total),
+                   "refund_cents": _cents(order.refund_amount)}
+            order_rows.append(row)
+            if order.status == OrderStatus.COMPLETED:
+                # One row per order_id per statement (an upsert may not touch a row twice): the batch's earliest.
+                earliest = counted.get(order.order_id)
+                if earliest is None or moment < (earliest["occurred_us"], earliest["event_id"]):
+                    counted[order.order_id] = row
         if event.traits is not None:
             trait_rows.append({"event_id": event_id, "person_key": person, "occurred_us": occurred_us,
                                "traits": orjson.dumps(event.traits).decode()})
@@ -98,25 +115,36 @@ async def record_events(connection: AsyncConnection, events: Sequence[Event], *,
         if rows:
             await connection.execute(insert(connection, table).on_conflict_do_nothing(index_elements=["event_id"]),
                                      rows)
+    if counted:
+        await _upsert_counted_orders(connection, list(counted.values()))
     if seen:
         await _upsert_profiles(connection, seen)
-        statement = insert(connection, pending_evaluations)
-        await connection.execute(
-            statement.on_conflict_do_update(index_elements=["person_key"], set_={"token": statement.excluded.token}),
-            [{"person_key": person, "token": token} for person in seen],
-        )
-    return set(seen)
+
+
+async def _upsert_counted_orders(connection: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """An order counts at its earliest completed event, whichever arrives first."""
+    dialect = connection.dialect.name
+    statement = insert(connection, counted_orders)
+    new, old = statement.excluded, counted_orders.c
+    statement = statement.on_conflict_do_update(
+        index_elements=["order_id"],
+        set_={"event_id": new.event_id, "person_key": new.person_key, "occurred_us": new.occurred_us,
+              "total_cents": new.total_cents},
+        where=_earlier(dialect, new.occurred_us, new.event_id, old.occurred_us, old.event_id),
+    )
+    await connection.execute(statement, [
+        {"order_id": row["order_id"], "event_id": row["event_id"], "person_key": row["person_key"],
+         "occurred_us": row["occurred_us"], "total_cents": row["total_cents"]}
+        for row in rows
+    ])
 
 
 async def _upsert_profiles(connection: AsyncConnection, seen: dict[str, _Seen]) -> None:
+    dialect = connection.dialect.name
     statement = insert(connection, profiles)
     new, old = statement.excluded, profiles.c
-    earlier = or_(new.first_seen_us < old.first_seen_us,
-                  and_(new.first_seen_us == old.first_seen_us,
-                       _bytewise(connection, new.first_event_id) < _bytewise(connection, old.first_event_id)))
-    later = or_(new.last_seen_us > old.last_seen_us,
-                and_(new.last_seen_us == old.last_seen_us,
-                     _bytewise(connection, new.last_event_id) > _bytewise(connection, old.last_event_id)))
+    earlier = _earlier(dialect, new.first_seen_us, new.first_event_id, old.first_seen_us, old.first_event_id)
+    later = _earlier(dialect, old.last_seen_us, old.last_event_id, new.last_seen_us, new.last_event_id)
     statement = statement.on_conflict_do_update(
         index_elements=["person_key"],
         set_={
@@ -126,6 +154,8 @@ async def _upsert_profiles(connection: AsyncConnection, seen: dict[str, _Seen]) 
             "last_seen_us": case((later, new.last_seen_us), else_=old.last_seen_us),
             "last_event_id": case((later, new.last_event_id), else_=old.last_event_id),
         },
+        # An event between the person's first and last changes nothing: no write at all.
+        where=or_(earlier, later),
     )
     rows = [
         {"person_key": person, "first_seen_us": s.first[0], "first_event_id": s.first[1],
@@ -135,19 +165,35 @@ async def _upsert_profiles(connection: AsyncConnection, seen: dict[str, _Seen]) 
     await connection.execute(statement, rows)
 
 
+def earliest_completed_events(connection: AsyncConnection | Connection,
+                              order_ids: Collection[str] | None = None) -> Select[Any]:
+    """Counted-order rows derived from the raw order events (of these order_ids, or all)."""
+    dialect = connection.dialect.name
+    event, other = customer_orders.alias("event"), customer_orders.alias("other")
+    completed = OrderStatus.COMPLETED.value
+    earlier_event = select(other.c.event_id).where(
+        other.c.order_id == event.c.order_id, other.c.status == completed,
+        _earlier(dialect, other.c.occurred_us, other.c.event_id, event.c.occurred_us, event.c.event_id),
+    ).exists()
+    query = select(event.c.order_id, event.c.event_id, event.c.person_key, event.c.occurred_us,
+                   event.c.total_cents).where(event.c.status == completed, ~earlier_event)
+    return query if order_ids is None else query.where(event.c.order_id.in_(order_ids))
+
+
 async def erase_persons(connection: AsyncConnection, persons: Collection[str]) -> None:
     """Delete every row naming these persons (SPEC.md "Customers", erasure)."""
     for batch in chunks(persons):
+        # Another person's completed event of an order they counted becomes the counted one.
+        orphaned = list((await connection.execute(
+            select(counted_orders.c.order_id).where(counted_orders.c.person_key.in_(batch))
+        )).scalars())
         for table in PERSONAL_TABLES:
             await connection.execute(delete(table).where(table.c.person_key.in_(batch)))
-
-
-@dataclass(frozen=True, slots=True)
-class ProfileRow:
-    person_key: str
-    first_seen_us: int
-    acquisition_source: str
-    last_seen_us: int
+        for orders in chunks(orphaned):
+            columns = [column.name for column in counted_orders.c]
+            await connection.execute(counted_orders.insert().from_select(
+                columns, earliest_completed_events(connection, orders)
+            ))
 
 
 async def _in_chunks(connection: AsyncConnection, query: Select[Any], column: Any,
@@ -160,13 +206,131 @@ async def _in_chunks(connection: AsyncConnection, query: Select[Any], column: An
     return rows
 
 
-async def known_profiles(connection: AsyncConnection, as_of_us: int,
-                         persons: Collection[str] | None = None) -> dict[str, ProfileRow]:
-    """Persons with an event at or before as_of (the population at as_of)."""
-    query = select(profiles.c.person_key, profiles.c.first_seen_us, profiles.c.acquisition_source,
-                   profiles.c.last_seen_us).where(profiles.c.first_seen_us <= as_of_us)
-    rows = await _in_chunks(connection, query, profiles.c.person_key, persons)
-    return {row.person_key: ProfileRow(*row) for row in rows}
+def _cents_sum(cents: Any) -> Any:
+    # PostgreSQL sums bigints as numeric: back to bigint (a total of cents fits), to sort and compare as integers.
+    return cast(func.sum(cents), BigInteger)
+
+
+def _order_sums(as_of_us: int, lookback_start_us: int, persons: list[str] | None) -> Any:
+    """Per person with counted orders up to as_of: orders, gmv_cents, first_order_us, last_order_us,
+    and frequency and monetary_cents of those after lookback_start."""
+    order = counted_orders.c
+    in_lookback = order.occurred_us > lookback_start_us
+    query = (
+        select(order.person_key, func.count().label("orders"), _cents_sum(order.total_cents).label("gmv_cents"),
+               func.min(order.occurred_us).label("first_order_us"), func.max(order.occurred_us).label("last_order_us"),
+               func.count(case((in_lookback, 1))).label("frequency"),
+               func.coalesce(_cents_sum(case((in_lookback, order.total_cents))), 0).label("monetary_cents"))
+        .where(order.occurred_us <= as_of_us)
+        .group_by(order.person_key)
+    )
+    return (query if persons is None else query.where(order.person_key.in_(persons))).subquery("order_sums")
+
+
+def _batches(persons: Collection[str] | None) -> Iterable[list[str] | None]:
+    return (None,) if persons is None else chunks(persons)
+
+
+async def customer_totals(
+    connection: AsyncConnection, as_of_us: int, lookback_start_us: int, persons: Collection[str] | None = None,
+) -> list[Any]:
+    """Per person with an event at or before as_of (the named ones, or all): the profile and the sums of
+    their counted orders up to as_of.
+
+    Row fields: person_key, first_seen_us, acquisition_source, last_seen_us, orders, gmv_cents,
+    first_order_us, last_order_us, frequency, monetary_cents, repeat_orders_90d (the last four may be
+    NULL for a person without orders).
+    """
+    person = profiles.c
+    rows: list[Any] = []
+    for batch in _batches(persons):
+        sums = _order_sums(as_of_us, lookback_start_us, batch)
+        # Orders within 90 days of the first, the first included (hence - 1).
+        later = counted_orders.alias("later")
+        within_window = (
+            select(func.count()).where(later.c.person_key == sums.c.person_key, later.c.occurred_us <= as_of_us,
+                                       later.c.occurred_us <= sums.c.first_order_us + _REPEAT_WINDOW_US)
+            .scalar_subquery()
+        )
+        query = (
+            select(person.person_key, person.first_seen_us, person.acquisition_source, person.last_seen_us,
+                   sums.c.orders, sums.c.gmv_cents, sums.c.first_order_us, sums.c.last_order_us, sums.c.frequency,
+                   sums.c.monetary_cents, (within_window - 1).label("repeat_orders_90d"))
+            .select_from(profiles.outerjoin(sums, sums.c.person_key == person.person_key))
+            .where(person.first_seen_us <= as_of_us)
+        )
+        rows.extend((await connection.execute(query if batch is None else query.where(
+            person.person_key.in_(batch)))).all())
+    return rows
+
+
+async def standing_sums(
+    connection: AsyncConnection, as_of_us: int, lookback_start_us: int, persons: Collection[str] | None = None,
+    *, stored_segments: bool = False,
+) -> AsyncIterator[Sequence[Any]]:
+    """What the built-in segments are decided from, per person (the named ones, or all), one query,
+    streamed in parts (a million rows are worked on while the database still sends):
+    ``(person_key, orders, last_order_us, frequency, monetary_cents, known, segment_ids)``.
+
+    ``known``: the person has an event at or before as_of; the sums are NULL without counted orders.
+    With ``stored_segments``, also the persons with a stored membership who are not known at as_of, and
+    ``segment_ids`` as stored (NULL when none).
+    """
+    for batch in _batches(persons):
+        known = select(profiles.c.person_key).where(profiles.c.first_seen_us <= as_of_us)
+        known = (known if batch is None else known.where(profiles.c.person_key.in_(batch))).subquery("known")
+        sums = _order_sums(as_of_us, lookback_start_us, batch)
+        if stored_segments:
+            stored = select(customer_segments.c.person_key, customer_segments.c.segment_ids)
+            stored = (stored if batch is None else stored.where(customer_segments.c.person_key.in_(batch))).subquery()
+            people = known.join(stored, stored.c.person_key == known.c.person_key, full=True)
+            person_key, segment_ids = func.coalesce(known.c.person_key, stored.c.person_key), stored.c.segment_ids
+        else:
+            people, person_key, segment_ids = known, known.c.person_key, null()
+        query = select(person_key, sums.c.orders, sums.c.last_order_us, sums.c.frequency, sums.c.monetary_cents,
+                       known.c.person_key.is_not(None), segment_ids).select_from(
+            people.outerjoin(sums, sums.c.person_key == known.c.person_key)
+        )
+        result = await connection.stream(query)
+        async for part in result.partitions(_STREAMED_ROWS):
+            yield part
+
+
+def _rfm_figures(as_of_us: int, lookback_start_us: int) -> Select[Any]:
+    order = counted_orders.c
+    return (
+        select(order.person_key, func.max(order.occurred_us).label("last_order_us"),
+               func.count().label("frequency"), _cents_sum(order.total_cents).label("monetary_cents"))
+        .where(order.occurred_us > lookback_start_us, order.occurred_us <= as_of_us)
+        .group_by(order.person_key)
+    )
+
+
+async def rfm_population(connection: AsyncConnection, as_of_us: int, lookback_start_us: int) -> list[Any]:
+    """(person_key, last_order_us, frequency, monetary_cents) of each customer with a counted order in the lookback."""
+    return list((await connection.execute(_rfm_figures(as_of_us, lookback_start_us))).all())
+
+
+async def rfm_histogram(connection: AsyncConnection, as_of_us: int,
+                        lookback_start_us: int) -> list[tuple[int, int, int]]:
+    """``(recency_days, frequency, customers)``: how many customers of the RFM population have each pair."""
+    figures = _rfm_figures(as_of_us, lookback_start_us).subquery()
+    recency_days = ((as_of_us - figures.c.last_order_us) // _DAY_US).label("recency_days")
+    query = select(recency_days, figures.c.frequency, func.count()).group_by(recency_days, figures.c.frequency)
+    return [tuple(row) for row in await connection.execute(query)]
+
+
+async def monetary_quintile_values(connection: AsyncConnection, as_of_us: int, lookback_start_us: int,
+                                   ranks: Sequence[int]) -> list[int]:
+    """The RFM population's monetary values (cents) at these 1-based ranks in ascending order."""
+    if not ranks:
+        return []
+    figures = _rfm_figures(as_of_us, lookback_start_us).subquery()
+    rank = func.row_number().over(order_by=figures.c.monetary_cents).label("rank")
+    ranked = select(figures.c.monetary_cents, rank).subquery()
+    rows = dict((await connection.execute(select(ranked.c.rank, ranked.c.monetary_cents).where(
+        ranked.c.rank.in_(sorted(set(ranks)))))).all())
+    return [rows[rank] for rank in ranks]
 
 
 async def last_seen_at_or_before(connection: AsyncConnection, as_of_us: int,
@@ -177,48 +341,32 @@ async def last_seen_at_or_before(connection: AsyncConnection, as_of_us: int,
     return dict(await _in_chunks(connection, query, customer_events.c.person_key, persons))
 
 
-async def completed_order_records(
-    connection: AsyncConnection, as_of_us: int, *, persons: Collection[str] | None = None,
-    completed_since_us: int | None = None,
-) -> list[OrderRecord]:
-    """Completed order events up to as_of, of every order_id that some selected completed event names.
-
-    Selected: the persons' events, or those after ``completed_since_us``, or all. Every completed
-    event of a selected order_id is returned, so counting (earliest event per order) stays exact.
-    """
-    rows = customer_orders.c
-    completed = and_(rows.status == OrderStatus.COMPLETED.value, rows.occurred_us <= as_of_us)
-    query = select(rows.event_id, rows.person_key, rows.order_id, rows.occurred_us, rows.total_cents)
-    if persons is None and completed_since_us is None:
-        result = (await connection.execute(query.where(completed))).all()
-    else:
-        selected = select(rows.order_id).where(completed)
-        if completed_since_us is not None:
-            selected = selected.where(rows.occurred_us > completed_since_us)
-        if persons is None:
-            result = (await connection.execute(query.where(completed, rows.order_id.in_(selected)))).all()
-        else:
-            result, seen = [], set()
-            for batch in chunks(persons):
-                chunk_query = query.where(completed, rows.order_id.in_(selected.where(rows.person_key.in_(batch))))
-                for row in (await connection.execute(chunk_query)).all():
-                    if row.event_id not in seen:
-                        seen.add(row.event_id)
-                        result.append(row)
-    return [
-        OrderRecord(row.event_id, row.person_key, row.order_id, OrderStatus.COMPLETED,
-                    from_epoch_micros(row.occurred_us), _money(row.total_cents))
-        for row in result
-    ]
+async def counted_orders_of(connection: AsyncConnection, person: str, as_of_us: int) -> list[OrderFact]:
+    """One person's counted orders up to as_of."""
+    order = counted_orders.c
+    rows = await connection.execute(
+        select(order.order_id, order.person_key, order.occurred_us, order.total_cents, order.event_id)
+        .where(order.person_key == person, order.occurred_us <= as_of_us)
+    )
+    return [OrderFact(row.order_id, row.person_key, from_epoch_micros(row.occurred_us), _money(row.total_cents),
+                      row.event_id) for row in rows]
 
 
 async def event_type_counts(
     connection: AsyncConnection, event_type: str, after_us: int | None, as_of_us: int,
     persons: Collection[str] | None = None,
 ) -> dict[str, int]:
-    """Events of one type per person in (after, as_of] (from the beginning when ``after_us`` is None)."""
-    rows = customer_events.c
-    query = select(rows.person_key, func.count()).where(rows.type == event_type, rows.occurred_us <= as_of_us)
+    """Events of one type per person in (after, as_of] (from the beginning when ``after_us`` is None).
+
+    For ``order`` the count is of counted orders (an order_id once, at its earliest completed event),
+    the definition every other order figure uses.
+    """
+    if event_type == "order":
+        rows = counted_orders.c
+        query = select(rows.person_key, func.count()).where(rows.occurred_us <= as_of_us)
+    else:
+        rows = customer_events.c
+        query = select(rows.person_key, func.count()).where(rows.type == event_type, rows.occurred_us <= as_of_us)
     if after_us is not None:
         query = query.where(rows.occurred_us > after_us)
     query = query.group_by(rows.person_key)
@@ -235,20 +383,3 @@ async def merged_traits(connection: AsyncConnection, as_of_us: int,
     for row in sorted(found, key=lambda row: (row.occurred_us, row.event_id)):
         merged.setdefault(row.person_key, {}).update(orjson.loads(row.traits))
     return merged
-
-
-async def claim_pending(connection: AsyncConnection, limit: int | None = None) -> dict[str, str]:
-    """Persons waiting for re-evaluation, with the token their latest facts left."""
-    query = select(pending_evaluations.c.person_key, pending_evaluations.c.token).limit(limit)
-    return dict((await connection.execute(query)).all())
-
-
-async def clear_pending(connection: AsyncConnection, claimed: dict[str, str]) -> None:
-    """Forget the persons evaluated, unless newer facts arrived for them meanwhile (their token changed)."""
-    by_token: dict[str, list[str]] = {}
-    for person, token in claimed.items():
-        by_token.setdefault(token, []).append(person)
-    table = pending_evaluations
-    for token, persons in by_token.items():
-        for batch in chunks(persons):
-            await connection.execute(delete(table).where(table.c.token == token, table.c.person_key.in_(batch)))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -10,11 +11,12 @@ from sqlalchemy import delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from libs.common.db import insert
 from libs.common.events import epoch_micros, from_epoch_micros
 from services.segmentation.adapters.facts import chunks
-from services.segmentation.adapters.tables import segment_changes, segment_members, segments
+from services.segmentation.adapters.tables import customer_segments, segment_changes, segments
 from services.segmentation.domain.rules import parse_rule
-from services.segmentation.segments import SegmentDefinition, SegmentKind
+from services.segmentation.segments import SegmentDefinition, SegmentKind, membership_ids
 
 _MEMBERSHIP_LOCK = 7461003  # PostgreSQL advisory lock key of this service's membership changes
 
@@ -63,40 +65,26 @@ async def rule_segment(connection: AsyncConnection, segment_id: str) -> SegmentD
 
 async def member_counts(connection: AsyncConnection) -> dict[str, int]:
     """Stored (last published) member count per segment."""
-    query = select(segment_members.c.segment_id, func.count()).group_by(segment_members.c.segment_id)
-    return dict((await connection.execute(query)).all())
+    query = select(customer_segments.c.segment_ids, func.count()).group_by(customer_segments.c.segment_ids)
+    counts: Counter[str] = Counter()
+    for key, persons in await connection.execute(query):
+        for segment_id in membership_ids(key):
+            counts[segment_id] += persons
+    return dict(counts)
 
 
-async def stored_memberships(connection: AsyncConnection,
-                             persons: Collection[str] | None = None) -> set[tuple[str, str]]:
-    """(segment_id, person_key) pairs as last published."""
-    query = select(segment_members.c.segment_id, segment_members.c.person_key)
-    if persons is None:
-        return {(row.segment_id, row.person_key) for row in await connection.execute(query)}
-    found: set[tuple[str, str]] = set()
-    for batch in chunks(persons):
-        rows = await connection.execute(query.where(segment_members.c.person_key.in_(batch)))
-        found.update((row.segment_id, row.person_key) for row in rows)
-    return found
-
-
-async def apply_membership_changes(
-    connection: AsyncConnection, entered: Sequence[tuple[str, str]], exited: Sequence[tuple[str, str]],
-    at_us: int, records: Sequence[tuple[str, str, bytes]],
-) -> None:
-    """Store the new membership and queue its change records ``(change_id, person_key, payload)``."""
-    if entered:
-        await connection.execute(segment_members.insert(), [
-            {"segment_id": segment_id, "person_key": person, "entered_us": at_us} for segment_id, person in entered
-        ])
-    by_segment: dict[str, list[str]] = {}
-    for segment_id, person in exited:
-        by_segment.setdefault(segment_id, []).append(person)
-    for segment_id, persons in by_segment.items():
-        for batch in chunks(persons):
-            await connection.execute(delete(segment_members).where(
-                segment_members.c.segment_id == segment_id, segment_members.c.person_key.in_(batch)
-            ))
+async def store_memberships(connection: AsyncConnection, memberships: Mapping[str, str],
+                            records: Sequence[tuple[str, str, bytes]]) -> None:
+    """Store persons' new membership keys (``""``: in no segment any more) and queue their change records
+    ``(change_id, person_key, payload)``."""
+    kept = [{"person_key": person, "segment_ids": key} for person, key in memberships.items() if key]
+    if kept:
+        statement = insert(connection, customer_segments)
+        await connection.execute(statement.on_conflict_do_update(
+            index_elements=["person_key"], set_={"segment_ids": statement.excluded.segment_ids}
+        ), kept)
+    for batch in chunks(person for person, key in memberships.items() if not key):
+        await connection.execute(delete(customer_segments).where(customer_segments.c.person_key.in_(batch)))
     if records:
         await connection.execute(segment_changes.insert(), [
             {"change_id": change_id, "person_key": person, "payload": payload.decode()}

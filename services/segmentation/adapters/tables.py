@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, String, Table, Text
 
-from libs.common.db import Migration, create_all
-
 metadata = MetaData()
 
 _PERSON = 300  # "anon:" + a 256-character anonymous_id
@@ -53,6 +51,20 @@ customer_orders = Table(
     Index("ix_customer_orders_status_time", "status", "occurred_us"),
 )
 
+# Counted orders (SPEC.md "Definitions: Orders"): per order_id its earliest completed event, ties by
+# event_id. Which event that is does not depend on as_of or on arrival order (the earliest wins), so the
+# consumer keeps it up to date and every figure sums it in SQL.
+counted_orders = Table(
+    "counted_orders",
+    metadata,
+    Column("order_id", String(_EVENT_ID), primary_key=True),
+    Column("event_id", String(_EVENT_ID), nullable=False),
+    Column("person_key", String(_PERSON), nullable=False),
+    Column("occurred_us", BigInteger, nullable=False),
+    Column("total_cents", BigInteger, nullable=False),
+    Index("ix_counted_orders_person", "person_key", "occurred_us"),
+)
+
 # identify traits, one row per call: merged in (occurred_at, event_id) order at query time.
 customer_traits = Table(
     "customer_traits",
@@ -72,14 +84,13 @@ segments = Table(
     Column("created_us", BigInteger, nullable=False),
 )
 
-# Membership as last published: the diff against a new evaluation is what goes on the topic.
-segment_members = Table(
-    "segment_members",
+# Membership as last published, one row per person: the segment ids, sorted, joined by spaces. A new
+# evaluation compares one string per person; the difference is what goes on the topic.
+customer_segments = Table(
+    "customer_segments",
     metadata,
-    Column("segment_id", String(64), primary_key=True),
     Column("person_key", String(_PERSON), primary_key=True),
-    Column("entered_us", BigInteger, nullable=False),
-    Index("ix_segment_members_person", "person_key"),
+    Column("segment_ids", Text, nullable=False),
 )
 
 # Outbox: membership changes committed with the new membership, published afterwards, then deleted.
@@ -92,15 +103,5 @@ segment_changes = Table(
     Column("payload", Text, nullable=False),
 )
 
-# Persons whose facts changed since their last evaluation; the token detects a change during one.
-pending_evaluations = Table(
-    "pending_evaluations",
-    metadata,
-    Column("person_key", String(_PERSON), primary_key=True),
-    Column("token", String(32), nullable=False),
-)
-
-PERSONAL_TABLES = (profiles, customer_events, customer_orders, customer_traits, segment_members,
-                   segment_changes, pending_evaluations)
-
-MIGRATIONS = [Migration(1, "customer facts, segments and membership", create_all(metadata))]
+PERSONAL_TABLES = (profiles, customer_events, customer_orders, counted_orders, customer_traits, customer_segments,
+                   segment_changes)

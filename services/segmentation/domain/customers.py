@@ -1,8 +1,9 @@
 """Customer figures at `as_of`: counted orders, lifecycle stage, membership tier, repeat orders."""
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
@@ -153,6 +154,111 @@ def membership_tier(lookback_gmv: Decimal, thresholds: TierThresholds) -> Member
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class OrderTotals:
+    """One person's counted orders up to as_of, summed: everything their figures are computed from."""
+
+    orders: int
+    gmv: Decimal
+    first_order_at: datetime | None
+    last_order_at: datetime | None
+    frequency: int  # counted orders in the 365-day lookback
+    monetary: Decimal  # their gmv
+    repeat_orders_90d: int
+
+
+def order_totals(orders: Iterable[OrderFact], as_of: datetime) -> OrderTotals:
+    """Sums of one person's counted orders up to as_of (SPEC.md Customers)."""
+    history = sorted((o for o in orders if o.occurred_at <= as_of), key=_counting_key)
+    if not history:
+        return OrderTotals(0, Decimal(0), None, None, 0, Decimal(0), 0)
+    first = history[0].occurred_at
+    lookback = [o for o in history if o.occurred_at > as_of - LOOKBACK]
+    return OrderTotals(
+        orders=len(history),
+        gmv=_gmv(history),
+        first_order_at=first,
+        last_order_at=history[-1].occurred_at,
+        frequency=len(lookback),
+        monetary=_gmv(lookback),
+        repeat_orders_90d=sum(1 for o in history[1:] if o.occurred_at - first <= REPEAT_WINDOW),
+    )
+
+
+def figures_from_totals(
+    totals: OrderTotals,
+    as_of: datetime,
+    lifecycle: LifecycleThresholds = LifecycleThresholds(),
+    tiers: TierThresholds = TierThresholds(),
+) -> CustomerFigures:
+    """One person's figures from their order totals at as_of (SPEC.md Customers)."""
+    last = totals.last_order_at
+    return CustomerFigures(
+        orders=totals.orders,
+        gmv=totals.gmv,
+        first_order_at=totals.first_order_at,
+        last_order_at=last,
+        recency_days=None if last is None else (as_of - last) // _DAY,
+        frequency=totals.frequency,
+        monetary=totals.monetary,
+        repeat_orders_90d=totals.repeat_orders_90d,
+        loyalty_milestone=totals.repeat_orders_90d >= LOYALTY_MILESTONE_ORDERS,
+        lifecycle=lifecycle_stage(totals.orders, last, as_of, lifecycle),
+        tier=membership_tier(totals.monetary, tiers),
+    )
+
+
+_MICROSECOND = timedelta(microseconds=1)
+
+
+class FiguresAt:
+    """Lifecycle stage, membership tier and recency at one as_of, on integers (epoch microseconds, cents).
+
+    The same definitions as ``lifecycle_stage``, ``membership_tier`` and ``CustomerFigures.recency_days``
+    (tests hold them equal), for evaluating a million customers without a datetime and a Decimal each.
+    """
+
+    def __init__(self, as_of: datetime, lifecycle: LifecycleThresholds = LifecycleThresholds(),
+                 tiers: TierThresholds = TierThresholds()) -> None:
+        self.as_of_us = (as_of - _EPOCH) // _MICROSECOND
+        self.lookback_start_us = self.as_of_us - LOOKBACK // _MICROSECOND
+        self._new_us = timedelta(days=lifecycle.new_days) // _MICROSECOND
+        self._active_us = timedelta(days=lifecycle.active_days) // _MICROSECOND
+        self._dormant_us = timedelta(days=lifecycle.dormant_days) // _MICROSECOND
+        # Whole cents: above silver <=> above floor(silver cents); at least gold <=> at least ceil(gold cents).
+        self._silver_cents = math.floor(tiers.silver * 100)
+        self._gold_cents = math.ceil(tiers.gold * 100)
+        self._diamond_cents = math.ceil(tiers.diamond * 100)
+
+    def lifecycle(self, orders: int, last_order_us: int | None) -> LifecycleStage:
+        if orders == 0 or last_order_us is None:
+            return LifecycleStage.PROSPECT
+        since_last = self.as_of_us - last_order_us
+        if orders == 1 and since_last <= self._new_us:
+            return LifecycleStage.NEW
+        if since_last <= self._active_us:
+            return LifecycleStage.ACTIVE
+        if since_last <= self._dormant_us:
+            return LifecycleStage.DORMANT
+        return LifecycleStage.CHURNED
+
+    def tier(self, lookback_gmv_cents: int) -> MembershipTier | None:
+        if lookback_gmv_cents >= self._diamond_cents:
+            return MembershipTier.DIAMOND
+        if lookback_gmv_cents >= self._gold_cents:
+            return MembershipTier.GOLD
+        if lookback_gmv_cents > self._silver_cents:
+            return MembershipTier.SILVER
+        return None
+
+    def recency_days(self, last_order_us: int) -> int:
+        return (self.as_of_us - last_order_us) // _DAY_US
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_DAY_US = _DAY // _MICROSECOND
+
+
 def customer_figures(
     orders: Iterable[OrderFact],
     as_of: datetime,
@@ -160,38 +266,7 @@ def customer_figures(
     tiers: TierThresholds = TierThresholds(),
 ) -> CustomerFigures:
     """One person's figures from their counted orders, using only orders up to as_of (SPEC.md Customers)."""
-    history = sorted((o for o in orders if o.occurred_at <= as_of), key=_counting_key)
-    if not history:
-        return CustomerFigures(
-            orders=0,
-            gmv=Decimal(0),
-            first_order_at=None,
-            last_order_at=None,
-            recency_days=None,
-            frequency=0,
-            monetary=Decimal(0),
-            repeat_orders_90d=0,
-            loyalty_milestone=False,
-            lifecycle=LifecycleStage.PROSPECT,
-            tier=None,
-        )
-    first, last = history[0].occurred_at, history[-1].occurred_at
-    lookback = [o for o in history if o.occurred_at > as_of - LOOKBACK]
-    monetary = _gmv(lookback)
-    repeat_orders = sum(1 for o in history[1:] if o.occurred_at - first <= REPEAT_WINDOW)
-    return CustomerFigures(
-        orders=len(history),
-        gmv=_gmv(history),
-        first_order_at=first,
-        last_order_at=last,
-        recency_days=(as_of - last) // _DAY,
-        frequency=len(lookback),
-        monetary=monetary,
-        repeat_orders_90d=repeat_orders,
-        loyalty_milestone=repeat_orders >= LOYALTY_MILESTONE_ORDERS,
-        lifecycle=lifecycle_stage(len(history), last, as_of, lifecycle),
-        tier=membership_tier(monetary, tiers),
-    )
+    return figures_from_totals(order_totals(orders, as_of), as_of, lifecycle, tiers)
 
 
 def _gmv(orders: list[OrderFact]) -> Decimal:

@@ -112,7 +112,7 @@ def fast_common_settings(common_settings) -> CommonSettings:
 def settings(fast_common_settings, database_url) -> SegmentationSettings:
     return SegmentationSettings(
         database_url=database_url, common=fast_common_settings,
-        membership=MembershipSettings(evaluation_interval_seconds=0.3, pending_poll_seconds=0.1),
+        membership=MembershipSettings(evaluation_interval_seconds=0.3),
     )
 
 

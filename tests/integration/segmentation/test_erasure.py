@@ -41,10 +41,12 @@ async def test_erasure_removes_every_row_of_the_person_and_only_theirs(segmentat
     await segmentation.send(history("u-erase", "a") + history("u-keep", "b"))
     await segmentation.wait_processed(10)
 
-    async def has_membership() -> bool:
-        return (await rows_naming(segmentation, "u-erase"))["segment_members"] > 0
+    async def settled() -> bool:
+        erase, keep = await rows_naming(segmentation, "u-erase"), await rows_naming(segmentation, "u-keep")
+        return erase["customer_segments"] == keep["customer_segments"] == 1 and not (
+            erase["segment_changes"] or keep["segment_changes"])
 
-    await eventually(has_membership, what="u-erase's segment membership")
+    await eventually(settled, what="both persons' membership stored and published")
     before = await rows_naming(segmentation, "u-keep")
 
     forbidden = await segmentation.client.delete("/v1/customers/u-erase", headers=READ)

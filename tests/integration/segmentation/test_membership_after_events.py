@@ -15,7 +15,7 @@ def settings(fast_common_settings, database_url) -> SegmentationSettings:
     # The scheduler's full round runs at start-up only: what follows comes from the per-event path.
     return SegmentationSettings(
         database_url=database_url, common=fast_common_settings,
-        membership=MembershipSettings(evaluation_interval_seconds=300, pending_poll_seconds=0.1),
+        membership=MembershipSettings(evaluation_interval_seconds=300),
     )
 
 

@@ -5,6 +5,7 @@ enter/exit per (segment, person) and ends in exactly the membership the service 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,14 +21,9 @@ from sqlalchemy import func, select
 from libs.common.broker import free_port
 from libs.common.db import PROCESSED_EVENTS, Database, service_metadata
 from libs.common.kafka import EVENTS_TOPIC, SEGMENTS_TOPIC, Publisher
-from services.segmentation.adapters.tables import (
-    MIGRATIONS,
-    metadata,
-    pending_evaluations,
-    segment_changes,
-    segment_members,
-)
-from services.segmentation.segments import BUILTIN_SEGMENTS
+from services.segmentation.adapters.migrations import MIGRATIONS
+from services.segmentation.adapters.tables import customer_segments, metadata, segment_changes
+from services.segmentation.segments import BUILTIN_SEGMENTS, membership_ids
 from tests.integration.segmentation.conftest import READ, order
 from tests.support import eventually, read_topic
 
@@ -48,7 +44,6 @@ class ServiceProcess:
             "SHOPLOOP_SEGMENTATION__DATABASE_URL": settings.database_url,
             "SHOPLOOP_SEGMENTATION__PORT": str(self.port),
             "SHOPLOOP_SEGMENTATION__MEMBERSHIP__EVALUATION_INTERVAL_SECONDS": "0.2",
-            "SHOPLOOP_SEGMENTATION__MEMBERSHIP__PENDING_POLL_SECONDS": "0.05",
         }
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
@@ -67,6 +62,13 @@ class ServiceProcess:
                 return False
 
         await eventually(ready, deadline_seconds=30, what="the service to be ready")
+
+    async def full_evaluations(self) -> int:
+        """Full membership evaluations completed so far (from /metrics)."""
+        async with httpx.AsyncClient() as client:
+            metrics = (await client.get(f"http://127.0.0.1:{self.port}/metrics")).text
+        match = re.search(r'^shoploop_segment_evaluation_seconds_count\{scope="all"\} (\S+)$', metrics, re.M)
+        return int(float(match.group(1))) if match else 0
 
     def kill(self) -> None:
         assert self.process is not None
@@ -113,19 +115,22 @@ async def test_changes_are_published_once_each_across_a_sigkill_restart(settings
             events += batch
             await publisher.publish_many(EVENTS_TOPIC, [(e.person_key.encode(), e.to_json()) for e in batch])
             if wave == 2:
-                await eventually(lambda: _count(database, segment_members), what="membership before the kill")
+                await eventually(lambda: _count(database, customer_segments), what="membership before the kill")
                 service.kill()
             if wave == 3:
                 await service.start()
 
-        async def quiet() -> bool:
-            return (await _count(database, _PROCESSED, _PROCESSED.c.consumer == "segmentation") == len(events)
-                    and await _count(database, pending_evaluations) == 0
-                    and await _count(database, segment_changes) == 0)
+        async def applied() -> bool:
+            return await _count(database, _PROCESSED, _PROCESSED.c.consumer == "segmentation") == len(events)
 
-        await eventually(quiet, deadline_seconds=30, what="every event applied and every change published")
+        await eventually(applied, deadline_seconds=30, what="every event applied")
+        # A full evaluation that started after the last event was applied, and its changes published.
+        done = await service.full_evaluations()
+        await eventually(lambda: _at_least(service.full_evaluations(), done + 2), what="two more full evaluations")
+        await eventually(lambda: _none_queued(database), what="every change published")
         async with database.read() as connection:
-            stored = {(row.segment_id, row.person_key) for row in await connection.execute(select(segment_members))}
+            stored = {(segment_id, row.person_key) for row in await connection.execute(select(customer_segments))
+                      for segment_id in membership_ids(row.segment_ids)}
 
         async def replayed() -> tuple[set[tuple[str, str]], list[str], int]:
             records = await read_topic(settings.common.kafka.bootstrap_servers, SEGMENTS_TOPIC, count=10**6,
@@ -150,6 +155,14 @@ async def test_changes_are_published_once_each_across_a_sigkill_restart(settings
         service.stop()
         await publisher.stop()
         await database.close()
+
+
+async def _at_least(count, minimum: int) -> bool:
+    return await count >= minimum
+
+
+async def _none_queued(database: Database) -> bool:
+    return await _count(database, segment_changes) == 0
 
 
 async def _matching(replayed, stored):

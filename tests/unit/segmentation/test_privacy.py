@@ -2,7 +2,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from services.segmentation.adapters.privacy import ErasureRequest
+from libs.common.privacy import ErasureRequest
 
 
 def test_an_erasure_request_has_exactly_the_documented_shape_and_round_trips():

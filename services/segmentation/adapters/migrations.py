@@ -1,0 +1,40 @@
+"""Schema steps of the segmentation database, oldest first."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from sqlalchemy import Column, MetaData, String, Table, inspect, select
+from sqlalchemy.engine import Connection
+
+from libs.common.db import Migration, create_all
+from services.segmentation.adapters.facts import earliest_completed_events
+from services.segmentation.adapters.tables import counted_orders, customer_segments, metadata
+from services.segmentation.segments import membership_key
+
+
+def _derived_facts_and_membership_per_person(connection: Connection) -> None:
+    # Persons waiting for evaluation are kept in memory now: a restart evaluates everyone anyway.
+    Table("pending_evaluations", MetaData()).drop(connection, checkfirst=True)
+    for table in (counted_orders, customer_segments):
+        table.create(connection, checkfirst=True)
+    columns = [column.name for column in counted_orders.c]
+    connection.execute(counted_orders.insert().from_select(columns, earliest_completed_events(connection)))
+    if inspect(connection).has_table("segment_members"):
+        pairs = Table("segment_members", MetaData(), Column("segment_id", String(64)), Column("person_key", String(300)))
+        by_person: defaultdict[str, list[str]] = defaultdict(list)
+        for segment_id, person in connection.execute(select(pairs.c.segment_id, pairs.c.person_key)):
+            by_person[person].append(segment_id)
+        if by_person:
+            connection.execute(customer_segments.insert(), [
+                {"person_key": person, "segment_ids": membership_key(ids)} for person, ids in by_person.items()
+            ])
+        pairs.drop(connection)
+
+
+# Step 1 creates the current tables on a new database; later steps bring an older database to the same.
+MIGRATIONS = [
+    Migration(1, "customer facts, segments and membership", create_all(metadata)),
+    Migration(2, "counted orders kept by the consumer; stored membership one row per person; pending "
+                 "evaluations in memory", _derived_facts_and_membership_per_person),
+]
