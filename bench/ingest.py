@@ -144,7 +144,7 @@ def main() -> None:
         "SHOPLOOP_INGEST__RATE_LIMIT__BURST": "100000000", "SHOPLOOP_LOG_LEVEL": "WARNING",
     }
     service = subprocess.Popen([sys.executable, "-m", "services.ingest"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=open(workdir / "ingest.log", "wb"))  # noqa: SIM115
+                               stdout=subprocess.DEVNULL, stderr=open(workdir / "ingest.log", "wb"))
     try:
         deadline = time.monotonic() + 60
         while True:

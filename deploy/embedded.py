@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -119,7 +119,7 @@ def main() -> int:
         asyncio.run(ensure_topics(kafka, ALL_TOPICS))
         for name, default_port in available_services():
             port = free_port() if args.free_ports else default_port
-            log_file = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the child
+            log_file = open(logs / f"{name}.log", "ab")  # stays open as long as the child runs
             process = subprocess.Popen(
                 [sys.executable, "-m", f"services.{name}"], cwd=ROOT, stdin=subprocess.DEVNULL,
                 stdout=log_file, stderr=subprocess.STDOUT, env=_service_env(name, port, bootstrap, args.data_dir),
