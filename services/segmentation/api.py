@@ -373,7 +373,7 @@ async def list_members(
             raise ApiError(404, "unknown_segment", f"no segment {segment_id!r}")
         if segment.rule is None:
             standings = await builtin_memberships(connection, moment, service.thresholds)
-            found = (standing.person_key for standing in standings if segment_id in standing.builtin_ids)
+            found = (person for person, ids, _ in standings if segment_id in ids)
         else:
             evaluation = await evaluate_segments(connection, moment, service.thresholds, [segment])
             found = (person for person, ids in evaluation.memberships.items() if segment_id in ids)

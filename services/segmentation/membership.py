@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import datetime
 
 import orjson
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db import Database
@@ -69,17 +69,15 @@ async def sync_membership(connection: AsyncConnection, as_of: datetime, threshol
     exited: list[tuple[str, str]] = []
     entered: list[tuple[str, str]] = []
     builtin_keys: dict[tuple[str, ...], str] = {}
-    for standing in standings:
-        person = standing.person_key
-        ids = standing.builtin_ids
-        rules = rule_members.get(person)
+    for person, ids, stored in standings:
+        rules = rule_members.get(person) if rule_members else None
         if rules:
             key = membership_key([*ids, *rules])
         elif (key := builtin_keys.get(ids)) is None:
             key = builtin_keys[ids] = membership_key(ids)
-        if key != (standing.stored or ""):
+        if key != (stored or ""):
             changed[person] = key
-            before, after = membership_ids(standing.stored), membership_ids(key)
+            before, after = membership_ids(stored), membership_ids(key)
             exited += ((person, segment_id) for segment_id in before - after)
             entered += ((person, segment_id) for segment_id in after - before)
     by_id = {**BUILTIN_BY_ID, **{segment.segment_id: segment for segment in definitions}}
@@ -87,7 +85,7 @@ async def sync_membership(connection: AsyncConnection, as_of: datetime, threshol
     records = [change_record(EXITED, by_id[s], p, as_of) for p, s in sorted(exited) if s in by_id]
     records += [change_record(ENTERED, by_id[s], p, as_of) for p, s in sorted(entered)]
     await store_memberships(connection, changed, records)
-    return sum(1 for standing in standings if standing.builtin_ids), len(records)
+    return sum(1 for _, ids, _ in standings if ids), len(records)
 
 
 async def publish_queued_changes(database: Database, publisher: Publisher, *, batch: int) -> int:
@@ -113,15 +111,18 @@ class MembershipScheduler:
     """
 
     def __init__(self, database: Database, publisher: Publisher, *, thresholds: Thresholds,
-                 settings: MembershipSettings, clock: Clock, metrics: Metrics) -> None:
+                 settings: MembershipSettings, clock: Clock, metrics: Metrics,
+                 events_lag: Callable[[], int] = lambda: 0) -> None:
         self.database = database
         self.publisher = publisher
         self.thresholds = thresholds
         self.settings = settings
         self.clock = clock
+        self.events_lag = events_lag
         self.last_full_evaluation: datetime | None = None
         self.full_evaluations = 0
         self._pending: set[str] = set()
+        self._in_flight = 0
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -130,6 +131,8 @@ class MembershipScheduler:
         registry = metrics.registry
         self._changes = Counter("shoploop_segment_changes_total", "Segment enter/exit records published",
                                 registry=registry)
+        self._waiting = Gauge("shoploop_segment_pending_persons",
+                              "Persons with new facts not yet evaluated (or being evaluated)", registry=registry)
         self._duration = Histogram("shoploop_segment_evaluation_seconds", "Membership evaluation time", ["scope"],
                                    registry=registry, buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60))
 
@@ -137,6 +140,7 @@ class MembershipScheduler:
         """The consumer's after-commit hook: evaluate these events' persons soon."""
         if self.settings.evaluate_after_events:
             self._pending.update(event.person_key for event in events)
+            self._waiting.set(len(self._pending) + self._in_flight)
             self._wake.set()
 
     def request_full_evaluation(self) -> None:
@@ -163,6 +167,7 @@ class MembershipScheduler:
     async def run_once(self, *, full: bool) -> int:
         """One evaluation (everyone, or the persons with new facts) and the publishing of its changes."""
         pending, self._pending = self._pending, set()
+        self._in_flight = len(pending)
         # Every evaluation ranks against the whole RFM population anyway: with this many persons, do everyone.
         full = full or len(pending) > PENDING_BATCH
         if pending or full:
@@ -174,6 +179,9 @@ class MembershipScheduler:
             except BaseException:
                 self._pending |= pending
                 raise
+            finally:
+                self._in_flight = 0
+                self._waiting.set(len(self._pending))
             if full:
                 self.last_full_evaluation = as_of
                 self.full_evaluations += 1
@@ -189,6 +197,16 @@ class MembershipScheduler:
         delay = 0.2
         while not self._stopping.is_set():
             self._wake.clear()
+            if time.monotonic() < self._next_full:
+                if self.events_lag() > self.settings.defer_while_lag_above:
+                    # Far behind the topic: let the consumer catch up first; its persons pile up and are then
+                    # evaluated together (the round of everyone still comes every interval).
+                    await self._sleep(min(1.0, self._next_full - time.monotonic()))
+                    continue
+                # Gather the persons of the next few consumer batches into this evaluation.
+                await asyncio.sleep(min(self.settings.gather_seconds, self._next_full - time.monotonic()))
+                if self._stopping.is_set():
+                    break
             full = time.monotonic() >= self._next_full
             try:
                 if full:

@@ -173,13 +173,9 @@ async def lifecycle_and_tiers(connection: AsyncConnection, as_of: datetime,
             for _, orders, last, _, monetary, _, _ in part]
 
 
-@dataclass(frozen=True, slots=True)
-class Standing:
-    """A person's built-in segments at as_of (none when unknown then), and their membership as stored."""
-
-    person_key: str
-    builtin_ids: tuple[str, ...]
-    stored: str | None = None
+# (person_key, built-in segment ids at as_of (none when unknown then), membership key as stored or None).
+# A plain tuple: a million of them are made per evaluation.
+Standing = tuple[str, tuple[str, ...], str | None]
 
 
 async def builtin_memberships(connection: AsyncConnection, as_of: datetime, thresholds: Thresholds,
@@ -200,7 +196,7 @@ async def builtin_memberships(connection: AsyncConnection, as_of: datetime, thre
                                     stored_segments=stored_segments):
         for person, orders, last, frequency, monetary, known, stored in part:
             if not known:
-                unknown.append(Standing(person, (), stored))
+                unknown.append((person, (), stored))
                 continue
             pair = None
             if frequency:
@@ -226,7 +222,7 @@ async def builtin_memberships(connection: AsyncConnection, as_of: datetime, thre
         ids = id_lists.get(standing)
         if ids is None:
             ids = id_lists[standing] = tuple(builtin_ids(*standing))
-        standings.append(Standing(person, ids, stored))
+        standings.append((person, ids, stored))
     return standings
 
 

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from libs.common.db import Database
-from libs.common.kafka import Subscription
+from libs.common.kafka import EVENTS_TOPIC, Subscription
 from libs.common.service import Service
 from services.segmentation.membership import MembershipScheduler
 from services.segmentation.population import Thresholds
@@ -29,8 +29,12 @@ class SegmentationService(Service):
         self.thresholds = Thresholds(settings.lifecycle.thresholds(), settings.tiers.thresholds())
         self.scheduler = MembershipScheduler(
             database, self.publisher, thresholds=self.thresholds, settings=settings.membership, clock=clock,
-            metrics=self.metrics,
+            metrics=self.metrics, events_lag=self._events_lag,
         )
+
+    def _events_lag(self) -> int:
+        """Records of shoploop.events.v1 not yet applied (as of the runtime's last check, once a second)."""
+        return sum(runtime.status.lag or 0 for runtime in self.consumers if EVENTS_TOPIC in runtime.subscription.topics)
 
     async def start(self) -> None:
         await super().start()

@@ -48,8 +48,13 @@ class MembershipSettings(BaseModel):
 
     # SPEC.md "API surface": time-driven membership is re-evaluated at least every 5 minutes.
     evaluation_interval_seconds: float = Field(default=300.0, gt=0, le=300)
-    # Persons whose events were just applied are re-evaluated as soon as the consumer's transaction commits.
+    # Persons whose events were just applied are re-evaluated as soon as the consumer's transaction commits,
+    # unless the consumer is this many records behind: then they wait until it has caught up.
     evaluate_after_events: bool = True
+    # Persons with new facts are gathered this long before they are evaluated together: each evaluation
+    # ranks them against the whole RFM population, so it should not run for every consumer batch.
+    gather_seconds: float = Field(default=0.25, ge=0)
+    defer_while_lag_above: int = Field(default=20_000, ge=0)
     publish_batch: int = Field(default=5000, ge=1)
 
 

@@ -9,7 +9,18 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import BigInteger, Select, and_, case, cast, delete, func, null, or_, select
+from sqlalchemy import (
+    BigInteger,
+    Select,
+    and_,
+    case,
+    cast,
+    delete,
+    func,
+    null,
+    or_,
+    select,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -277,19 +288,23 @@ async def standing_sums(
     ``segment_ids`` as stored (NULL when none).
     """
     for batch in _batches(persons):
-        known = select(profiles.c.person_key).where(profiles.c.first_seen_us <= as_of_us)
-        known = (known if batch is None else known.where(profiles.c.person_key.in_(batch))).subquery("known")
         sums = _order_sums(as_of_us, lookback_start_us, batch)
+        person, stored = profiles, customer_segments
+        if batch is not None:
+            # A few persons: their rows first. (Everyone: the base tables, so that SQLite joins through
+            # the primary keys; a full join of two subqueries it would scan once per row.)
+            person = select(profiles).where(profiles.c.person_key.in_(batch)).subquery("person")
+            stored = select(customer_segments).where(customer_segments.c.person_key.in_(batch)).subquery("stored")
+        known = person.c.first_seen_us <= as_of_us
+        people, person_key = person, person.c.person_key
         if stored_segments:
-            stored = select(customer_segments.c.person_key, customer_segments.c.segment_ids)
-            stored = (stored if batch is None else stored.where(customer_segments.c.person_key.in_(batch))).subquery()
-            people = known.join(stored, stored.c.person_key == known.c.person_key, full=True)
-            person_key, segment_ids = func.coalesce(known.c.person_key, stored.c.person_key), stored.c.segment_ids
-        else:
-            people, person_key, segment_ids = known, known.c.person_key, null()
-        query = select(person_key, sums.c.orders, sums.c.last_order_us, sums.c.frequency, sums.c.monetary_cents,
-                       known.c.person_key.is_not(None), segment_ids).select_from(
-            people.outerjoin(sums, sums.c.person_key == known.c.person_key)
+            people = person.join(stored, stored.c.person_key == person.c.person_key, full=True)
+            person_key = func.coalesce(person.c.person_key, stored.c.person_key)
+        query = (
+            select(person_key, sums.c.orders, sums.c.last_order_us, sums.c.frequency, sums.c.monetary_cents,
+                   func.coalesce(known, False), stored.c.segment_ids if stored_segments else null())
+            .select_from(people.outerjoin(sums, sums.c.person_key == person.c.person_key))
+            .where(or_(known, stored.c.person_key.is_not(None)) if stored_segments else known)
         )
         result = await connection.stream(query)
         async for part in result.partitions(_STREAMED_ROWS):

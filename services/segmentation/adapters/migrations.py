@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from sqlalchemy import Column, MetaData, String, Table, inspect, select
+from sqlalchemy import Column, Index, MetaData, String, Table, inspect, select
 from sqlalchemy.engine import Connection
 
 from libs.common.db import Migration, create_all
 from services.segmentation.adapters.facts import earliest_completed_events
-from services.segmentation.adapters.tables import counted_orders, customer_segments, metadata
+from services.segmentation.adapters.tables import counted_orders, customer_events, customer_segments, metadata
 from services.segmentation.segments import membership_key
 
 
@@ -32,9 +32,17 @@ def _derived_facts_and_membership_per_person(connection: Connection) -> None:
         pairs.drop(connection)
 
 
+def _events_indexed_by_person_and_type(connection: Connection) -> None:
+    events_then = Table("customer_events", MetaData(), Column("person_key", String(300)))
+    Index("ix_customer_events_person", events_then.c.person_key).drop(connection, checkfirst=True)
+    for index in customer_events.indexes:
+        index.create(connection, checkfirst=True)
+
+
 # Step 1 creates the current tables on a new database; later steps bring an older database to the same.
 MIGRATIONS = [
     Migration(1, "customer facts, segments and membership", create_all(metadata)),
     Migration(2, "counted orders kept by the consumer; stored membership one row per person; pending "
                  "evaluations in memory", _derived_facts_and_membership_per_person),
+    Migration(3, "customer events indexed by person and type", _events_indexed_by_person_and_type),
 ]

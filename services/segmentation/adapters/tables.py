@@ -33,7 +33,8 @@ customer_events = Table(
     Column("person_key", String(_PERSON), nullable=False),
     Column("type", String(16), nullable=False),
     Column("occurred_us", BigInteger, nullable=False),
-    Index("ix_customer_events_person", "person_key", "occurred_us"),
+    # Per person and type: a profile's counts and the rule windows of a few persons.
+    Index("ix_customer_events_person_type", "person_key", "type", "occurred_us"),
     Index("ix_customer_events_type", "type", "occurred_us"),
 )
 

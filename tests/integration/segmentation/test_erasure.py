@@ -79,3 +79,20 @@ async def test_erasure_removes_every_row_of_the_person_and_only_theirs(segmentat
                                                           {"consumer": "segmentation"}) or 0) >= seen + 5,
                      what="the redelivered events to be skipped")
     assert set((await rows_naming(segmentation, "u-erase")).values()) == {0}
+
+
+async def test_erasing_the_person_an_order_counted_for_lets_another_persons_event_of_it_count(segmentation):
+    # The same order_id completed by two persons: it counts once, at the earliest event (u-first's).
+    await segmentation.send([order("u-first", T, "d-1", "o-shared", "80.00"),
+                             order("u-second", T.replace(hour=5), "d-2", "o-shared", "80.00")])
+    await segmentation.wait_processed(2)
+    at = {"as_of": "2026-01-01T00:00:00Z"}
+    assert (await segmentation.get("/v1/customers/u-second", **at))["orders"] == 0
+
+    response = await segmentation.client.delete("/v1/customers/u-first", headers=ADMIN)
+    assert response.status_code == 202, response.text
+
+    async def second_counts() -> bool:
+        return (await segmentation.get("/v1/customers/u-second", **at))["orders"] == 1
+
+    await eventually(second_counts, what="u-second's completed event to count the order")
