@@ -14,12 +14,13 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Select, Table, and_, bindparam, func, not_, select, union, update
+from sqlalchemy import Select, Table, and_, func, not_, select, union, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
 from libs.common.db import insert
 from libs.common.events import epoch_micros, from_epoch_micros
+from services.funnel.adapters.mirror import next_seq
 from services.funnel.adapters.tables import events, order_items
 from services.funnel.domain.facts import DIRECT, FunnelEvent, OrderFacts, OrderItem
 
@@ -41,7 +42,8 @@ async def store_facts(connection: AsyncConnection, facts: Sequence[FunnelEvent])
     """Insert events and their order items in two batched statements; a stored event_id is left as it is."""
     if not facts:
         return
-    event_rows = [_event_row(fact) for fact in facts]
+    first = await next_seq(connection, connection.dialect.name == "sqlite")
+    event_rows = [_event_row(fact) | {"seq": first + n, "revised": False} for n, fact in enumerate(facts)]
     await connection.execute(insert(connection, events).on_conflict_do_nothing(index_elements=["event_id"]), event_rows)
     item_rows = [
         {
@@ -76,10 +78,19 @@ async def pseudonymise_persons(connection: AsyncConnection, pseudonyms: Mapping[
     """Replace each person key by its pseudonym on every stored event: personal data gone, counts unchanged."""
     if not pseudonyms:
         return
-    statement = (
-        update(events).where(events.c.person_key == bindparam("old_key")).values(person_key=bindparam("new_key"))
-    )
-    await connection.execute(statement, [{"old_key": old, "new_key": new} for old, new in pseudonyms.items()])
+    first = await next_seq(connection, connection.dialect.name == "sqlite")
+    for old, new in pseudonyms.items():
+        lowest, highest = (await connection.execute(
+            select(func.min(events.c.seq), func.max(events.c.seq)).where(events.c.person_key == old)
+        )).one()
+        if lowest is None:
+            continue
+        # Moved past every seq in use, in their own order, so the DuckDB copy picks them up as revisions.
+        await connection.execute(
+            update(events).where(events.c.person_key == old)
+            .values(person_key=new, revised=True, seq=events.c.seq + (first - lowest))
+        )
+        first += highest - lowest + 1
 
 
 class FactQuery:

@@ -7,7 +7,21 @@ integer compares and sums on SQLite and PostgreSQL alike.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    inspect,
+    text,
+)
+from sqlalchemy.engine import Connection
 
 from libs.common.db import Migration, create_all
 
@@ -36,6 +50,12 @@ events = Table(
     Column("coupon_code", String(256)),
     Column("refund_cents", BigInteger),
     Column("rating", Integer),
+    # The write order: rows take increasing values under the table's write lock, so a reader that has every
+    # row up to N has a complete prefix (the DuckDB copy follows it, adapters/mirror.py). An erasure gives
+    # the rewritten rows new values and sets `revised`.
+    Column("seq", BigInteger, nullable=False),
+    Column("revised", Boolean, nullable=False, default=False),
+    Index("ix_events_seq", "seq", unique=True),
     Index("ix_events_occurred", "occurred_us"),
     Index("ix_events_order", "order_id", "occurred_us"),
     Index("ix_events_person", "person_key", "occurred_us"),
@@ -65,4 +85,22 @@ funnels = Table(
     Index("ix_funnels_created", "created_us", "funnel_id"),
 )
 
-MIGRATIONS = [Migration(1, "events, order items, funnels", create_all(metadata))]
+def _events_in_write_order(connection: Connection) -> None:
+    if "seq" in {column["name"] for column in inspect(connection).get_columns("events")}:
+        return  # created by step 1 with today's columns
+    connection.execute(text("ALTER TABLE events ADD COLUMN seq BIGINT"))
+    connection.execute(text("ALTER TABLE events ADD COLUMN revised BOOLEAN NOT NULL DEFAULT FALSE"))
+    connection.execute(text(
+        "UPDATE events SET seq = numbered.n FROM (SELECT event_id, row_number() OVER (ORDER BY occurred_us, event_id)"
+        " AS n FROM events) AS numbered WHERE events.event_id = numbered.event_id"
+    ))
+    for index in events.indexes:
+        if index.name == "ix_events_seq":
+            index.create(connection)
+
+
+# Step 1 creates the current tables on a new database; later steps bring an older database to the same.
+MIGRATIONS = [
+    Migration(1, "events, order items, funnels", create_all(metadata)),
+    Migration(2, "events numbered in write order (seq) for the analytical copy", _events_in_write_order),
+]

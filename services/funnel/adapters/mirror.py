@@ -1,0 +1,198 @@
+"""The funnel's analytical read model: an in-memory DuckDB copy of the stored facts.
+
+The service's database (SQLite or PostgreSQL) stays the system of record: the consumer writes there, in the
+transaction that records the event_ids it applied. Answers that aggregate millions of events (distinct
+persons per range, chains of funnel steps) are computed by DuckDB, a columnar engine, over a copy of the
+``events`` and ``order_items`` tables that follows the database by ``events.seq``:
+
+- every write to ``events`` takes the next ``seq`` values while holding the table's write lock (SQLite's
+  database lock; a transaction-scoped advisory lock on PostgreSQL), so transactions commit in ``seq`` order
+  and "every row with seq <= N" is a complete prefix once N is visible;
+- an erasure rewrites the person's rows with new ``seq`` values and ``revised`` set, so the copy replaces them;
+- before each answer the copy applies whatever was committed since its last sync (``MirrorSync.refresh``), so
+  an answer reflects at least everything committed before the request began; a background task keeps that
+  delta small.
+
+The copy is rebuilt from the database at start-up (nothing of it is kept on disk).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import duckdb
+import pyarrow as pa
+from sqlalchemy import BigInteger, Boolean, Float, Integer, Table, func, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from libs.common.db import Database
+from services.funnel.adapters.tables import events, order_items
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Advisory lock serializing writers of `events` on PostgreSQL (SQLite's write lock does the same there).
+_EVENTS_WRITE_LOCK = 7461_0002
+_FETCH_ROWS = 50_000
+
+
+def _arrow_type(column: Any) -> pa.DataType:
+    if isinstance(column.type, BigInteger):
+        return pa.int64()
+    if isinstance(column.type, Integer):
+        return pa.int32()
+    if isinstance(column.type, Float):
+        return pa.float64()
+    if isinstance(column.type, Boolean):
+        return pa.bool_()
+    return pa.string()
+
+
+def _schema(table: Table, skip: Sequence[str] = ()) -> pa.Schema:
+    return pa.schema([(column.name, _arrow_type(column)) for column in table.c if column.name not in skip])
+
+
+# What the copy holds: the stored columns, minus the database's own bookkeeping.
+_BOOKKEEPING = ("seq", "revised")
+EVENTS_SCHEMA = _schema(events, _BOOKKEEPING)
+ITEMS_SCHEMA = _schema(order_items)
+_DUCKDB_TYPES = {pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.float64(): "DOUBLE", pa.string(): "VARCHAR",
+                 pa.bool_(): "BOOLEAN"}
+
+
+def create_tables(connection: duckdb.DuckDBPyConnection) -> None:
+    """The copy's tables, named and typed as the service's own (times epoch micros, money integer cents)."""
+    for name, schema in (("events", EVENTS_SCHEMA), ("order_items", ITEMS_SCHEMA)):
+        columns = ", ".join(f"{field.name} {_DUCKDB_TYPES[field.type]}" for field in schema)
+        connection.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
+
+
+def arrow_batch(schema: pa.Schema, rows: Sequence[Sequence[Any]] | Sequence[dict[str, Any]]) -> pa.Table:
+    """Rows (tuples in schema order, or dicts by column name) as one Arrow table."""
+    if rows and isinstance(rows[0], dict):
+        return pa.Table.from_pylist(list(rows), schema=schema)  # type: ignore[arg-type]
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(schema)
+    return pa.Table.from_arrays([pa.array(values, type=field.type) for values, field in zip(columns, schema, strict=True)],
+                                schema=schema)
+
+
+def append(connection: duckdb.DuckDBPyConnection, table: str, batch: pa.Table) -> None:
+    """Append an Arrow batch to one of the copy's tables."""
+    if batch.num_rows:
+        connection.register("_batch", batch)
+        try:
+            connection.execute(f"INSERT INTO {table} SELECT * FROM _batch")
+        finally:
+            connection.unregister("_batch")
+
+
+async def next_seq(connection: AsyncConnection, is_sqlite: bool) -> int:
+    """The first free ``events.seq``, with the lock that keeps writers of ``events`` in seq order held
+    until this transaction ends."""
+    if not is_sqlite:
+        await connection.execute(text(f"SELECT pg_advisory_xact_lock({_EVENTS_WRITE_LOCK})"))
+    # SQLite: the consumer's transaction began IMMEDIATE, so it already holds the database's write lock.
+    last = (await connection.execute(select(func.max(events.c.seq)))).scalar()
+    return (last or 0) + 1
+
+
+class FactMirror:
+    """The DuckDB copy and the sync that keeps it a complete prefix of the database by ``events.seq``."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.duckdb = duckdb.connect(":memory:", config={"threads": 2})
+        create_tables(self.duckdb)
+        self.seq = 0
+        self.rows = 0
+        self.loaded = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._write = threading.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    async def refresh(self) -> int:
+        """Apply every committed row with a higher seq than the copy's; the number of rows applied."""
+        async with self._lock:
+            applied = 0
+            while True:
+                async with self.database.read() as connection:
+                    rows = (await connection.execute(
+                        select(events).where(events.c.seq > self.seq).order_by(events.c.seq).limit(_FETCH_ROWS)
+                    )).all()
+                    if not rows:
+                        break
+                    top = rows[-1].seq
+                    items = (await connection.execute(
+                        select(order_items).join(events, events.c.event_id == order_items.c.event_id)
+                        .where(events.c.seq > self.seq, events.c.seq <= top, events.c.order_status.is_not(None))
+                    )).all()
+                revised = [row.event_id for row in rows if row.revised]
+                batch = arrow_batch(EVENTS_SCHEMA, [tuple(row[:-2]) for row in rows])
+                item_batch = arrow_batch(ITEMS_SCHEMA, [tuple(row) for row in items])
+                await asyncio.to_thread(self._apply, batch, item_batch, revised)
+                self.seq = top
+                self.rows += len(rows) - len(revised)
+                applied += len(rows)
+            return applied
+
+    def _apply(self, batch: pa.Table, items: pa.Table, revised: list[str]) -> None:
+        with self._write:
+            connection = self.duckdb
+            connection.execute("BEGIN")
+            try:
+                if revised:
+                    # Rows rewritten by an erasure: the new version replaces the copy's.
+                    connection.execute("DELETE FROM events WHERE event_id IN (SELECT unnest(?))", [revised])
+                    connection.execute("DELETE FROM order_items WHERE event_id IN (SELECT unnest(?))", [revised])
+                append(connection, "events", batch)
+                append(connection, "order_items", items)
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+
+    async def query(self, compute: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """Bring the copy up to what is committed now, then run ``compute`` on it in a worker thread."""
+        await self.loaded.wait()
+        await self.refresh()
+
+        def run() -> T:
+            cursor = self.duckdb.cursor()
+            try:
+                return compute(cursor)
+            finally:
+                cursor.close()
+
+        return await asyncio.to_thread(run)
+
+    def start(self, poll_seconds: float = 0.25) -> None:
+        """Load the copy, then follow the database in the background."""
+        self._task = asyncio.create_task(self._follow(poll_seconds), name="funnel-mirror")
+
+    async def _follow(self, poll_seconds: float) -> None:
+        started = time.perf_counter()
+        while not self._stopping.is_set():
+            try:
+                await self.refresh()
+                if not self.loaded.is_set():
+                    self.loaded.set()
+                    log.info("fact copy loaded", extra={"rows": self.rows,
+                                                         "seconds": round(time.perf_counter() - started, 2)})
+            except Exception:
+                log.exception("fact copy sync failed; retrying")
+            try:
+                await asyncio.wait_for(self._stopping.wait(), poll_seconds)
+            except TimeoutError:
+                pass
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            await self._task
+        self.duckdb.close()
