@@ -14,10 +14,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from libs.common.auth import require_scope
 from libs.common.events import format_timestamp, parse_rfc3339
 from libs.common.http import ApiError, JsonResponse
-from libs.common.service import Service
 from services.funnel import reports
 from services.funnel.adapters.funnels import add_funnel, get_funnel, list_funnels
 from services.funnel.domain.funnels import FunnelDefinition, FunnelStep
+from services.funnel.engine import kpis as engine_kpis
+from services.funnel.runtime import FunnelService
 from services.funnel.schemas import (
     ChannelsPublic,
     FunnelCreate,
@@ -53,7 +54,7 @@ Limit = Annotated[int | None, Query(ge=1, description="page size (default 100, a
 Cursor = Annotated[str | None, Query(description="next_cursor of the previous page")]
 
 
-def _service(request: Request) -> Service:
+def _service(request: Request) -> FunnelService:
     return request.app.state.service
 
 
@@ -140,10 +141,10 @@ async def get_kpis(
     by_day = granularity == "day"
     if by_day and end_at - start_at > timedelta(days=settings.max_days):
         raise ApiError(422, "invalid_parameter", f"granularity=day covers at most {settings.max_days} days")
-    async with reports.snapshot(_service(request).database) as connection:
-        totals, days = await reports.kpis(
-            connection, start_at, end_at, moment, settings.common.timezone if by_day else None
-        )
+    time_zone = settings.common.timezone if by_day else None
+    totals, days = await _service(request).mirror.query(
+        lambda cursor: engine_kpis.kpis(cursor, start_at, end_at, moment, time_zone)
+    )
     body: dict[str, Any] = {
         **span_public(start_at, end_at, moment), "granularity": granularity, "time_zone": settings.common.timezone,
         **kpis_public(totals),

@@ -15,6 +15,7 @@ from libs.common.service import Service, create_app
 from services.funnel.adapters.tables import MIGRATIONS, metadata
 from services.funnel.api import router
 from services.funnel.handlers import erase_persons, record_events
+from services.funnel.runtime import FunnelService
 from services.funnel.settings import FunnelSettings
 
 DESCRIPTION = (
@@ -36,7 +37,7 @@ def build_service(settings: FunnelSettings) -> Service:
             decode=ErasureRequest.from_json, event_id=lambda request: request.request_id,
         ),
     ]
-    return Service("funnel", settings, database, subscriptions)
+    return FunnelService("funnel", settings, database, subscriptions)
 
 
 def _describe(errors: Any) -> str:

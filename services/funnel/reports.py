@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -12,7 +12,6 @@ from libs.common.db import Database
 from services.funnel.adapters.facts import FactQuery
 from services.funnel.domain.channels import CHANNEL_LOOKBACK, ChannelMetrics, channel_metrics
 from services.funnel.domain.funnels import Breakdown, FunnelDefinition, FunnelResult, funnel_result
-from services.funnel.domain.kpis import INQUIRY_FOLLOW_UP, Kpis, daily_kpis, range_kpis
 from services.funnel.domain.products import (
     LIFECYCLE_PERIOD,
     MATRIX_PERIOD,
@@ -34,20 +33,6 @@ async def snapshot(database: Database) -> AsyncIterator[AsyncConnection]:
             await connection.execution_options(isolation_level="REPEATABLE READ")
         # SQLite: Database.read() begins the transaction itself, which already gives one snapshot.
         yield connection
-
-
-async def kpis(
-    connection: AsyncConnection, start: datetime, end: datetime, as_of: datetime, time_zone: str | None
-) -> tuple[Kpis, dict[date, Kpis] | None]:
-    """Range KPIs, and per day of the time zone when one is given (SPEC.md "Daily and range KPIs")."""
-    facts = await (
-        FactQuery(start, end, as_of)
-        .with_refunds_of_orders_placed(start, end)
-        .with_orders_after_inquiries(start, end, INQUIRY_FOLLOW_UP)
-        .load(connection)
-    )
-    days = None if time_zone is None else daily_kpis(facts, start, end, as_of, time_zone)
-    return range_kpis(facts, start, end, as_of), days
 
 
 async def funnel(

@@ -43,8 +43,18 @@ async def store_facts(connection: AsyncConnection, facts: Sequence[FunnelEvent])
     if not facts:
         return
     first = await next_seq(connection, connection.dialect.name == "sqlite")
-    event_rows = [_event_row(fact) | {"seq": first + n, "revised": False} for n, fact in enumerate(facts)]
+    event_rows, item_rows = fact_rows(facts)
+    for n, row in enumerate(event_rows):
+        row["seq"], row["revised"] = first + n, False
     await connection.execute(insert(connection, events).on_conflict_do_nothing(index_elements=["event_id"]), event_rows)
+    if item_rows:
+        await connection.execute(
+            insert(connection, order_items).on_conflict_do_nothing(index_elements=["event_id", "line"]), item_rows
+        )
+
+
+def fact_rows(facts: Sequence[FunnelEvent]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows of ``events`` (without seq) and of ``order_items`` that keep these facts."""
     item_rows = [
         {
             "event_id": fact.event_id, "line": line, "product_id": item.product_id, "category": item.category,
@@ -54,10 +64,7 @@ async def store_facts(connection: AsyncConnection, facts: Sequence[FunnelEvent])
         if fact.order is not None
         for line, item in enumerate(fact.order.items)
     ]
-    if item_rows:
-        await connection.execute(
-            insert(connection, order_items).on_conflict_do_nothing(index_elements=["event_id", "line"]), item_rows
-        )
+    return [_event_row(fact) for fact in facts], item_rows
 
 
 def _event_row(fact: FunnelEvent) -> dict[str, Any]:
@@ -130,19 +137,6 @@ class FactQuery:
         )
         self._extras.append(
             select(events.c.event_id).where(events.c.order_id.in_(placed), events.c.order_status == "refunded")
-        )
-        return self
-
-    def with_orders_after_inquiries(self, start: datetime, end: datetime, follow_up: timedelta) -> FactQuery:
-        """Completed orders in [start, end + follow_up] of persons with an inquiry in [start, end)."""
-        start_us, end_us = epoch_micros(start), epoch_micros(end)
-        inquirers = self._persons_with(start_us, end_us, events.c.type == "inquiry")
-        self._extras.append(
-            select(events.c.event_id).where(
-                events.c.person_key.in_(inquirers),
-                events.c.order_status == "completed",
-                self._between(start_us, end_us + _micros(follow_up) + 1),
-            )
         )
         return self
 

@@ -51,17 +51,22 @@ def daily_kpis(
 ) -> dict[date, Kpis]:
     """Every KPI per calendar day of [start, end) in the IANA time_zone, each over that day alone (SPEC.md `days`)."""
     history = History(events, as_of)
+    return {day: _kpis(history, day_start, day_end) for day, day_start, day_end in day_spans(start, end, time_zone)}
+
+
+def day_spans(start: datetime, end: datetime, time_zone: str) -> list[tuple[date, datetime, datetime]]:
+    """The calendar days of the IANA time_zone that [start, end) touches, each with its part of the range."""
     start, end = utc(start), utc(end)
     zone = ZoneInfo(time_zone)
-    days: dict[date, Kpis] = {}
+    spans: list[tuple[date, datetime, datetime]] = []
     if start >= end:
-        return days
+        return spans
     day = start.astimezone(zone).date()
     while (day_start := _start_of(day, zone)) < end:
         # A range that begins or ends inside a day keeps only its own part of that day.
-        days[day] = _kpis(history, max(start, day_start), min(end, _start_of(day + timedelta(days=1), zone)))
+        spans.append((day, max(start, day_start), min(end, _start_of(day + timedelta(days=1), zone))))
         day += timedelta(days=1)
-    return days
+    return spans
 
 
 def _start_of(day: date, zone: ZoneInfo) -> datetime:
@@ -85,28 +90,65 @@ def _kpis(history: History, start: datetime, end: datetime) -> Kpis:
     converted_inquirers = {e.person_key for e in inquiries if _ordered_within(history, e)}
     response_seconds = [e.response_seconds for e in inquiries if e.response_seconds is not None]
 
+    return kpis_of(
+        KpiCounts(
+            pv=sum(e.type == "view" for e in events), uv=len(viewers), cart_users=len(cart_users),
+            inquiry_users=len(inquirers), buyers=len(orders_per_buyer), orders=len(placed), gmv=gmv,
+            refunds=refunds, repurchasers=sum(n >= 2 for n in orders_per_buyer.values()),
+            converted_inquirers=len(converted_inquirers), median_response_seconds=median(response_seconds),
+            returned=len(returned), review_count=len(reviews), rating_sum=sum(ratings), ratings=len(ratings),
+            negative_ratings=sum(rating <= 2 for rating in ratings),
+        )
+    )
+
+
+@dataclass(frozen=True)
+class KpiCounts:
+    """What the KPIs are ratios of: counts and sums over one range."""
+
+    pv: int
+    uv: int
+    cart_users: int
+    inquiry_users: int
+    buyers: int
+    orders: int
+    gmv: Decimal
+    refunds: Decimal
+    repurchasers: int
+    converted_inquirers: int
+    median_response_seconds: float | None
+    returned: int
+    review_count: int
+    rating_sum: int
+    ratings: int
+    negative_ratings: int
+
+
+def kpis_of(counts: KpiCounts) -> Kpis:
+    """The KPIs from their counts, with SPEC.md's null for a zero denominator."""
+    c = counts
     return Kpis(
-        pv=sum(e.type == "view" for e in events),
-        uv=len(viewers),
-        cart_users=len(cart_users),
-        inquiry_users=len(inquirers),
-        buyers=len(orders_per_buyer),
-        orders=len(placed),
-        gmv=gmv,
-        refunds=refunds,
-        net_gmv=gmv - refunds,
-        conversion_rate=ratio(len(orders_per_buyer), len(viewers)),
-        aov=ratio(gmv, len(placed)),
-        revenue_per_buyer=ratio(gmv, len(orders_per_buyer)),
-        uv_value=ratio(gmv, len(viewers)),
-        repurchase_rate=ratio(sum(n >= 2 for n in orders_per_buyer.values()), len(orders_per_buyer)),
-        inquiry_rate=ratio(len(inquirers), len(viewers)),
-        inquiry_conversion=ratio(len(converted_inquirers), len(inquirers)),
-        median_response_seconds=median(response_seconds),
-        return_rate=ratio(len(returned), len(placed)),
-        review_count=len(reviews),
-        avg_rating=ratio(sum(ratings), len(ratings)),
-        negative_share=ratio(sum(rating <= 2 for rating in ratings), len(ratings)),
+        pv=c.pv,
+        uv=c.uv,
+        cart_users=c.cart_users,
+        inquiry_users=c.inquiry_users,
+        buyers=c.buyers,
+        orders=c.orders,
+        gmv=c.gmv,
+        refunds=c.refunds,
+        net_gmv=c.gmv - c.refunds,
+        conversion_rate=ratio(c.buyers, c.uv),
+        aov=ratio(c.gmv, c.orders),
+        revenue_per_buyer=ratio(c.gmv, c.buyers),
+        uv_value=ratio(c.gmv, c.uv),
+        repurchase_rate=ratio(c.repurchasers, c.buyers),
+        inquiry_rate=ratio(c.inquiry_users, c.uv),
+        inquiry_conversion=ratio(c.converted_inquirers, c.inquiry_users),
+        median_response_seconds=c.median_response_seconds,
+        return_rate=ratio(c.returned, c.orders),
+        review_count=c.review_count,
+        avg_rating=ratio(c.rating_sum, c.ratings),
+        negative_share=ratio(c.negative_ratings, c.ratings),
     )
 
 

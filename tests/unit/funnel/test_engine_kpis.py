@@ -1,0 +1,62 @@
+"""The DuckDB KPI engine gives exactly the reference domain's figures (services.funnel.domain.kpis) on random
+histories, per range and per day of a time zone, for every as_of; and at the definitions' boundaries."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import HealthCheck, given, settings
+
+from services.funnel.domain.kpis import daily_kpis, range_kpis
+from services.funnel.engine.kpis import kpis
+from tests.integration.funnel.helpers import facts, inquiry, order, refund, review, view
+from tests.integration.funnel.test_property import ERA, FIRST_ERA, TIME_ZONE, ZONE, build, histories
+from tests.unit.funnel.duck import duck_of
+
+
+def _both(known, start, end, as_of, time_zone=TIME_ZONE):
+    with duck_of(known) as duck:
+        got = kpis(duck.cursor(), start, end, as_of, time_zone)
+    return got, (range_kpis(known, start, end, as_of), daily_kpis(known, start, end, as_of, time_zone))
+
+
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=histories)
+def test_equal_to_the_domain_on_random_histories(raw):
+    known = facts(build(raw, 0))
+    base = FIRST_ERA.date()
+    first_day, days = raw["span_days"]
+    start, end = (datetime.combine(base + timedelta(days=d), datetime.min.time(), ZONE).astimezone(UTC)
+                  for d in (first_day, first_day + days))
+    as_of = FIRST_ERA + timedelta(hours=raw["as_of_hours"])
+    got, want = _both(known, start, end, as_of)
+    assert got == want
+    # A range that starts and ends inside days, and an as_of inside it.
+    got, want = _both(known, start + timedelta(hours=5), end + timedelta(hours=7), start + timedelta(days=1, hours=3))
+    assert got == want
+
+
+T = FIRST_ERA + ERA
+
+
+def test_boundaries_follow_the_definitions():
+    events = facts([
+        view("a", T, "p1"), view("a", T + timedelta(hours=1), "p1"), view("b", T + timedelta(days=1), "p2"),
+        inquiry("a", T, "p1", response_seconds=30), inquiry("b", T + timedelta(hours=2), None, response_seconds=61.5),
+        # a's order exactly 7 days after the inquiry converts it; b's comes a microsecond too late.
+        order("a", T + timedelta(days=7), "o1", [("p1", 1, "10.00")], total="10.00"),
+        order("b", T + timedelta(days=7, hours=2, microseconds=1), "o2", [("p2", 2, "5.00")], total=None),
+        # o1 completed twice: counts once, at the earliest; its refund later counts on its own date.
+        order("a", T + timedelta(days=8), "o1", [("p1", 1, "10.00")], total="10.00"),
+        refund("a", T + timedelta(days=9), "o1", None), refund("b", T, "ghost", "3"),
+        review("a", T, 2, "p1"), review("b", T, 5, "p2"),
+    ])
+    start, end = T - timedelta(days=1), T + timedelta(days=10)
+    for as_of in (T + timedelta(days=30), T + timedelta(days=7), T + timedelta(days=8, hours=12)):
+        got, want = _both(events, start, end, as_of)
+        assert got == want, as_of
+    got, _ = _both(events, start, end, T + timedelta(days=30))
+    totals = got[0]
+    assert (totals.orders, totals.refunds, totals.inquiry_conversion, totals.median_response_seconds) == (
+        2, 10, 0.5, 45.75)
+    assert (totals.avg_rating, totals.negative_share, totals.return_rate) == (3.5, 0.5, 0.5)
