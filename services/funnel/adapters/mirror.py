@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import duckdb
@@ -116,10 +118,45 @@ class FactMirror:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
+    async def _bulk_load(self) -> int:
+        """PostgreSQL: the first load as two COPYs to CSV read by DuckDB (a per-row fetch of millions of rows
+        would take minutes). Loads every row up to the seq seen at the start; ``refresh`` goes on from there."""
+        async with self.database.read() as connection:
+            top = (await connection.execute(select(func.max(events.c.seq)))).scalar()
+            if top is None:
+                return 0
+            driver = (await connection.get_raw_connection()).driver_connection
+            with tempfile.TemporaryDirectory(prefix="shoploop-funnel-copy-") as directory:
+                paths = {name: Path(directory, f"{name}.csv") for name in ("events", "order_items")}
+                event_columns = ", ".join(field.name for field in EVENTS_SCHEMA)
+                item_columns = ", ".join(f"i.{field.name}" for field in ITEMS_SCHEMA)
+                await driver.copy_from_query(f"SELECT {event_columns} FROM events WHERE seq <= {int(top)}",
+                                             output=str(paths["events"]), format="csv")
+                await driver.copy_from_query(
+                    f"SELECT {item_columns} FROM order_items i JOIN events e ON e.event_id = i.event_id "
+                    f"WHERE e.seq <= {int(top)}", output=str(paths["order_items"]), format="csv")
+                await asyncio.to_thread(self._load_csv, paths)
+        self.seq = top
+        self.rows = self.duckdb.execute("SELECT count(*) FROM events").fetchone()[0]  # type: ignore[index]
+        return self.rows
+
+    def _load_csv(self, paths: dict[str, Path]) -> None:
+        with self._write:
+            for name, schema in (("events", EVENTS_SCHEMA), ("order_items", ITEMS_SCHEMA)):
+                columns = {field.name: _DUCKDB_TYPES[field.type] for field in schema}
+                # PostgreSQL's CSV: NULL is an empty unquoted field, an empty string is "".
+                self.duckdb.execute(
+                    f"INSERT INTO {name} SELECT * FROM read_csv(?, columns = ?, header = false, quote = '\"', "
+                    "escape = '\"', allow_quoted_nulls = false, nullstr = '')",
+                    [str(paths[name]), columns],
+                )
+
     async def refresh(self) -> int:
         """Apply every committed row with a higher seq than the copy's; the number of rows applied."""
         async with self._lock:
             applied = 0
+            if self.seq == 0 and not self.database.is_sqlite:
+                applied = await self._bulk_load()
             while True:
                 async with self.database.read() as connection:
                     rows = (await connection.execute(
