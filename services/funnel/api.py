@@ -9,13 +9,19 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from libs.common.auth import require_scope
 from libs.common.events import format_timestamp, parse_rfc3339
 from libs.common.http import ApiError, JsonResponse
 from services.funnel import reports
-from services.funnel.adapters.funnels import add_funnel, get_funnel, list_funnels
+from services.funnel.adapters.funnels import (
+    DEFAULT_FUNNEL_ID,
+    add_funnel,
+    delete_funnel,
+    get_funnel,
+    list_funnels,
+)
 from services.funnel.domain.funnels import FunnelDefinition, FunnelStep
 from services.funnel.engine import kpis as engine_kpis
 from services.funnel.runtime import FunnelService
@@ -181,6 +187,27 @@ async def get_funnels(request: Request, _key: ReadKey, limit: Limit = None, curs
         except ValueError as exc:
             raise ApiError(400, "invalid_cursor", str(exc)) from None
     return JsonResponse({"items": [funnel_public(funnel) for funnel in page], "next_cursor": next_cursor})
+
+
+@router.get("/v1/funnels/{funnel_id}", response_model=FunnelPublic, summary="One funnel's definition")
+async def get_one_funnel(request: Request, funnel_id: str, _key: ReadKey) -> JsonResponse:
+    async with _service(request).database.read() as connection:
+        stored = await get_funnel(connection, funnel_id)
+    if stored is None:
+        raise ApiError(404, "not_found", f"no funnel with id {funnel_id!r}")
+    return JsonResponse(funnel_public(stored))
+
+
+@router.delete("/v1/funnels/{funnel_id}", status_code=204, summary="Delete a defined funnel")
+async def remove_funnel(request: Request, funnel_id: str, _key: ReadKey) -> Response:
+    """The built-in `default` cannot be deleted (409). Events are not touched: defining the same funnel again
+    answers over the whole history as before."""
+    if funnel_id == DEFAULT_FUNNEL_ID:
+        raise ApiError(409, "built_in", "the built-in funnel cannot be deleted")
+    async with _service(request).database.begin() as connection:
+        if not await delete_funnel(connection, funnel_id):
+            raise ApiError(404, "not_found", f"no funnel with id {funnel_id!r}")
+    return Response(status_code=204)
 
 
 @router.get("/v1/funnels/{funnel_id}/result", response_model=FunnelResultPublic, summary="A funnel's result")

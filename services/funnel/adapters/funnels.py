@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.events import epoch_micros, from_epoch_micros
@@ -70,6 +70,12 @@ async def get_funnel(connection: AsyncConnection, funnel_id: str) -> StoredFunne
         return BUILT_IN
     row = (await connection.execute(select(funnels).where(funnels.c.funnel_id == funnel_id))).first()
     return None if row is None else _stored(row)
+
+
+async def delete_funnel(connection: AsyncConnection, funnel_id: str) -> bool:
+    """Remove a defined funnel; False when there is none with this id (the built-in one cannot be removed)."""
+    result = await connection.execute(delete(funnels).where(funnels.c.funnel_id == funnel_id))
+    return bool(result.rowcount)
 
 
 def _encode_cursor(funnel: StoredFunnel) -> str:

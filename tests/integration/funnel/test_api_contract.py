@@ -119,6 +119,17 @@ async def test_defined_funnels_are_stored_listed_in_pages_and_unknown_ones_are_4
     bad_cursor = await client.get("/v1/funnels", params={"cursor": "not-a-cursor"})
     assert bad_cursor.status_code == 400
 
+    one = created[1]["funnel_id"]
+    assert await offline_on_both.get(f"/v1/funnels/{one}") == created[1]
+    assert (await client.delete(f"/v1/funnels/{one}")).status_code == 204
+    assert (await client.get(f"/v1/funnels/{one}")).status_code == 404
+    assert (await client.get(f"/v1/funnels/{one}/result", params=DAY)).status_code == 404
+    assert (await client.delete(f"/v1/funnels/{one}")).status_code == 404
+    listed = [item["funnel_id"] for item in (await offline_on_both.get("/v1/funnels"))["items"]]
+    assert listed == ["default", created[0]["funnel_id"], created[2]["funnel_id"]]
+    built_in = await client.delete("/v1/funnels/default")
+    assert built_in.status_code == 409 and built_in.json()["code"] == "built_in"
+
 
 async def test_dates_are_days_of_the_reporting_time_zone_and_a_bare_plus_in_a_timestamp_is_understood(tmp_path):
     settings = _offline(f"sqlite+aiosqlite:///{tmp_path / 'funnel.db'}")
