@@ -33,6 +33,7 @@ test-integration: install
 
 bench: install
 	$(PY) bench/ingest.py
+	$(PY) bench/segmentation.py
 
 lint: install
 	$(VENV)/bin/ruff check .

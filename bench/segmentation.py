@@ -199,10 +199,13 @@ async def queued_changes(database_url: str) -> int:
         await engine.dispose()
 
 
-def py_spy(pid: int, out: Path | None, seconds: float) -> subprocess.Popen[bytes] | None:
-    if out is None:
+def py_spy(pid: int, out: Path | bool | None, seconds: float) -> subprocess.Popen[bytes] | None:
+    """Record a profile of ``pid`` into ``out``; nothing when profiles were not asked for (``out`` falsy)."""
+    if not out:
         return None
     spy = Path(sys.executable).parent / "py-spy"
+    if not spy.exists():
+        raise SystemExit(f"--py-spy needs {spy} (pip install py-spy)")
     return subprocess.Popen([str(spy), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "50",
                              "--format", "raw", "--output", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
