@@ -217,8 +217,11 @@ def _partition_of(key: bytes, partition_count: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partition_count
 
 
-# A handler applies a batch of new (never seen by this consumer) events inside the open transaction.
-BatchHandler = Callable[[AsyncConnection, Sequence[Any]], Awaitable[None]]
+# A handler applies a batch of new (never seen by this consumer) events inside the open transaction. With
+# ``Subscription.claim_event_ids=False`` it gets every event of the batch and returns the ones it applied.
+BatchHandler = Callable[[AsyncConnection, Sequence[Any]], Awaitable[Sequence[Any] | None]]
+
+
 def is_transient(error: BaseException) -> bool:
     """True when the database or broker is unreachable (retry forever), not when the record is bad."""
     if isinstance(error, KafkaError):
@@ -250,6 +253,12 @@ class Subscription:
     max_batch: int = 2000
     max_attempts: int = 3
     retry_backoff_seconds: float = 0.05
+    # True: the runtime records ``(group, event_id)`` in processed_events in the batch's transaction and hands
+    # the handler only the events not seen before. False, for a handler that is idempotent by event_id itself
+    # (e.g. its insert leaves a stored key alone, in the same transaction): the runtime records nothing (one
+    # write per event fewer), drops the copies repeated within the batch, and hands the handler the rest; the
+    # handler returns the events it applied (None: all of them), which the metrics and ``after_commit`` see.
+    claim_event_ids: bool = True
     # Called with the newly applied events once their transaction has committed (before the offset
     # commit), e.g. to wake work that reads the new state. It must not raise.
     after_commit: Callable[[Sequence[Any]], None] | None = None
@@ -390,15 +399,27 @@ class ConsumerRuntime:
     async def _apply(self, items: Sequence[tuple[ConsumerRecord, Any]]) -> None:
         subscription = self.subscription
         async with self.database.begin() as connection:
-            new_ids = await claim_events(connection, subscription.group, (subscription.event_id(e) for _, e in items))
-            fresh = []
-            for _, event in items:
-                event_id = subscription.event_id(event)
-                if event_id in new_ids:
-                    new_ids.discard(event_id)  # a second copy inside the same batch is a duplicate too
-                    fresh.append(event)
-            if fresh:
-                await subscription.handle(connection, fresh)
+            if subscription.claim_event_ids:
+                new_ids = await claim_events(
+                    connection, subscription.group, (subscription.event_id(e) for _, e in items)
+                )
+                fresh = []
+                for _, event in items:
+                    event_id = subscription.event_id(event)
+                    if event_id in new_ids:
+                        new_ids.discard(event_id)  # a second copy inside the same batch is a duplicate too
+                        fresh.append(event)
+                if fresh:
+                    await subscription.handle(connection, fresh)
+            else:
+                firsts: dict[str, Any] = {}
+                for _, event in items:
+                    firsts.setdefault(subscription.event_id(event), event)
+                fresh = list(firsts.values())
+                if fresh:
+                    applied = await subscription.handle(connection, fresh)
+                    if applied is not None:
+                        fresh = list(applied)
         if fresh and subscription.after_commit is not None:
             subscription.after_commit(fresh)
         self.metrics.events_consumed.labels(subscription.group).inc(len(items))

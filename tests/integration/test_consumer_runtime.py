@@ -12,7 +12,7 @@ from aiokafka.errors import CommitFailedError, KafkaConnectionError, RequestTime
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.common.db import Database, Migration, create_all
+from libs.common.db import PROCESSED_EVENTS, Database, Migration, create_all, service_metadata
 from libs.common.events import Event
 from libs.common.kafka import (
     EVENTS_TOPIC,
@@ -235,3 +235,53 @@ async def test_after_commit_sees_each_new_event_once_and_only_after_its_transact
     assert sorted(seen) == ["a-1", "a-2"]
     for ids, read in reads:
         assert ids <= set(await read)
+
+
+async def record_unseen(connection: AsyncConnection, events: Sequence[Event]) -> list[Event]:
+    """A handler idempotent by itself: applies the events whose event_id it has not applied yet; returns them.
+    (Within one call it does not look for repeats: two copies in one batch would both be applied.)"""
+    ids = [e.event_id for e in events]
+    seen = set((await connection.execute(select(applied.c.event_id).where(applied.c.event_id.in_(ids)))).scalars())
+    new = [e for e in events if e.event_id not in seen]
+    if new:
+        await record(connection, new)
+    return new
+
+
+async def claims(database: Database) -> int:
+    processed = service_metadata().tables[PROCESSED_EVENTS]
+    async with database.read() as connection:
+        return (await connection.execute(select(func.count()).select_from(processed))).scalar_one()
+
+
+async def test_without_claims_the_handler_keeps_exactly_once_and_nothing_is_recorded(harness):
+    seen: list[str] = []
+    # Copies in one batch (e-1 twice) and across batches (e-1, e-2 again later).
+    await harness.send(event("e-1"), event("e-1"), event("e-2"))
+    runtime = await harness.start(handle=record_unseen, claim_event_ids=False,
+                                  after_commit=lambda events: seen.extend(e.event_id for e in events))
+    await harness.wait_applied({"e-1": 1, "e-2": 1})
+    await harness.send(event("e-1"), event("e-3"), event("e-2"))
+    await harness.wait_applied({"e-1": 1, "e-2": 1, "e-3": 1})
+    await eventually(lambda: consumed(runtime, "shoploop_events_consumed_total") == 6, what="all 6 records read")
+    assert consumed(runtime, "shoploop_duplicate_events_total") == 3
+    assert sorted(seen) == ["e-1", "e-2", "e-3"]  # after_commit sees what the handler says it applied
+    assert await claims(harness.database) == 0
+
+
+async def test_claims_are_recorded_by_default(harness):
+    await harness.send(event("d-1"), event("d-2"))
+    await harness.start()
+    await harness.wait_applied({"d-1": 1, "d-2": 1})
+    assert await claims(harness.database) == 2
+
+
+async def test_without_claims_a_handler_returning_none_counts_every_event_as_applied(harness):
+    async def idempotent(connection, events):
+        await record_unseen(connection, events)
+
+    await harness.send(event("n-1"), event("n-1"))
+    runtime = await harness.start(handle=idempotent, claim_event_ids=False)
+    await harness.wait_applied({"n-1": 1})
+    await eventually(lambda: consumed(runtime, "shoploop_events_consumed_total") == 2, what="both records read")
+    assert consumed(runtime, "shoploop_duplicate_events_total") == 1  # the copy inside the batch

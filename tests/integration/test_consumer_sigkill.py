@@ -9,6 +9,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from libs.common.db import Database
@@ -21,14 +22,16 @@ ROOT = Path(__file__).resolve().parents[2]
 EVENTS = 1500
 
 
-def _start(broker, database_url: str) -> subprocess.Popen[bytes]:
+def _start(broker, database_url: str, mode: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.integration.consumer_process", broker.bootstrap_servers, database_url],
+        [sys.executable, "-m", "tests.integration.consumer_process", broker.bootstrap_servers, database_url, mode],
         cwd=ROOT, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
 
 
-async def test_sigkilled_consumer_restarts_to_exactly_once_effects(broker, common_settings, database_url):
+# "unclaimed": the runtime records no event_ids, the handler's own idempotency carries exactly-once.
+@pytest.mark.parametrize("mode", ["claims", "unclaimed"])
+async def test_sigkilled_consumer_restarts_to_exactly_once_effects(broker, common_settings, database_url, mode):
     await ensure_topics(common_settings.kafka, [EVENTS_TOPIC])
     publisher = Publisher(common_settings.kafka, client_id="test")
     await publisher.start()
@@ -51,7 +54,7 @@ async def test_sigkilled_consumer_restarts_to_exactly_once_effects(broker, commo
     try:
         killed_at = []
         for _ in range(3):
-            process = _start(broker, database_url)
+            process = _start(broker, database_url, mode)
             before = (await counts())[1]
             # Kill it once it has made some progress but not finished: mid-stream, at no chosen point.
             await eventually(lambda b=before: _progressed(counts, b), deadline_seconds=30,
@@ -59,7 +62,7 @@ async def test_sigkilled_consumer_restarts_to_exactly_once_effects(broker, commo
             process.send_signal(signal.SIGKILL)
             process.wait()
             killed_at.append((await counts())[1])
-        process = _start(broker, database_url)
+        process = _start(broker, database_url, mode)
         await eventually(lambda: _all_applied(counts), deadline_seconds=60, what=f"all {EVENTS} events applied")
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
