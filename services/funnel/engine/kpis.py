@@ -18,14 +18,15 @@ from services.funnel.domain.kpis import INQUIRY_FOLLOW_UP, KpiCounts, Kpis, day_
 
 _FOLLOW_UP_US = INQUIRY_FOLLOW_UP.days * 86_400_000_000 + INQUIRY_FOLLOW_UP.seconds * 1_000_000
 
-# $b/$s/$e: bucket number, start (included) and end (excluded) of each span, epoch micros; $as_of included;
-# $lo/$hi: the union of the spans; an inquiry's orders may come up to $follow_up after it.
+# $b/$s/$e: bucket number, start (included) and end (excluded) of each span, epoch micros; the spans are
+# consecutive (the range, or its days) and $lo/$hi their union. $as_of is included; an inquiry's orders may
+# come up to $follow_up after it. {bucket}: the span of an event at `occurred_us` (see _bucket).
 _KPIS = """
 WITH spans AS (SELECT unnest($b) AS bucket, unnest($s) AS s, unnest($e) AS e),
 span_events AS (
-    SELECT sp.bucket, k.type, k.person_key, k.occurred_us, k.order_id, k.order_status, k.refund_cents,
-           k.response_seconds, k.rating
-    FROM events k JOIN spans sp ON k.occurred_us >= sp.s AND k.occurred_us < sp.e
+    SELECT {bucket} AS bucket, k.type, k.person_key, k.occurred_us, k.order_id, k.order_status,
+           k.refund_cents, k.response_seconds, k.rating
+    FROM events k
     WHERE k.occurred_us >= $lo AND k.occurred_us < $hi AND k.occurred_us <= $as_of
 ),
 traffic AS (
@@ -72,7 +73,7 @@ orders AS (
     FROM counting c LEFT JOIN lines l ON l.event_id = c.event_id
 ),
 placed AS (
-    SELECT sp.bucket, o.* FROM orders o JOIN spans sp ON o.occurred_us >= sp.s AND o.occurred_us < sp.e
+    SELECT {order_bucket} AS bucket, o.* FROM orders o WHERE o.occurred_us >= $lo AND o.occurred_us < $hi
 ),
 refunded AS (
     SELECT DISTINCT order_id FROM events
@@ -117,6 +118,19 @@ ORDER BY sp.bucket
 """
 
 
+def _bucket(column: str) -> str:
+    """The index of the consecutive span holding ``column``'s time, given $origin, the start of the second span
+    (a local midnight). Days are 24 hours give or take clock changes of at most a few hours, so the arithmetic
+    guess is right or one off, and one comparison each way settles it."""
+    guess = f"greatest(least(({column} - $origin) // 86400000000 + 1, len($s) - 1), 0)"
+    return (f"({guess} - ({column} < list_extract($s, {guess} + 1))::INTEGER"
+            f" + ({column} >= list_extract($e, {guess} + 1))::INTEGER)")
+
+
+_DAYS = _KPIS.replace("{bucket}", _bucket("k.occurred_us")).replace("{order_bucket}", _bucket("o.occurred_us"))
+_RANGE = _KPIS.replace("{bucket}", "0").replace("{order_bucket}", "0")
+
+
 def _money(cents: Any) -> Decimal:
     return Decimal(int(cents)).scaleb(-2)
 
@@ -127,10 +141,14 @@ def span_kpis(cursor: duckdb.DuckDBPyConnection, spans: list[tuple[datetime, dat
         return []
     starts = [epoch_micros(start) for start, _ in spans]
     ends = [epoch_micros(end) for _, end in spans]
-    rows = cursor.execute(_KPIS, {
-        "b": list(range(len(spans))), "s": starts, "e": ends, "lo": min(starts), "hi": max(ends),
-        "as_of": epoch_micros(as_of), "follow_up": _FOLLOW_UP_US,
-    }).fetchall()
+    if len(spans) > 1 and any(end != start for end, start in zip(ends, starts[1:], strict=False)):
+        raise ValueError("the spans of one query must be consecutive")
+    parameters = {"b": list(range(len(spans))), "s": starts, "e": ends, "lo": starts[0], "hi": ends[-1],
+                  "as_of": epoch_micros(as_of), "follow_up": _FOLLOW_UP_US}
+    if len(spans) == 1:
+        rows = cursor.execute(_RANGE, parameters).fetchall()
+    else:
+        rows = cursor.execute(_DAYS, parameters | {"origin": starts[1]}).fetchall()
     figures = []
     for row in rows:
         (_, pv, uv, cart_users, inquiry_users, buyers, orders, gmv, refunds, repurchasers, converted, low, high,
@@ -150,7 +168,9 @@ def kpis(
     cursor: duckdb.DuckDBPyConnection, start: datetime, end: datetime, as_of: datetime, time_zone: str | None
 ) -> tuple[Kpis, dict[date, Kpis] | None]:
     """Range KPIs, and per day of the time zone when one is given (SPEC.md "Daily and range KPIs")."""
-    days = [] if time_zone is None else day_spans(start, end, time_zone)
-    figures = span_kpis(cursor, [(start, end), *((day_start, day_end) for _, day_start, day_end in days)], as_of)
-    by_day = None if time_zone is None else {day: kpi for (day, _, _), kpi in zip(days, figures[1:], strict=True)}
-    return figures[0], by_day
+    totals = span_kpis(cursor, [(start, end)], as_of)[0]
+    if time_zone is None:
+        return totals, None
+    days = day_spans(start, end, time_zone)
+    figures = span_kpis(cursor, [(day_start, day_end) for _, day_start, day_end in days], as_of)
+    return totals, {day: kpi for (day, _, _), kpi in zip(days, figures, strict=True)}
