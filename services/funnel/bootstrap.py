@@ -31,7 +31,9 @@ PRIVACY_GROUP = "funnel-privacy"
 def build_service(settings: FunnelSettings) -> Service:
     database = Database(settings.database_url, metadata=metadata, migrations=MIGRATIONS)
     subscriptions = [
-        Subscription(group=EVENTS_GROUP, topics=[EVENTS_TOPIC], handle=record_events),
+        # The events table is keyed by event_id and its insert leaves a stored one alone: it is its own
+        # idempotency record, so the runtime's claims (a second write per event) are skipped.
+        Subscription(group=EVENTS_GROUP, topics=[EVENTS_TOPIC], handle=record_events, claim_event_ids=False),
         Subscription(
             group=PRIVACY_GROUP, topics=[PRIVACY_TOPIC], handle=erase_persons,
             decode=ErasureRequest.from_json, event_id=lambda request: request.request_id,

@@ -14,11 +14,23 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Select, Table, and_, func, not_, select, union, update
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    Integer,
+    Select,
+    Table,
+    and_,
+    func,
+    not_,
+    select,
+    union,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
-from libs.common.db import insert
 from libs.common.events import epoch_micros, from_epoch_micros
 from services.funnel.adapters.mirror import next_seq
 from services.funnel.adapters.tables import events, order_items
@@ -38,19 +50,79 @@ def _micros(span: timedelta) -> int:
     return span // timedelta(microseconds=1)
 
 
-async def store_facts(connection: AsyncConnection, facts: Sequence[FunnelEvent]) -> None:
-    """Insert events and their order items in two batched statements; a stored event_id is left as it is."""
-    if not facts:
-        return
-    first = await next_seq(connection, connection.dialect.name == "sqlite")
+async def store_facts(connection: AsyncConnection, facts: Sequence[FunnelEvent]) -> set[str]:
+    """Insert events and their order items in two batched statements; a stored event_id is left as it is.
+    Returns the event_ids that were stored before (their facts are left alone, order lines included)."""
     event_rows, item_rows = fact_rows(facts)
-    for n, row in enumerate(event_rows):
-        row["seq"], row["revised"] = first + n, False
-    await connection.execute(insert(connection, events).on_conflict_do_nothing(index_elements=["event_id"]), event_rows)
+    return await store_rows(
+        connection, [tuple(row[name] for name in EVENT_ROW) for row in event_rows],
+        [tuple(row[name] for name in ITEM_ROW) for row in item_rows],
+    )
+
+
+# The consumer's rows are tuples in these column orders (`events` less seq and revised, which the write adds).
+EVENT_ROW = tuple(column.name for column in events.c if column.name not in ("seq", "revised"))
+ITEM_ROW = tuple(column.name for column in order_items.c)
+_PG_TYPES = {BigInteger: "bigint", Integer: "integer", Float: "double precision", Boolean: "boolean"}
+
+
+def _insert_sql(table: Table, columns: Sequence[str], key: str, dialect: str) -> str:
+    """One INSERT for a whole batch: executemany of a one-row VALUES on SQLite (the loop runs in C), one
+    statement over unnest()ed column arrays on PostgreSQL (one prepared statement, binary arrays)."""
+    names = ", ".join(columns)
+    if dialect == "sqlite":
+        values = f"VALUES ({', '.join('?' * len(columns))})"
+    else:
+        def array(n: int, name: str) -> str:
+            kind = type(table.c[name].type)
+            return f"${n}::{_PG_TYPES.get(kind, 'text')}[]"
+
+        values = f"SELECT * FROM unnest({', '.join(array(n, name) for n, name in enumerate(columns, 1))})"
+    return f"INSERT INTO {table.name} ({names}) {values} ON CONFLICT ({key}) DO NOTHING"
+
+
+_INSERTS = {
+    (dialect, table.name): _insert_sql(table, columns, key, dialect)
+    for dialect in ("sqlite", "postgresql")
+    for table, columns, key in (
+        (events, (*EVENT_ROW, "seq", "revised"), "event_id"), (order_items, ITEM_ROW, "event_id, line"),
+    )
+}
+
+
+async def _insert_many(connection: AsyncConnection, table: Table, rows: list[tuple[Any, ...]]) -> None:
+    dialect = connection.dialect.name
+    statement = _INSERTS[dialect, table.name]
+    if dialect == "sqlite":
+        await connection.exec_driver_sql(statement, rows)
+    else:
+        await connection.exec_driver_sql(statement, tuple(list(column) for column in zip(*rows, strict=True)))
+
+
+async def store_rows(
+    connection: AsyncConnection, event_rows: Sequence[tuple[Any, ...]], item_rows: Sequence[tuple[Any, ...]]
+) -> set[str]:
+    """Insert `events` rows (``EVENT_ROW`` tuples) and their `order_items` rows (``ITEM_ROW`` tuples); an
+    event_id already stored is left as it is, and so are its order lines (those given again are dropped).
+    Returns the event_ids that were stored before. This is the funnel consumer's idempotency: the events
+    table is keyed by event_id, so the runtime records no claims for it (``claim_event_ids=False``)."""
+    if not event_rows:
+        return set()
+    first = await next_seq(connection, connection.dialect.name == "sqlite")
+    await _insert_many(connection, events, [(*row, first + n, False) for n, row in enumerate(event_rows)])
+    # Every row with seq >= first is this transaction's (next_seq holds the write lock): fewer than given
+    # means some event_ids were stored before.
+    stored_now = (await connection.execute(
+        select(func.count()).select_from(events).where(events.c.seq >= first)
+    )).scalar_one()
+    stored_before: set[str] = set()
+    if stored_now < len(event_rows):
+        new = set((await connection.execute(select(events.c.event_id).where(events.c.seq >= first))).scalars())
+        stored_before = {row[0] for row in event_rows} - new
+        item_rows = [row for row in item_rows if row[0] in new]
     if item_rows:
-        await connection.execute(
-            insert(connection, order_items).on_conflict_do_nothing(index_elements=["event_id", "line"]), item_rows
-        )
+        await _insert_many(connection, order_items, list(item_rows))
+    return stored_before
 
 
 def fact_rows(facts: Sequence[FunnelEvent]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
