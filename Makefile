@@ -34,6 +34,7 @@ test-integration: install
 bench: install
 	$(PY) bench/ingest.py
 	$(PY) bench/segmentation.py
+	$(PY) bench/funnel.py
 
 lint: install
 	$(VENV)/bin/ruff check .
