@@ -41,12 +41,18 @@ ENTERED, EXITED = "entered", "exited"
 PENDING_BATCH = 5000
 
 
-def change_record(change: str, segment: SegmentDefinition, person_key: str, as_of: datetime) -> tuple[str, str, bytes]:
-    """``(change_id, person_key, payload)`` of one record on shoploop.segments.v1 (docs/segmentation.md)."""
+def change_record(change: str, segment: SegmentDefinition, person_key: str,
+                  as_of: datetime | str) -> tuple[str, str, bytes]:
+    """``(change_id, person_key, payload)`` of one record on shoploop.segments.v1 (docs/segmentation.md).
+
+    ``as_of`` may come formatted already: an evaluation formats its moment once for all its records (a
+    first evaluation of a million customers makes millions of them).
+    """
     change_id = uuid.uuid4().hex
     payload = orjson.dumps({
         "change_id": change_id, "change": change, "segment_id": segment.segment_id, "segment_name": segment.name,
-        "segment_kind": segment.kind.value, "person_key": person_key, "as_of": format_timestamp(as_of),
+        "segment_kind": segment.kind.value, "person_key": person_key,
+        "as_of": as_of if isinstance(as_of, str) else format_timestamp(as_of),
     })
     return change_id, person_key, payload
 
@@ -82,8 +88,9 @@ async def sync_membership(connection: AsyncConnection, as_of: datetime, threshol
             entered += ((person, segment_id) for segment_id in after - before)
     by_id = {**BUILTIN_BY_ID, **{segment.segment_id: segment for segment in definitions}}
     # Exits first: a person moving from one stage to the next leaves before entering.
-    records = [change_record(EXITED, by_id[s], p, as_of) for p, s in sorted(exited) if s in by_id]
-    records += [change_record(ENTERED, by_id[s], p, as_of) for p, s in sorted(entered)]
+    moment = format_timestamp(as_of)
+    records = [change_record(EXITED, by_id[s], p, moment) for p, s in sorted(exited) if s in by_id]
+    records += [change_record(ENTERED, by_id[s], p, moment) for p, s in sorted(entered)]
     await store_memberships(connection, changed, records)
     return sum(1 for _, ids, _ in standings if ids), len(records)
 

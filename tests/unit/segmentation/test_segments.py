@@ -4,6 +4,7 @@ from decimal import Decimal
 
 import orjson
 
+from libs.common.events import format_timestamp
 from services.segmentation.domain.customers import LifecycleStage, MembershipTier, customer_figures
 from services.segmentation.domain.rfm import RfmScore, RfmSegment
 from services.segmentation.membership import change_record
@@ -46,3 +47,6 @@ def test_a_change_record_names_the_change_segment_and_person_and_carries_a_uniqu
         "as_of": "2026-01-01T00:00:00.000000Z",
     }
     assert second[0] != change_id
+    # An evaluation passes its moment formatted once: the same record.
+    _, _, preformatted = change_record("entered", segment, "u-1", format_timestamp(AS_OF))
+    assert orjson.loads(preformatted) | {"change_id": change_id} == orjson.loads(payload)
