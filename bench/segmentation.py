@@ -21,6 +21,7 @@ import gc
 import os
 import random
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -203,10 +204,11 @@ def py_spy(pid: int, out: Path | bool | None, seconds: float) -> subprocess.Pope
     """Record a profile of ``pid`` into ``out``; nothing when profiles were not asked for (``out`` falsy)."""
     if not out:
         return None
-    spy = Path(sys.executable).parent / "py-spy"
-    if not spy.exists():
-        raise SystemExit(f"--py-spy needs {spy} (pip install py-spy)")
-    return subprocess.Popen([str(spy), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "50",
+    beside = Path(sys.executable).parent / "py-spy"
+    spy = str(beside) if beside.exists() else shutil.which("py-spy")
+    if spy is None:
+        raise SystemExit("--py-spy needs py-spy in the virtualenv or on PATH (pip install py-spy)")
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "50",
                              "--format", "raw", "--output", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
