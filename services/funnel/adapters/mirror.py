@@ -69,7 +69,9 @@ _DUCKDB_TYPES = {pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.float64(): "DOU
 
 def create_tables(connection: duckdb.DuckDBPyConnection) -> None:
     """The copy's tables, named and typed as the service's own (times epoch micros, money integer cents)."""
-    for name, schema in (("events", EVENTS_SCHEMA), ("order_items", ITEMS_SCHEMA)):
+    # order_events: the order events again (about a tenth of all), so that the order rules (earliest
+    # completed event, refunds) scan them rather than every event.
+    for name, schema in (("events", EVENTS_SCHEMA), ("order_events", EVENTS_SCHEMA), ("order_items", ITEMS_SCHEMA)):
         columns = ", ".join(f"{field.name} {_DUCKDB_TYPES[field.type]}" for field in schema)
         connection.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
 
@@ -84,11 +86,13 @@ def arrow_batch(schema: pa.Schema, rows: Sequence[Sequence[Any]] | Sequence[dict
 
 
 def append(connection: duckdb.DuckDBPyConnection, table: str, batch: pa.Table) -> None:
-    """Append an Arrow batch to one of the copy's tables."""
+    """Append an Arrow batch to one of the copy's tables (events: order events to order_events too)."""
     if batch.num_rows:
         connection.register("_batch", batch)
         try:
             connection.execute(f"INSERT INTO {table} SELECT * FROM _batch")
+            if table == "events":
+                connection.execute("INSERT INTO order_events SELECT * FROM _batch WHERE order_status IS NOT NULL")
         finally:
             connection.unregister("_batch")
 
@@ -150,6 +154,7 @@ class FactMirror:
                     "escape = '\"', allow_quoted_nulls = false, nullstr = '')",
                     [str(paths[name]), columns],
                 )
+            self.duckdb.execute("INSERT INTO order_events SELECT * FROM events WHERE order_status IS NOT NULL")
 
     async def refresh(self) -> int:
         """Apply every committed row with a higher seq than the copy's; the number of rows applied."""
@@ -185,7 +190,8 @@ class FactMirror:
             try:
                 if revised:
                     # Rows rewritten by an erasure: the new version replaces the copy's.
-                    connection.execute("DELETE FROM events WHERE event_id IN (SELECT unnest(?))", [revised])
+                    for table in ("events", "order_events"):
+                        connection.execute(f"DELETE FROM {table} WHERE event_id IN (SELECT unnest(?))", [revised])
                     connection.execute("DELETE FROM order_items WHERE event_id IN (SELECT unnest(?))", [revised])
                 append(connection, "events", batch)
                 append(connection, "order_items", items)

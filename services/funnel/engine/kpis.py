@@ -23,7 +23,7 @@ _FOLLOW_UP_US = INQUIRY_FOLLOW_UP.days * 86_400_000_000 + INQUIRY_FOLLOW_UP.seco
 # come up to $follow_up after it. {bucket}: the span of an event at `occurred_us` (see _bucket).
 _KPIS = """
 WITH spans AS (SELECT unnest($b) AS bucket, unnest($s) AS s, unnest($e) AS e),
-span_events AS (
+span_events AS NOT MATERIALIZED (
     SELECT {bucket} AS bucket, k.type, k.person_key, k.occurred_us, k.order_id, k.order_status,
            k.refund_cents, k.response_seconds, k.rating
     FROM events k
@@ -53,13 +53,13 @@ middle AS (
 ),
 -- Orders with an event where an answer can reach: their counting event is the earliest completed one.
 candidates AS (
-    SELECT DISTINCT order_id FROM events
+    SELECT DISTINCT order_id FROM order_events
     WHERE order_id IS NOT NULL AND occurred_us >= $lo AND occurred_us <= $hi + $follow_up
       AND occurred_us <= $as_of
 ),
 counting AS (
     SELECT k.event_id, k.order_id, k.person_key, k.occurred_us, k.total_cents
-    FROM events k SEMI JOIN candidates c ON k.order_id = c.order_id
+    FROM order_events k SEMI JOIN candidates c ON k.order_id = c.order_id
     WHERE k.order_status = 'completed' AND k.occurred_us <= $as_of
     QUALIFY row_number() OVER (PARTITION BY k.order_id ORDER BY k.occurred_us, k.event_id) = 1
 ),
@@ -76,7 +76,7 @@ placed AS (
     SELECT {order_bucket} AS bucket, o.* FROM orders o WHERE o.occurred_us >= $lo AND o.occurred_us < $hi
 ),
 refunded AS (
-    SELECT DISTINCT order_id FROM events
+    SELECT DISTINCT order_id FROM order_events
     WHERE order_status = 'refunded' AND occurred_us <= $as_of AND order_id IN (SELECT order_id FROM placed)
 ),
 sales AS (

@@ -39,6 +39,10 @@ async def _stored(database: Database) -> tuple[list[tuple], list[tuple]]:
 def _copied(mirror: FactMirror) -> tuple[list[tuple], list[tuple]]:
     names = ", ".join(field.name for field in EVENTS_SCHEMA)
     items = ", ".join(field.name for field in ITEMS_SCHEMA)
+    orders = mirror.duckdb.execute(f"SELECT {names} FROM order_events").fetchall()
+    assert sorted(orders) == sorted(mirror.duckdb.execute(
+        f"SELECT {names} FROM events WHERE order_status IS NOT NULL").fetchall())
+    assert orders, "the order events are copied to order_events"
     return (sorted(mirror.duckdb.execute(f"SELECT {names} FROM events").fetchall()),
             sorted(mirror.duckdb.execute(f"SELECT {items} FROM order_items").fetchall()))
 
