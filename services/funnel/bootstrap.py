@@ -14,6 +14,7 @@ from libs.common.privacy import ErasureRequest
 from libs.common.service import Service, create_app
 from services.funnel.adapters.tables import MIGRATIONS, metadata
 from services.funnel.api import router
+from services.funnel.decoding import decode_event
 from services.funnel.handlers import erase_persons, record_events
 from services.funnel.runtime import FunnelService
 from services.funnel.settings import FunnelSettings
@@ -28,12 +29,22 @@ EVENTS_GROUP = "funnel"
 PRIVACY_GROUP = "funnel-privacy"
 
 
+# SQLite: every event adds to six B-trees (the key, seq and four indexes) at scattered places; a 64 MiB page
+# cache per connection (the default is 2 MiB) keeps their inner pages in memory, and checkpointing every
+# 10,000 WAL pages (40 MiB, not 4) copies a page written by many batches back to the file once, not per batch.
+SQLITE_PRAGMAS = ("cache_size=-65536", "wal_autocheckpoint=10000")
+
+
 def build_service(settings: FunnelSettings) -> Service:
-    database = Database(settings.database_url, metadata=metadata, migrations=MIGRATIONS)
+    database = Database(settings.database_url, metadata=metadata, migrations=MIGRATIONS,
+                        sqlite_pragmas=SQLITE_PRAGMAS)
     subscriptions = [
         # The events table is keyed by event_id and its insert leaves a stored one alone: it is its own
         # idempotency record, so the runtime's claims (a second write per event) are skipped.
-        Subscription(group=EVENTS_GROUP, topics=[EVENTS_TOPIC], handle=record_events, claim_event_ids=False),
+        # Records are decoded straight into rows (decoding.py). Batches of up to 5,000 (not 2,000): a catching-up
+        # consumer spends about 8 us less per event on the per-batch statements and commits (bench/funnel.py).
+        Subscription(group=EVENTS_GROUP, topics=[EVENTS_TOPIC], handle=record_events, decode=decode_event,
+                     claim_event_ids=False, max_batch=5000),
         Subscription(
             group=PRIVACY_GROUP, topics=[PRIVACY_TOPIC], handle=erase_persons,
             decode=ErasureRequest.from_json, event_id=lambda request: request.request_id,

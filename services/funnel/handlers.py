@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.common.events import PublishedEvent, epoch_micros
+from libs.common.events import PublishedEvent
 from libs.common.privacy import ErasureRequest
-from services.funnel.adapters.facts import cents, pseudonymise_persons, store_rows
+from services.funnel.adapters.facts import pseudonymise_persons, store_rows
+from services.funnel.decoding import StoredEvent, stored_rows
 from services.funnel.domain.facts import FunnelEvent, OrderFacts, OrderItem
 
 
@@ -50,47 +50,11 @@ def fact_of(event: PublishedEvent) -> FunnelEvent | None:
     )
 
 
-def rows_of(batch: Sequence[PublishedEvent]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """The `events` rows (``EVENT_ROW`` order) and `order_items` rows (``ITEM_ROW``) keeping the batch's facts:
-    what ``fact_of`` keeps, written straight from the published event (identify calls are left out)."""
-    event_rows: list[tuple[Any, ...]] = []
-    item_rows: list[tuple[Any, ...]] = []
-    for event in batch:
-        kind = event.type
-        if kind == "identify":
-            continue
-        product, order, inquiry, review = event.product, event.order, event.inquiry, event.review
-        row: tuple[Any, ...] = (event.event_id, kind, event.person_key, epoch_micros(event.occurred_at),
-                                event.channel.source)
-        if product is None:
-            row += _NO_PRODUCT
-        else:
-            row += (product.product_id, product.name, product.category, cents(product.price), product.tier)
-        row += (event.quantity,)
-        row += _NO_INQUIRY if inquiry is None else (inquiry.inquiry_id, inquiry.response_seconds)
-        if order is None:
-            row += _NO_ORDER
-        else:
-            row += (order.order_id, order.status, cents(order.total), cents(order.discount), order.coupon_code,
-                    cents(order.refund_amount))
-            event_id = event.event_id
-            for line, item in enumerate(order.items):
-                item_rows.append((event_id, line, item.product_id, item.category, item.quantity,
-                                  cents(item.unit_price)))
-        event_rows.append((*row, None if review is None else review.rating))
-    return event_rows, item_rows
-
-
-_NO_PRODUCT = (None,) * 5
-_NO_INQUIRY = (None,) * 2
-_NO_ORDER = (None,) * 6
-
-
-async def record_events(connection: AsyncConnection, batch: Sequence[PublishedEvent]) -> Sequence[PublishedEvent]:
-    """Keep every behaviour event as facts; answers are computed from them at query time. Returns the events
-    applied now: all but those whose event_id was stored before (the consumer runs without claims, the
-    events table's key is the idempotency record)."""
-    stored_before = await store_rows(connection, *rows_of(batch))
+async def record_events(connection: AsyncConnection, batch: Sequence[StoredEvent]) -> Sequence[StoredEvent]:
+    """Keep every behaviour event as facts; answers are computed from them at query time. The consumer decodes
+    records straight into rows (``decode_event``). Returns the events applied now: all but those whose event_id
+    was stored before (the consumer runs without claims: the events table's key is the idempotency record)."""
+    stored_before = await store_rows(connection, *stored_rows(batch))
     if not stored_before:
         return batch
     return [event for event in batch if event.event_id not in stored_before]

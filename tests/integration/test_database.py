@@ -80,3 +80,20 @@ async def test_an_open_read_does_not_hold_up_a_writer(database_url):
             await asyncio.wait_for(write(), 5)  # a read holding the write lock would block for busy_timeout
     finally:
         await database.close()
+
+
+async def test_a_service_adds_its_own_sqlite_pragmas_to_the_shared_ones(tmp_path):
+    url = f"sqlite+aiosqlite:///{tmp_path / 'pragmas.db'}"
+    tuned = Database(url, metadata=metadata, migrations=[STEP_1], sqlite_pragmas=("cache_size=-12345",))
+    plain = Database(url, metadata=metadata, migrations=[STEP_1])
+    try:
+        for database in (tuned, plain):
+            await database.start()
+        async with tuned.begin() as connection:
+            assert (await connection.execute(text("PRAGMA cache_size"))).scalar_one() == -12345
+            assert (await connection.execute(text("PRAGMA journal_mode"))).scalar_one() == "wal"  # shared ones kept
+        async with plain.read() as connection:
+            assert (await connection.execute(text("PRAGMA cache_size"))).scalar_one() == -2000  # SQLite's default
+    finally:
+        for database in (tuned, plain):
+            await database.close()

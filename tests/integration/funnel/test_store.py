@@ -8,17 +8,18 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 
 from libs.common.db import Database
-from libs.common.events import Event, PublishedEvent
+from libs.common.events import Event
 from services.funnel.adapters.tables import MIGRATIONS, events, metadata, order_items
+from services.funnel.decoding import StoredEvent, decode_event
 from services.funnel.handlers import record_events
 from tests.integration.funnel.helpers import order, view
 
 T = datetime(2026, 3, 1, tzinfo=UTC)
 
 
-def _reparse(event: Event) -> PublishedEvent:
+def _reparse(event: Event) -> StoredEvent:
     """As the consumer reads it off the topic."""
-    return PublishedEvent.from_json(event.to_json())
+    return decode_event(event.to_json())
 
 
 async def test_a_stored_event_id_is_left_alone_with_its_lines_and_reported(database_url):

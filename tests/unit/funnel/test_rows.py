@@ -1,4 +1,4 @@
-"""The consumer writes rows straight from published events: they must be exactly the rows of the facts
+"""The consumer decodes records straight into rows: they must be exactly the rows of the facts
 (``fact_of`` -> ``fact_rows``), which the read side and the tests' expectations are built on."""
 
 from __future__ import annotations
@@ -7,10 +7,12 @@ import itertools
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from libs.common.events import Event, PublishedEvent
 from services.funnel.adapters.facts import EVENT_ROW, ITEM_ROW, fact_rows
-from services.funnel.handlers import fact_of, rows_of
+from services.funnel.decoding import decode_event, stored_rows
+from services.funnel.handlers import fact_of
 
 PRODUCT = {"product_id": "p-1", "name": "真丝连衣裙", "category": "裙装", "price": "399.90", "tier": "引流款"}
 BASES: list[dict[str, Any]] = [
@@ -34,16 +36,17 @@ PARTS: list[dict[str, Any]] = [
 ]
 
 
-def published(body: dict[str, Any], n: int) -> PublishedEvent:
-    """As a consumer reads it: validated at ingest, published, parsed back."""
-    return PublishedEvent.from_json(Event.model_validate({"event_id": f"e-{n}", **body}).to_json())
+def published(body: dict[str, Any], n: int) -> bytes:
+    """A record as ingest publishes it."""
+    return Event.model_validate({"event_id": f"e-{n}", **body}).to_json()
 
 
-EVENTS = [published(base | part, n) for n, (base, part) in enumerate(itertools.product(BASES, PARTS))]
+RECORDS = [published(base | part, n) for n, (base, part) in enumerate(itertools.product(BASES, PARTS))]
+EVENTS = [PublishedEvent.from_json(record) for record in RECORDS]
 
 
-def test_rows_of_published_events_are_the_rows_of_their_facts():
-    event_rows, item_rows = rows_of(EVENTS)
+def test_decoded_rows_are_the_rows_of_the_facts():
+    event_rows, item_rows = stored_rows([decode_event(record) for record in RECORDS])
     facts = [fact for event in EVENTS if (fact := fact_of(event)) is not None]
     want_events, want_items = fact_rows(facts)
     assert event_rows == [tuple(row[name] for name in EVENT_ROW) for row in want_events]
@@ -52,13 +55,23 @@ def test_rows_of_published_events_are_the_rows_of_their_facts():
     assert len(item_rows) == 2 * len(BASES)
 
 
-@pytest.mark.parametrize("event", EVENTS, ids=lambda event: f"{event.type}-{event.event_id}")
-def test_each_row_has_every_column_in_order(event):
-    event_rows, _ = rows_of([event])
+@pytest.mark.parametrize(("record", "event"), list(zip(RECORDS, EVENTS, strict=True)),
+                         ids=[f"{event.type}-{event.event_id}" for event in EVENTS])
+def test_each_row_has_every_column_in_order(record, event):
+    decoded = decode_event(record)
+    assert (decoded.event_id, decoded.occurred_at) == (event.event_id, event.occurred_at)  # what the runtime reads
     if event.type == "identify":
-        assert event_rows == []
+        assert decoded.row is None and decoded.items == ()
         return
-    (row,) = event_rows
+    row = decoded.row
     assert len(row) == len(EVENT_ROW)
     named = dict(zip(EVENT_ROW, row, strict=True))
     assert (named["event_id"], named["type"], named["person_key"]) == (event.event_id, event.type, event.person_key)
+
+
+def test_a_record_that_is_not_a_published_event_is_refused():
+    with pytest.raises(ValidationError):
+        decode_event(b'{"type": "view", "occurred_at": "2026-05-01T00:00:00Z", "surprise": 1}')
+    with pytest.raises(ValidationError):
+        decode_event(b'{"type": "order", "occurred_at": "2026-05-01T00:00:00Z", '
+                     b'"order": {"order_id": "o", "status": "completed", "total": "1.001"}}')
