@@ -222,11 +222,15 @@ async def query_latency(args: argparse.Namespace, workdir: Path, rows: list[Row]
         if funnel:
             rows.append((f"GET 4-step funnel result, 30 days ({size})", "", summary(funnel), "p95 < 1 s"))
 
+        for row in rows:
+            print(" | ".join(row), file=sys.stderr)
         paths = await export_parquet(url, workdir)
     megabytes = sum(path.stat().st_size for path in paths.values()) / 1e6
     with duckdb.connect(config={"threads": 2}) as connection:
         for name, path in paths.items():
             connection.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{path}')")
+        # The service's copy keeps the order events apart as well; here they are filtered from the raw file.
+        connection.execute("CREATE VIEW order_events AS SELECT * FROM events WHERE order_status IS NOT NULL")
         start_at, end_at = END - timedelta(days=30), END
         kpis = timed(lambda: engine_kpis(connection.cursor(), start_at, end_at, END, None), args.runs)
         daily = timed(lambda: engine_kpis(connection.cursor(), start_at, end_at, END, "UTC"), args.runs)
