@@ -35,7 +35,7 @@ bench: install
 	$(PY) bench/ingest.py
 	$(PY) bench/segmentation.py
 	$(PY) bench/funnel.py
-	$(PY) bench/funnel_queries.py --queries kpis
+	$(PY) bench/funnel_queries.py
 
 lint: install
 	$(VENV)/bin/ruff check .
