@@ -22,6 +22,7 @@ from services.funnel.adapters.funnels import (
     get_funnel,
     list_funnels,
 )
+from services.funnel.adapters.mirror import FactCopyUnavailable
 from services.funnel.domain.funnels import FunnelDefinition, FunnelStep
 from services.funnel.engine import funnels as engine_funnels
 from services.funnel.engine import kpis as engine_kpis
@@ -120,6 +121,17 @@ def _limit(request: Request, limit: int | None) -> int:
 
 
 T = TypeVar("T")
+# The copy retries a failed sync every quarter second: a second later is the earliest a retry can help.
+_COPY_RETRY_AFTER = "1"
+
+
+async def _on_copy(request: Request, compute: Callable[[Any], T]) -> T:
+    """``compute`` on the DuckDB copy of the facts; 503 with Retry-After while the copy cannot answer."""
+    try:
+        return await _service(request).mirror.query(compute)
+    except FactCopyUnavailable as exc:
+        raise ApiError(503, "fact_copy_unavailable", f"{exc}; retry later",
+                       headers={"Retry-After": _COPY_RETRY_AFTER}) from None
 
 
 def _page(items: Sequence[T], key: Callable[[T], str], limit: int, cursor: str | None) -> tuple[list[T], str | None]:
@@ -149,8 +161,8 @@ async def get_kpis(
     if by_day and end_at - start_at > timedelta(days=settings.max_days):
         raise ApiError(422, "invalid_parameter", f"granularity=day covers at most {settings.max_days} days")
     time_zone = settings.common.timezone if by_day else None
-    totals, days = await _service(request).mirror.query(
-        lambda cursor: engine_kpis.kpis(cursor, start_at, end_at, moment, time_zone)
+    totals, days = await _on_copy(
+        request, lambda cursor: engine_kpis.kpis(cursor, start_at, end_at, moment, time_zone)
     )
     body: dict[str, Any] = {
         **span_public(start_at, end_at, moment), "granularity": granularity, "time_zone": settings.common.timezone,
@@ -227,8 +239,8 @@ async def get_funnel_result(
         raise ApiError(404, "not_found", f"no funnel with id {funnel_id!r}")
     definition = stored.definition
     # DuckDB over the copy when the definition is one it answers exactly; else the Python reference.
-    result = await service.mirror.query(
-        lambda cursor: engine_funnels.funnel_result_sql(cursor, definition, start_at, end_at, moment, breakdown)
+    result = await _on_copy(
+        request, lambda cursor: engine_funnels.funnel_result_sql(cursor, definition, start_at, end_at, moment, breakdown)
     )
     if result is None:
         async with reports.snapshot(service.database) as connection:

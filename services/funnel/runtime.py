@@ -7,17 +7,19 @@ from typing import Any
 
 from libs.common.service import Service
 from services.funnel.adapters.mirror import FactMirror
+from services.funnel.settings import FunnelSettings
 
 
 @dataclass
 class FunnelService(Service):
     """The common service plus the DuckDB copy of the facts that the aggregate answers are computed on."""
 
+    settings: FunnelSettings
     mirror: FactMirror = field(init=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.mirror = FactMirror(self.database)
+        self.mirror = FactMirror(self.database, load_wait_seconds=self.settings.fact_copy_wait_seconds)
 
     async def start(self) -> None:
         await super().start()
@@ -29,8 +31,10 @@ class FunnelService(Service):
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         ready, body = await super().readiness()
-        loaded = self.mirror.loaded.is_set()
-        body["checks"]["fact_copy"] = "ok" if loaded else f"loading ({self.mirror.rows} rows so far)"
-        ready = ready and loaded
+        # Ready once the copy is loaded and its last sync succeeded: the state in which KPI and funnel
+        # answers do not 503.
+        state = self.mirror.state()
+        body["checks"]["fact_copy"] = state
+        ready = ready and state == "ok"
         body["status"] = "ready" if ready else "unready"
         return ready, body

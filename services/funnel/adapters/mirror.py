@@ -107,11 +107,28 @@ async def next_seq(connection: AsyncConnection, is_sqlite: bool) -> int:
     return (last or 0) + 1
 
 
-class FactMirror:
-    """The DuckDB copy and the sync that keeps it a complete prefix of the database by ``events.seq``."""
+class FactCopyUnavailable(Exception):
+    """The copy cannot answer now: its first load has not finished within the wait, or catching up failed."""
 
-    def __init__(self, database: Database) -> None:
+
+def _reason(error: Exception) -> str:
+    """An error in one line, without SQLAlchemy's statement and background link."""
+    cause = getattr(error, "orig", None) or error
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+class FactMirror:
+    """The DuckDB copy and the sync that keeps it a complete prefix of the database by ``events.seq``.
+
+    ``query`` waits at most ``load_wait_seconds`` for the first load, then raises ``FactCopyUnavailable``
+    (an unreachable database or a missing table would otherwise hold every request for as long as it lasts)."""
+
+    def __init__(self, database: Database, *, load_wait_seconds: float = 5.0) -> None:
         self.database = database
+        self.load_wait_seconds = load_wait_seconds
+        # Why the last sync failed; None once one succeeds.
+        self.failure: str | None = None
         self.duckdb = duckdb.connect(":memory:", config={"threads": 2})
         create_tables(self.duckdb)
         self.seq = 0
@@ -145,16 +162,25 @@ class FactMirror:
         return self.rows
 
     def _load_csv(self, paths: dict[str, Path]) -> None:
+        # One transaction: a load that fails half way leaves nothing behind for the retry to load again.
         with self._write:
-            for name, schema in (("events", EVENTS_SCHEMA), ("order_items", ITEMS_SCHEMA)):
-                columns = {field.name: _DUCKDB_TYPES[field.type] for field in schema}
-                # PostgreSQL's CSV: NULL is an empty unquoted field, an empty string is "".
-                self.duckdb.execute(
-                    f"INSERT INTO {name} SELECT * FROM read_csv(?, columns = ?, header = false, quote = '\"', "
-                    "escape = '\"', allow_quoted_nulls = false, nullstr = '')",
-                    [str(paths[name]), columns],
-                )
-            self.duckdb.execute("INSERT INTO order_events SELECT * FROM events WHERE order_status IS NOT NULL")
+            self.duckdb.execute("BEGIN")
+            try:
+                for name, schema in (("events", EVENTS_SCHEMA), ("order_items", ITEMS_SCHEMA)):
+                    if paths[name].stat().st_size == 0:
+                        continue  # no rows (e.g. no order yet): DuckDB cannot sniff an empty file
+                    columns = {field.name: _DUCKDB_TYPES[field.type] for field in schema}
+                    # PostgreSQL's CSV: NULL is an empty unquoted field, an empty string is "".
+                    self.duckdb.execute(
+                        f"INSERT INTO {name} SELECT * FROM read_csv(?, columns = ?, header = false, quote = '\"', "
+                        "escape = '\"', allow_quoted_nulls = false, nullstr = '')",
+                        [str(paths[name]), columns],
+                    )
+                self.duckdb.execute("INSERT INTO order_events SELECT * FROM events WHERE order_status IS NOT NULL")
+                self.duckdb.execute("COMMIT")
+            except BaseException:
+                self.duckdb.execute("ROLLBACK")
+                raise
 
     async def refresh(self) -> int:
         """Apply every committed row with a higher seq than the copy's; the number of rows applied."""
@@ -200,10 +226,27 @@ class FactMirror:
                 connection.execute("ROLLBACK")
                 raise
 
+    def state(self) -> str:
+        """The copy's state in words: ``ok``, still loading, or why the last sync failed."""
+        if self.failure is not None:
+            done = "loaded" if self.loaded.is_set() else f"not loaded ({self.rows} rows so far)"
+            return f"{done}; last sync failed, retrying: {self.failure}"
+        return "ok" if self.loaded.is_set() else f"loading ({self.rows} rows so far)"
+
     async def query(self, compute: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
-        """Bring the copy up to what is committed now, then run ``compute`` on it in a worker thread."""
-        await self.loaded.wait()
-        await self.refresh()
+        """Bring the copy up to what is committed now, then run ``compute`` on it in a worker thread; raises
+        ``FactCopyUnavailable`` if the first load has not finished within ``load_wait_seconds`` or the
+        catch-up fails."""
+        try:
+            await asyncio.wait_for(self.loaded.wait(), self.load_wait_seconds)
+        except TimeoutError:
+            raise FactCopyUnavailable(f"the fact copy is {self.state()}") from None
+        try:
+            await self.refresh()
+        except Exception as exc:
+            self.failure = _reason(exc)
+            log.exception("fact copy catch-up before an answer failed")
+            raise FactCopyUnavailable(f"the fact copy could not catch up with the database: {_reason(exc)}") from exc
 
         def run() -> T:
             cursor = self.duckdb.cursor()
@@ -223,11 +266,13 @@ class FactMirror:
         while not self._stopping.is_set():
             try:
                 await self.refresh()
+                self.failure = None
                 if not self.loaded.is_set():
                     self.loaded.set()
                     log.info("fact copy loaded", extra={"rows": self.rows,
                                                          "seconds": round(time.perf_counter() - started, 2)})
-            except Exception:
+            except Exception as exc:
+                self.failure = _reason(exc)
                 log.exception("fact copy sync failed; retrying")
             try:
                 await asyncio.wait_for(self._stopping.wait(), poll_seconds)
