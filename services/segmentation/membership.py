@@ -14,7 +14,8 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from datetime import datetime
+from dataclasses import replace
+from datetime import datetime, timedelta
 
 import orjson
 from prometheus_client import Counter, Gauge, Histogram
@@ -25,13 +26,25 @@ from libs.common.events import PublishedEvent, format_timestamp
 from libs.common.kafka import SEGMENTS_TOPIC, Publisher
 from libs.common.metrics import Metrics
 from services.segmentation.adapters.segments import (
+    builtin_membership_changes,
     forget_changes,
+    last_round,
     lock_membership,
     queued_changes,
+    remember_round,
+    round_candidates,
     rule_segments,
     store_memberships,
 )
-from services.segmentation.population import Thresholds, builtin_memberships, evaluate_segments
+from services.segmentation.domain.customers import FiguresAt
+from services.segmentation.domain.rfm import RfmCuts
+from services.segmentation.domain.rounds import Round, order_windows
+from services.segmentation.population import (
+    Thresholds,
+    builtin_memberships,
+    evaluate_segments,
+    population_cuts,
+)
 from services.segmentation.segments import BUILTIN_BY_ID, SegmentDefinition, membership_ids, membership_key
 from services.segmentation.settings import MembershipSettings
 
@@ -39,6 +52,11 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 ENTERED, EXITED = "entered", "exited"
 PENDING_BATCH = 5000
+# Rounds of everyone look only at the customers who can have changed since the last (domain/rounds.py); at
+# least this often one looks at every customer anyway, for facts no process reported (a replica that died
+# between its commit and its evaluation and was not restarted).
+COMPLETE_ROUND_EVERY = timedelta(hours=1)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def change_record(change: str, segment: SegmentDefinition, person_key: str,
@@ -58,41 +76,97 @@ def change_record(change: str, segment: SegmentDefinition, person_key: str,
 
 
 async def sync_membership(connection: AsyncConnection, as_of: datetime, thresholds: Thresholds,
-                          persons: Collection[str] | None = None) -> tuple[int, int]:
+                          persons: Collection[str] | None = None, *, changed: Collection[str] = (),
+                          complete: bool = True, complete_every: timedelta = COMPLETE_ROUND_EVERY,
+                          ) -> tuple[int, int]:
     """Re-evaluate the named persons (or everyone) at as_of and queue the changes.
 
+    Everyone, not ``complete``: when the last round of everyone allows it, only the customers whose built-in
+    segments can have changed since (domain/rounds.py), plus ``changed``, the persons with new facts since
+    then (only the caller knows them); every customer when the last round that did is ``complete_every`` old.
+    With rule segments every round looks at everyone.
     Returns (persons evaluated, changes queued).
     """
     await lock_membership(connection)
     definitions = await rule_segments(connection)
-    standings = await builtin_memberships(connection, as_of, thresholds, persons, stored_segments=True)
-    rule_members: dict[str, set[str]] = {}
     if definitions:
-        rule_ids = {segment.segment_id for segment in definitions}
-        evaluation = await evaluate_segments(connection, as_of, thresholds, definitions, persons)
-        rule_members = {person: ids & rule_ids for person, ids in evaluation.memberships.items()}
-    changed: dict[str, str] = {}
-    exited: list[tuple[str, str]] = []
-    entered: list[tuple[str, str]] = []
+        evaluated, rows = await _with_rule_segments(connection, as_of, thresholds, definitions, persons)
+        if persons is None:
+            await remember_round(connection, None)
+    else:
+        figures_at = thresholds.at(as_of)
+        # Ranks against the whole RFM population: its quintile cuts come from counts the database makes.
+        cuts = await population_cuts(connection, figures_at, monetary=False)
+        if persons is not None:
+            evaluated, rows = await builtin_membership_changes(connection, figures_at, cuts, persons)
+        else:
+            evaluated, rows = await _round_of_everyone(connection, figures_at, cuts, thresholds, changed=changed,
+                                                       complete=complete, complete_every=complete_every)
+    return evaluated, await _queue_changes(connection, as_of, rows, definitions)
+
+
+async def _round_of_everyone(connection: AsyncConnection, figures_at: FiguresAt, cuts: RfmCuts,
+                             thresholds: Thresholds, *, changed: Collection[str], complete: bool,
+                             complete_every: timedelta) -> tuple[int, list[tuple[str, str, str | None]]]:
+    as_of_us = figures_at.as_of_us
+    current = Round(as_of_us, cuts.recency_days, cuts.frequency, as_of_us)
+    previous = None if complete else await last_round(connection)
+    windows = None
+    if previous is not None and as_of_us - previous.complete_as_of_us <= complete_every // _MICROSECOND:
+        windows = order_windows(previous, current, thresholds.lifecycle)
+    if previous is None or windows is None:
+        evaluated, rows = await builtin_membership_changes(connection, figures_at, cuts)
+    else:
+        current = replace(current, complete_as_of_us=previous.complete_as_of_us)
+        candidates = round_candidates(windows, previous.as_of_us, as_of_us)
+        evaluated, rows = await builtin_membership_changes(connection, figures_at, cuts, candidates)
+        if changed:
+            more, more_rows = await builtin_membership_changes(connection, figures_at, cuts, changed)
+            # A person in both parts comes twice, decided alike.
+            evaluated, rows = evaluated + more, list({row[0]: row for row in [*rows, *more_rows]}.values())
+    await remember_round(connection, current)
+    return evaluated, rows
+
+
+async def _with_rule_segments(connection: AsyncConnection, as_of: datetime, thresholds: Thresholds,
+                              definitions: Sequence[SegmentDefinition], persons: Collection[str] | None,
+                              ) -> tuple[int, list[tuple[str, str, str | None]]]:
+    """Built-in and rule segments decided in Python from whole figures (rules can read any field)."""
+    standings = await builtin_memberships(connection, as_of, thresholds, persons, stored_segments=True)
+    rule_ids = {segment.segment_id for segment in definitions}
+    evaluation = await evaluate_segments(connection, as_of, thresholds, definitions, persons)
+    rule_members = {person: ids & rule_ids for person, ids in evaluation.memberships.items()}
+    rows: list[tuple[str, str, str | None]] = []
     builtin_keys: dict[tuple[str, ...], str] = {}
     for person, ids, stored in standings:
-        rules = rule_members.get(person) if rule_members else None
+        rules = rule_members.get(person)
         if rules:
             key = membership_key([*ids, *rules])
         elif (key := builtin_keys.get(ids)) is None:
             key = builtin_keys[ids] = membership_key(ids)
         if key != (stored or ""):
-            changed[person] = key
-            before, after = membership_ids(stored), membership_ids(key)
-            exited += ((person, segment_id) for segment_id in before - after)
-            entered += ((person, segment_id) for segment_id in after - before)
+            rows.append((person, key, stored))
+    return sum(1 for _, ids, _ in standings if ids), rows
+
+
+async def _queue_changes(connection: AsyncConnection, as_of: datetime, rows: Sequence[tuple[str, str, str | None]],
+                         definitions: Sequence[SegmentDefinition]) -> int:
+    """Store the changed membership keys ``(person, key, stored key)`` and queue their enter/exit records."""
+    changed: dict[str, str] = {}
+    exited: list[tuple[str, str]] = []
+    entered: list[tuple[str, str]] = []
+    for person, key, stored in rows:
+        changed[person] = key
+        before, after = membership_ids(stored), membership_ids(key)
+        exited += ((person, segment_id) for segment_id in before - after)
+        entered += ((person, segment_id) for segment_id in after - before)
     by_id = {**BUILTIN_BY_ID, **{segment.segment_id: segment for segment in definitions}}
     # Exits first: a person moving from one stage to the next leaves before entering.
     moment = format_timestamp(as_of)
     records = [change_record(EXITED, by_id[s], p, moment) for p, s in sorted(exited) if s in by_id]
     records += [change_record(ENTERED, by_id[s], p, moment) for p, s in sorted(entered)]
     await store_memberships(connection, changed, records)
-    return sum(1 for _, ids, _ in standings if ids), len(records)
+    return len(records)
 
 
 async def publish_queued_changes(database: Database, publisher: Publisher, *, batch: int) -> int:
@@ -114,7 +188,8 @@ class MembershipScheduler:
 
     The persons with new facts are kept in memory (the consumer reports them once their transaction has
     committed). A process that dies with some of them unevaluated loses nothing: the first round after a
-    start evaluates everyone.
+    start looks at every customer. Later rounds of everyone look at the persons with new facts since the
+    last one and at those whom time can have moved (``sync_membership``).
     """
 
     def __init__(self, database: Database, publisher: Publisher, *, thresholds: Thresholds,
@@ -129,6 +204,8 @@ class MembershipScheduler:
         self.last_full_evaluation: datetime | None = None
         self.full_evaluations = 0
         self._pending: set[str] = set()
+        self._changed: set[str] = set()  # persons with new facts since the last round of everyone
+        self._looked_at_everyone = False
         self._in_flight = 0
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -145,6 +222,7 @@ class MembershipScheduler:
 
     def facts_committed(self, events: Sequence[PublishedEvent]) -> None:
         """The consumer's after-commit hook: evaluate these events' persons soon."""
+        self._changed.update(event.person_key for event in events)
         if self.settings.evaluate_after_events:
             self._pending.update(event.person_key for event in events)
             self._waiting.set(len(self._pending) + self._in_flight)
@@ -177,19 +255,25 @@ class MembershipScheduler:
         self._in_flight = len(pending)
         # Every evaluation ranks against the whole RFM population anyway: with this many persons, do everyone.
         full = full or len(pending) > PENDING_BATCH
+        changed: set[str] = set()
+        if full:
+            changed, self._changed = self._changed, set()
         if pending or full:
             started = time.monotonic()
             as_of = self.clock()
             try:
                 async with self.database.begin() as connection:
-                    await sync_membership(connection, as_of, self.thresholds, None if full else pending)
+                    await sync_membership(connection, as_of, self.thresholds, None if full else pending,
+                                          changed=changed | pending, complete=not self._looked_at_everyone)
             except BaseException:
                 self._pending |= pending
+                self._changed |= changed
                 raise
             finally:
                 self._in_flight = 0
                 self._waiting.set(len(self._pending))
             if full:
+                self._looked_at_everyone = True
                 self.last_full_evaluation = as_of
                 self.full_evaluations += 1
             self._duration.labels("all" if full else "pending").observe(time.monotonic() - started)

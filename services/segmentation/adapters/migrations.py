@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from sqlalchemy import Column, Index, MetaData, String, Table, inspect, select
+from sqlalchemy import Column, Index, MetaData, String, Table, inspect, select, text
 from sqlalchemy.engine import Connection
 
 from libs.common.db import Migration, create_all
 from services.segmentation.adapters.facts import earliest_completed_events
+from services.segmentation.adapters.segments import segment_rounds
 from services.segmentation.adapters.tables import counted_orders, customer_events, customer_segments, metadata
 from services.segmentation.segments import membership_key
 
@@ -39,10 +40,32 @@ def _events_indexed_by_person_and_type(connection: Connection) -> None:
         index.create(connection, checkfirst=True)
 
 
+_FORGET_ROUND_POSTGRESQL = (
+    """CREATE OR REPLACE FUNCTION segment_rounds_forget() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN DELETE FROM segment_rounds; RETURN NULL; END $$""",
+    """CREATE TRIGGER profiles_erased_forget_round AFTER DELETE ON profiles
+    FOR EACH STATEMENT EXECUTE FUNCTION segment_rounds_forget()""",
+)
+_FORGET_ROUND_SQLITE = (
+    """CREATE TRIGGER profiles_erased_forget_round AFTER DELETE ON profiles
+    BEGIN DELETE FROM segment_rounds; END""",
+)
+
+
+def _last_round_kept_until_an_erasure(connection: Connection) -> None:
+    # Profiles are deleted only by an erasure, which can make another person's order the counted one
+    # without any new event of theirs: the next round then looks at everyone (adapters/segments.py).
+    segment_rounds.create(connection, checkfirst=True)
+    postgresql = connection.dialect.name == "postgresql"
+    for statement in _FORGET_ROUND_POSTGRESQL if postgresql else _FORGET_ROUND_SQLITE:
+        connection.execute(text(statement))
+
+
 # Step 1 creates the current tables on a new database; later steps bring an older database to the same.
 MIGRATIONS = [
     Migration(1, "customer facts, segments and membership", create_all(metadata)),
     Migration(2, "counted orders kept by the consumer; stored membership one row per person; pending "
                  "evaluations in memory", _derived_facts_and_membership_per_person),
     Migration(3, "customer events indexed by person and type", _events_indexed_by_person_and_type),
+    Migration(4, "the last membership round, forgotten when a profile is erased", _last_round_kept_until_an_erasure),
 ]

@@ -3,20 +3,45 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from itertools import product
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    String,
+    Table,
+    Text,
+    and_,
+    case,
+    delete,
+    func,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.expression import SelectBase
 
 from libs.common.db import insert
 from libs.common.events import epoch_micros, from_epoch_micros
-from services.segmentation.adapters.facts import chunks
-from services.segmentation.adapters.tables import customer_segments, segment_changes, segments
+from services.segmentation.adapters.facts import _order_sums, chunks
+from services.segmentation.adapters.tables import (
+    counted_orders,
+    customer_segments,
+    metadata,
+    profiles,
+    segment_changes,
+    segments,
+)
+from services.segmentation.domain.customers import FiguresAt, LifecycleStage, MembershipTier
+from services.segmentation.domain.rfm import SCORES, RfmCuts, rfm_segment
+from services.segmentation.domain.rounds import DAY_US, Round
 from services.segmentation.domain.rules import parse_rule
-from services.segmentation.segments import SegmentDefinition, SegmentKind, membership_ids
+from services.segmentation.segments import SegmentDefinition, SegmentKind, builtin_ids, membership_ids
 
 _MEMBERSHIP_LOCK = 7461003  # PostgreSQL advisory lock key of this service's membership changes
 
@@ -103,3 +128,142 @@ async def forget_changes(connection: AsyncConnection, seqs: Sequence[int]) -> No
     for start in range(0, len(seqs), 900):
         batch = seqs[start:start + 900]
         await connection.execute(delete(segment_changes).where(segment_changes.c.seq.in_(batch)))
+
+
+# The last re-evaluation of everyone's built-in segments (one row): what the next one starts from
+# (domain/rounds.py). Migration 4 makes erasing a profile forget it: another person's order can count instead.
+segment_rounds = Table(
+    "segment_rounds",
+    metadata,
+    Column("scope", String(16), primary_key=True),
+    Column("as_of_us", BigInteger, nullable=False),
+    Column("complete_as_of_us", BigInteger, nullable=False),
+    Column("recency_cuts", Text, nullable=False),
+    Column("frequency_cuts", Text, nullable=False),
+)
+_BUILTIN_ROUND = "builtin"
+
+
+async def last_round(connection: AsyncConnection) -> Round | None:
+    """The last re-evaluation of everyone's built-in segments, unless something since has made it unusable."""
+    row = (await connection.execute(select(segment_rounds).where(segment_rounds.c.scope == _BUILTIN_ROUND))).first()
+    if row is None:
+        return None
+    return Round(row.as_of_us, tuple(orjson.loads(row.recency_cuts)), tuple(orjson.loads(row.frequency_cuts)),
+                 row.complete_as_of_us)
+
+
+async def remember_round(connection: AsyncConnection, round_: Round | None) -> None:
+    """Record this round as the last one (None: forget it, the next round looks at everyone)."""
+    await connection.execute(delete(segment_rounds))
+    if round_ is not None:
+        await connection.execute(segment_rounds.insert().values(
+            scope=_BUILTIN_ROUND, as_of_us=round_.as_of_us, complete_as_of_us=round_.complete_as_of_us,
+            recency_cuts=orjson.dumps(round_.recency_cuts).decode(),
+            frequency_cuts=orjson.dumps(round_.frequency_cuts).decode(),
+        ))
+
+
+def _builtin_key(sums: Any, figures_at: FiguresAt, cuts: RfmCuts) -> Any:
+    """The membership key of a customer's built-in segments (``membership_key(builtin_ids(...))``) as a SQL
+    expression over their order sums: ``FiguresAt.lifecycle``, ``.tier`` and ``RfmCuts.segment_of`` on
+    the same integers (tests hold them equal). Ids sort lifecycle < rfm < tier, so the key is their
+    concatenation."""
+    new_us, active_us, dormant_us, silver_cents, gold_cents, diamond_cents = figures_at.limits()
+    as_of_us = figures_at.as_of_us
+    orders, last = func.coalesce(sums.c.orders, 0), sums.c.last_order_us
+    frequency, monetary = func.coalesce(sums.c.frequency, 0), func.coalesce(sums.c.monetary_cents, 0)
+
+    def key(stage: LifecycleStage) -> str:
+        return builtin_ids(stage, None, None)[0]
+
+    lifecycle = case(
+        (orders == 0, key(LifecycleStage.PROSPECT)),
+        (and_(orders == 1, last >= as_of_us - new_us), key(LifecycleStage.NEW)),
+        (last >= as_of_us - active_us, key(LifecycleStage.ACTIVE)),
+        (last >= as_of_us - dormant_us, key(LifecycleStage.DORMANT)),
+        else_=key(LifecycleStage.CHURNED),
+    )
+    tier_ids = {tier: " " + builtin_ids(LifecycleStage.PROSPECT, None, tier)[1] for tier in MembershipTier}
+    tier = case(
+        (monetary >= diamond_cents, tier_ids[MembershipTier.DIAMOND]),
+        (monetary >= gold_cents, tier_ids[MembershipTier.GOLD]),
+        (monetary > silver_cents, tier_ids[MembershipTier.SILVER]),
+        else_="",
+    )
+    # R score: 1 + the recency cuts above the customer's recency_days; recency_days < c <=> last > A - c days.
+    r_score = sum((case((last > as_of_us - cut * DAY_US, 10), else_=0) for cut in cuts.recency_days), 10)
+    f_score = sum((case((frequency > cut, 1), else_=0) for cut in cuts.frequency), 1)
+    cells = {10 * r + f: " " + builtin_ids(LifecycleStage.PROSPECT, rfm_segment(r, f), None)[1]
+             for r, f in product(SCORES, SCORES)}
+    rfm = case((frequency == 0, ""), else_=case(cells, value=r_score + f_score, else_=""))
+    return (lifecycle + rfm + tier).label("segment_ids")
+
+
+def round_candidates(windows: Sequence[tuple[int, int]], known_after_us: int, as_of_us: int) -> SelectBase:
+    """Persons with a counted order in one of the ranges ``(after, until]`` or first seen in
+    (known_after, as_of]: whose built-in segments can have changed (domain/rounds.py)."""
+    order = counted_orders.c
+    newly_known = select(profiles.c.person_key).where(profiles.c.first_seen_us > known_after_us,
+                                                      profiles.c.first_seen_us <= as_of_us)
+    if not windows:
+        return newly_known
+    in_windows = or_(*(and_(order.occurred_us > after, order.occurred_us <= until) for after, until in windows))
+    return select(order.person_key).where(in_windows).union(newly_known)
+
+
+async def builtin_membership_changes(
+    connection: AsyncConnection, figures_at: FiguresAt, cuts: RfmCuts,
+    scope: SelectBase | Collection[str] | None = None,
+) -> tuple[int, list[tuple[str, str, str | None]]]:
+    """Decide the built-in segments at as_of in the database and compare them with the stored membership:
+    of everyone (``scope`` None), of the persons a query selects, or of the named ones.
+
+    Returns (customers evaluated, ``(person_key, membership key, stored key or None)`` of those whose key
+    changed; ``""`` for a person with a stored membership who is unknown at as_of).
+    """
+    as_of_us = figures_at.as_of_us
+    if scope is None:
+        sums = _order_sums(as_of_us, figures_at.lookback_start_us, None)
+        people = profiles.join(customer_segments, customer_segments.c.person_key == profiles.c.person_key,
+                               full=True)
+        known = profiles.c.first_seen_us <= as_of_us
+        key = case((known, _builtin_key(sums, figures_at, cuts)), else_="")
+        query = (select(func.coalesce(profiles.c.person_key, customer_segments.c.person_key), key,
+                        customer_segments.c.segment_ids)
+                 .select_from(people.outerjoin(sums, sums.c.person_key == profiles.c.person_key))
+                 .where(key != func.coalesce(customer_segments.c.segment_ids, "")))
+        changed = [tuple(row) for row in await connection.execute(query)]
+        evaluated = (await connection.execute(
+            select(func.count()).select_from(profiles).where(known))).scalar_one()
+        return evaluated, changed
+    if isinstance(scope, SelectBase):
+        return await _scoped_changes(connection, figures_at, cuts, scope)
+    evaluated, changed = 0, []
+    for batch in chunks(scope):
+        chosen = select(profiles.c.person_key).where(profiles.c.person_key.in_(batch)).union(
+            select(customer_segments.c.person_key).where(customer_segments.c.person_key.in_(batch)))
+        part_evaluated, part = await _scoped_changes(connection, figures_at, cuts, chosen)
+        evaluated += part_evaluated
+        changed += part
+    return evaluated, changed
+
+
+async def _scoped_changes(connection: AsyncConnection, figures_at: FiguresAt, cuts: RfmCuts,
+                          scope: SelectBase) -> tuple[int, list[tuple[str, str, str | None]]]:
+    as_of_us = figures_at.as_of_us
+    chosen = scope.cte("chosen")
+    person = chosen.c.person_key
+    sums = _order_sums(as_of_us, figures_at.lookback_start_us, select(person))  # type: ignore[arg-type]
+    known = profiles.c.first_seen_us <= as_of_us
+    key = case((known, _builtin_key(sums, figures_at, cuts)), else_="")
+    query = (select(person, key, customer_segments.c.segment_ids, func.coalesce(known, False))
+             .select_from(chosen.outerjoin(profiles, profiles.c.person_key == person)
+                          .outerjoin(customer_segments, customer_segments.c.person_key == person)
+                          .outerjoin(sums, sums.c.person_key == person)))
+    evaluated, changed = 0, []
+    for person_key, segment_ids, stored, is_known in await connection.execute(query):
+        evaluated += bool(is_known)
+        if segment_ids != (stored or ""):
+            changed.append((person_key, segment_ids, stored))
+    return evaluated, changed

@@ -230,6 +230,12 @@ class FiguresAt:
         self._gold_cents = math.ceil(tiers.gold * 100)
         self._diamond_cents = math.ceil(tiers.diamond * 100)
 
+    def limits(self) -> tuple[int, int, int, int, int, int]:
+        """``(new_us, active_us, dormant_us, silver_cents, gold_cents, diamond_cents)``: the integer bounds
+        ``lifecycle`` and ``tier`` compare with, for the same decisions made in SQL."""
+        return (self._new_us, self._active_us, self._dormant_us, self._silver_cents, self._gold_cents,
+                self._diamond_cents)
+
     def lifecycle(self, orders: int, last_order_us: int | None) -> LifecycleStage:
         if orders == 0 or last_order_us is None:
             return LifecycleStage.PROSPECT
