@@ -13,7 +13,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, event, select, text
+import orjson
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    Select,
+    String,
+    Table,
+    bindparam,
+    event,
+    func,
+    select,
+    text,
+    true,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -63,6 +78,47 @@ def insert(connection: AsyncConnection | Connection, table: Table) -> Any:
     dialect = connection.dialect.name
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
+
+class BulkRows:
+    """Many rows of ``table`` (tuples in ``columns`` order) bound as one value, for a batch write that is one
+    statement: PostgreSQL ``unnest()``s one typed array per column, SQLite ``json_each()``es one JSON array of
+    rows. Neither does per-row work in Python or SQLAlchemy, and ``RETURNING`` works on both (an executemany
+    gives it on neither). Values must be JSON-able: str, int, float, bool, None.
+
+    ``insert(dialect)`` is ``INSERT INTO table (columns) SELECT ...``, ready for ``on_conflict_*`` and
+    ``returning``; build it once and execute it with ``params(dialect, rows)``.
+    """
+
+    def __init__(self, table: Table, columns: Sequence[str]) -> None:
+        self.table = table
+        self.columns = tuple(columns)
+
+    def select(self, dialect: str) -> Select[Any]:
+        if dialect == "postgresql":
+            arrays = [bindparam(f"c{n}", type_=postgresql.ARRAY(self.table.c[name].type))
+                      for n, name in enumerate(self.columns)]
+            rows = func.unnest(*arrays).table_valued(*self.columns).render_derived()
+            return select(*(rows.c[name] for name in self.columns))
+        each = func.json_each(bindparam("rows")).table_valued("value")
+        # WHERE true: SQLite needs it to parse an upsert whose rows come from a SELECT.
+        return select(*(func.json_extract(each.c.value, f"$[{n}]") for n in range(len(self.columns)))).where(true())
+
+    def insert(self, dialect: str) -> Any:
+        dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        return dialect_insert(self.table).from_select(self.columns, self.select(dialect))
+
+    def params(self, dialect: str, rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
+        if dialect == "postgresql":
+            if not rows:
+                return {f"c{n}": [] for n in range(len(self.columns))}
+            return {f"c{n}": list(column) for n, column in enumerate(zip(*rows, strict=True))}
+        return {"rows": orjson.dumps(rows).decode()}
+
+
+# For a service whose consumer adds every event to several B-trees at scattered places: a 64 MiB page cache per
+# connection (the default is 2 MiB) keeps their inner pages in memory, and checkpointing every 10,000 WAL pages
+# (40 MiB, not 4) copies a page written by many batches back to the file once, not per batch.
+WRITE_HEAVY_SQLITE_PRAGMAS = ("cache_size=-65536", "wal_autocheckpoint=10000")
 
 _SQLITE_PRAGMAS = ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000", "foreign_keys=ON")
 

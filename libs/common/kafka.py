@@ -9,6 +9,7 @@ dead-letter topic after bounded retries, so the partition keeps moving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
@@ -288,6 +289,37 @@ class _FinishBatchBeforeRevoke(ConsumerRebalanceListener):
                                                "partitions": self.runtime.status.assigned})
 
 
+# Records decoded between two yields to the event loop while the previous batch is being written.
+_DECODE_SLICE = 250
+
+
+@dataclass
+class _Fetched:
+    """One fetched batch: its records in fetch order, decoded or not."""
+
+    records: list[ConsumerRecord]
+    decoded: list[tuple[ConsumerRecord, Any]] = field(default_factory=list)
+    undecodable: list[tuple[ConsumerRecord, BaseException]] = field(default_factory=list)
+
+    def of(self, partitions: set[TopicPartition]) -> _Fetched:
+        """The part of the batch from these partitions."""
+        def kept(record: ConsumerRecord) -> bool:
+            return TopicPartition(record.topic, record.partition) in partitions
+
+        if all(kept(record) for record in self.records):
+            return self
+        return _Fetched([r for r in self.records if kept(r)], [item for item in self.decoded if kept(item[0])],
+                        [item for item in self.undecodable if kept(item[0])])
+
+    def next_offsets(self) -> dict[TopicPartition, int]:
+        """Per partition, the offset after its last record here: what to commit once the batch is applied."""
+        offsets: dict[TopicPartition, int] = {}
+        for record in self.records:
+            tp = TopicPartition(record.topic, record.partition)
+            offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
+        return offsets
+
+
 class ConsumerRuntime:
     """The consumer loop shared by every service (STYLE.md rule 4)."""
 
@@ -343,20 +375,47 @@ class ConsumerRuntime:
 
     async def _run(self) -> None:
         assert self._consumer is not None
+        upcoming: asyncio.Task[_Fetched] | None = None
         try:
             while not self._stopping.is_set():
-                batch = await self._consumer.getmany(timeout_ms=200, max_records=self.subscription.max_batch)
-                if batch:
+                fetched = await (upcoming or self._fetch())
+                upcoming = None
+                if fetched.records:
+                    # The next batch is fetched and decoded while this one is written: decoding takes the CPU
+                    # while the database works (another process, or SQLite's thread without the GIL).
+                    upcoming = asyncio.create_task(self._fetch())
                     async with self.batch_lock:
-                        await self._apply_batch(batch)
-                        await self._commit_offsets(
-                            {tp: records[-1].offset + 1 for tp, records in batch.items()}
-                        )
+                        # A rebalance may have taken partitions since the fetch: their new owner reads them.
+                        fetched = fetched.of(self._consumer.assignment())
+                        if fetched.records:
+                            await self._apply_batch(fetched)
+                            await self._commit_offsets(fetched.next_offsets())
                 await self._update_lag()
         except Exception as exc:
             self.status.failed = f"{type(exc).__name__}: {exc}"
             log.exception("consumer stopped by an error", extra={"consumer": self.subscription.group})
             raise
+        finally:
+            if upcoming is not None:
+                # Fetched, not applied, offsets not committed: read again by whoever owns the partitions next.
+                upcoming.cancel()
+                with contextlib.suppress(BaseException):
+                    await upcoming
+
+    async def _fetch(self) -> _Fetched:
+        """The next batch, decoded (in slices, so that a batch being written meanwhile keeps moving)."""
+        assert self._consumer is not None
+        batch = await self._consumer.getmany(timeout_ms=200, max_records=self.subscription.max_batch)
+        fetched = _Fetched([record for records in batch.values() for record in records])
+        decode = self.subscription.decode
+        for n, record in enumerate(fetched.records, 1):
+            try:
+                fetched.decoded.append((record, decode(record.value)))
+            except Exception as exc:  # undecodable: retrying cannot help
+                fetched.undecodable.append((record, exc))
+            if n % _DECODE_SLICE == 0:
+                await asyncio.sleep(0)
+        return fetched
 
     async def _commit_offsets(self, offsets: dict[TopicPartition, int]) -> None:
         consumer = self._consumer
@@ -366,14 +425,10 @@ class ConsumerRuntime:
         except _GROUP_MOVED_ON as exc:
             log.warning("offset commit lost to a rebalance", extra={"error": repr(exc)})
 
-    async def _apply_batch(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        decoded: list[tuple[ConsumerRecord, Any]] = []
-        for records in batch.values():
-            for record in records:
-                try:
-                    decoded.append((record, self.subscription.decode(record.value)))
-                except Exception as exc:  # undecodable: retrying cannot help
-                    await self._dead_letter(record, exc, attempts=1)
+    async def _apply_batch(self, fetched: _Fetched) -> None:
+        for record, error in fetched.undecodable:
+            await self._dead_letter(record, error, attempts=1)
+        decoded = fetched.decoded
         if not decoded:
             return
         try:

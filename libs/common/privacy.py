@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from libs.common.events import Timestamp, format_timestamp
 from libs.common.kafka import PRIVACY_TOPIC, Publisher
 
+# Pseudonyms are uuid5 of the request id in this namespace (a fixed, arbitrary one).
+_PSEUDONYM_NAMESPACE = uuid.UUID("0b5bb0a6-58f4-4f0e-9a59-8f1f3a7b2c11")
+
 
 class ErasureRequest(BaseModel):
     """Remove this person's personal data; ``request_id`` is the idempotency key."""
@@ -32,6 +35,12 @@ class ErasureRequest(BaseModel):
     @classmethod
     def from_json(cls, payload: bytes) -> ErasureRequest:
         return cls.model_validate_json(payload)
+
+    @property
+    def pseudonym(self) -> str:
+        """A stable stand-in for the person on rows kept for counts or idempotency: derived from the request, so
+        nothing leads back to the person."""
+        return f"erased:{uuid.uuid5(_PSEUDONYM_NAMESPACE, self.request_id)}"
 
     def to_json(self) -> bytes:
         return orjson.dumps({"person_key": self.person_key, "requested_at": format_timestamp(self.requested_at),

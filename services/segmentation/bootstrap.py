@@ -7,7 +7,7 @@ from datetime import datetime
 
 from fastapi import FastAPI
 
-from libs.common.db import Database
+from libs.common.db import WRITE_HEAVY_SQLITE_PRAGMAS, Database
 from libs.common.kafka import EVENTS_TOPIC, PRIVACY_TOPIC, Subscription
 from libs.common.privacy import ErasureRequest
 from libs.common.service import create_app
@@ -28,11 +28,12 @@ PRIVACY_GROUP = "segmentation-privacy"
 
 
 def build_service(settings: SegmentationSettings, *, clock: Callable[[], datetime] = system_clock) -> SegmentationService:
-    database = Database(settings.database_url, metadata=metadata, migrations=MIGRATIONS)
+    database = Database(settings.database_url, metadata=metadata, migrations=MIGRATIONS,
+                        sqlite_pragmas=WRITE_HEAVY_SQLITE_PRAGMAS)
     service = SegmentationService(settings, database, clock=clock)
     service.subscriptions = [
         Subscription(group=EVENTS_GROUP, topics=[EVENTS_TOPIC], handle=record_customer_facts,
-                     after_commit=service.scheduler.facts_committed),
+                     claim_event_ids=False, max_batch=5000, after_commit=service.scheduler.facts_committed),
         Subscription(group=PRIVACY_GROUP, topics=[PRIVACY_TOPIC], handle=erase_customers,
                      decode=ErasureRequest.from_json, event_id=lambda request: request.request_id),
     ]

@@ -12,13 +12,15 @@ from services.segmentation.adapters.facts import erase_persons, record_events
 from services.segmentation.adapters.segments import lock_membership
 
 
-async def record_customer_facts(connection: AsyncConnection, events: Sequence[PublishedEvent]) -> None:
-    """Store new events as the persons' facts (the membership scheduler hears of them after the commit)."""
-    await record_events(connection, events)
+async def record_customer_facts(connection: AsyncConnection,
+                                events: Sequence[PublishedEvent]) -> Sequence[PublishedEvent]:
+    """Store events as the persons' facts; returns those not stored before (the membership scheduler hears of
+    them after the commit). The consumer runs without claims: stored event_ids are the idempotency record."""
+    return await record_events(connection, events)
 
 
 async def erase_customers(connection: AsyncConnection, requests: Sequence[ErasureRequest]) -> None:
-    """Delete the persons' profiles, traits, facts, membership and queued changes."""
+    """Delete the persons' profiles, traits, facts, membership and queued changes (event keys stay, pseudonymous)."""
     # Not while an evaluation that loaded their facts is about to store their membership.
     await lock_membership(connection)
-    await erase_persons(connection, {request.person_key for request in requests})
+    await erase_persons(connection, {request.person_key: request.pseudonym for request in requests})

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 
-from sqlalchemy import Column, Integer, MetaData, String, Table, select, text
+from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text, select, text
 
-from libs.common.db import SCHEMA_MIGRATIONS, Database, Migration, claim_events, create_all, insert
+from libs.common.db import SCHEMA_MIGRATIONS, BulkRows, Database, Migration, claim_events, create_all, insert
 
 metadata = MetaData()
 profiles = Table("profiles", metadata, Column("person_key", String(50), primary_key=True),
                  Column("visits", Integer, nullable=False))
+visits = Table("visits", metadata, Column("event_id", String(256), primary_key=True),
+               Column("occurred_us", BigInteger, nullable=False), Column("note", Text, nullable=True),
+               Column("pages", Integer, nullable=True))
 STEP_1 = Migration(1, "profiles", create_all(metadata))
 STEP_2 = Migration(2, "profiles.tier", lambda c: c.execute(text("ALTER TABLE profiles ADD COLUMN tier VARCHAR(20)")))
 
@@ -97,3 +100,27 @@ async def test_a_service_adds_its_own_sqlite_pragmas_to_the_shared_ones(tmp_path
     finally:
         for database in (tuned, plain):
             await database.close()
+
+
+async def test_bulk_rows_insert_a_batch_as_one_statement_and_return_only_new_keys(database_url):
+    database = Database(database_url, metadata=metadata, migrations=[STEP_1])
+    await database.start()
+    rows = BulkRows(visits, ("event_id", "occurred_us", "note", "pages"))
+    batch = [(f"e-{i}", 1_764_000_000_000_000 + i, "连衣裙 \"quoted\" \\ é" if i % 2 else None, i % 3 or None)
+             for i in range(3000)]
+    try:
+        async with database.begin() as connection:
+            dialect = connection.dialect.name
+            statement = rows.insert(dialect).on_conflict_do_nothing(index_elements=["event_id"]).returning(
+                visits.c.event_id)
+            stored = (await connection.execute(statement, rows.params(dialect, batch))).scalars().all()
+            assert sorted(stored) == sorted(row[0] for row in batch)
+        async with database.begin() as connection:
+            again = [batch[7], ("e-new", 2**62, None, None), batch[8]]
+            assert (await connection.execute(statement, rows.params(dialect, again))).scalars().all() == ["e-new"]
+            assert (await connection.execute(statement, rows.params(dialect, []))).scalars().all() == []
+        async with database.read() as connection:
+            found = {tuple(row) for row in await connection.execute(select(visits))}
+        assert found == {*batch, ("e-new", 2**62, None, None)}  # types, NULLs, big integers and text kept as given
+    finally:
+        await database.close()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Sequence
+import functools
+from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -20,11 +21,12 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    update,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.common.db import insert
+from libs.common.db import BulkRows
 from libs.common.events import PublishedEvent, epoch_micros, from_epoch_micros
 from services.segmentation.adapters.tables import (
     PERSONAL_TABLES,
@@ -90,73 +92,45 @@ def _earlier(dialect: str, time: Any, event_id: Any, than_time: Any, than_event_
                and_(time == than_time, _bytewise(dialect, event_id) < _bytewise(dialect, than_event_id)))
 
 
-async def record_events(connection: AsyncConnection, events: Sequence[PublishedEvent]) -> None:
-    """Store a batch of new events as facts: one statement per table."""
-    seen: dict[str, _Seen] = {}
-    counted: dict[str, dict[str, Any]] = {}
-    event_rows, order_rows, trait_rows = [], [], []
-    for event in events:
-        event_id = event.event_id or ""
-        person = event.person_key
-        occurred_us = epoch_micros(event.occurred_at)
-        moment = (occurred_us, event_id)
-        known = seen.get(person)
-        if known is None:
-            seen[person] = _Seen(moment, event.channel.source, moment)
-        else:
-            known.see(moment, event.channel.source)
-        event_rows.append({"event_id": event_id, "person_key": person, "type": event.type,
-                           "occurred_us": occurred_us})
-        if event.order is not None:
-            order = event.order
-            row = {"event_id": event_id, "person_key": person, "order_id": order.order_id, "status": order.status,
-                   "occurred_us": occurred_us, "total_cents": _cents(order.total),
-                   "refund_cents": _cents(order.refund_amount)}
-            order_rows.append(row)
-            if order.status == OrderStatus.COMPLETED:
-                # One row per order_id per statement (an upsert may not touch a row twice): the batch's earliest.
-                earliest = counted.get(order.order_id)
-                if earliest is None or moment < (earliest["occurred_us"], earliest["event_id"]):
-                    counted[order.order_id] = row
-        if event.traits is not None:
-            trait_rows.append({"event_id": event_id, "person_key": person, "occurred_us": occurred_us,
-                               "traits": orjson.dumps(event.traits).decode()})
-    for table, rows in ((customer_events, event_rows), (customer_orders, order_rows),
-                        (customer_traits, trait_rows)):
-        if rows:
-            await connection.execute(insert(connection, table).on_conflict_do_nothing(index_elements=["event_id"]),
-                                     rows)
-    if counted:
-        await _upsert_counted_orders(connection, list(counted.values()))
-    if seen:
-        await _upsert_profiles(connection, seen)
+_EVENT_ROWS = BulkRows(customer_events, ("event_id", "person_key", "type", "occurred_us"))
+_ORDER_ROWS = BulkRows(customer_orders, ("event_id", "person_key", "order_id", "status", "occurred_us", "total_cents",
+                                         "refund_cents"))
+_TRAIT_ROWS = BulkRows(customer_traits, ("event_id", "person_key", "occurred_us", "traits"))
+_COUNTED_ROWS = BulkRows(counted_orders, ("order_id", "event_id", "person_key", "occurred_us", "total_cents"))
+_PROFILE_ROWS = BulkRows(profiles, ("person_key", "first_seen_us", "first_event_id", "acquisition_source",
+                                    "last_seen_us", "last_event_id"))
 
 
-async def _upsert_counted_orders(connection: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    """An order counts at its earliest completed event, whichever arrives first."""
-    dialect = connection.dialect.name
-    statement = insert(connection, counted_orders)
-    new, old = statement.excluded, counted_orders.c
-    statement = statement.on_conflict_do_update(
+@dataclass(frozen=True)
+class _Writes:
+    """The consumer's statements for one dialect, built once (SQLAlchemy then caches their compilation)."""
+
+    events: Any
+    orders: Any
+    traits: Any
+    counted: Any
+    profiles: Any
+
+
+@functools.cache
+def _writes(dialect: str) -> _Writes:
+    def keep_stored(rows: BulkRows) -> Any:
+        return rows.insert(dialect).on_conflict_do_nothing(index_elements=["event_id"])
+
+    counted = _COUNTED_ROWS.insert(dialect)
+    new, old = counted.excluded, counted_orders.c
+    # An order counts at its earliest completed event, whichever arrives first.
+    counted = counted.on_conflict_do_update(
         index_elements=["order_id"],
         set_={"event_id": new.event_id, "person_key": new.person_key, "occurred_us": new.occurred_us,
               "total_cents": new.total_cents},
         where=_earlier(dialect, new.occurred_us, new.event_id, old.occurred_us, old.event_id),
     )
-    await connection.execute(statement, [
-        {"order_id": row["order_id"], "event_id": row["event_id"], "person_key": row["person_key"],
-         "occurred_us": row["occurred_us"], "total_cents": row["total_cents"]}
-        for row in rows
-    ])
-
-
-async def _upsert_profiles(connection: AsyncConnection, seen: dict[str, _Seen]) -> None:
-    dialect = connection.dialect.name
-    statement = insert(connection, profiles)
-    new, old = statement.excluded, profiles.c
+    profile = _PROFILE_ROWS.insert(dialect)
+    new, old = profile.excluded, profiles.c
     earlier = _earlier(dialect, new.first_seen_us, new.first_event_id, old.first_seen_us, old.first_event_id)
     later = _earlier(dialect, old.last_seen_us, old.last_event_id, new.last_seen_us, new.last_event_id)
-    statement = statement.on_conflict_do_update(
+    profile = profile.on_conflict_do_update(
         index_elements=["person_key"],
         set_={
             "first_seen_us": case((earlier, new.first_seen_us), else_=old.first_seen_us),
@@ -168,12 +142,59 @@ async def _upsert_profiles(connection: AsyncConnection, seen: dict[str, _Seen]) 
         # An event between the person's first and last changes nothing: no write at all.
         where=or_(earlier, later),
     )
-    rows = [
-        {"person_key": person, "first_seen_us": s.first[0], "first_event_id": s.first[1],
-         "acquisition_source": s.source, "last_seen_us": s.last[0], "last_event_id": s.last[1]}
-        for person, s in seen.items()
-    ]
-    await connection.execute(statement, rows)
+    return _Writes(
+        events=keep_stored(_EVENT_ROWS).returning(customer_events.c.event_id),
+        orders=keep_stored(_ORDER_ROWS), traits=keep_stored(_TRAIT_ROWS), counted=counted, profiles=profile,
+    )
+
+
+async def record_events(connection: AsyncConnection, events: Sequence[PublishedEvent]) -> list[PublishedEvent]:
+    """Store a batch of events as facts, one statement per table, and return the events applied now: those
+    whose event_id was not stored before. The customer_events table, keyed by event_id (erasure keeps the key
+    under a pseudonym), is the consumer's idempotency record: a repeated event changes nothing."""
+    dialect = connection.dialect.name
+    writes = _writes(dialect)
+    event_rows = [(event.event_id or "", event.person_key, event.type, epoch_micros(event.occurred_at))
+                  for event in events]
+    if not event_rows:
+        return []
+    new_ids = set((await connection.execute(writes.events, _EVENT_ROWS.params(dialect, event_rows))).scalars())
+    applied, applied_rows = [], []
+    for event, row in zip(events, event_rows, strict=True):
+        if row[0] in new_ids:
+            new_ids.discard(row[0])  # a second copy within the batch is a repeat too
+            applied.append(event)
+            applied_rows.append(row)
+    seen: dict[str, _Seen] = {}
+    counted: dict[str, tuple[Any, ...]] = {}
+    order_rows, trait_rows = [], []
+    for event, (event_id, person, _, occurred_us) in zip(applied, applied_rows, strict=True):
+        moment = (occurred_us, event_id)
+        known = seen.get(person)
+        if known is None:
+            seen[person] = _Seen(moment, event.channel.source, moment)
+        else:
+            known.see(moment, event.channel.source)
+        order = event.order
+        if order is not None:
+            total = _cents(order.total)
+            order_rows.append((event_id, person, order.order_id, order.status, occurred_us, total,
+                               _cents(order.refund_amount)))
+            if order.status == OrderStatus.COMPLETED:
+                # One row per order_id per statement (an upsert may not touch a row twice): the batch's earliest.
+                earliest = counted.get(order.order_id)
+                if earliest is None or moment < (earliest[3], earliest[1]):
+                    counted[order.order_id] = (order.order_id, event_id, person, occurred_us, total)
+        if event.traits is not None:
+            trait_rows.append((event_id, person, occurred_us, orjson.dumps(event.traits).decode()))
+    for statement, rows, written in ((writes.orders, _ORDER_ROWS, order_rows), (writes.traits, _TRAIT_ROWS, trait_rows),
+                                     (writes.counted, _COUNTED_ROWS, list(counted.values()))):
+        if written:
+            await connection.execute(statement, rows.params(dialect, written))
+    if seen:
+        profile_rows = [(person, s.first[0], s.first[1], s.source, s.last[0], s.last[1]) for person, s in seen.items()]
+        await connection.execute(writes.profiles, _PROFILE_ROWS.params(dialect, profile_rows))
+    return applied
 
 
 def earliest_completed_events(connection: AsyncConnection | Connection,
@@ -191,15 +212,21 @@ def earliest_completed_events(connection: AsyncConnection | Connection,
     return query if order_ids is None else query.where(event.c.order_id.in_(order_ids))
 
 
-async def erase_persons(connection: AsyncConnection, persons: Collection[str]) -> None:
-    """Delete every row naming these persons (SPEC.md "Customers", erasure)."""
-    for batch in chunks(persons):
+async def erase_persons(connection: AsyncConnection, pseudonyms: Mapping[str, str]) -> None:
+    """Delete every row naming these persons (SPEC.md "Customers", erasure), except that each stored event's
+    key stays, under the person's pseudonym and without any other field of the person: it is what tells the
+    consumer that a redelivered copy of the event was applied before, so the copy cannot bring them back."""
+    for batch in chunks(pseudonyms):
         # Another person's completed event of an order they counted becomes the counted one.
         orphaned = list((await connection.execute(
             select(counted_orders.c.order_id).where(counted_orders.c.person_key.in_(batch))
         )).scalars())
+        for person in batch:
+            await connection.execute(update(customer_events).where(customer_events.c.person_key == person)
+                                     .values(person_key=pseudonyms[person]))
         for table in PERSONAL_TABLES:
-            await connection.execute(delete(table).where(table.c.person_key.in_(batch)))
+            if table is not customer_events:
+                await connection.execute(delete(table).where(table.c.person_key.in_(batch)))
         for orders in chunks(orphaned):
             columns = [column.name for column in counted_orders.c]
             await connection.execute(counted_orders.insert().from_select(

@@ -13,11 +13,11 @@ import orjson
 import pytest
 from sqlalchemy import func, select
 
-from libs.common.db import PROCESSED_EVENTS, service_metadata
 from libs.common.events import Event
 from libs.common.kafka import EVENTS_TOPIC, SEGMENTS_TOPIC, Publisher
 from libs.common.settings import CommonSettings
-from services.segmentation.bootstrap import EVENTS_GROUP, create_segmentation_app
+from services.segmentation.adapters.tables import customer_events
+from services.segmentation.bootstrap import create_segmentation_app
 from services.segmentation.runtime import SegmentationService
 from services.segmentation.settings import MembershipSettings, SegmentationSettings
 from tests.support import eventually, read_topic, serve_app
@@ -25,7 +25,6 @@ from tests.support import eventually, read_topic, serve_app
 READ = {"Authorization": "Bearer dev-read-key"}
 ADMIN = {"Authorization": "Bearer dev-admin-key"}
 CAMPAIGNS = {"Authorization": "Bearer dev-campaigns-key"}
-_PROCESSED = service_metadata().tables[PROCESSED_EVENTS]
 
 
 class SettableClock:
@@ -52,9 +51,9 @@ class Segmentation:
         await self.publisher.publish_many(EVENTS_TOPIC, records)
 
     async def processed(self) -> int:
+        """Distinct events applied (every one keeps its customer_events row, erased persons' under a pseudonym)."""
         async with self.service.database.read() as connection:
-            query = select(func.count()).select_from(_PROCESSED).where(_PROCESSED.c.consumer == EVENTS_GROUP)
-            return (await connection.execute(query)).scalar_one()
+            return (await connection.execute(select(func.count()).select_from(customer_events))).scalar_one()
 
     async def wait_processed(self, count: int) -> None:
         async def done() -> bool:

@@ -19,16 +19,20 @@ import orjson
 from sqlalchemy import func, select
 
 from libs.common.broker import free_port
-from libs.common.db import PROCESSED_EVENTS, Database, service_metadata
+from libs.common.db import Database
 from libs.common.kafka import EVENTS_TOPIC, SEGMENTS_TOPIC, Publisher
 from services.segmentation.adapters.migrations import MIGRATIONS
-from services.segmentation.adapters.tables import customer_segments, metadata, segment_changes
+from services.segmentation.adapters.tables import (
+    customer_events,
+    customer_segments,
+    metadata,
+    segment_changes,
+)
 from services.segmentation.segments import BUILTIN_SEGMENTS, membership_ids
 from tests.integration.segmentation.conftest import READ, order
 from tests.support import eventually, read_topic
 
 ROOT = Path(__file__).resolve().parents[3]
-_PROCESSED = service_metadata().tables[PROCESSED_EVENTS]
 
 
 class ServiceProcess:
@@ -121,7 +125,7 @@ async def test_changes_are_published_once_each_across_a_sigkill_restart(settings
                 await service.start()
 
         async def applied() -> bool:
-            return await _count(database, _PROCESSED, _PROCESSED.c.consumer == "segmentation") == len(events)
+            return await _count(database, customer_events) == len(events)
 
         await eventually(applied, deadline_seconds=30, what="every event applied")
         # A full evaluation that started after the last event was applied, and its changes published.
