@@ -54,7 +54,7 @@ class MembershipSettings(BaseModel):
     # Persons with new facts are gathered this long before they are evaluated together: each evaluation
     # ranks them against the whole RFM population, so it should not run for every consumer batch.
     gather_seconds: float = Field(default=0.25, ge=0)
-    defer_while_lag_above: int = Field(default=20_000, ge=0)
+    defer_while_lag_above: int = Field(default=10_000, ge=0)  # two consumer batches
     publish_batch: int = Field(default=5000, ge=1)
 
 

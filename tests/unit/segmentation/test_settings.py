@@ -12,7 +12,7 @@ def test_defaults_give_the_embedded_stack():
     assert settings.port == 8003
     assert settings.database_url == "sqlite+aiosqlite:///.data/segmentation.db"
     assert settings.membership.evaluation_interval_seconds == 300
-    assert (settings.membership.gather_seconds, settings.membership.defer_while_lag_above) == (0.25, 20_000)
+    assert (settings.membership.gather_seconds, settings.membership.defer_while_lag_above) == (0.25, 10_000)
     assert (settings.lifecycle.new_days, settings.lifecycle.active_days, settings.lifecycle.dormant_days) == (
         30, 90, 180,
     )
