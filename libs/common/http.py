@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 
@@ -28,8 +29,24 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
+def describe_validation_errors(errors: Any) -> str:
+    """FastAPI's list of request problems as one line, each with its place: ``body.steps[0].type: ...``."""
+    parts = []
+    for error in errors:
+        path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]).lstrip(".")
+        parts.append(f"{path}: {error['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
 def install_error_handler(app: FastAPI) -> None:
+    """Every error answer has the shape ``{"code", "detail"}``; a request FastAPI cannot validate is
+    422 ``invalid_request`` with each problem's place spelled out (not FastAPI's list)."""
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, error: ApiError) -> JsonResponse:
         return JsonResponse({"code": error.code, "detail": error.detail}, status_code=error.status,
                             headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_request: Request, error: RequestValidationError) -> JsonResponse:
+        return JsonResponse({"code": "invalid_request", "detail": describe_validation_errors(error.errors())},
+                            status_code=422)

@@ -27,6 +27,10 @@ async def test_rules_are_validated_names_are_unique_and_segments_are_listed(segm
         assert response.status_code == 422, (name, response.text)
         assert response.json()["code"] == "invalid_rule"
         assert response.json()["detail"].startswith(reason), (name, response.json())
+    # A body FastAPI cannot validate has the same error shape as every other error, with the place named.
+    shapeless = await client.post("/v1/segments", json={"rule": DORMANT_GOLD}, headers=CAMPAIGNS)
+    assert shapeless.status_code == 422
+    assert shapeless.json() == {"code": "invalid_request", "detail": "body.name: Field required"}
 
     assert (await client.post("/v1/segments", json={"name": "x", "rule": DORMANT_GOLD})).status_code == 401
     assert (await client.post("/v1/segments", json={"name": "x", "rule": DORMANT_GOLD},
