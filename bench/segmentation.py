@@ -465,15 +465,25 @@ async def million_customers(args: argparse.Namespace, workdir: Path, rows: list[
                 rows.append((f"(c) first full membership evaluation, {evaluated:,} customers, PostgreSQL",
                              f"{first:.1f} s ({queued:,} entries queued)", "", ""))
 
-                # Steady state: the scheduler's round a day later (time-driven changes), published.
+                # The scheduler's rounds of everyone (changes published). Its first round in a process looks at
+                # every customer (as do one an hour and the fallbacks, sync_membership); this one is a day later.
                 clock_now[0] = as_of + timedelta(days=1)
                 begun = time.perf_counter()
                 published = await service.scheduler.run_once(full=True)
                 steady = time.perf_counter() - begun
-                stop_profile(spy)
                 rows.append((f"(c) full RFM/lifecycle re-evaluation, {evaluated:,} customers, PostgreSQL "
-                             "(scheduler round a day later, changes published)",
+                             "(scheduler round a day later looking at every customer, changes published)",
                              f"{steady:.1f} s ({published:,} changes)", "< 10 s", "met" if steady < 10 else "not met"))
+                # Its next round, one interval later, looks only at the customers who can have changed.
+                interval = timedelta(seconds=settings.membership.evaluation_interval_seconds)
+                clock_now[0] += interval
+                begun = time.perf_counter()
+                published = await service.scheduler.run_once(full=True)
+                following = time.perf_counter() - begun
+                stop_profile(spy)
+                rows.append((f"(c) the scheduler's next round, {interval.total_seconds():.0f} s later (customers who "
+                             "can have changed since the last)", f"{following:.2f} s ({published:,} changes)",
+                             "< 10 s", "met" if following < 10 else "not met"))
             finally:
                 await service.publisher.stop()
                 await service.database.close()

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -59,20 +59,36 @@ COMPLETE_ROUND_EVERY = timedelta(hours=1)
 _MICROSECOND = timedelta(microseconds=1)
 
 
+def change_records(changes: Sequence[tuple[str, SegmentDefinition, str]],
+                   as_of: datetime | str) -> list[tuple[str, str, bytes]]:
+    """``(change_id, person_key, payload)`` of records on shoploop.segments.v1 (docs/segmentation.md), one per
+    ``(change, segment, person_key)``, in order.
+
+    A first evaluation of a million customers makes millions of them, so each payload is put together from
+    parts made once per evaluation and (change, segment), and the ids (128 random bits in hex, like a uuid4's
+    122) come from one read of the OS's random source.
+    """
+    moment = as_of if isinstance(as_of, str) else format_timestamp(as_of)
+    tail = b',"as_of":' + orjson.dumps(moment) + b"}"
+    middles: dict[tuple[str, str], bytes] = {}
+    ids = os.urandom(16 * len(changes)).hex()
+    records = []
+    for n, (change, segment, person_key) in enumerate(changes):
+        middle = middles.get((change, segment.segment_id))
+        if middle is None:
+            fields = orjson.dumps({"change": change, "segment_id": segment.segment_id, "segment_name": segment.name,
+                                   "segment_kind": segment.kind.value})
+            middle = middles[change, segment.segment_id] = b'",' + fields[1:-1] + b',"person_key":'
+        change_id = ids[32 * n:32 * n + 32]
+        records.append((change_id, person_key, b"".join((b'{"change_id":"', change_id.encode(), middle,
+                                                          orjson.dumps(person_key), tail))))
+    return records
+
+
 def change_record(change: str, segment: SegmentDefinition, person_key: str,
                   as_of: datetime | str) -> tuple[str, str, bytes]:
-    """``(change_id, person_key, payload)`` of one record on shoploop.segments.v1 (docs/segmentation.md).
-
-    ``as_of`` may come formatted already: an evaluation formats its moment once for all its records (a
-    first evaluation of a million customers makes millions of them).
-    """
-    change_id = uuid.uuid4().hex
-    payload = orjson.dumps({
-        "change_id": change_id, "change": change, "segment_id": segment.segment_id, "segment_name": segment.name,
-        "segment_kind": segment.kind.value, "person_key": person_key,
-        "as_of": as_of if isinstance(as_of, str) else format_timestamp(as_of),
-    })
-    return change_id, person_key, payload
+    """``change_records`` of one change."""
+    return change_records([(change, segment, person_key)], as_of)[0]
 
 
 async def sync_membership(connection: AsyncConnection, as_of: datetime, thresholds: Thresholds,
@@ -162,9 +178,8 @@ async def _queue_changes(connection: AsyncConnection, as_of: datetime, rows: Seq
         entered += ((person, segment_id) for segment_id in after - before)
     by_id = {**BUILTIN_BY_ID, **{segment.segment_id: segment for segment in definitions}}
     # Exits first: a person moving from one stage to the next leaves before entering.
-    moment = format_timestamp(as_of)
-    records = [change_record(EXITED, by_id[s], p, moment) for p, s in sorted(exited) if s in by_id]
-    records += [change_record(ENTERED, by_id[s], p, moment) for p, s in sorted(entered)]
+    records = change_records([*((EXITED, by_id[s], p) for p, s in sorted(exited) if s in by_id),
+                              *((ENTERED, by_id[s], p) for p, s in sorted(entered))], as_of)
     await store_memberships(connection, changed, records)
     return len(records)
 

@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.expression import SelectBase
 
-from libs.common.db import insert
+from libs.common.db import BulkRows
 from libs.common.events import epoch_micros, from_epoch_micros
 from services.segmentation.adapters.facts import _order_sums, chunks
 from services.segmentation.adapters.tables import (
@@ -98,23 +98,31 @@ async def member_counts(connection: AsyncConnection) -> dict[str, int]:
     return dict(counts)
 
 
+_MEMBERSHIP_ROWS = BulkRows(customer_segments, ("person_key", "segment_ids"))
+_CHANGE_ROWS = BulkRows(segment_changes, ("change_id", "person_key", "payload"))
+# Rows per statement of a bulk write (one bound array per column; a first evaluation writes millions).
+_BULK = 50_000
+
+
 async def store_memberships(connection: AsyncConnection, memberships: Mapping[str, str],
                             records: Sequence[tuple[str, str, bytes]]) -> None:
     """Store persons' new membership keys (``""``: in no segment any more) and queue their change records
-    ``(change_id, person_key, payload)``."""
-    kept = [{"person_key": person, "segment_ids": key} for person, key in memberships.items() if key]
+    ``(change_id, person_key, payload)``, in order."""
+    dialect = connection.dialect.name
+    kept = [(person, key) for person, key in memberships.items() if key]
     if kept:
-        statement = insert(connection, customer_segments)
-        await connection.execute(statement.on_conflict_do_update(
-            index_elements=["person_key"], set_={"segment_ids": statement.excluded.segment_ids}
-        ), kept)
+        statement = _MEMBERSHIP_ROWS.insert(dialect)
+        statement = statement.on_conflict_do_update(index_elements=["person_key"],
+                                                    set_={"segment_ids": statement.excluded.segment_ids})
+        for start in range(0, len(kept), _BULK):
+            await connection.execute(statement, _MEMBERSHIP_ROWS.params(dialect, kept[start:start + _BULK]))
     for batch in chunks(person for person, key in memberships.items() if not key):
         await connection.execute(delete(customer_segments).where(customer_segments.c.person_key.in_(batch)))
-    if records:
-        await connection.execute(segment_changes.insert(), [
-            {"change_id": change_id, "person_key": person, "payload": payload.decode()}
-            for change_id, person, payload in records
-        ])
+    statement = _CHANGE_ROWS.insert(dialect)
+    for start in range(0, len(records), _BULK):
+        # The outbox's seq follows the rows' order (unnest and json_each keep it): records go out in order.
+        rows = [(change_id, person, payload.decode()) for change_id, person, payload in records[start:start + _BULK]]
+        await connection.execute(statement, _CHANGE_ROWS.params(dialect, rows))
 
 
 async def queued_changes(connection: AsyncConnection, limit: int) -> list[Any]:
