@@ -15,7 +15,7 @@ from libs.common.service import Service, create_app
 from services.funnel.adapters.tables import MIGRATIONS, metadata
 from services.funnel.api import router
 from services.funnel.decoding import decode_event
-from services.funnel.handlers import erase_persons, record_events
+from services.funnel.handlers import EventRecorder, erase_persons
 from services.funnel.runtime import FunnelService
 from services.funnel.settings import FunnelSettings
 
@@ -38,19 +38,22 @@ SQLITE_PRAGMAS = ("cache_size=-65536", "wal_autocheckpoint=10000")
 def build_service(settings: FunnelSettings) -> Service:
     database = Database(settings.database_url, metadata=metadata, migrations=MIGRATIONS,
                         sqlite_pragmas=SQLITE_PRAGMAS)
-    subscriptions = [
+    service = FunnelService("funnel", settings, database)
+    # What the events consumer commits goes to the DuckDB copy as it is (not read back from the database).
+    recorder = EventRecorder(service.mirror)
+    service.subscriptions = [
         # The events table is keyed by event_id and its insert leaves a stored one alone: it is its own
         # idempotency record, so the runtime's claims (a second write per event) are skipped.
         # Records are decoded straight into rows (decoding.py). Batches of up to 5,000 (not 2,000): a catching-up
         # consumer spends about 8 us less per event on the per-batch statements and commits (bench/funnel.py).
-        Subscription(group=EVENTS_GROUP, topics=[EVENTS_TOPIC], handle=record_events, decode=decode_event,
-                     claim_event_ids=False, max_batch=5000),
+        Subscription(group=EVENTS_GROUP, topics=[EVENTS_TOPIC], handle=recorder.record_events, decode=decode_event,
+                     claim_event_ids=False, max_batch=5000, after_commit=recorder.committed),
         Subscription(
             group=PRIVACY_GROUP, topics=[PRIVACY_TOPIC], handle=erase_persons,
             decode=ErasureRequest.from_json, event_id=lambda request: request.request_id,
         ),
     ]
-    return FunnelService("funnel", settings, database, subscriptions)
+    return service
 
 
 def _describe(errors: Any) -> str:

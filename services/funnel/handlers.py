@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.events import PublishedEvent
 from libs.common.privacy import ErasureRequest
-from services.funnel.adapters.facts import pseudonymise_persons, store_rows
+from services.funnel.adapters.facts import StoredRows, pseudonymise_persons, store_rows
+from services.funnel.adapters.mirror import FactMirror
 from services.funnel.decoding import StoredEvent, stored_rows
 from services.funnel.domain.facts import FunnelEvent, OrderFacts, OrderItem
 
@@ -54,10 +55,39 @@ async def record_events(connection: AsyncConnection, batch: Sequence[StoredEvent
     """Keep every behaviour event as facts; answers are computed from them at query time. The consumer decodes
     records straight into rows (``decode_event``). Returns the events applied now: all but those whose event_id
     was stored before (the consumer runs without claims: the events table's key is the idempotency record)."""
-    stored_before = await store_rows(connection, *stored_rows(batch))
-    if not stored_before:
-        return batch
-    return [event for event in batch if event.event_id not in stored_before]
+    applied, _stored = await _record(connection, batch)
+    return applied
+
+
+async def _record(connection: AsyncConnection, batch: Sequence[StoredEvent]) -> tuple[Sequence[StoredEvent], StoredRows]:
+    stored = await store_rows(connection, *stored_rows(batch))
+    if not stored.stored_before:
+        return batch, stored
+    return [event for event in batch if event.event_id not in stored.stored_before], stored
+
+
+class EventRecorder:
+    """The events subscription's handler (``record_events``) and after-commit hook (``committed``): once the
+    transaction has committed, the rows it stored go to the DuckDB copy as they are, so that the copy need
+    not read them back from the database (about 10 us per event on SQLite)."""
+
+    def __init__(self, copy: FactMirror) -> None:
+        self.copy = copy
+        self._in_hand: tuple[Sequence[StoredEvent], StoredRows] | None = None
+
+    async def record_events(self, connection: AsyncConnection, batch: Sequence[StoredEvent]) -> Sequence[StoredEvent]:
+        applied, stored = await _record(connection, batch)
+        self._in_hand = (applied, stored)
+        return applied
+
+    def committed(self, applied: Sequence[StoredEvent]) -> None:
+        in_hand, self._in_hand = self._in_hand, None
+        # The runtime calls this after the commit of the transaction whose handler call came last; the check
+        # only makes sure of it (anything else is left to the copy's follow, which reads the database).
+        if in_hand is None or len(in_hand[0]) != len(applied) or (applied and in_hand[0][-1] is not applied[-1]):
+            return
+        stored = in_hand[1]
+        self.copy.written(stored.first_seq, stored.last_seq, stored.event_rows, stored.item_rows)
 
 
 _PSEUDONYM_NAMESPACE = uuid.UUID("0b5bb0a6-58f4-4f0e-9a59-8f1f3a7b2c11")

@@ -10,6 +10,7 @@ the same answer on the loaded facts as on the whole stored history.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -54,10 +55,11 @@ async def store_facts(connection: AsyncConnection, facts: Sequence[FunnelEvent])
     """Insert events and their order items in two batched statements; a stored event_id is left as it is.
     Returns the event_ids that were stored before (their facts are left alone, order lines included)."""
     event_rows, item_rows = fact_rows(facts)
-    return await store_rows(
+    stored = await store_rows(
         connection, [tuple(row[name] for name in EVENT_ROW) for row in event_rows],
         [tuple(row[name] for name in ITEM_ROW) for row in item_rows],
     )
+    return stored.stored_before
 
 
 # The consumer's rows are tuples in these column orders (`events` less seq and revised, which the write adds).
@@ -99,15 +101,28 @@ async def _insert_many(connection: AsyncConnection, table: Table, rows: list[tup
         await connection.exec_driver_sql(statement, tuple(list(column) for column in zip(*rows, strict=True)))
 
 
+@dataclass(frozen=True)
+class StoredRows:
+    """What one ``store_rows`` call added: the rows stored now (``EVENT_ROW`` and ``ITEM_ROW`` tuples, in
+    order), and ``first_seq``..``last_seq``, the seq values they took; every row in that range is theirs
+    (``last_seq`` is ``first_seq - 1`` when nothing was stored). ``stored_before``: the event_ids left alone."""
+
+    stored_before: set[str]
+    event_rows: Sequence[tuple[Any, ...]] = ()
+    item_rows: Sequence[tuple[Any, ...]] = ()
+    first_seq: int = 0
+    last_seq: int = -1
+
+
 async def store_rows(
     connection: AsyncConnection, event_rows: Sequence[tuple[Any, ...]], item_rows: Sequence[tuple[Any, ...]]
-) -> set[str]:
+) -> StoredRows:
     """Insert `events` rows (``EVENT_ROW`` tuples) and their `order_items` rows (``ITEM_ROW`` tuples); an
     event_id already stored is left as it is, and so are its order lines (those given again are dropped).
-    Returns the event_ids that were stored before. This is the funnel consumer's idempotency: the events
-    table is keyed by event_id, so the runtime records no claims for it (``claim_event_ids=False``)."""
+    This is the funnel consumer's idempotency: the events table is keyed by event_id, so the runtime records
+    no claims for it (``claim_event_ids=False``)."""
     if not event_rows:
-        return set()
+        return StoredRows(set())
     first = await next_seq(connection, connection.dialect.name == "sqlite")
     await _insert_many(connection, events, [(*row, first + n, False) for n, row in enumerate(event_rows)])
     # Every row with seq >= first is this transaction's (next_seq holds the write lock): fewer than given
@@ -115,14 +130,26 @@ async def store_rows(
     stored_now = (await connection.execute(
         select(func.count()).select_from(events).where(events.c.seq >= first)
     )).scalar_one()
-    stored_before: set[str] = set()
-    if stored_now < len(event_rows):
-        new = set((await connection.execute(select(events.c.event_id).where(events.c.seq >= first))).scalars())
-        stored_before = {row[0] for row in event_rows} - new
-        item_rows = [row for row in item_rows if row[0] in new]
+    if stored_now == len(event_rows):
+        if item_rows:
+            await _insert_many(connection, order_items, list(item_rows))
+        return StoredRows(set(), event_rows, item_rows, first, first + len(event_rows) - 1)
+    taken: dict[str, int] = {event_id: seq for event_id, seq in await connection.execute(
+        select(events.c.event_id, events.c.seq).where(events.c.seq >= first)
+    )}
+    # Row n was stored now if its event_id holds seq first + n (a copy given twice in one call is not).
+    stored = [n for n, row in enumerate(event_rows) if taken.get(row[0]) == first + n]
+    stored_before = {row[0] for row in event_rows} - taken.keys()
+    # The lines of events stored now; of a line given twice the first, as the insert keeps.
+    lines: dict[tuple[Any, Any], tuple[Any, ...]] = {}
+    for row in item_rows:
+        if row[0] in taken:
+            lines.setdefault((row[0], row[1]), row)
+    item_rows = list(lines.values())
     if item_rows:
-        await _insert_many(connection, order_items, list(item_rows))
-    return stored_before
+        await _insert_many(connection, order_items, item_rows)
+    return StoredRows(stored_before, [event_rows[n] for n in stored], item_rows, first,
+                      first + (stored[-1] if stored else -1))
 
 
 def fact_rows(facts: Sequence[FunnelEvent]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -11,6 +11,8 @@ from libs.common.db import Database
 from services.funnel.adapters.facts import pseudonymise_persons, store_facts
 from services.funnel.adapters.mirror import EVENTS_SCHEMA, ITEMS_SCHEMA, FactMirror
 from services.funnel.adapters.tables import MIGRATIONS, events, metadata, order_items
+from services.funnel.decoding import decode_event
+from services.funnel.handlers import EventRecorder
 from tests.integration.funnel.helpers import facts, order, refund, review, view
 
 T = datetime(2026, 3, 1, tzinfo=UTC)
@@ -71,6 +73,70 @@ async def test_the_copy_equals_the_stored_facts_through_load_follow_and_erasure(
         assert copied == await _stored(database)
         assert not any("u-1-0" in row for row in copied[0])
         assert len(copied[1]) == 4  # the order's lines replaced, not doubled
+        assert await mirror.refresh() == 0
+    finally:
+        await mirror.stop()
+        await database.close()
+
+
+async def _record(database: Database, recorder: EventRecorder, built, *, commit: bool = True) -> None:
+    """One consumer transaction through the recorder, its after-commit hook called as the runtime does."""
+    batch = [decode_event(event.to_json()) for event in built]
+
+    class RolledBack(Exception):
+        pass
+
+    try:
+        async with database.begin() as connection:
+            applied = await recorder.record_events(connection, batch)
+            if not commit:
+                raise RolledBack
+    except RolledBack:
+        return
+    if applied:
+        recorder.committed(list(applied))
+
+
+def _built(offset: int):
+    return [view(f"u-{offset}-{n}", T + timedelta(minutes=n), f"p-{n}", category=name or None, name=name)
+            for n, name in enumerate(AWKWARD)] + [
+        order(f"u-{offset}-0", T + timedelta(hours=1), f"o-{offset}", [("p-0", 2, "5.00"), ("p-1", 1, "0.01")])]
+
+
+async def test_the_copy_fed_by_the_consumer_equals_the_stored_facts_with_other_writers_in_between(database_url):
+    """The consumer's committed rows go to the copy as they are; rows of another writer (a replica, an
+    erasure) between them are read from the database, and so are rows the copy cannot place."""
+    database = Database(database_url, metadata=metadata, migrations=MIGRATIONS)
+    await database.start()
+    mirror = FactMirror(database)
+    recorder = EventRecorder(mirror)
+    try:
+        await _record(database, recorder, _built(1))
+        assert await mirror.refresh() == len(AWKWARD) + 1  # the first load: nothing stored before this batch
+        second = _built(2)
+        await _record(database, recorder, second)
+        assert len(mirror._written) == 1
+        assert await mirror.refresh() == len(AWKWARD) + 1
+        assert not mirror._written and _copied(mirror) == await _stored(database)
+
+        # Another replica writes between two of this process's batches; then a batch that rolls back, a batch
+        # with events stored before (only the new ones count), and an erasure.
+        await _record(database, recorder, _built(3))
+        async with database.begin() as connection:
+            await store_facts(connection, _events(4))
+        await _record(database, recorder, _built(5))
+        await _record(database, recorder, _built(6), commit=False)
+        await _record(database, recorder, [second[-1], *_built(7), second[0]])  # stored before: not again
+        async with database.begin() as connection:
+            await pseudonymise_persons(connection, {"u-3-0": "erased:y"})
+        await _record(database, recorder, _built(8))
+        assert await mirror.refresh() > 0
+        assert not mirror._written
+        copied = _copied(mirror)
+        assert copied == await _stored(database)
+        assert len(copied[0]) == 6 * (len(AWKWARD) + 1) + len(AWKWARD) + 3  # batches 1,2,3,5,7,8, 4's facts
+        assert len(copied[1]) == 6 * 2 + 2
+        assert not any("u-3-0" in row for row in copied[0])
         assert await mirror.refresh() == 0
     finally:
         await mirror.stop()
