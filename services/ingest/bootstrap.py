@@ -1,4 +1,4 @@
-"""Wire the ingest service: settings -> database, publisher, rejected-events consumer -> app."""
+"""Wire the ingest service: settings -> database, publisher, rejected-events and erasure consumers -> app."""
 
 from __future__ import annotations
 
@@ -6,28 +6,35 @@ from fastapi import FastAPI
 from prometheus_client import Counter
 
 from libs.common.db import Database
-from libs.common.kafka import REJECTED_TOPIC, Subscription
+from libs.common.kafka import PRIVACY_TOPIC, REJECTED_TOPIC, Subscription
+from libs.common.privacy import ErasureRequest
 from libs.common.service import Service, create_app
 from services.ingest.adapters.rejected import MIGRATIONS, RejectedRecord, metadata
 from services.ingest.api import router
-from services.ingest.handlers import keep_rejections
+from services.ingest.handlers import forget_rejections, keep_rejections
 from services.ingest.ratelimit import RateLimiter
 from services.ingest.settings import IngestSettings
 
 DESCRIPTION = (
     "Validates storefront behaviour events (native and Segment-compatible), publishes the accepted ones "
     "to `shoploop.events.v1` keyed by person key, and keeps the rejected ones, with the reason, for "
-    "correction and replay."
+    "correction and replay. Erasure requests on `shoploop.privacy.v1` delete the person's rejected events."
 )
+REJECTED_GROUP = "ingest-rejected"
+PRIVACY_GROUP = "ingest-privacy"
 
 
 def build_service(settings: IngestSettings) -> Service:
     database = Database(settings.database_url, metadata=metadata, migrations=MIGRATIONS)
     rejected = Subscription(
-        group="ingest-rejected", topics=[REJECTED_TOPIC], handle=keep_rejections,
+        group=REJECTED_GROUP, topics=[REJECTED_TOPIC], handle=keep_rejections,
         decode=RejectedRecord.model_validate_json, event_id=lambda record: record.rejection_id,
     )
-    return Service("ingest", settings, database, [rejected])
+    erasures = Subscription(
+        group=PRIVACY_GROUP, topics=[PRIVACY_TOPIC], handle=forget_rejections,
+        decode=ErasureRequest.from_json, event_id=lambda request: request.request_id,
+    )
+    return Service("ingest", settings, database, [rejected, erasures])
 
 
 def create_ingest_app(settings: IngestSettings | None = None) -> FastAPI:

@@ -2,7 +2,8 @@
 every service, aggregate counts already published stay).
 
 Ingest, funnel and segmentation run on one broker, each with its own database (both SQLite and
-PostgreSQL). Two persons' events go in through ingest; the segmentation service is asked to erase one.
+PostgreSQL). Two persons' events go in through ingest, and for each one event that ingest rejects (kept,
+raw body included, in ingest's own table); the segmentation service is asked to erase one.
 Then every table of every service's database is read directly (the tables are listed by SQLAlchemy's
 inspector, so a table added later is checked too) and no value of any row may contain the erased
 person's key or any of their trait values, while the other person's rows are exactly as before and the
@@ -34,6 +35,8 @@ from services.funnel.bootstrap import EVENTS_GROUP as FUNNEL_EVENTS
 from services.funnel.bootstrap import PRIVACY_GROUP as FUNNEL_PRIVACY
 from services.funnel.bootstrap import create_funnel_app
 from services.funnel.settings import FunnelSettings
+from services.ingest.bootstrap import PRIVACY_GROUP as INGEST_PRIVACY
+from services.ingest.bootstrap import REJECTED_GROUP as INGEST_REJECTED
 from services.ingest.bootstrap import create_ingest_app
 from services.ingest.settings import IngestSettings
 from services.segmentation.adapters.tables import segment_changes
@@ -99,6 +102,12 @@ def history(person: Person, *, orders: list[tuple[float, str]]) -> list[dict[str
         {"type": "review", "user_id": person.key, "occurred_at": _at(1), "product": product,
          "review": {"rating": 5, "text": "很好"}},
     ]
+
+
+def rejected(person: Person) -> dict[str, Any]:
+    """An event ingest rejects for its timestamp, not its ids: ingest keeps it, with the raw body, for replay."""
+    return {"type": "view", "user_id": person.key, "occurred_at": "yesterday", "product": {"product_id": "sku-dress"},
+            "properties": {"contact": person.traits["email"]}}
 
 
 def identify(person: Person) -> dict[str, Any]:
@@ -229,6 +238,10 @@ async def test_erasure_leaves_no_personal_data_in_any_services_tables(stack, dat
         response = await stack.ingest.post("/v1/identify", json=identify(person), headers=INGEST)
         assert response.json() == {"accepted": 1, "rejected": [], "ignored": []}, response.text
     total = len(events) + 2
+    response = await stack.ingest.post("/v1/events", json={"events": [rejected(erased), rejected(kept)]},
+                                       headers=INGEST)
+    assert [item["index"] for item in response.json()["rejected"]] == [0, 1], response.text
+    await eventually(lambda: stack.consumed("ingest", INGEST_REJECTED) >= 2, what="ingest to keep both rejections")
 
     await eventually(lambda: stack.consumed("funnel", FUNNEL_EVENTS) >= total, what="the funnel to apply every event")
     await eventually(lambda: stack.consumed("segmentation", SEGMENTATION_EVENTS) >= total,
@@ -255,6 +268,7 @@ async def test_erasure_leaves_no_personal_data_in_any_services_tables(stack, dat
     # The sweep sees what it looks for: the erased person's key in both consuming services, and every trait
     # value (Chinese name included) where the traits are kept.
     assert rows_naming(before["funnel"], forms(erased.key))
+    assert rows_naming(before["ingest"], forms(erased.key))
     assert rows_naming(before["segmentation"], forms(erased.key))
     for value in erased.traits.values():
         assert rows_naming(before["segmentation"], forms(value)), value
@@ -266,6 +280,8 @@ async def test_erasure_leaves_no_personal_data_in_any_services_tables(stack, dat
                      what="segmentation to apply the erasure request")
     await eventually(lambda: stack.consumed("funnel", FUNNEL_PRIVACY) >= 1,
                      what="the funnel to apply the erasure request")
+    await eventually(lambda: stack.consumed("ingest", INGEST_PRIVACY) >= 1,
+                     what="ingest to apply the erasure request")
     # Let a full membership evaluation run after the erasure (it must not store the person again).
     rounds = stack.apps["segmentation"].state.service.scheduler.full_evaluations
     await eventually(lambda: stack.apps["segmentation"].state.service.scheduler.full_evaluations > rounds,
@@ -273,12 +289,12 @@ async def test_erasure_leaves_no_personal_data_in_any_services_tables(stack, dat
     await eventually(membership_settled, what="segment membership settled after the erasure")
 
     after = {service: await every_row(url) for service, url in databases.items()}
-    assert set(after["funnel"]) == set(before["funnel"]) and set(after["segmentation"]) == set(before["segmentation"])
+    assert all(set(after[service]) == set(before[service]) for service in SERVICES)
     for service, rows in after.items():
         left = rows_naming(rows, erased.needles())
         assert not left, f"{service} still holds the erased person's data: {left}"
         assert rows_naming(rows, kept.needles()) == kept_before[service], f"{service} changed the kept person's rows"
-    assert kept_before["funnel"] and kept_before["segmentation"]
+    assert kept_before["ingest"] and kept_before["funnel"] and kept_before["segmentation"]
 
     gone = await stack.segmentation.get(f"/v1/customers/{erased.key}", headers=READ)
     assert gone.status_code == 404, gone.text

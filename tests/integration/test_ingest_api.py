@@ -9,9 +9,13 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import orjson
 import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from libs.common.events import Event
-from libs.common.kafka import EVENTS_TOPIC, REJECTED_TOPIC
+from libs.common.kafka import EVENTS_TOPIC, PRIVACY_TOPIC, REJECTED_TOPIC, Publisher, ensure_topics
+from libs.common.privacy import ErasureRequest, publish_erasure
+from services.ingest.adapters.rejected import rejected_events
 from services.ingest.bootstrap import create_ingest_app
 from services.ingest.settings import IngestSettings, Limits, RateLimit
 from tests.support import eventually, read_topic, serve_app
@@ -165,6 +169,53 @@ async def test_rejections_are_kept_on_the_rejected_topic_with_raw_body_and_reaso
     assert kept["error"] == "product.price: Input should be greater than or equal to 0"
 
 
+async def _stored_rejections(database_url: str) -> list[tuple[str | None, str]]:
+    """(person_key, raw) of every row of the rejected-events table, read directly, not through the API."""
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            rows = await connection.execute(select(rejected_events.c.person_key, rejected_events.c.raw))
+            return sorted(((row.person_key, row.raw) for row in rows), key=repr)
+    finally:
+        await engine.dispose()
+
+
+async def test_erasure_deletes_the_persons_rejected_events_and_keeps_the_others(ingest, settings):
+    # Rejected for a bad timestamp, not for the ids: the body names the person as an accepted event would.
+    erased = [view("u-erase") | {"occurred_at": "yesterday", "properties": {"email": "lilei@example.com"}},
+              view("u-erase", product_id="p-2") | {"occurred_at": "2026-05-01 10:00:00"}]
+    kept = view("u-keep") | {"occurred_at": "yesterday"}
+    response = await ingest.post("/v1/events", json={"events": [*erased, kept]}, headers=INGEST)
+    assert [item["index"] for item in response.json()["rejected"]] == [0, 1, 2]
+    segment = {"type": "track", "event": "Product Viewed", "userId": "u-erase", "timestamp": "yesterday",
+               "properties": {"product_id": "p-1"}}
+    response = await ingest.post("/v1/track", json=segment, headers=INGEST)
+    assert response.json()["rejected"][0]["index"] == 0
+
+    async def listed_persons_are(persons: list[str]) -> bool:
+        items = (await ingest.get("/v1/rejected", headers=INGEST)).json()["items"]
+        return sorted(item["raw"].get("user_id") or item["raw"].get("userId") for item in items) == persons
+
+    await eventually(lambda: listed_persons_are(["u-erase", "u-erase", "u-erase", "u-keep"]),
+                     what="the four rejections to be listed")
+    assert [key for key, _ in await _stored_rejections(settings.database_url)] == [
+        "u-erase", "u-erase", "u-erase", "u-keep"]
+
+    await ensure_topics(settings.common.kafka, [PRIVACY_TOPIC])
+    publisher = Publisher(settings.common.kafka, client_id="ingest-erasure-test")
+    await publisher.start()
+    try:
+        await publish_erasure(publisher, ErasureRequest.new("u-erase", NOW))
+    finally:
+        await publisher.stop()
+
+    await eventually(lambda: listed_persons_are(["u-keep"]), what="the erased person's rejections to go")
+    stored = await _stored_rejections(settings.database_url)
+    assert [key for key, _ in stored] == ["u-keep"]
+    assert orjson.loads(stored[0][1]) == kept
+    assert not [raw for _, raw in stored if "u-erase" in raw or "lilei" in raw]
+
+
 @pytest.mark.parametrize(
     ("body", "detail"),
     [(b"{not json", "body is not valid JSON"), (b"[1, 2]", 'body must be one event object or {"events": [...]}'),
@@ -245,7 +296,8 @@ async def test_retried_request_without_event_ids_gets_the_same_ids(ingest, broke
 async def test_health_readiness_and_metrics(ingest):
     assert (await ingest.get("/healthz")).json()["status"] == "ok"
     ready = (await ingest.get("/readyz")).json()
-    assert ready["checks"] == {"database": "ok", "broker": "ok", "consumer:ingest-rejected": "ok"}
+    assert ready["checks"] == {"database": "ok", "broker": "ok", "consumer:ingest-rejected": "ok",
+                               "consumer:ingest-privacy": "ok"}
     await ingest.post("/v1/events", json={"events": [view("m"), view("m") | {"type": "nope"}]}, headers=INGEST)
     metrics = (await ingest.get("/metrics")).text
     assert 'shoploop_ingest_events_total{outcome="accepted"} 1.0' in metrics

@@ -9,11 +9,30 @@ from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel
-from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text, and_, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    bindparam,
+    delete,
+    inspect,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db import Migration, create_all, insert
 from libs.common.events import epoch_micros, format_timestamp, from_epoch_micros
+from services.ingest.person_keys import person_key_of, person_key_of_stored
 
 metadata = MetaData()
 rejected_events = Table(
@@ -28,8 +47,45 @@ rejected_events = Table(
     Column("raw", Text, nullable=False),
     Column("replayed_us", BigInteger, nullable=True),
     Column("replayed_event_id", String(256), nullable=True),
+    # Derived from raw when the rejection is recorded (services/ingest/person_keys.py); NULL when the body names
+    # no person the way an accepted event would. What an erasure request deletes by.
+    Column("person_key", String(300), nullable=True),
+    Index("ix_rejected_events_person", "person_key"),
 )
-MIGRATIONS = [Migration(1, "rejected events", create_all(metadata))]
+
+_BACKFILL_ROWS = 1000
+
+
+def _person_key_on_rejected_events(connection: Connection) -> None:
+    if "person_key" not in {column["name"] for column in inspect(connection).get_columns("rejected_events")}:
+        connection.execute(text("ALTER TABLE rejected_events ADD COLUMN person_key VARCHAR(300)"))
+    for index in rejected_events.indexes:
+        index.create(connection, checkfirst=True)
+    # In slices by rejection_id: the raw bodies of a large table need not be in memory at once.
+    column = rejected_events.c
+    fill = (update(rejected_events).where(column.rejection_id == bindparam("rejection"))
+            .values(person_key=bindparam("key")))
+    after = ""
+    while True:
+        rows = connection.execute(
+            select(column.rejection_id, column.format, column.raw)
+            .where(column.rejection_id > after, column.person_key.is_(None))
+            .order_by(column.rejection_id).limit(_BACKFILL_ROWS)
+        ).all()
+        if not rows:
+            return
+        keys = [{"rejection": row.rejection_id, "key": person_key_of_stored(row.raw, row.format)} for row in rows]
+        keys = [pair for pair in keys if pair["key"] is not None]
+        if keys:
+            connection.execute(fill, keys)
+        after = rows[-1].rejection_id
+
+
+# Step 1 creates the current tables on a new database; later steps bring an older database to the same.
+MIGRATIONS = [
+    Migration(1, "rejected events", create_all(metadata)),
+    Migration(2, "rejected events keyed by person (derived from raw) for erasure", _person_key_on_rejected_events),
+]
 
 
 class RejectedRecord(BaseModel):
@@ -54,6 +110,7 @@ async def record_rejections(connection: AsyncConnection, records: Sequence[Rejec
         {
             "rejection_id": r.rejection_id, "received_us": epoch_micros(r.received_at), "format": r.format,
             "route": r.route, "item_index": r.index, "error": r.error, "raw": orjson.dumps(r.raw).decode(),
+            "person_key": person_key_of(r.raw, r.format),
         }
         for r in records
     ]
@@ -123,3 +180,9 @@ async def mark_replayed(connection: AsyncConnection, replayed: dict[str, str], a
             .where(rejected_events.c.rejection_id == rejection_id)
             .values(replayed_us=epoch_micros(at), replayed_event_id=event_id)
         )
+
+
+async def delete_rejections_of(connection: AsyncConnection, person_keys: Sequence[str]) -> None:
+    """Delete every rejected event (pending or replayed) recorded under these person keys."""
+    if person_keys:
+        await connection.execute(delete(rejected_events).where(rejected_events.c.person_key.in_(set(person_keys))))
