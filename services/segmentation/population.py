@@ -24,8 +24,7 @@ from services.segmentation.adapters.facts import (
     event_type_counts,
     last_seen_at_or_before,
     merged_traits,
-    monetary_quintile_values,
-    rfm_histogram,
+    rfm_cut_inputs,
     rfm_population,
     standing_sums,
 )
@@ -103,15 +102,14 @@ async def population_cuts(connection: AsyncConnection, figures_at: FiguresAt, *,
     (a sort of the population) only when M scores are wanted, in cents."""
     recency_counts: Counter[int] = Counter()
     frequency_counts: Counter[int] = Counter()
-    for recency_days, frequency, customers in await rfm_histogram(connection, figures_at.as_of_us,
-                                                                  figures_at.lookback_start_us):
+    histogram, monetary_values = await rfm_cut_inputs(connection, figures_at.as_of_us, figures_at.lookback_start_us,
+                                                      monetary=monetary)
+    for recency_days, frequency, customers in histogram:
         recency_counts[recency_days] += customers
         frequency_counts[frequency] += customers
     monetary_cuts: tuple[int, ...] = ()
     if monetary:
-        ranks = quintile_ranks(sum(recency_counts.values()))
-        monetary_cuts = tuple(await monetary_quintile_values(connection, figures_at.as_of_us,
-                                                             figures_at.lookback_start_us, ranks))
+        monetary_cuts = tuple(monetary_values[rank] for rank in quintile_ranks(sum(recency_counts.values())))
     return cuts_of_counts(recency_counts, frequency_counts, monetary_cuts)
 
 

@@ -18,9 +18,12 @@ from sqlalchemy import (
     cast,
     delete,
     func,
+    literal,
     null,
     or_,
     select,
+    true,
+    union_all,
     update,
 )
 from sqlalchemy.engine import Connection
@@ -353,26 +356,31 @@ async def rfm_population(connection: AsyncConnection, as_of_us: int, lookback_st
     return list((await connection.execute(_rfm_figures(as_of_us, lookback_start_us))).all())
 
 
-async def rfm_histogram(connection: AsyncConnection, as_of_us: int,
-                        lookback_start_us: int) -> list[tuple[int, int, int]]:
-    """``(recency_days, frequency, customers)``: how many customers of the RFM population have each pair."""
-    figures = _rfm_figures(as_of_us, lookback_start_us).subquery()
-    recency_days = ((as_of_us - figures.c.last_order_us) // _DAY_US).label("recency_days")
-    query = select(recency_days, figures.c.frequency, func.count()).group_by(recency_days, figures.c.frequency)
-    return [tuple(row) for row in await connection.execute(query)]
-
-
-async def monetary_quintile_values(connection: AsyncConnection, as_of_us: int, lookback_start_us: int,
-                                   ranks: Sequence[int]) -> list[int]:
-    """The RFM population's monetary values (cents) at these 1-based ranks in ascending order."""
-    if not ranks:
-        return []
-    figures = _rfm_figures(as_of_us, lookback_start_us).subquery()
-    rank = func.row_number().over(order_by=figures.c.monetary_cents).label("rank")
-    ranked = select(figures.c.monetary_cents, rank).subquery()
-    rows = dict((await connection.execute(select(ranked.c.rank, ranked.c.monetary_cents).where(
-        ranked.c.rank.in_(sorted(set(ranks)))))).all())
-    return [rows[rank] for rank in ranks]
+async def rfm_cut_inputs(connection: AsyncConnection, as_of_us: int, lookback_start_us: int, *,
+                         monetary: bool) -> tuple[list[tuple[int, int, int]], dict[int, int]]:
+    """What the RFM population's quintile cuts are taken from, in one pass over the counted orders:
+    ``(recency_days, frequency, customers)`` per pair present, and with ``monetary`` the monetary values
+    (cents) at the 1-based ranks ceil(k x N / 5), k = 1..4, in ascending order, N the population: rank -> value.
+    """
+    figures = _rfm_figures(as_of_us, lookback_start_us).cte("figures")
+    recency_days = (as_of_us - figures.c.last_order_us) // _DAY_US
+    parts = [select(literal(0).label("part"), recency_days.label("a"), figures.c.frequency.label("b"),
+                    func.count().label("c")).group_by(recency_days, figures.c.frequency)]
+    if monetary:
+        ranked = select(figures.c.monetary_cents, func.row_number().over(order_by=figures.c.monetary_cents)
+                        .label("rank")).subquery()
+        population = select(func.count().label("customers")).select_from(figures).subquery()
+        ranks = [(k * population.c.customers + 4) // 5 for k in range(1, 5)]  # ceil(kN / 5)
+        parts.append(select(literal(1), ranked.c.rank, ranked.c.monetary_cents, literal(0))
+                     .select_from(ranked.join(population, true())).where(ranked.c.rank.in_(ranks)))
+    histogram: list[tuple[int, int, int]] = []
+    cut_values: dict[int, int] = {}
+    for part, a, b, c in await connection.execute(union_all(*parts) if monetary else parts[0]):
+        if part == 0:
+            histogram.append((a, b, c))
+        else:
+            cut_values[a] = b
+    return histogram, cut_values
 
 
 async def last_seen_at_or_before(connection: AsyncConnection, as_of_us: int,
