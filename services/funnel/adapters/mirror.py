@@ -155,6 +155,8 @@ class FactMirror:
         # What this process's consumer committed, not yet in the copy (``written``), and its row count.
         self._written: deque[_Written] = deque()
         self._written_rows = 0
+        self._bulk_loaded = False
+        self.rows_handed_over = 0  # of the rows applied, those the consumer handed over (not read back)
 
     async def _bulk_load(self) -> int:
         """PostgreSQL: the first load as two COPYs to CSV read by DuckDB (a per-row fetch of millions of rows
@@ -241,14 +243,17 @@ class FactMirror:
         """Apply every committed row with a higher seq than the copy's; the number of rows applied."""
         async with self._lock:
             applied = 0
-            if self.seq == 0 and not self.database.is_sqlite:
+            if not self._bulk_loaded and not self.database.is_sqlite:
                 applied = await self._bulk_load()
+                # Once, at start: later rows (an empty database's first ones too) are followed row by row.
+                self._bulk_loaded = True
             while True:
                 own, own_items, own_top = self._take_written()
                 if own:
                     await asyncio.to_thread(self._apply, own, own_items, [])
                     self.seq = own_top
                     self.rows += len(own)
+                    self.rows_handed_over += len(own)
                     applied += len(own)
                 async with self.database.read() as connection:
                     rows = (await connection.execute(
