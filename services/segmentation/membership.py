@@ -57,6 +57,9 @@ PENDING_BATCH = 5000
 # between its commit and its evaluation and was not restarted).
 COMPLETE_ROUND_EVERY = timedelta(hours=1)
 _MICROSECOND = timedelta(microseconds=1)
+# With more persons with new facts than this, looking at everyone costs less (a million customers on
+# PostgreSQL: 100,000 named persons about 2 s, everyone about 4 s).
+_CHANGED_AT_MOST = 200_000
 
 
 def change_records(changes: Sequence[tuple[str, SegmentDefinition, str]],
@@ -128,7 +131,8 @@ async def _round_of_everyone(connection: AsyncConnection, figures_at: FiguresAt,
     current = Round(as_of_us, cuts.recency_days, cuts.frequency, as_of_us)
     previous = None if complete else await last_round(connection)
     windows = None
-    if previous is not None and as_of_us - previous.complete_as_of_us <= complete_every // _MICROSECOND:
+    if (previous is not None and as_of_us - previous.complete_as_of_us <= complete_every // _MICROSECOND
+            and len(changed) <= _CHANGED_AT_MOST):
         windows = order_windows(previous, current, thresholds.lifecycle)
     if previous is None or windows is None:
         evaluated, rows = await builtin_membership_changes(connection, figures_at, cuts)

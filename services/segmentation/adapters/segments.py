@@ -150,6 +150,8 @@ segment_rounds = Table(
     Column("frequency_cuts", Text, nullable=False),
 )
 _BUILTIN_ROUND = "builtin"
+# Named persons bound as one value (PostgreSQL: an array to unnest; SQLite: a JSON array), however many.
+_PERSON_ROWS = BulkRows(profiles, ("person_key",))
 
 
 async def last_round(connection: AsyncConnection) -> Round | None:
@@ -247,18 +249,14 @@ async def builtin_membership_changes(
         return evaluated, changed
     if isinstance(scope, SelectBase):
         return await _scoped_changes(connection, figures_at, cuts, scope)
-    evaluated, changed = 0, []
-    for batch in chunks(scope):
-        chosen = select(profiles.c.person_key).where(profiles.c.person_key.in_(batch)).union(
-            select(customer_segments.c.person_key).where(customer_segments.c.person_key.in_(batch)))
-        part_evaluated, part = await _scoped_changes(connection, figures_at, cuts, chosen)
-        evaluated += part_evaluated
-        changed += part
-    return evaluated, changed
+    dialect = connection.dialect.name
+    named = _PERSON_ROWS.select(dialect).subquery("named")
+    return await _scoped_changes(connection, figures_at, cuts, select(named.c[0].label("person_key")),
+                                 _PERSON_ROWS.params(dialect, [(person,) for person in scope]))
 
 
-async def _scoped_changes(connection: AsyncConnection, figures_at: FiguresAt, cuts: RfmCuts,
-                          scope: SelectBase) -> tuple[int, list[tuple[str, str, str | None]]]:
+async def _scoped_changes(connection: AsyncConnection, figures_at: FiguresAt, cuts: RfmCuts, scope: SelectBase,
+                          params: dict[str, Any] | None = None) -> tuple[int, list[tuple[str, str, str | None]]]:
     as_of_us = figures_at.as_of_us
     chosen = scope.cte("chosen")
     person = chosen.c.person_key
@@ -270,7 +268,7 @@ async def _scoped_changes(connection: AsyncConnection, figures_at: FiguresAt, cu
                           .outerjoin(customer_segments, customer_segments.c.person_key == person)
                           .outerjoin(sums, sums.c.person_key == person)))
     evaluated, changed = 0, []
-    for person_key, segment_ids, stored, is_known in await connection.execute(query):
+    for person_key, segment_ids, stored, is_known in await connection.execute(query, params or {}):
         evaluated += bool(is_known)
         if segment_ids != (stored or ""):
             changed.append((person_key, segment_ids, stored))
