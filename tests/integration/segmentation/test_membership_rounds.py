@@ -23,7 +23,10 @@ from services.segmentation.handlers import record_customer_facts
 from services.segmentation.membership import sync_membership
 from services.segmentation.population import Thresholds, builtin_memberships
 from services.segmentation.segments import membership_ids, membership_key
-from tests.integration.segmentation.conftest import event, order
+from services.segmentation.settings import MembershipSettings, SegmentationSettings
+from tests.integration.segmentation.conftest import changes, event, order
+from tests.integration.segmentation.conftest import segment_changes as published_changes
+from tests.support import eventually
 
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
 TOTALS = ["0.00", "19.99", "100.00", "1999.99", "2000.00", "9999.99", "10000.00"]
@@ -149,3 +152,30 @@ async def test_an_erased_profile_makes_the_next_round_look_at_everyone(database)
 
     assert (evaluated, queued) == (2, 4)  # u-2 and u-3 looked at; u-2 exits prospect and enters three
     assert membership_ids((await _stored(database))["u-2"]) == {"lifecycle:new", "rfm:hibernating", "tier:silver"}
+
+
+@pytest.fixture
+def settings(fast_common_settings, database_url) -> SegmentationSettings:
+    # Persons with new facts are left to the rounds of everyone, which then have to know about them.
+    return SegmentationSettings(database_url=database_url, common=fast_common_settings, membership=MembershipSettings(
+        evaluation_interval_seconds=0.3, evaluate_after_events=False))
+
+
+async def test_rounds_of_everyone_pick_up_new_facts_while_the_clock_stands_still(segmentation, broker, clock):
+    clock.now = BASE
+    # Ten customers more, so that u-1's second order moves no quintile cut: only u-1 can change.
+    others = [order(f"u-{n}", BASE - timedelta(days=10), f"e-o{n}", f"o-o{n}") for n in range(2, 12)]
+    await segmentation.send([order("u-1", BASE - timedelta(days=2), "e-1", "o-1"), *others])
+    first = 3 * 11
+    assert ("u-1", "entered", "lifecycle:new") in changes(await published_changes(broker, first))
+    scheduler = segmentation.service.scheduler
+    rounds = scheduler.full_evaluations
+    await eventually(lambda: scheduler.full_evaluations >= rounds + 2, what="two more rounds")
+
+    # Rounds after the first look only at who can have changed: no time passed, so only u-1, with a new order.
+    await segmentation.send([order("u-1", BASE - timedelta(days=1), "e-2", "o-2", "2500.00")])
+    records = changes(await published_changes(broker, first + 6))
+    assert records[first:] == [
+        ("u-1", "exited", "lifecycle:new"), ("u-1", "exited", "rfm:new"), ("u-1", "exited", "tier:silver"),
+        ("u-1", "entered", "lifecycle:active"), ("u-1", "entered", "rfm:champion"), ("u-1", "entered", "tier:gold"),
+    ]
