@@ -9,9 +9,12 @@ persons per range, chains of funnel steps) are computed by DuckDB, a columnar en
   database lock; a transaction-scoped advisory lock on PostgreSQL), so transactions commit in ``seq`` order
   and "every row with seq <= N" is a complete prefix once N is visible;
 - an erasure rewrites the person's rows with new ``seq`` values and ``revised`` set, so the copy replaces them;
-- before each answer the copy applies whatever was committed since its last sync (``MirrorSync.refresh``), so
+- before each answer the copy applies whatever was committed since its last sync (``FactMirror.refresh``), so
   an answer reflects at least everything committed before the request began; a background task keeps that
-  delta small.
+  delta small;
+- the rows this process's consumer commits are handed over after the commit (``FactMirror.written``) and
+  appended as they are when they continue the copy; anything else (another replica's rows, an erasure's) is
+  read from the database by seq.
 
 The copy is rebuilt from the database at start-up (nothing of it is kept on disk).
 """
@@ -151,7 +154,6 @@ class FactMirror:
         self._write = threading.Lock()
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
-        self._wake = asyncio.Event()
         # What this process's consumer committed, not yet in the copy (``written``), and its row count.
         self._written: deque[_Written] = deque()
         self._written_rows = 0
@@ -214,7 +216,6 @@ class FactMirror:
         self._written_rows += len(event_rows)
         while self._written_rows > _FETCH_ROWS:  # the follow is far behind or failing: it reads them later
             self._written_rows -= len(self._written.popleft().event_rows)
-        self._wake.set()
 
     def _take_written(self) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], int]:
         """The written rows that continue the copy from ``seq + 1`` without a gap, taken off the queue (rows the
@@ -340,16 +341,15 @@ class FactMirror:
             except Exception as exc:
                 self.failure = _reason(exc)
                 log.exception("fact copy sync failed; retrying")
+            # Not woken by each commit of the consumer: on PostgreSQL that cost ~8% of the consumer's rate
+            # (bench/funnel.py), and a query applies what was handed over before it answers anyway.
             try:
-                # Woken by rows this process wrote, so that a query finds them applied already.
-                await asyncio.wait_for(self._wake.wait(), poll_seconds)
+                await asyncio.wait_for(self._stopping.wait(), poll_seconds)
             except TimeoutError:
                 pass
-            self._wake.clear()
 
     async def stop(self) -> None:
         self._stopping.set()
-        self._wake.set()
         if self._task is not None:
             await self._task
         self.duckdb.close()
