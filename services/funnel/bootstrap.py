@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from fastapi import FastAPI
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-
-from libs.common.db import Database
-from libs.common.http import JsonResponse
+from libs.common.db import WRITE_HEAVY_SQLITE_PRAGMAS, Database
 from libs.common.kafka import EVENTS_TOPIC, PRIVACY_TOPIC, Subscription
 from libs.common.privacy import ErasureRequest
 from libs.common.service import Service, create_app
@@ -29,15 +25,10 @@ EVENTS_GROUP = "funnel"
 PRIVACY_GROUP = "funnel-privacy"
 
 
-# SQLite: every event adds to six B-trees (the key, seq and four indexes) at scattered places; a 64 MiB page
-# cache per connection (the default is 2 MiB) keeps their inner pages in memory, and checkpointing every
-# 10,000 WAL pages (40 MiB, not 4) copies a page written by many batches back to the file once, not per batch.
-SQLITE_PRAGMAS = ("cache_size=-65536", "wal_autocheckpoint=10000")
-
-
 def build_service(settings: FunnelSettings) -> Service:
     database = Database(settings.database_url, metadata=metadata, migrations=MIGRATIONS,
-                        sqlite_pragmas=SQLITE_PRAGMAS)
+                        # SQLite: every event adds to six B-trees (the key, seq and four indexes).
+                        sqlite_pragmas=WRITE_HEAVY_SQLITE_PRAGMAS)
     service = FunnelService("funnel", settings, database)
     # What the events consumer commits goes to the DuckDB copy as it is (not read back from the database).
     recorder = EventRecorder(service.mirror)
@@ -56,22 +47,6 @@ def build_service(settings: FunnelSettings) -> Service:
     return service
 
 
-def _describe(errors: Any) -> str:
-    parts = []
-    for error in errors:
-        path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]).lstrip(".")
-        parts.append(f"{path}: {error['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)
-
-
-async def _invalid_request(_request: Request, error: Exception) -> JsonResponse:
-    # The shared {"code", "detail"} shape instead of FastAPI's list, with each problem's place spelled out.
-    assert isinstance(error, RequestValidationError)
-    return JsonResponse({"code": "invalid_request", "detail": _describe(error.errors())}, status_code=422)
-
-
 def create_funnel_app(settings: FunnelSettings | None = None) -> FastAPI:
     settings = settings or FunnelSettings()
-    app = create_app(build_service(settings), routers=[router], title="shoploop funnel", description=DESCRIPTION)
-    app.add_exception_handler(RequestValidationError, _invalid_request)
-    return app
+    return create_app(build_service(settings), routers=[router], title="shoploop funnel", description=DESCRIPTION)

@@ -6,7 +6,6 @@ is applied once); behaviour events are not: the events table, keyed by event_id,
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -90,15 +89,7 @@ class EventRecorder:
         self.copy.written(stored.first_seq, stored.last_seq, stored.event_rows, stored.item_rows)
 
 
-_PSEUDONYM_NAMESPACE = uuid.UUID("0b5bb0a6-58f4-4f0e-9a59-8f1f3a7b2c11")
-
-
-def pseudonym_of(request: ErasureRequest) -> str:
-    """A stable stand-in for the erased person: derived from the request, so nothing leads back to the person."""
-    return f"erased:{uuid.uuid5(_PSEUDONYM_NAMESPACE, request.request_id)}"
-
-
 async def erase_persons(connection: AsyncConnection, requests: Sequence[ErasureRequest]) -> None:
     """Drop the persons' keys from their stored events; every count stays what it was."""
-    await pseudonymise_persons(connection, {request.person_key: pseudonym_of(request) for request in requests})
+    await pseudonymise_persons(connection, {request.person_key: request.pseudonym for request in requests})
 

@@ -10,7 +10,7 @@ import pytest
 from libs.common.events import Event
 from libs.common.privacy import ErasureRequest
 from services.funnel.adapters.facts import cents
-from services.funnel.handlers import fact_of, pseudonym_of
+from services.funnel.handlers import fact_of
 from services.funnel.schemas import money
 
 
@@ -68,7 +68,7 @@ def test_money_is_stored_as_exact_cents():
 def test_an_erasure_request_gets_a_pseudonym_that_does_not_contain_the_person():
     request = ErasureRequest.from_json(
         b'{"request_id": "r-1", "person_key": "anon:a-9", "requested_at": "2026-05-01T00:00:00Z", "by": "ops"}')
-    pseudonym = pseudonym_of(request)
+    pseudonym = request.pseudonym
     assert pseudonym.startswith("erased:") and "a-9" not in pseudonym
-    assert pseudonym == pseudonym_of(request.model_copy())  # a replayed request erases to the same stand-in
-    assert pseudonym != pseudonym_of(request.model_copy(update={"request_id": "r-2"}))
+    assert pseudonym == request.model_copy().pseudonym  # a replayed request erases to the same stand-in
+    assert pseudonym != request.model_copy(update={"request_id": "r-2"}).pseudonym
