@@ -32,7 +32,7 @@ from services.segmentation.population import (
     builtin_memberships,
     evaluate_segments,
     lifecycle_and_tiers,
-    load_rfm_report,
+    load_rfm_counts,
 )
 from services.segmentation.runtime import SegmentationService
 from services.segmentation.segments import BUILTIN_BY_ID, BUILTIN_SEGMENTS, SegmentDefinition, SegmentKind
@@ -260,10 +260,10 @@ async def get_rfm(request: Request, _key: ReadKey, as_of: AsOf = None) -> dict[s
     service = _service(request)
     moment = _as_of(request, as_of)
     async with service.database.read() as connection:
-        report = await load_rfm_report(connection, moment)
+        report = await load_rfm_counts(connection, moment)
     return {
         "as_of": format_timestamp(moment),
-        "customers": len(report.scores),
+        "customers": report.customers,
         "segments": {segment: report.segment_counts[segment] for segment in RfmSegment},
         "cells": [{"r_score": r, "f_score": f, "customers": report.cell_counts[r, f]} for r in SCORES for f in SCORES],
     }

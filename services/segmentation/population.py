@@ -25,7 +25,6 @@ from services.segmentation.adapters.facts import (
     last_seen_at_or_before,
     merged_traits,
     rfm_cut_inputs,
-    rfm_population,
     standing_sums,
 )
 from services.segmentation.domain.customers import (
@@ -39,15 +38,15 @@ from services.segmentation.domain.customers import (
     figures_from_totals,
 )
 from services.segmentation.domain.rfm import (
+    RfmCounts,
     RfmCuts,
-    RfmReport,
     RfmScore,
     RfmSegment,
     cuts_of,
     cuts_of_counts,
     quintile_ranks,
+    rfm_counts,
     rfm_cuts,
-    rfm_report,
 )
 from services.segmentation.domain.rules import TRAIT_PREFIX, EventWindow, fields_used, matches, rule_figures
 from services.segmentation.segments import SegmentDefinition, builtin_ids, builtin_segment_ids
@@ -150,16 +149,13 @@ async def load_population(connection: AsyncConnection, as_of: datetime, threshol
     return Population(as_of=as_of, customers=customers, rfm_scores=scores)
 
 
-async def load_rfm_report(connection: AsyncConnection, as_of: datetime) -> RfmReport:
-    """Scores of the whole RFM population at as_of, with counts per segment and cell."""
+async def load_rfm_counts(connection: AsyncConnection, as_of: datetime) -> RfmCounts:
+    """Customers of the RFM population at as_of per segment and per (R, F) cell, from the counts per
+    (recency_days, frequency) pair the database makes in one pass (nobody is scored one by one)."""
     figures_at = FiguresAt(as_of)
-    rows = await rfm_population(connection, figures_at.as_of_us, figures_at.lookback_start_us)
-    recency = [figures_at.recency_days(row.last_order_us) for row in rows]
-    frequency = [row.frequency for row in rows]
-    monetary = [row.monetary_cents for row in rows]
-    cuts = cuts_of(list(recency), list(frequency), list(monetary))
-    return rfm_report({row.person_key: cuts.score_values(r, f, m)
-                       for row, r, f, m in zip(rows, recency, frequency, monetary, strict=True)})
+    histogram, _ = await rfm_cut_inputs(connection, figures_at.as_of_us, figures_at.lookback_start_us,
+                                        monetary=False)
+    return rfm_counts(histogram)
 
 
 async def lifecycle_and_tiers(connection: AsyncConnection, as_of: datetime,

@@ -351,11 +351,6 @@ def _rfm_figures(as_of_us: int, lookback_start_us: int) -> Select[Any]:
     )
 
 
-async def rfm_population(connection: AsyncConnection, as_of_us: int, lookback_start_us: int) -> list[Any]:
-    """(person_key, last_order_us, frequency, monetary_cents) of each customer with a counted order in the lookback."""
-    return list((await connection.execute(_rfm_figures(as_of_us, lookback_start_us))).all())
-
-
 async def rfm_cut_inputs(connection: AsyncConnection, as_of_us: int, lookback_start_us: int, *,
                          monetary: bool) -> tuple[list[tuple[int, int, int]], dict[int, int]]:
     """What the RFM population's quintile cuts are taken from, in one pass over the counted orders:

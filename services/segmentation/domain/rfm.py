@@ -175,6 +175,40 @@ def cuts_of(recency_days: list[int], frequency: list[int],
     )
 
 
+@dataclass(frozen=True, slots=True)
+class RfmCounts:
+    """How many customers of an RFM population are in each segment and each (r_score, f_score) cell, zeros
+    included: ``RfmReport`` without the per-customer scores."""
+
+    customers: int
+    segment_counts: dict[RfmSegment, int]
+    cell_counts: dict[tuple[int, int], int]
+
+
+def rfm_counts(histogram: Iterable[tuple[int, int, int]]) -> RfmCounts:
+    """The segment and cell counts of a population given as ``(recency_days, frequency, customers)`` per pair
+    present: the R and F cuts come from the same counts, so nobody is scored one by one (segments do not
+    depend on M)."""
+    pairs = list(histogram)
+    recency_counts: Counter[int] = Counter()
+    frequency_counts: Counter[int] = Counter()
+    for recency_days, frequency, customers in pairs:
+        recency_counts[recency_days] += customers
+        frequency_counts[frequency] += customers
+    cuts = cuts_of_counts(recency_counts, frequency_counts)
+    cells: Counter[tuple[int, int]] = Counter()
+    for recency_days, frequency, customers in pairs:
+        cells[cuts.r_score(recency_days), cuts.f_score(frequency)] += customers
+    segments: Counter[RfmSegment] = Counter()
+    for (r_score, f_score), customers in cells.items():
+        segments[rfm_segment(r_score, f_score)] += customers
+    return RfmCounts(
+        customers=cuts.customers,
+        segment_counts={segment: segments[segment] for segment in RfmSegment},
+        cell_counts={cell: cells[cell] for cell in product(SCORES, SCORES)},
+    )
+
+
 def score_population(population: Mapping[str, RfmFigures]) -> RfmReport:
     """Quintile scores of every customer of the RFM population, O(N log N) (SPEC.md Customers, RFM)."""
     if any(figures.frequency < 1 for figures in population.values()):

@@ -1,12 +1,16 @@
+from collections import Counter
 from decimal import Decimal
 from itertools import product
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from services.segmentation.domain.rfm import (
     RfmFigures,
     RfmScore,
     RfmSegment,
+    rfm_counts,
     rfm_segment,
     score_population,
 )
@@ -136,3 +140,15 @@ def test_an_empty_population_has_zero_counts():
 def test_customers_without_an_order_in_the_lookback_are_refused():
     with pytest.raises(ValueError, match="only customers with a completed order in the lookback"):
         score_population({"a": customer(frequency=0)})
+
+
+@given(st.lists(st.tuples(st.integers(0, 400), st.integers(1, 12)), max_size=60))
+def test_counts_from_the_recency_frequency_histogram_are_those_of_scoring_every_customer(pairs):
+    population = {f"c-{n}": customer(recency, frequency) for n, (recency, frequency) in enumerate(pairs)}
+    histogram = [(recency, frequency, customers) for (recency, frequency), customers in Counter(pairs).items()]
+
+    counts, report = rfm_counts(histogram), score_population(population)
+
+    assert counts.customers == len(report.scores)
+    assert counts.segment_counts == report.segment_counts
+    assert counts.cell_counts == report.cell_counts
