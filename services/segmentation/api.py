@@ -276,11 +276,11 @@ async def get_lifecycle(request: Request, _key: ReadKey, as_of: AsOf = None) -> 
     async with service.database.read() as connection:
         customers = await lifecycle_and_tiers(connection, moment, service.thresholds)
     stages = dict.fromkeys(LifecycleStage, 0)
-    for stage, _ in customers:
-        stages[stage] += 1
+    for (stage, _), count in customers.items():
+        stages[stage] += count
     lifecycle = service.thresholds.lifecycle
     return {
-        "as_of": format_timestamp(moment), "customers": len(customers), "stages": stages,
+        "as_of": format_timestamp(moment), "customers": sum(customers.values()), "stages": stages,
         "thresholds": {"new_days": lifecycle.new_days, "active_days": lifecycle.active_days,
                        "dormant_days": lifecycle.dormant_days},
     }
@@ -294,14 +294,14 @@ async def get_tiers(request: Request, _key: ReadKey, as_of: AsOf = None) -> dict
         customers = await lifecycle_and_tiers(connection, moment, service.thresholds)
     tiers = dict.fromkeys(MembershipTier, 0)
     no_tier = 0
-    for _, tier in customers:
+    for (_, tier), count in customers.items():
         if tier is None:
-            no_tier += 1
+            no_tier += count
         else:
-            tiers[tier] += 1
+            tiers[tier] += count
     thresholds = service.thresholds.tiers
     return {
-        "as_of": format_timestamp(moment), "customers": len(customers), "tiers": tiers,
+        "as_of": format_timestamp(moment), "customers": sum(customers.values()), "tiers": tiers,
         "no_tier": no_tier,
         "thresholds": {"silver": float(thresholds.silver), "gold": float(thresholds.gold),
                        "diamond": float(thresholds.diamond)},

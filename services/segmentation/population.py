@@ -27,6 +27,7 @@ from services.segmentation.adapters.facts import (
     rfm_cut_inputs,
     standing_sums,
 )
+from services.segmentation.adapters.segments import stage_and_tier_counts
 from services.segmentation.domain.customers import (
     CustomerFigures,
     FiguresAt,
@@ -159,12 +160,9 @@ async def load_rfm_counts(connection: AsyncConnection, as_of: datetime) -> RfmCo
 
 
 async def lifecycle_and_tiers(connection: AsyncConnection, as_of: datetime,
-                              thresholds: Thresholds) -> list[tuple[LifecycleStage, MembershipTier | None]]:
-    """Each known person's lifecycle stage and tier at as_of."""
-    figures_at = thresholds.at(as_of)
-    return [(figures_at.lifecycle(orders or 0, last), figures_at.tier(monetary or 0))
-            async for part in standing_sums(connection, figures_at.as_of_us, figures_at.lookback_start_us)
-            for _, orders, last, _, monetary, _, _ in part]
+                              thresholds: Thresholds) -> dict[tuple[LifecycleStage, MembershipTier | None], int]:
+    """How many persons known at as_of are in each (lifecycle stage, tier or None)."""
+    return await stage_and_tier_counts(connection, thresholds.at(as_of))
 
 
 # (person_key, built-in segment ids at as_of (none when unknown then), membership key as stored or None).

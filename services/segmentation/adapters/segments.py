@@ -174,40 +174,72 @@ async def remember_round(connection: AsyncConnection, round_: Round | None) -> N
         ))
 
 
-def _builtin_key(sums: Any, figures_at: FiguresAt, cuts: RfmCuts) -> Any:
-    """The membership key of a customer's built-in segments (``membership_key(builtin_ids(...))``) as a SQL
-    expression over their order sums: ``FiguresAt.lifecycle``, ``.tier`` and ``RfmCuts.segment_of`` on
-    the same integers (tests hold them equal). Ids sort lifecycle < rfm < tier, so the key is their
-    concatenation."""
-    new_us, active_us, dormant_us, silver_cents, gold_cents, diamond_cents = figures_at.limits()
+def _lifecycle_id(sums: Any, figures_at: FiguresAt) -> Any:
+    """The lifecycle segment id of a customer (``FiguresAt.lifecycle``) as a SQL expression over their order sums."""
+    new_us, active_us, dormant_us, *_ = figures_at.limits()
     as_of_us = figures_at.as_of_us
     orders, last = func.coalesce(sums.c.orders, 0), sums.c.last_order_us
-    frequency, monetary = func.coalesce(sums.c.frequency, 0), func.coalesce(sums.c.monetary_cents, 0)
 
     def key(stage: LifecycleStage) -> str:
         return builtin_ids(stage, None, None)[0]
 
-    lifecycle = case(
+    return case(
         (orders == 0, key(LifecycleStage.PROSPECT)),
         (and_(orders == 1, last >= as_of_us - new_us), key(LifecycleStage.NEW)),
         (last >= as_of_us - active_us, key(LifecycleStage.ACTIVE)),
         (last >= as_of_us - dormant_us, key(LifecycleStage.DORMANT)),
         else_=key(LifecycleStage.CHURNED),
     )
-    tier_ids = {tier: " " + builtin_ids(LifecycleStage.PROSPECT, None, tier)[1] for tier in MembershipTier}
-    tier = case(
-        (monetary >= diamond_cents, tier_ids[MembershipTier.DIAMOND]),
-        (monetary >= gold_cents, tier_ids[MembershipTier.GOLD]),
-        (monetary > silver_cents, tier_ids[MembershipTier.SILVER]),
+
+
+# " tier:<tier>" per tier ("" without one): the part of a membership key after the lifecycle and RFM ids.
+_TIER_PARTS = {tier: " " + builtin_ids(LifecycleStage.PROSPECT, None, tier)[1] for tier in MembershipTier}
+
+
+def _tier_part(sums: Any, figures_at: FiguresAt) -> Any:
+    """`` tier:<tier>`` of a customer (``FiguresAt.tier``), or "" without a tier, as a SQL expression."""
+    *_, silver_cents, gold_cents, diamond_cents = figures_at.limits()
+    monetary = func.coalesce(sums.c.monetary_cents, 0)
+    return case(
+        (monetary >= diamond_cents, _TIER_PARTS[MembershipTier.DIAMOND]),
+        (monetary >= gold_cents, _TIER_PARTS[MembershipTier.GOLD]),
+        (monetary > silver_cents, _TIER_PARTS[MembershipTier.SILVER]),
         else_="",
     )
+
+
+def _builtin_key(sums: Any, figures_at: FiguresAt, cuts: RfmCuts) -> Any:
+    """The membership key of a customer's built-in segments (``membership_key(builtin_ids(...))``) as a SQL
+    expression over their order sums: ``FiguresAt.lifecycle``, ``.tier`` and ``RfmCuts.segment_of`` on
+    the same integers (tests hold them equal). Ids sort lifecycle < rfm < tier, so the key is their
+    concatenation."""
+    as_of_us = figures_at.as_of_us
+    last = sums.c.last_order_us
+    frequency = func.coalesce(sums.c.frequency, 0)
     # R score: 1 + the recency cuts above the customer's recency_days; recency_days < c <=> last > A - c days.
     r_score = sum((case((last > as_of_us - cut * DAY_US, 10), else_=0) for cut in cuts.recency_days), 10)
     f_score = sum((case((frequency > cut, 1), else_=0) for cut in cuts.frequency), 1)
     cells = {10 * r + f: " " + builtin_ids(LifecycleStage.PROSPECT, rfm_segment(r, f), None)[1]
              for r, f in product(SCORES, SCORES)}
     rfm = case((frequency == 0, ""), else_=case(cells, value=r_score + f_score, else_=""))
-    return (lifecycle + rfm + tier).label("segment_ids")
+    return (_lifecycle_id(sums, figures_at) + rfm + _tier_part(sums, figures_at)).label("segment_ids")
+
+
+async def stage_and_tier_counts(
+    connection: AsyncConnection, figures_at: FiguresAt,
+) -> dict[tuple[LifecycleStage, MembershipTier | None], int]:
+    """How many customers known at as_of are in each (lifecycle stage, tier or None), decided and counted in
+    the database with the same expressions as the membership rounds."""
+    sums = _order_sums(figures_at.as_of_us, figures_at.lookback_start_us, None)
+    stage, tier = _lifecycle_id(sums, figures_at).label("stage"), _tier_part(sums, figures_at).label("tier")
+    query = (select(stage, tier, func.count())
+             .select_from(profiles.outerjoin(sums, sums.c.person_key == profiles.c.person_key))
+             .where(profiles.c.first_seen_us <= figures_at.as_of_us)
+             .group_by(stage, tier))
+    stages = {builtin_ids(stage, None, None)[0]: stage for stage in LifecycleStage}
+    tiers: dict[str, MembershipTier | None] = {part: tier for tier, part in _TIER_PARTS.items()} | {"": None}
+    return {(stages[stage_id], tiers[tier_part]): customers
+            for stage_id, tier_part, customers in await connection.execute(query)}
 
 
 def round_candidates(windows: Sequence[tuple[int, int]], known_after_us: int, as_of_us: int) -> SelectBase:
