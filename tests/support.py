@@ -13,8 +13,11 @@ import httpx
 import uvicorn
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from fastapi import FastAPI
+from sqlalchemy import MetaData
+from sqlalchemy.engine import Connection
 
 from libs.common.broker import free_port
+from libs.common.db import Database
 
 T = TypeVar("T")
 
@@ -78,3 +81,15 @@ async def read_topic(bootstrap_servers: str, topic: str, *, count: int,
         return records
     finally:
         await consumer.stop()
+
+
+async def write_older_schema(database_url: str, build: Callable[[Connection], None]) -> None:
+    """A database as an older version left it, for migration tests: created with the runtime's own tables,
+    then ``build`` (on a sync connection, in one transaction) writes the old tables and rows."""
+    empty = Database(database_url, metadata=MetaData(), migrations=[])
+    await empty.start()
+    try:
+        async with empty.begin() as connection:
+            await connection.run_sync(build)
+    finally:
+        await empty.close()

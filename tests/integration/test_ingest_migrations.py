@@ -10,6 +10,7 @@ from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Tex
 
 from libs.common.db import SCHEMA_MIGRATIONS, Database, service_metadata
 from services.ingest.adapters.rejected import MIGRATIONS, metadata, rejected_events
+from tests.support import write_older_schema
 
 _FIRST = MetaData()
 rejected_then = Table(
@@ -54,11 +55,7 @@ def _first_schema(connection) -> None:
 
 
 async def test_the_first_schema_gets_person_keys_derived_from_the_stored_bodies(database_url):
-    empty = Database(database_url, metadata=MetaData(), migrations=[])
-    await empty.start()  # creates the database (and the runtime's own tables)
-    async with empty.begin() as connection:
-        await connection.run_sync(_first_schema)
-    await empty.close()
+    await write_older_schema(database_url, _first_schema)
 
     database = Database(database_url, metadata=metadata, migrations=MIGRATIONS)
     await database.start()

@@ -14,6 +14,7 @@ from services.segmentation.adapters.tables import (
     customer_segments,
     metadata,
 )
+from tests.support import write_older_schema
 
 _FIRST_ONLY = MetaData()
 segment_members = Table("segment_members", _FIRST_ONLY, Column("segment_id", String(64), primary_key=True),
@@ -51,11 +52,7 @@ def _first_schema(connection) -> None:
 
 
 async def test_the_first_schema_is_migrated_with_counted_orders_and_membership_per_person(database_url):
-    empty = Database(database_url, metadata=MetaData(), migrations=[])
-    await empty.start()  # creates the database (and the runtime's own tables)
-    async with empty.begin() as connection:
-        await connection.run_sync(_first_schema)
-    await empty.close()
+    await write_older_schema(database_url, _first_schema)
     database = Database(database_url, metadata=metadata, migrations=MIGRATIONS)
     await database.start()
     try:
