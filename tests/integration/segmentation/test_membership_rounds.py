@@ -132,6 +132,24 @@ async def test_a_round_of_the_changed_few_leaves_what_a_round_of_everyone_would(
     assert looked_at_few >= 5  # the test exercised the round of the few, not only its fallbacks
 
 
+async def test_a_round_looks_at_everyone_once_the_last_complete_round_is_older_than_the_limit(database):
+    # Orders long before the rounds: five minutes later no boundary passes anyone, so a round of the few looks
+    # at nobody; once the last round that looked at everyone is too old, a round looks at every customer.
+    await _record(database, [order(f"u-{n}", BASE - timedelta(days=400 + n), f"e-{n}", f"o-{n}") for n in range(6)])
+    async with database.begin() as connection:
+        assert (await sync_membership(connection, BASE, THRESHOLDS))[0] == 6
+
+    async def looked_at(minutes: int, complete_every: timedelta) -> int:
+        async with database.begin() as connection:
+            evaluated, _ = await sync_membership(connection, BASE + timedelta(minutes=minutes), THRESHOLDS,
+                                                 complete=False, complete_every=complete_every)
+        return evaluated
+
+    assert await looked_at(5, timedelta(hours=1)) == 0
+    assert await looked_at(10, timedelta(minutes=7)) == 6  # 10 minutes since the last complete round
+    assert await looked_at(15, timedelta(minutes=7)) == 0  # that one was complete: 5 minutes since
+
+
 async def test_an_erased_profile_makes_the_next_round_look_at_everyone(database):
     await _record(database, [order("u-1", BASE - timedelta(days=3), "e-1", "o-1"),
                              order("u-2", BASE - timedelta(days=2), "e-2", "o-1"),
