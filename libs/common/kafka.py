@@ -295,29 +295,32 @@ _DECODE_SLICE = 250
 
 @dataclass
 class _Fetched:
-    """One fetched batch: its records in fetch order, decoded or not."""
+    """One fetched batch: its records per partition (as ``getmany`` gives them, in offset order) and each
+    record decoded or not, in fetch order."""
 
-    records: list[ConsumerRecord]
+    by_partition: dict[TopicPartition, list[ConsumerRecord]]
     decoded: list[tuple[ConsumerRecord, Any]] = field(default_factory=list)
     undecodable: list[tuple[ConsumerRecord, BaseException]] = field(default_factory=list)
 
+    @property
+    def records(self) -> list[ConsumerRecord]:
+        return [record for records in self.by_partition.values() for record in records]
+
     def of(self, partitions: set[TopicPartition]) -> _Fetched:
         """The part of the batch from these partitions."""
+        if self.by_partition.keys() <= partitions:
+            return self
+
         def kept(record: ConsumerRecord) -> bool:
             return TopicPartition(record.topic, record.partition) in partitions
 
-        if all(kept(record) for record in self.records):
-            return self
-        return _Fetched([r for r in self.records if kept(r)], [item for item in self.decoded if kept(item[0])],
+        return _Fetched({tp: records for tp, records in self.by_partition.items() if tp in partitions},
+                        [item for item in self.decoded if kept(item[0])],
                         [item for item in self.undecodable if kept(item[0])])
 
     def next_offsets(self) -> dict[TopicPartition, int]:
         """Per partition, the offset after its last record here: what to commit once the batch is applied."""
-        offsets: dict[TopicPartition, int] = {}
-        for record in self.records:
-            tp = TopicPartition(record.topic, record.partition)
-            offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
-        return offsets
+        return {tp: records[-1].offset + 1 for tp, records in self.by_partition.items() if records}
 
 
 class ConsumerRuntime:
@@ -380,14 +383,14 @@ class ConsumerRuntime:
             while not self._stopping.is_set():
                 fetched = await (upcoming or self._fetch())
                 upcoming = None
-                if fetched.records:
+                if fetched.by_partition:
                     # The next batch is fetched and decoded while this one is written: decoding takes the CPU
                     # while the database works (another process, or SQLite's thread without the GIL).
                     upcoming = asyncio.create_task(self._fetch())
                     async with self.batch_lock:
                         # A rebalance may have taken partitions since the fetch: their new owner reads them.
                         fetched = fetched.of(self._consumer.assignment())
-                        if fetched.records:
+                        if fetched.by_partition:
                             await self._apply_batch(fetched)
                             await self._commit_offsets(fetched.next_offsets())
                 await self._update_lag()
@@ -406,7 +409,7 @@ class ConsumerRuntime:
         """The next batch, decoded (in slices, so that a batch being written meanwhile keeps moving)."""
         assert self._consumer is not None
         batch = await self._consumer.getmany(timeout_ms=200, max_records=self.subscription.max_batch)
-        fetched = _Fetched([record for records in batch.values() for record in records])
+        fetched = _Fetched({tp: records for tp, records in batch.items() if records})
         decode = self.subscription.decode
         for n, record in enumerate(fetched.records, 1):
             try:
