@@ -9,9 +9,9 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
-from libs.common.auth import require_scope
+from libs.common.auth import requires
 from libs.common.events import format_timestamp, parse_rfc3339
 from libs.common.http import ApiError, JsonResponse
 from services.funnel import reports
@@ -48,7 +48,9 @@ from services.funnel.schemas import (
 from services.funnel.settings import FunnelSettings
 
 router = APIRouter(tags=["funnel"])
-ReadKey = Annotated[str, Depends(require_scope("read"))]
+ReadKey = Annotated[str, requires("read")]
+# Defining funnels is the marketing operator's job, like defining segments and campaigns (SPEC.md "Auth").
+CampaignsKey = Annotated[str, requires("campaigns", max_body_bytes=16 * 1024)]
 
 _DEFAULT_PAGE_SIZE = 100
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -174,7 +176,7 @@ async def get_kpis(
 
 
 @router.post("/v1/funnels", response_model=FunnelPublic, status_code=201, summary="Define a funnel")
-async def create_funnel(request: Request, body: FunnelCreate, _key: ReadKey) -> JsonResponse:
+async def create_funnel(request: Request, body: FunnelCreate, _key: CampaignsKey) -> JsonResponse:
     """Results cover the whole stored history, not only events after the definition."""
     definition = FunnelDefinition(
         name=body.name,
@@ -212,7 +214,7 @@ async def get_one_funnel(request: Request, funnel_id: str, _key: ReadKey) -> Jso
 
 
 @router.delete("/v1/funnels/{funnel_id}", status_code=204, summary="Delete a defined funnel")
-async def remove_funnel(request: Request, funnel_id: str, _key: ReadKey) -> Response:
+async def remove_funnel(request: Request, funnel_id: str, _key: CampaignsKey) -> Response:
     """The built-in `default` cannot be deleted (409). Events are not touched: defining the same funnel again
     answers over the whole history as before."""
     if funnel_id == DEFAULT_FUNNEL_ID:
