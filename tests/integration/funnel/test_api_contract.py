@@ -20,7 +20,7 @@ DAY = {"from": "2026-03-02", "to": "2026-03-03"}
 
 def _offline(database_url: str) -> FunnelSettings:
     kafka = KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}")
-    return FunnelSettings(database_url=database_url, common=CommonSettings(env="test", kafka=kafka), max_page_size=50)
+    return FunnelSettings(database_url=database_url, common=CommonSettings(env="local", kafka=kafka), max_page_size=50)
 
 
 @pytest.fixture
