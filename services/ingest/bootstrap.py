@@ -6,8 +6,8 @@ from fastapi import FastAPI
 from prometheus_client import Counter
 
 from libs.common.db import Database
-from libs.common.kafka import PRIVACY_TOPIC, REJECTED_TOPIC, Subscription
-from libs.common.privacy import ErasureRequest
+from libs.common.kafka import REJECTED_TOPIC, Subscription
+from libs.common.privacy import erasure_subscription
 from libs.common.service import Service, create_app
 from services.ingest.adapters import rate_buckets
 from services.ingest.adapters.rejected import MIGRATIONS, RejectedRecord, metadata
@@ -21,7 +21,6 @@ DESCRIPTION = (
     "correction and replay. Erasure requests on `shoploop.privacy.v1` delete the person's rejected events."
 )
 REJECTED_GROUP = "ingest-rejected"
-PRIVACY_GROUP = "ingest-privacy"
 
 
 def build_service(settings: IngestSettings) -> Service:
@@ -30,10 +29,7 @@ def build_service(settings: IngestSettings) -> Service:
         group=REJECTED_GROUP, topics=[REJECTED_TOPIC], handle=keep_rejections,
         decode=RejectedRecord.model_validate_json, event_id=lambda record: record.rejection_id,
     )
-    erasures = Subscription(
-        group=PRIVACY_GROUP, topics=[PRIVACY_TOPIC], handle=forget_rejections,
-        decode=ErasureRequest.from_json, event_id=lambda request: request.request_id,
-    )
+    erasures = erasure_subscription("ingest", forget_rejections)
     return Service("ingest", settings, database, [rejected, erasures])
 
 
