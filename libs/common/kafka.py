@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -32,7 +32,7 @@ from aiokafka.errors import (
     UnknownMemberIdError,
 )
 from aiokafka.partitioner import murmur2
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db import Database, claim_events
@@ -223,11 +223,74 @@ def _partition_of(key: bytes, partition_count: int) -> int:
 BatchHandler = Callable[[AsyncConnection, Sequence[Any]], Awaitable[Sequence[Any] | None]]
 
 
-def is_transient(error: BaseException) -> bool:
-    """True when the database or broker is unreachable (retry forever), not when the record is bad."""
+# SQLite error texts (sqlite3 gives no error code before Python 3.11's ``sqlite_errorcode``, and SQLAlchemy wraps
+# them all as OperationalError): the database file is out of reach, or another writer holds the lock.
+_SQLITE_OUTAGE = ("unable to open database file", "disk i/o error", "database or disk is full", "readonly database")
+_SQLITE_BUSY = ("database is locked", "database table is locked", "database is busy")
+# PostgreSQL SQLSTATEs: 08 connection exception, 57P0x shutdown / cannot connect now, 53 insufficient resources;
+# 40001 serialization failure, 40P01 deadlock, 55P03 lock not available.
+_PG_OUTAGE_PREFIXES = ("08", "57P", "53")
+_PG_BUSY = ("40001", "40P01", "55P03")
+
+ErrorKind = Literal["outage", "busy", "poison"]
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """The error, the DB-API error SQLAlchemy wrapped and what caused them (no cycles)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain and len(chain) < 8:
+        chain.append(current)
+        orig = getattr(current, "orig", None)
+        current = orig if isinstance(orig, BaseException) else (current.__cause__ or current.__context__)
+    return chain
+
+
+def classify_error(error: BaseException) -> ErrorKind:
+    """``outage``: the database or broker cannot be reached (retry without limit: never dead-letter for it);
+    ``busy``: a lock or conflict that retrying may clear (bounded retries, then the batch is split);
+    ``poison``: anything else, the data's fault until proven otherwise (split, then dead-letter)."""
     if isinstance(error, KafkaError):
-        return error.retriable or isinstance(error, KafkaTimeoutError)
-    return isinstance(error, (BrokerUnavailable, OperationalError, InterfaceError, OSError, TimeoutError))
+        return "outage" if error.retriable or isinstance(error, KafkaTimeoutError) else "poison"
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return "outage"
+    for cause in _causes(error):
+        if isinstance(cause, (BrokerUnavailable, OSError, TimeoutError)) or "Connection" in type(cause).__name__:
+            return "outage"
+        # An InterfaceError is the connection's state (closed, lost) or a value the driver cannot bind (data).
+        if isinstance(cause, InterfaceError) and any(word in str(cause).lower() for word in ("connection", "closed")):
+            return "outage"
+        state = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+        if isinstance(state, str):
+            if state.startswith(_PG_OUTAGE_PREFIXES):
+                return "outage"
+            if state in _PG_BUSY:
+                return "busy"
+    if isinstance(error, OperationalError):
+        text = str(getattr(error, "orig", error)).lower()
+        if any(marker in text for marker in _SQLITE_OUTAGE):
+            return "outage"
+        if any(marker in text for marker in _SQLITE_BUSY):
+            return "busy"
+    return "poison"
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for an outage or a lock (worth retrying), False when the record itself may be bad."""
+    return classify_error(error) != "poison"
+
+
+class _GaveUp(Exception):
+    """A batch (or one record) failed for other reasons than an outage as often as it may."""
+
+    def __init__(self, error: BaseException, attempts: int) -> None:
+        super().__init__(repr(error))
+        self.error = error
+        self.attempts = attempts
+
+
+class _StopRequested(Exception):
+    """The service is stopping while a batch keeps failing: leave it unapplied and uncommitted (read again)."""
 
 
 # The group moved on without us: the partitions' new owner re-reads and the database skips what we applied.
@@ -394,6 +457,9 @@ class ConsumerRuntime:
                             await self._apply_batch(fetched)
                             await self._commit_offsets(fetched.next_offsets())
                 await self._update_lag()
+        except _StopRequested:
+            log.info("stopped while a batch kept failing; it is read again on restart",
+                     extra={"consumer": self.subscription.group})
         except Exception as exc:
             self.status.failed = f"{type(exc).__name__}: {exc}"
             log.exception("consumer stopped by an error", extra={"consumer": self.subscription.group})
@@ -431,15 +497,64 @@ class ConsumerRuntime:
     async def _apply_batch(self, fetched: _Fetched) -> None:
         for record, error in fetched.undecodable:
             await self._dead_letter(record, error, attempts=1)
-        decoded = fetched.decoded
-        if not decoded:
-            return
+        if fetched.decoded:
+            await self._apply_or_split(fetched.decoded)
+
+    async def _apply_or_split(self, items: Sequence[tuple[ConsumerRecord, Any]]) -> None:
+        """Apply ``items`` in one transaction. When that fails for a reason other than an outage, halve them
+        (in offset order) until the record at fault is alone, and dead-letter it: one poison record among n
+        costs about log2(n) extra transactions, and the partition keeps moving."""
+        alone = len(items) == 1
         try:
-            await self._with_transient_retries(lambda: self._apply(decoded))
-        except Exception:
-            # Something in the batch is bad: apply record by record so only the bad one is dead-lettered.
-            for item in decoded:
-                await self._apply_alone(item)
+            await self._attempt(items, poison_attempts=self.subscription.max_attempts if alone else 1)
+            return
+        except _GaveUp as gave_up:
+            if alone:
+                await self._dead_letter(items[0][0], gave_up.error, attempts=gave_up.attempts)
+                return
+        middle = len(items) // 2
+        await self._apply_or_split(items[:middle])
+        await self._apply_or_split(items[middle:])
+
+    async def _attempt(self, items: Sequence[tuple[ConsumerRecord, Any]], *, poison_attempts: int) -> None:
+        """Apply ``items``, retrying: an outage without limit (it never dead-letters good events), a lock or
+        conflict ``kafka.transient_retries`` times, anything else ``poison_attempts`` times in all. Before
+        giving up it pings the database: if that fails too, the failure was an outage and the retries go on."""
+        subscription = self.subscription
+        failures = {"busy": 0, "poison": 0}
+        delay = subscription.retry_backoff_seconds
+        while True:
+            try:
+                await self._apply(items)
+                return
+            except Exception as exc:
+                if self._stopping.is_set():
+                    raise _StopRequested from exc
+                kind = classify_error(exc)
+                if kind != "outage":
+                    failures[kind] += 1
+                    self.metrics.processing_errors.labels(subscription.group).inc()
+                    exhausted = (failures["busy"] > self.kafka.transient_retries
+                                 or failures["poison"] >= poison_attempts)
+                    if exhausted and await self._database_answers():
+                        log.warning("batch failed", extra={"consumer": subscription.group, "records": len(items),
+                                                           "kind": kind, "error": repr(exc)})
+                        raise _GaveUp(exc, failures["busy"] + failures["poison"]) from exc
+                    if exhausted:
+                        kind = "outage"
+                if kind == "outage":
+                    log.warning("database or broker unavailable; retrying",
+                                extra={"consumer": subscription.group, "error": repr(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _database_answers(self) -> bool:
+        try:
+            await asyncio.wait_for(self.database.ping(), 5.0)
+            return True
+        except Exception as exc:
+            log.warning("database does not answer", extra={"consumer": self.subscription.group, "error": repr(exc)})
+            return False
 
     async def _with_transient_retries(self, attempt: Callable[[], Awaitable[None]]) -> None:
         delay = 0.1
@@ -484,27 +599,13 @@ class ConsumerRuntime:
         self.metrics.duplicates_skipped.labels(subscription.group).inc(len(items) - len(fresh))
         self._note_progress(fresh)
 
-    async def _apply_alone(self, item: tuple[ConsumerRecord, Any]) -> None:
-        subscription = self.subscription
-        for attempt in range(1, subscription.max_attempts + 1):
-            try:
-                await self._with_transient_retries(lambda: self._apply([item]))
-                return
-            except Exception as exc:
-                self.metrics.processing_errors.labels(subscription.group).inc()
-                log.warning("record failed", extra={"consumer": subscription.group, "attempt": attempt,
-                                                     "offset": item[0].offset, "error": repr(exc)})
-                if attempt == subscription.max_attempts:
-                    await self._dead_letter(item[0], exc, attempts=attempt)
-                    return
-                await asyncio.sleep(subscription.retry_backoff_seconds * 2 ** (attempt - 1))
-
     async def _dead_letter(self, record: ConsumerRecord, error: BaseException, *, attempts: int) -> None:
         headers = [
             ("x-original-topic", record.topic.encode()),
             ("x-original-partition", str(record.partition).encode()),
             ("x-original-offset", str(record.offset).encode()),
             ("x-error", f"{type(error).__name__}: {error}"[:2000].encode()),
+            ("x-error-kind", classify_error(error).encode()),
             ("x-attempts", str(attempts).encode()),
             ("x-failed-at", datetime.now(UTC).isoformat().encode()),
         ]

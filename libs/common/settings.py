@@ -28,6 +28,9 @@ class KafkaSettings(BaseModel):
     # Group joins on tansu take about half the session timeout; 6 s is also Apache Kafka's minimum.
     session_timeout_ms: int = Field(default=6_000, ge=1_000)
     heartbeat_interval_ms: int = Field(default=600, ge=100)
+    # Consumers: retries of a batch failing on a lock or conflict (SQLite busy, PostgreSQL deadlock) before it is
+    # split to find a record at fault. An unreachable database or broker is retried without limit instead.
+    transient_retries: int = Field(default=5, ge=0, le=100)
 
 
 class CommonSettings(BaseSettings):
