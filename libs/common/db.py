@@ -35,6 +35,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 log = logging.getLogger(__name__)
 
+# Advisory lock keys (any 64-bit numbers, fixed so that every process agrees on them).
+_CREATE_DATABASE_LOCK = 7461000
+_MIGRATION_LOCK = 7461001
+
 # Every service's metadata includes these two tables (see ``service_metadata``).
 SCHEMA_MIGRATIONS = "schema_migrations"
 PROCESSED_EVENTS = "processed_events"
@@ -120,7 +124,8 @@ class BulkRows:
 # (40 MiB, not 4) copies a page written by many batches back to the file once, not per batch.
 WRITE_HEAVY_SQLITE_PRAGMAS = ("cache_size=-65536", "wal_autocheckpoint=10000")
 
-_SQLITE_PRAGMAS = ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000", "foreign_keys=ON")
+# busy_timeout first: switching a new file to WAL takes a lock another process starting at once may hold.
+_SQLITE_PRAGMAS = ("busy_timeout=30000", "journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON")
 
 
 def _sqlite_pragmas(extra: Sequence[str]) -> Callable[[Any, Any], None]:
@@ -201,22 +206,30 @@ class Database:
             password=self.url.password, database="postgres",
         )
         try:
+            # Every process of every replica may get here at once on a first start: one creates, the others
+            # wait on the lock and then find the database. The lock is the cluster's (pg_advisory_lock on the
+            # "postgres" database), released when this connection closes whatever happens.
+            await admin.execute("SELECT pg_advisory_lock($1)", _CREATE_DATABASE_LOCK)
             exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
             if not exists:
                 # Identifiers cannot be bound as parameters; quote_ident-style escaping keeps it data.
                 quoted = '"' + str(name).replace('"', '""') + '"'
                 try:
                     await admin.execute(f"CREATE DATABASE {quoted}")
-                except asyncpg.DuplicateDatabaseError:
-                    pass  # another replica created it first
-                log.info("created database", extra={"database": name})
+                    log.info("created database", extra={"database": name})
+                except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+                    # Created meanwhile by a process not taking the lock (an older version, an operator):
+                    # two concurrent CREATE DATABASE collide on pg_database's unique index.
+                    pass
         finally:
             await admin.close()
 
     def _migrate(self, connection: Connection) -> None:
+        # Replicas starting together must not run the same step twice: they queue on a lock held until the
+        # migration transaction ends (PostgreSQL: an advisory lock; SQLite: the write lock BEGIN IMMEDIATE took,
+        # see _sqlite_begin), and each reads what is applied only once it holds it.
         if connection.dialect.name == "postgresql":
-            # Replicas starting together must not run the same step twice.
-            connection.execute(text("SELECT pg_advisory_xact_lock(7461001)"))
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
         service_metadata().create_all(connection)
         migrations = service_metadata().tables[SCHEMA_MIGRATIONS]
         done = set(connection.execute(select(migrations.c.version)).scalars())

@@ -30,6 +30,7 @@ from aiokafka.errors import (
     RebalanceInProgressError,
     TopicAlreadyExistsError,
     UnknownMemberIdError,
+    for_code,
 )
 from aiokafka.partitioner import murmur2
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -60,7 +61,8 @@ class BrokerUnavailable(RuntimeError):
 
 
 async def ensure_topics(kafka: KafkaSettings, topics: Sequence[str]) -> None:
-    """Create the missing topics with the configured partition count."""
+    """Create the missing topics with the configured partition count. Idempotent under any number of
+    processes doing it at once: a topic another one created first (TopicAlreadyExists) is what we wanted."""
     admin = AIOKafkaAdminClient(
         bootstrap_servers=kafka.bootstrap_servers, request_timeout_ms=kafka.request_timeout_ms,
         client_id=f"{kafka.client_id_prefix}-admin",
@@ -75,9 +77,14 @@ async def ensure_topics(kafka: KafkaSettings, topics: Sequence[str]) -> None:
         ]
         if missing:
             try:
-                await admin.create_topics(missing)
+                response = await admin.create_topics(missing)
             except TopicAlreadyExistsError:
-                pass  # created by another service starting at the same time
+                response = None  # created by another process starting at the same time
+            # create_topics answers each topic's outcome instead of raising: look at them.
+            for name, code, *_ in getattr(response, "topic_errors", ()):
+                error = for_code(code)
+                if code and error is not TopicAlreadyExistsError:
+                    raise error(f"creating topic {name}")
             log.info("created topics", extra={"topics": [topic.name for topic in missing]})
     finally:
         await admin.close()
