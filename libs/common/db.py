@@ -6,6 +6,7 @@ One URL setting picks the backend. Schema changes are ordered, numbered steps re
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -125,7 +126,10 @@ class BulkRows:
 WRITE_HEAVY_SQLITE_PRAGMAS = ("cache_size=-65536", "wal_autocheckpoint=10000")
 
 # busy_timeout first: switching a new file to WAL takes a lock another process starting at once may hold.
-_SQLITE_PRAGMAS = ("busy_timeout=30000", "journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON")
+# secure_delete: deleted and overwritten content is zeroed in the page (and so in the WAL frame that carries it), so
+# that an erased person's data is not left in free space of the file (SPEC.md "Customers": erasure).
+_SQLITE_PRAGMAS = ("busy_timeout=30000", "journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON",
+                   "secure_delete=ON")
 
 
 def _sqlite_pragmas(extra: Sequence[str]) -> Callable[[Any, Any], None]:
@@ -146,7 +150,10 @@ _READ_ONLY = "shoploop_read_only"
 def _sqlite_begin(connection: Any) -> None:
     # Writers: IMMEDIATE takes the write lock at BEGIN, so two writers queue instead of failing
     # mid-transaction. Readers: a plain BEGIN, so API queries never hold up the consumer (WAL).
-    read_only = connection.get_execution_options().get(_READ_ONLY, False)
+    options = connection.get_execution_options()
+    if options.get("isolation_level") == "AUTOCOMMIT":
+        return  # statements that must run outside a transaction (a checkpoint)
+    read_only = options.get(_READ_ONLY, False)
     connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
@@ -160,9 +167,10 @@ class Database:
         self.metadata = metadata
         self.migrations = sorted(migrations, key=lambda migration: migration.version)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
-        options: dict[str, Any] = {}
+        # hide_parameters: errors (logged, dead-letter headers) never carry bound values, i.e. personal data.
+        options: dict[str, Any] = {"hide_parameters": True}
         if not self.is_sqlite:
-            options = {"pool_size": pool_size, "max_overflow": pool_size, "pool_pre_ping": True}
+            options |= {"pool_size": pool_size, "max_overflow": pool_size, "pool_pre_ping": True}
         self.engine: AsyncEngine = create_async_engine(self.url, **options)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas(sqlite_pragmas))
@@ -175,7 +183,40 @@ class Database:
             await connection.run_sync(self._migrate)
 
     async def close(self) -> None:
+        """Close every connection; on SQLite first copy the WAL into the database file and truncate it, so that a
+        clean stop leaves one self-contained file (and no older page versions in a -wal beside it)."""
+        if self.is_sqlite:
+            try:
+                await self._checkpoint()
+            except Exception:
+                log.exception("checkpoint at close failed; the WAL is applied at the next open")
         await self.engine.dispose()
+
+    async def scrub(self, tables: Sequence[str]) -> None:
+        """After personal data was deleted or overwritten (and committed): leave no older copy of it in the
+        database's files. SQLite: with secure_delete on, the pages as committed are zeroed where the data was;
+        a truncating checkpoint writes them over the file's old pages and empties the WAL. PostgreSQL: VACUUM the
+        tables, so their dead row versions are removed (what else PostgreSQL needs: docs/operations.md)."""
+        if self.is_sqlite:
+            await self._checkpoint()
+            return
+        async with self.engine.connect() as connection:
+            autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            quote = autocommit.dialect.identifier_preparer.quote
+            for table in tables:
+                await autocommit.exec_driver_sql(f"VACUUM {quote(table)}")  # names from our metadata, not input
+
+    async def _checkpoint(self, attempts: int = 3) -> None:
+        """PRAGMA wal_checkpoint(TRUNCATE), retried while readers still hold older snapshots."""
+        for _ in range(attempts):
+            async with self.engine.connect() as connection:
+                autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+                busy, _frames, _copied = (await autocommit.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")).one()
+            if not busy:
+                return
+            await asyncio.sleep(0.1)
+        log.warning("WAL checkpoint could not complete: readers held older snapshots",
+                    extra={"database": self.url.database})
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:

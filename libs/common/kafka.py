@@ -14,7 +14,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -90,6 +90,32 @@ async def ensure_topics(kafka: KafkaSettings, topics: Sequence[str]) -> None:
         await admin.close()
 
 
+async def group_lag(bootstrap_servers: str, groups: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    """Per consumer group, the records of its topics it has not committed yet (end offset minus committed
+    offset, summed over every partition; a partition without a commit counts from its start, offset 0)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    await admin.start()
+    try:
+        await reader.start()
+        await reader.topics()  # loads every topic's partitions
+        partitions = {topic: [TopicPartition(topic, n) for n in sorted(reader.partitions_for_topic(topic) or ())]
+                      for topics in groups.values() for topic in topics}
+        every = [tp for tps in partitions.values() for tp in tps]
+        ends = await reader.end_offsets(every) if every else {}
+        lags = {}
+        for group, topics in groups.items():
+            wanted = [tp for topic in topics for tp in partitions[topic]]
+            committed = await admin.list_consumer_group_offsets(group, partitions=wanted)
+            lags[group] = sum(
+                max(ends[tp] - max(committed[tp].offset if tp in committed else 0, 0), 0) for tp in wanted
+            )
+        return lags
+    finally:
+        await reader.stop()
+        await admin.close()
+
+
 class Publisher:
     """An acks=all producer; ``publish_many`` returns only once the broker acknowledged every record."""
 
@@ -106,6 +132,7 @@ class Publisher:
             client_id=f"{self.kafka.client_id_prefix}-{self.client_id}",
             acks="all",
             enable_idempotence=self.kafka.enable_idempotence,
+            compression_type=None if self.kafka.compression_type == "none" else self.kafka.compression_type,
             linger_ms=self.kafka.linger_ms,
             max_batch_size=self.kafka.max_batch_bytes,
             max_request_size=self.kafka.max_batch_bytes,
@@ -333,6 +360,9 @@ class Subscription:
     # Called with the newly applied events once their transaction has committed (before the offset
     # commit), e.g. to wake work that reads the new state. It must not raise.
     after_commit: Callable[[Sequence[Any]], None] | None = None
+    # Tables the handler deletes or overwrites personal data in (erasure requests): once a batch that applied
+    # something has committed, the database is scrubbed of older copies (``Database.scrub``).
+    erases_from: Sequence[str] = ()
 
 
 @dataclass
@@ -600,6 +630,12 @@ class ConsumerRuntime:
                     applied = await subscription.handle(connection, fresh)
                     if applied is not None:
                         fresh = list(applied)
+        if fresh and subscription.erases_from:
+            try:
+                await self.database.scrub(subscription.erases_from)
+            except Exception:
+                # Committed all the same; the next erasure's scrub or the checkpoint at close removes the copies.
+                log.exception("scrubbing after an erasure failed", extra={"consumer": subscription.group})
         if fresh and subscription.after_commit is not None:
             subscription.after_commit(fresh)
         self.metrics.events_consumed.labels(subscription.group).inc(len(items))

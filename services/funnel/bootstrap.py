@@ -8,7 +8,7 @@ from libs.common.db import WRITE_HEAVY_SQLITE_PRAGMAS, Database
 from libs.common.kafka import EVENTS_TOPIC, PRIVACY_TOPIC, Subscription
 from libs.common.privacy import ErasureRequest
 from libs.common.service import Service, create_app
-from services.funnel.adapters.tables import MIGRATIONS, metadata
+from services.funnel.adapters.tables import MIGRATIONS, events, metadata
 from services.funnel.api import router
 from services.funnel.decoding import decode_event
 from services.funnel.handlers import EventRecorder, erase_persons
@@ -42,6 +42,7 @@ def build_service(settings: FunnelSettings) -> Service:
         Subscription(
             group=PRIVACY_GROUP, topics=[PRIVACY_TOPIC], handle=erase_persons,
             decode=ErasureRequest.from_json, event_id=lambda request: request.request_id,
+            erases_from=[events.name],
         ),
     ]
     return service

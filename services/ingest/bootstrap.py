@@ -9,7 +9,7 @@ from libs.common.db import Database
 from libs.common.kafka import PRIVACY_TOPIC, REJECTED_TOPIC, Subscription
 from libs.common.privacy import ErasureRequest
 from libs.common.service import Service, create_app
-from services.ingest.adapters.rejected import MIGRATIONS, RejectedRecord, metadata
+from services.ingest.adapters.rejected import MIGRATIONS, RejectedRecord, metadata, rejected_events
 from services.ingest.api import router
 from services.ingest.handlers import forget_rejections, keep_rejections
 from services.ingest.ratelimit import RateLimiter
@@ -33,6 +33,7 @@ def build_service(settings: IngestSettings) -> Service:
     erasures = Subscription(
         group=PRIVACY_GROUP, topics=[PRIVACY_TOPIC], handle=forget_rejections,
         decode=ErasureRequest.from_json, event_id=lambda request: request.request_id,
+        erases_from=[rejected_events.name],
     )
     return Service("ingest", settings, database, [rejected, erasures])
 
