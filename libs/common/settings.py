@@ -39,12 +39,16 @@ class KafkaSettings(BaseModel):
 class CommonSettings(BaseSettings):
     """Values every service reads under the ``SHOPLOOP_`` prefix."""
 
-    model_config = SettingsConfigDict(env_prefix="SHOPLOOP_", env_nested_delimiter="__", extra="ignore")
+    # hide_input_in_errors: a start-up error must not print SHOPLOOP_API_KEYS (or a password in a URL).
+    model_config = SettingsConfigDict(env_prefix="SHOPLOOP_", env_nested_delimiter="__", extra="ignore",
+                                      hide_input_in_errors=True)
 
     env: Literal["local", "test", "staging", "production"] = "local"
     api_keys: str = DEV_API_KEYS
     currency: str = Field(default="CNY", pattern=r"^[A-Z]{3}$")
     timezone: str = "UTC"
+    # One request's from/to range at most (about 3 years): keeps every report's work bounded.
+    max_range_days: int = Field(default=1096, ge=1, le=36_600)
     log_level: str = "INFO"
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     # Set by the embedded launcher (deploy/embedded.py): a directory where each service process registers itself
@@ -65,7 +69,8 @@ class CommonSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _no_dev_keys_outside_local(self) -> CommonSettings:
-        if self.env in ("local", "test"):
+        # Only the embedded stack on a developer's machine may run with the published keys; "test" may not.
+        if self.env == "local":
             return self
         from libs.common.auth import parse_api_keys
 
@@ -86,7 +91,7 @@ class CommonSettings(BaseSettings):
 class ServiceSettings(BaseSettings):
     """Base of each service's settings; subclasses set ``env_prefix`` to ``SHOPLOOP_<NAME>__``."""
 
-    model_config = SettingsConfigDict(env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(env_nested_delimiter="__", extra="ignore", hide_input_in_errors=True)
 
     host: str = "127.0.0.1"
     port: int = 8000
