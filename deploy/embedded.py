@@ -43,9 +43,9 @@ from libs.common.settings import DEV_API_KEYS, CommonSettings, KafkaSettings
 ROOT = Path(__file__).resolve().parent.parent
 # name, default port (SPEC.md "Services and ports"), in start order.
 SERVICES = [("ingest", 8001), ("funnel", 8002), ("segmentation", 8003), ("campaigns", 8004), ("gateway", 8000)]
-# Measured (docs/benchmarks.md, "Producer compression"): broker memory per stored event, gzip batches of ingest's
-# realistic events, and uncompressed. Used to say how many more events fit.
-BROKER_BYTES_PER_EVENT = 137
+# Measured (docs/benchmarks.md, "Producer compression"): broker memory per stored event, zstd batches (the default)
+# of bench/ingest.py's realistic events. Used to say how many more events fit.
+BROKER_BYTES_PER_EVENT = 270
 
 
 class EmbeddedSettings(BaseSettings):

@@ -29,8 +29,9 @@ class KafkaSettings(BaseModel):
     session_timeout_ms: int = Field(default=6_000, ge=1_000)
     heartbeat_interval_ms: int = Field(default=600, ge=100)
     # Every producer compresses its batches. The default was chosen by measurement (docs/benchmarks.md, "Producer
-    # compression"): the embedded broker keeps every record in memory, and compressed batches are what it keeps.
-    compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "gzip"
+    # compression"): the embedded broker keeps every record in memory, and compressed batches are what it keeps;
+    # zstd kept the least (3.4x less than none) at the throughput of none.
+    compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "zstd"
     # Consumers: retries of a batch failing on a lock or conflict (SQLite busy, PostgreSQL deadlock) before it is
     # split to find a record at fault. An unreachable database or broker is retried without limit instead.
     transient_retries: int = Field(default=5, ge=0, le=100)
