@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from libs.common.events import format_timestamp
+from libs.common.events import MAX_MONEY, format_timestamp
 from services.funnel.domain.funnels import DEFAULT_FUNNEL, FunnelDefinition, FunnelStep
 from services.funnel.settings import FunnelSettings
 from tests.integration.funnel import expected
@@ -40,7 +40,9 @@ PERSONS = ("ann", "bob", "cid", "dan")
 PRODUCTS = ("p1", "p2", "p3", "p4")
 # A product's attributes change over time (the latest carried one counts), and are often left out.
 CATEGORIES = (None, "dresses", "shoes")
-PRICES = ("9.99", "59.9", "120", "399")
+# The largest price three units of which fit one order line's bound (SPEC.md "Events": 1,000,000,000,000.00):
+# sums of them must stay exact.
+PRICES = ("9.99", "59.9", "120", "399", "333333333333.33")
 TIERS = (None, None, "profit", "形象款")
 SOURCES = (None, "google", "douyin")
 ORDERS = tuple(f"o{number}" for number in range(1, 9))
@@ -112,7 +114,8 @@ def build(raw: dict, era: int) -> list:
             total = sum(Decimal(price) * quantity for _, quantity, price, _ in items) - (1 if discounted else 0)
             categories = {tag + p: category for p, _, _, category in items if category is not None}
             built.append(order(who, at, tag + order_id, [(tag + p, q, price) for p, q, price, _ in items],
-                               total=str(max(total, Decimal(0))), categories=categories, source=source))
+                               total=str(min(max(total, Decimal(0)), MAX_MONEY)), categories=categories,
+                               source=source))
         else:
             order_id, amount = details
             built.append(refund(who, at, tag + order_id, amount))
