@@ -65,8 +65,14 @@ class RejectedPage(BaseModel):
 
 
 def _readable_event(event: dict[str, Any]) -> dict[str, Any]:
+    # This body is read by FastAPI, not by _parse_json: the same limits, and integers past 64 bits (which the
+    # standard library keeps and orjson refuses to write, as the limits and the rejected-events topic do).
     if nesting_depth(event, _MAX_BODY_NESTING) > _MAX_BODY_NESTING:
         raise ValueError(f"nests deeper than {_MAX_BODY_NESTING} levels")
+    try:
+        orjson.dumps(event)
+    except orjson.JSONEncodeError as exc:
+        raise ValueError(f"cannot be kept as an event: {exc}") from None
     return event
 
 

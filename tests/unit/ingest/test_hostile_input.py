@@ -215,3 +215,11 @@ def test_times_before_1970_are_rejected(moment):
 def test_times_whose_offset_leaves_the_calendar_are_rejected_not_raised(moment):
     raw = {"type": "view", "user_id": "u-1", "occurred_at": moment, "product": {"product_id": "p"}}
     assert reason(raw).startswith(f"occurred_at: {moment!r} is not a valid date and time")
+
+
+@pytest.mark.parametrize("event", [{"quantity": 2**70}, {"properties": nested(500)}])
+def test_a_replayed_event_that_cannot_be_kept_is_refused_naming_it(ingest, event):
+    app, publisher = ingest
+    body = _json({"items": [{"rejection_id": "r-1"}, {"rejection_id": "r-2", "event": event}]})
+    answer = _check(app, publisher, "/v1/rejected/replay", body)
+    assert answer.status_code == 422 and answer.json()["detail"].startswith("body.items[1].event: "), answer.text
