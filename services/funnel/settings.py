@@ -18,3 +18,11 @@ class FunnelSettings(ServiceSettings):
     max_page_size: int = Field(default=1000, ge=1)
     # How long a KPI or funnel request waits for the DuckDB copy's first load before answering 503.
     fact_copy_wait_seconds: float = Field(default=5.0, gt=0)
+    # Where the DuckDB copy of the facts keeps its file (a directory of the service's own); None keeps it in
+    # memory and rebuilds it from the database at every start. On disk its size is bounded by disk, not RAM,
+    # and a restart catches up from the seq it had reached.
+    fact_copy_dir: str | None = None
+    # DuckDB's buffer pool for the copy (e.g. "512MB"): on disk, the copy's memory stays within it (queries
+    # that need more spill to a temporary directory beside the file).
+    fact_copy_memory_limit: str = Field(default="512MB", pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
+    fact_copy_threads: int = Field(default=2, ge=1, le=64)
