@@ -29,6 +29,8 @@ space of deleted rows only in part, so the erased keys would otherwise linger in
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import itertools
 import logging
 import tempfile
 import threading
@@ -161,7 +163,10 @@ class FactMirror:
         self.load_wait_seconds = load_wait_seconds
         # Why the last sync failed; None once one succeeds.
         self.failure: str | None = None
-        self.directory = None if directory is None else Path(directory)
+        # A process's copy lives in its own slot of the directory (slot-0, slot-1, ...: one per worker or
+        # replica sharing the setting), held by an exclusive lock on the slot's lock file while it runs.
+        self._slot_lock: Any = None
+        self.directory = None if directory is None else self._claim_slot(Path(directory))
         self._config: dict[str, Any] = {"threads": threads}
         if memory_limit is not None:
             self._config["memory_limit"] = memory_limit
@@ -185,6 +190,21 @@ class FactMirror:
         self._written_rows = 0
         self._bulk_loaded = self.seq > 0  # a copy kept on disk catches up from its seq
         self.rows_handed_over = 0  # of the rows applied, those the consumer handed over (not read back)
+
+    def _claim_slot(self, root: Path) -> Path:
+        """The first slot of ``root`` no other running copy holds, locked for this one."""
+        for number in itertools.count():
+            slot = root / f"slot-{number}"
+            slot.mkdir(parents=True, exist_ok=True)
+            handle = open(slot / "lock", "a+")  # held open, and locked, until stop
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            self._slot_lock = handle
+            return slot
+        raise AssertionError("unreachable")
 
     def _path(self, generation: int) -> Path:
         assert self.directory is not None
@@ -501,3 +521,6 @@ class FactMirror:
         if self._task is not None:
             await self._task
         self.duckdb.close()
+        if self._slot_lock is not None:
+            self._slot_lock.close()  # releases the slot for the next start
+            self._slot_lock = None

@@ -144,11 +144,11 @@ async def test_the_copy_fed_by_the_consumer_equals_the_stored_facts_with_other_w
 
 
 def _files(directory) -> list:
-    return sorted(path.name for path in directory.iterdir() if path.name.endswith(".duckdb"))
+    return sorted(str(path.relative_to(directory)) for path in directory.rglob("*.duckdb"))
 
 
 def _bytes(directory) -> bytes:
-    return b"".join(path.read_bytes() for path in directory.iterdir() if path.is_file())
+    return b"".join(path.read_bytes() for path in directory.rglob("*") if path.is_file())
 
 
 async def test_a_restart_catches_up_from_its_seq_exactly_and_an_erasure_leaves_no_key_in_the_file(
@@ -181,7 +181,7 @@ async def test_a_restart_catches_up_from_its_seq_exactly_and_an_erasure_leaves_n
         assert copied == await _stored(database)
         assert not any("u-1-0" in row for row in copied[0])
         # The erasure compacted the file into a new generation: no block of the old one is left.
-        assert _files(directory) == ["facts-000002.duckdb"]
+        assert _files(directory) == ["slot-0/facts-000002.duckdb"]
         mirror.duckdb.execute("CHECKPOINT")
         assert b"u-1-0" not in _bytes(directory)
         await mirror.stop()
@@ -222,14 +222,34 @@ async def test_a_corrupt_foreign_or_older_copy_is_rebuilt_from_the_database(data
         mirror = await reopened()
         await mirror.stop()
         # A file that is not a DuckDB database at all.
-        (path,) = [p for p in directory.iterdir() if p.name.endswith(".duckdb")]
+        (path,) = directory.rglob("*.duckdb")
         path.write_bytes(b"not a database" * 1000)
         mirror = await reopened()
         await mirror.stop()
         # No file.
-        for leftover in directory.iterdir():
+        for leftover in directory.rglob("*.duckdb*"):
             leftover.unlink()
         mirror = await reopened()
         await mirror.stop()
+    finally:
+        await database.close()
+
+
+async def test_copies_running_at_once_on_one_directory_each_take_their_own_slot(database_url, tmp_path):
+    database = Database(database_url, metadata=metadata, migrations=MIGRATIONS)
+    await database.start()
+    directory = tmp_path / "copy"
+    try:
+        async with database.begin() as connection:
+            await store_facts(connection, _events(1))
+        one, other = FactMirror(database, directory=directory), FactMirror(database, directory=directory)
+        assert (one.directory, other.directory) == (directory / "slot-0", directory / "slot-1")
+        assert await one.refresh() == await other.refresh() == len(AWKWARD) + 3
+        assert _copied(one) == _copied(other) == await _stored(database)
+        await one.stop()
+        again = FactMirror(database, directory=directory)  # the slot freed by the stop, with its copy
+        assert again.directory == directory / "slot-0" and again.seq > 0
+        await other.stop()
+        await again.stop()
     finally:
         await database.close()
