@@ -271,7 +271,7 @@ async def query_latency(args: argparse.Namespace, workdir: Path, rows: list[Row]
                 rows.append((f"funnel restart until ready, on its kept copy ({size})", "",
                              f"{time.perf_counter() - began:.1f} s, then "
                              f"{resident_megabytes(service.popen.pid):,.0f} MB resident", "< 10 s"))
-                copy_bytes = sum(path.stat().st_size for path in (workdir / "funnel-copy").iterdir())
+                copy_bytes = sum(path.stat().st_size for path in (workdir / "funnel-copy").rglob("*") if path.is_file())
                 rows.append(("the copy's files on disk", "", f"{copy_bytes / 1e6:,.0f} MB", ""))
         finally:
             service.stop()
