@@ -58,18 +58,17 @@ placed AS (
 
 def product_attributes(wanted: str, fields: tuple[str, ...] = ("name", "category", "price", "tier")) -> str:
     """CTE ``attributes``: (product_id, and each of ``fields``) of the products in the CTE ``wanted``
-    (a product_id column), each the latest carried up to $as_of (SPEC.md "Definitions": product attributes)."""
+    (a product_id column), each the latest carried up to $as_of (SPEC.md "Definitions": product attributes).
+
+    In two steps, about twice as fast as one ``arg_max`` over (time, event_id, line) keys: the latest instant
+    each attribute was carried at (a plain max), then among the carriers at that instant the largest
+    (event_id, line)."""
     own = {"name": "e.product_name", "category": "e.category", "price": "e.price_cents", "tier": "e.declared_tier"}
     carried = " OR ".join(f"{own[field]} IS NOT NULL" for field in fields)
     own_columns = ", ".join(f"{own[field]} AS {field}" for field in fields)
     # Order lines carry a category only.
     line_columns = ", ".join(
         f"i.category AS {field}" if field == "category" else f"NULL AS {field}" for field in fields
-    )
-    latest = ", ".join(
-        f"arg_max({field}, struct_pack(t := t, eid := event_id, line := line)) FILTER (WHERE {field} IS NOT NULL) "
-        f"AS {field}"
-        for field in fields
     )
     lines = (
         f"""
@@ -79,14 +78,26 @@ def product_attributes(wanted: str, fields: tuple[str, ...] = ("name", "category
     WHERE i.category IS NOT NULL AND e.occurred_us <= $as_of AND i.product_id IN (SELECT product_id FROM {wanted})"""
         if "category" in fields else ""
     )
+    instants = ", ".join(f"max(t) FILTER (WHERE {field} IS NOT NULL) AS {field}_t" for field in fields)
+    latest = ", ".join(
+        f"arg_max(c.{field}, struct_pack(eid := c.event_id, line := c.line)) "
+        f"FILTER (WHERE c.{field} IS NOT NULL AND c.t = l.{field}_t) AS {field}"
+        for field in fields
+    )
     return f"""
-carriers AS (
+carriers AS MATERIALIZED (
     SELECT e.product_id, e.occurred_us AS t, e.event_id, -1 AS line, {own_columns}
     FROM events e SEMI JOIN {wanted} w ON w.product_id = e.product_id
     WHERE e.occurred_us <= $as_of AND ({carried}){lines}
 ),
+carried_at AS (
+    SELECT product_id, {instants} FROM carriers GROUP BY product_id
+),
 attributes AS (
-    SELECT product_id, {latest} FROM carriers GROUP BY product_id
+    SELECT c.product_id, {latest}
+    FROM carriers c JOIN carried_at l USING (product_id)
+    WHERE c.t IN ({", ".join(f"l.{field}_t" for field in fields)})
+    GROUP BY c.product_id
 )"""
 
 
