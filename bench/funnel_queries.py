@@ -50,6 +50,7 @@ from services.funnel.engine.kpis import kpis as engine_kpis  # noqa: E402
 
 Row = tuple[str, str, str, str]
 HEADERS = {"Authorization": "Bearer dev-read-key"}
+CAMPAIGNS = {"Authorization": "Bearer dev-campaigns-key"}  # defining a funnel needs the campaigns scope
 END = datetime(2026, 11, 1, tzinfo=UTC)
 STEPS = ("view", "add_to_cart", "inquiry", "order")
 FUNNEL = FunnelDefinition("bench 4-step", tuple(FunnelStep(step) for step in STEPS), window_seconds=7 * 86400)
@@ -231,18 +232,17 @@ async def query_latency(args: argparse.Namespace, workdir: Path, rows: list[Row]
                                                                        "refunds", "inquiry_conversion")),
                       file=sys.stderr)
                 funnel: list[float] = []
-                writer = {"Authorization": "Bearer dev-campaigns-key"}
                 if "funnel" in args.queries:
                     body = {"name": FUNNEL.name, "window_seconds": FUNNEL.window_seconds,
                             "steps": [{"type": step} for step in STEPS]}
-                    created = await client.post(f"{base}/v1/funnels", json=body, headers=writer)
+                    created = await client.post(f"{base}/v1/funnels", json=body, headers=CAMPAIGNS)
                     created.raise_for_status()
                     funnel_url = f"{base}/v1/funnels/{created.json()['funnel_id']}/result"
                     funnel = await timed_http(client, funnel_url, args.runs, span)
                 if "products" in args.queries:
                     body = {"name": "bench per product", "window_seconds": 7 * 86400, "unit": "product",
                             "steps": [{"type": step} for step in PRODUCT_STEPS]}
-                    created = await client.post(f"{base}/v1/funnels", json=body, headers=writer)
+                    created = await client.post(f"{base}/v1/funnels", json=body, headers=CAMPAIGNS)
                     created.raise_for_status()
                     per_product = await timed_http(
                         client, f"{base}/v1/funnels/{created.json()['funnel_id']}/result", args.runs, span)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -21,6 +21,7 @@ from libs.common.http import (
     parse_span,
 )
 from services.funnel import reports
+from services.funnel.adapters.facts import TooManyFacts
 from services.funnel.adapters.funnels import (
     DEFAULT_FUNNEL_ID,
     add_funnel,
@@ -84,6 +85,19 @@ def _span(request: Request, start: str, end: str) -> tuple[datetime, datetime]:
 
 def _as_of(value: str | None) -> datetime:
     return parse_as_of(value, datetime.now(UTC))
+
+
+def _max_rows(request: Request) -> int:
+    return _settings(request).max_report_rows
+
+
+async def _bounded(request: Request, answer: Awaitable[T]) -> T:
+    """A report computed from loaded facts, or 422 when it would read more rows than the service allows."""
+    try:
+        return await answer
+    except TooManyFacts as exc:
+        raise ApiError(422, "range_too_large",
+                       f"from/to: {exc} (setting max_report_rows); ask for a shorter range") from None
 
 
 def _limit(request: Request, limit: int | None) -> int:
@@ -209,7 +223,8 @@ async def get_funnel_result(
     )
     if result is None:
         async with reports.snapshot(service.database) as connection:
-            result = await reports.funnel(connection, definition, start_at, end_at, moment, breakdown)
+            result = await _bounded(request, reports.funnel(connection, definition, start_at, end_at, moment,
+                                                            breakdown, max_rows=_max_rows(request)))
     return JsonResponse({
         **span_public(start_at, end_at, moment), "funnel_id": stored.funnel_id, "name": definition.name,
         "unit": definition.unit, "window_seconds": definition.window_seconds, "breakdown_by": breakdown,

@@ -27,12 +27,12 @@ async def snapshot(database: Database) -> AsyncIterator[AsyncConnection]:
 
 async def funnel(
     connection: AsyncConnection, definition: FunnelDefinition, start: datetime, end: datetime, as_of: datetime,
-    breakdown: Breakdown | None,
+    breakdown: Breakdown | None, *, max_rows: int | None = None,
 ) -> FunnelResult:
     """One funnel over entrants in [start, end) (SPEC.md "Funnel")."""
     window = timedelta(seconds=definition.window_seconds)
     # A chain starting before `end` ends at most `window` later; only events of the steps' types can join it.
-    query = FactQuery(start, end + window, as_of, types={step.type for step in definition.steps})
+    query = FactQuery(start, end + window, as_of, types={step.type for step in definition.steps}, max_rows=max_rows)
     if breakdown == "category" or any(step.category is not None for step in definition.steps):
         query.with_product_attributes()
     return funnel_result(definition, await query.load(connection), start, end, as_of, breakdown)

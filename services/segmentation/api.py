@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
@@ -36,6 +37,7 @@ from services.segmentation.population import (
 from services.segmentation.runtime import SegmentationService
 from services.segmentation.segments import BUILTIN_BY_ID, BUILTIN_SEGMENTS, SegmentDefinition, SegmentKind
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["segmentation"])
 ReadKey = Annotated[str, requires("read")]
 # Defining segments is the marketing operator's job, like defining campaigns.
@@ -255,7 +257,8 @@ async def _erase(request: Request, person_key: str) -> dict[str, Any]:
     try:
         await publish_erasure(service.publisher, erasure)
     except BrokerUnavailable as exc:
-        raise ApiError(503, "broker_unavailable", f"{exc}; nothing was requested, retry",
+        log.warning("answering 503: the broker did not acknowledge the erasure request", extra={"error": str(exc)})
+        raise ApiError(503, "broker_unavailable", "the broker did not acknowledge; nothing was requested, retry",
                        headers={"Retry-After": "1"}) from None
     return {"person_key": person_key, "requested_at": format_timestamp(erasure.requested_at),
             "request_id": erasure.request_id}
