@@ -22,7 +22,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db import Database
-from libs.common.events import PublishedEvent, format_timestamp
+from libs.common.events import PublishedEvent, epoch_micros, format_timestamp
 from libs.common.kafka import SEGMENTS_TOPIC, Publisher
 from libs.common.metrics import Metrics
 from services.segmentation.adapters.segments import (
@@ -31,6 +31,7 @@ from services.segmentation.adapters.segments import (
     last_round,
     lock_membership,
     queued_changes,
+    remember_published_round,
     remember_round,
     round_candidates,
     rule_segments,
@@ -121,6 +122,8 @@ async def sync_membership(connection: AsyncConnection, as_of: datetime, threshol
         else:
             evaluated, rows = await _round_of_everyone(connection, figures_at, cuts, thresholds, changed=changed,
                                                        complete=complete, complete_every=complete_every)
+    if persons is None:
+        await remember_published_round(connection, epoch_micros(as_of))
     return evaluated, await _queue_changes(connection, as_of, rows, definitions)
 
 

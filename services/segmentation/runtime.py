@@ -10,6 +10,7 @@ from libs.common.kafka import EVENTS_TOPIC, Subscription
 from libs.common.service import Service
 from services.segmentation.membership import MembershipScheduler
 from services.segmentation.population import Thresholds
+from services.segmentation.rfm_cuts import RfmCutsCache
 from services.segmentation.settings import SegmentationSettings
 
 
@@ -27,6 +28,7 @@ class SegmentationService(Service):
         super().__init__("segmentation", settings, database, subscriptions)
         self.clock = clock
         self.thresholds = Thresholds(settings.lifecycle.thresholds(), settings.tiers.thresholds())
+        self.rfm_cuts = RfmCutsCache()
         self.scheduler = MembershipScheduler(
             database, self.publisher, thresholds=self.thresholds, settings=settings.membership, clock=clock,
             metrics=self.metrics, events_lag=self._events_lag,

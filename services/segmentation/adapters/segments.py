@@ -18,6 +18,7 @@ from sqlalchemy import (
     case,
     delete,
     func,
+    literal,
     or_,
     select,
     text,
@@ -28,7 +29,7 @@ from sqlalchemy.sql.expression import SelectBase
 
 from libs.common.db import BulkRows
 from libs.common.events import epoch_micros, from_epoch_micros
-from services.segmentation.adapters.facts import _order_sums, chunks
+from services.segmentation.adapters.facts import _bytewise, _order_sums, chunks
 from services.segmentation.adapters.tables import (
     counted_orders,
     customer_segments,
@@ -172,6 +173,43 @@ async def remember_round(connection: AsyncConnection, round_: Round | None) -> N
             recency_cuts=orjson.dumps(round_.recency_cuts).decode(),
             frequency_cuts=orjson.dumps(round_.frequency_cuts).decode(),
         ))
+
+
+# When the stored membership was last decided for every customer: the as_of of the last round of everyone
+# (built-in and rule segments alike). Unlike segment_rounds it survives erasures and rule segments: stored pages
+# of members (GET /v1/segments/{id}/members without as_of) are reported at it.
+published_rounds = Table(
+    "published_rounds",
+    metadata,
+    Column("scope", String(16), primary_key=True),
+    Column("as_of_us", BigInteger, nullable=False),
+)
+_EVERYONE = "everyone"
+
+
+async def remember_published_round(connection: AsyncConnection, as_of_us: int) -> None:
+    """Record that every customer's stored membership was decided at as_of (in this transaction)."""
+    await connection.execute(delete(published_rounds))
+    await connection.execute(published_rounds.insert().values(scope=_EVERYONE, as_of_us=as_of_us))
+
+
+async def last_published_round(connection: AsyncConnection) -> int | None:
+    """The as_of (epoch micros) of the last round of everyone whose membership is stored, if any."""
+    return (await connection.execute(select(published_rounds.c.as_of_us)
+                                     .where(published_rounds.c.scope == _EVERYONE))).scalar_one_or_none()
+
+
+async def stored_members(connection: AsyncConnection, segment_id: str, after: str | None, limit: int) -> list[str]:
+    """Up to ``limit`` persons whose stored membership holds the segment, by person key after ``after``: a walk
+    of the person-key index (migration 5 gives PostgreSQL one in code-point order), not an evaluation."""
+    person = _bytewise(connection.dialect.name, customer_segments.c.person_key)
+    # Ids hold no space: " id " within " key " is membership (autoescape: "_" in "rfm:at_risk" is no wildcard).
+    padded = literal(" ") + customer_segments.c.segment_ids + literal(" ")
+    query = (select(customer_segments.c.person_key).where(padded.contains(f" {segment_id} ", autoescape=True))
+             .order_by(person).limit(limit))
+    if after is not None:
+        query = query.where(person > after)
+    return list((await connection.execute(query)).scalars())
 
 
 def _lifecycle_id(sums: Any, figures_at: FiguresAt) -> Any:
