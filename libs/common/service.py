@@ -15,9 +15,10 @@ from aiokafka.errors import KafkaError
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 
-from libs.common.auth import ApiKeys
+from libs.common.auth import ApiKeys, open_route
 from libs.common.db import Database
 from libs.common.events import format_timestamp
+from libs.common.guard import DEFAULT_MAX_BODY_BYTES, check_routes, install_guard
 from libs.common.http import JsonResponse, install_error_handler
 from libs.common.kafka import (
     ALL_TOPICS,
@@ -135,7 +136,7 @@ class Service:
 
 
 def _operations_router() -> APIRouter:
-    router = APIRouter(tags=["operations"])
+    router = APIRouter(tags=["operations"], dependencies=[open_route()])
 
     @router.get("/healthz", summary="The process is alive (503 once a consumer loop has died: restart it)")
     async def healthz(request: Request) -> JsonResponse:
@@ -160,11 +161,18 @@ def _operations_router() -> APIRouter:
 
 
 def create_app(service: Service, *, routers: Sequence[APIRouter], title: str, description: str,
-               on_startup: Callable[[Service], Any] | None = None) -> FastAPI:
-    """A FastAPI app for ``service`` with the shared routes, auth keys, metrics and error shape."""
+               on_startup: Callable[[Service], Any] | None = None,
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+    """A FastAPI app for ``service`` with the shared routes, auth keys, metrics and error shape.
+
+    Every route of ``routers`` declares its access (``requires(scope)``, libs/common/auth.py); the guard
+    checks it before the body is read, and bounds bodies to the route's ``max_body_bytes`` or this default.
+    An app with a route that declares nothing refuses to start.
+    """
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        check_routes(app)  # before anything starts: a route without an access rule is a bug, not a warning
         # What is loaded by now lives as long as the process: keep it out of every collection, and
         # collect the young generation less often (a request allocates thousands of short-lived objects).
         gc.freeze()
@@ -177,11 +185,13 @@ def create_app(service: Service, *, routers: Sequence[APIRouter], title: str, de
         finally:
             await service.stop()
 
+    # redirect_slashes off: "/v1/customers/a/" names the person "a/", it is not a redirect to "a".
     app = FastAPI(title=title, description=description, version=VERSION, lifespan=lifespan,
-                  default_response_class=JsonResponse)
+                  default_response_class=JsonResponse, redirect_slashes=False)
     app.state.service = service
     app.state.api_keys = ApiKeys(service.settings.common.api_keys)
-    app.add_middleware(MetricsMiddleware, metrics=service.metrics)
+    install_guard(app, app.state.api_keys, default_max_body_bytes=max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=service.metrics)  # outside the guard: 401s are counted too
     install_error_handler(app)
     app.include_router(_operations_router())
     for router in routers:

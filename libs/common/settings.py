@@ -33,7 +33,9 @@ class KafkaSettings(BaseModel):
 class CommonSettings(BaseSettings):
     """Values every service reads under the ``SHOPLOOP_`` prefix."""
 
-    model_config = SettingsConfigDict(env_prefix="SHOPLOOP_", env_nested_delimiter="__", extra="ignore")
+    # hide_input_in_errors: a start-up error must not print SHOPLOOP_API_KEYS (or a password in a URL).
+    model_config = SettingsConfigDict(env_prefix="SHOPLOOP_", env_nested_delimiter="__", extra="ignore",
+                                      hide_input_in_errors=True)
 
     env: Literal["local", "test", "staging", "production"] = "local"
     api_keys: str = DEV_API_KEYS
@@ -55,7 +57,8 @@ class CommonSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _no_dev_keys_outside_local(self) -> CommonSettings:
-        if self.env in ("local", "test"):
+        # Only the embedded stack on a developer's machine may run with the published keys; "test" may not.
+        if self.env == "local":
             return self
         from libs.common.auth import parse_api_keys
 
@@ -76,7 +79,7 @@ class CommonSettings(BaseSettings):
 class ServiceSettings(BaseSettings):
     """Base of each service's settings; subclasses set ``env_prefix`` to ``SHOPLOOP_<NAME>__``."""
 
-    model_config = SettingsConfigDict(env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(env_nested_delimiter="__", extra="ignore", hide_input_in_errors=True)
 
     host: str = "127.0.0.1"
     port: int = 8000

@@ -1,18 +1,20 @@
-"""Routes of the segmentation service (SPEC.md "API surface: segmentation")."""
+"""Routes of the segmentation service (SPEC.md "API surface: segmentation"): each parses its input, calls one
+function of queries.py and renders that function's model (schemas.py)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 
-from libs.common.auth import require_scope
+from libs.common.auth import requires
 from libs.common.http import ApiError, decode_cursor, parse_as_of
 from services.segmentation.domain.rules import RuleError, parse_rule
 from services.segmentation.queries import (
     create_segment,
     customer_profile,
+    delete_segment,
     lifecycle_summary,
     member_page,
     request_erasure,
@@ -34,10 +36,13 @@ from services.segmentation.schemas import (
 )
 
 router = APIRouter(tags=["segmentation"])
-ReadKey = Annotated[str, Depends(require_scope("read"))]
+ReadKey = Annotated[str, requires("read")]
 # Defining segments is the marketing operator's job, like defining campaigns.
-CampaignsKey = Annotated[str, Depends(require_scope("campaigns"))]
-AdminKey = Annotated[str, Depends(require_scope("admin"))]
+CampaignsKey = Annotated[str, requires("campaigns")]
+# Erasure is irreversible and reaches every service (SPEC.md "Auth").
+AdminKey = Annotated[str, requires("admin")]
+# A person key may hold "/" (and end with one): the path form takes the rest of the path, the query form anything.
+QueryPersonKey = Annotated[str, Query(description="the person key, URL-encoded", min_length=1, max_length=300)]
 AsOf = Annotated[str | None, Query(description="RFC 3339 timestamp (default: now); encode + as %2B",
                                    examples=["2026-05-01T00:00:00Z"])]
 
@@ -55,19 +60,40 @@ def _after(cursor: str | None) -> str | None:
     return None if after is None else after[0]
 
 
-@router.get("/v1/customers/{person_key}", response_model=CustomerPublic, summary="One customer's profile at as_of")
+def _person_key(person_key: str) -> str:
+    if not 1 <= len(person_key) <= 300:
+        raise ApiError(422, "invalid_person_key", "person_key must have 1 to 300 characters")
+    return person_key
+
+
+@router.get("/v1/customers", response_model=CustomerPublic, summary="One customer's profile at as_of (key as a query)")
+async def get_customer_by_query(request: Request, person_key: QueryPersonKey, _key: ReadKey,
+                                as_of: AsOf = None) -> CustomerPublic:
+    """The same as `GET /v1/customers/{person_key}`, for clients that cannot put any key in a path."""
+    return await customer_profile(_service(request), _person_key(person_key), _as_of(request, as_of))
+
+
+@router.get("/v1/customers/{person_key:path}", response_model=CustomerPublic,
+            summary="One customer's profile at as_of")
 async def get_customer(request: Request, person_key: str, _key: ReadKey, as_of: AsOf = None) -> CustomerPublic:
-    return await customer_profile(_service(request), person_key, _as_of(request, as_of))
+    """The person key is the rest of the path, URL-decoded: it may hold "/" and end with one."""
+    return await customer_profile(_service(request), _person_key(person_key), _as_of(request, as_of))
 
 
-@router.delete("/v1/customers/{person_key}", status_code=202, response_model=ErasureAccepted,
+@router.delete("/v1/customers", status_code=202, response_model=ErasureAccepted,
+               summary="Erase a customer's personal data in every service (key as a query)")
+async def delete_customer_by_query(request: Request, person_key: QueryPersonKey, _key: AdminKey) -> ErasureAccepted:
+    """The same as `DELETE /v1/customers/{person_key}`, for clients that cannot put any key in a path."""
+    return await request_erasure(_service(request), _person_key(person_key))
+
+
+@router.delete("/v1/customers/{person_key:path}", status_code=202, response_model=ErasureAccepted,
                summary="Erase a customer's personal data in every service")
 async def delete_customer(request: Request, person_key: str, _key: AdminKey) -> ErasureAccepted:
     """Publishes an erasure request on `shoploop.privacy.v1`; every service (this one included) consumes it
-    and deletes the person's personal data. Aggregate counts already published stay."""
-    if not 1 <= len(person_key) <= 300:
-        raise ApiError(422, "invalid_person_key", "person_key must have 1 to 300 characters")
-    return await request_erasure(_service(request), person_key)
+    and deletes the person's personal data. Aggregate counts already published stay. The person key is the
+    rest of the path, URL-decoded: it may hold "/" and end with one."""
+    return await request_erasure(_service(request), _person_key(person_key))
 
 
 @router.get("/v1/rfm", response_model=RfmSummary, summary="Customers per RFM segment and per (R, F) score cell")
@@ -87,13 +113,22 @@ async def get_tiers(request: Request, _key: ReadKey, as_of: AsOf = None) -> Tier
 
 @router.post("/v1/segments", status_code=201, response_model=SegmentPublic, summary="Define a rule segment")
 async def post_segment(request: Request, body: SegmentCreate, _key: CampaignsKey) -> SegmentPublic:
-    """The rule is validated (unknown field or operator: 422 with the reason) and kept as data; members
-    enter (and later exit) through `shoploop.segments.v1` once the scheduler has evaluated it."""
+    """The rule is validated (unknown field or operator, or over a cap: 422 with the reason) and kept as data;
+    members enter (and later exit) through `shoploop.segments.v1` once the scheduler has evaluated it."""
+    service = _service(request)
     try:
-        rule = parse_rule(body.rule)
+        rule = parse_rule(body.rule, service.settings.rule_segments.limits())
     except RuleError as exc:
         raise ApiError(422, "invalid_rule", str(exc)) from None
-    return await create_segment(_service(request), body.name, rule, body.rule)
+    return await create_segment(service, body.name, rule, body.rule)
+
+
+@router.delete("/v1/segments/{segment_id}", status_code=204, summary="Delete a rule segment")
+async def remove_segment(request: Request, segment_id: str, _key: CampaignsKey) -> Response:
+    """Its members exit it (published on `shoploop.segments.v1` like any exit); built-in segments cannot be
+    deleted (409)."""
+    await delete_segment(_service(request), segment_id)
+    return Response(status_code=204)
 
 
 @router.get("/v1/segments", response_model=SegmentPage, summary="Built-in and rule segments")

@@ -40,5 +40,7 @@ def build_service(settings: SegmentationSettings, *, clock: Callable[[], datetim
 
 def create_segmentation_app(settings: SegmentationSettings | None = None, *,
                             clock: Callable[[], datetime] = system_clock) -> FastAPI:
-    service = build_service(settings or SegmentationSettings(), clock=clock)
-    return create_app(service, routers=[router], title="shoploop segmentation", description=DESCRIPTION)
+    settings = settings or SegmentationSettings()
+    service = build_service(settings, clock=clock)
+    return create_app(service, routers=[router], title="shoploop segmentation", description=DESCRIPTION,
+                      max_body_bytes=settings.rule_segments.max_body_bytes)

@@ -26,12 +26,14 @@ from services.segmentation.adapters.segments import (
     last_published_round,
     member_counts,
     rule_segment,
+    rule_segment_count,
     rule_segments,
     stored_members,
 )
 from services.segmentation.domain.customers import LifecycleStage, MembershipTier
 from services.segmentation.domain.rfm import SCORES, RfmSegment
 from services.segmentation.domain.rules import Rule
+from services.segmentation.membership import remove_rule_segment
 from services.segmentation.population import (
     builtin_memberships,
     evaluate_segments,
@@ -181,13 +183,29 @@ async def create_segment(service: SegmentationService, name: str, rule: Rule, ru
         raise ApiError(409, "segment_name_taken", f"{name!r} is a built-in segment")
     segment = SegmentDefinition(segment_id=f"seg-{uuid.uuid4().hex[:16]}", name=name, kind=SegmentKind.RULE,
                                 rule=rule, created_at=service.clock(), rule_json=rule_json)
+    max_segments = service.settings.rule_segments.max_segments
     try:
         async with service.database.begin() as connection:
+            # Every rule segment is evaluated for every customer in every round: their number is bounded.
+            if await rule_segment_count(connection) >= max_segments:
+                raise ApiError(409, "too_many_segments",
+                               f"there are {max_segments} rule segments, the limit; delete one first")
             await add_rule_segment(connection, segment)
     except DuplicateSegmentName:
         raise ApiError(409, "segment_name_taken", f"a segment named {name!r} exists") from None
     service.scheduler.request_full_evaluation()
     return _public(segment, {})
+
+
+async def delete_segment(service: SegmentationService, segment_id: str) -> None:
+    """Delete a rule segment, its members exiting it (409 built_in, 404 unknown_segment)."""
+    if segment_id in BUILTIN_BY_ID:
+        raise ApiError(409, "built_in", f"{segment_id!r} is a built-in segment and cannot be deleted")
+    async with service.database.begin() as connection:
+        segment = await rule_segment(connection, segment_id)
+        if segment is None or not await remove_rule_segment(connection, segment, service.clock()):
+            raise ApiError(404, "unknown_segment", f"no segment {segment_id!r}")
+    service.scheduler.request_full_evaluation()  # publishes the exits now, not at the next interval
 
 
 async def segment_page(service: SegmentationService, after: str | None, limit: int) -> SegmentPage:
