@@ -28,7 +28,7 @@ class SegmentationService(Service):
         super().__init__("segmentation", settings, database, subscriptions)
         self.clock = clock
         self.thresholds = Thresholds(settings.lifecycle.thresholds(), settings.tiers.thresholds())
-        self.rfm_cuts = RfmCutsCache()
+        self.rfm_cuts = RfmCutsCache(self.metrics.registry)
         self.scheduler = MembershipScheduler(
             database, self.publisher, thresholds=self.thresholds, settings=settings.membership, clock=clock,
             metrics=self.metrics, events_lag=self._events_lag,

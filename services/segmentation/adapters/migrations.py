@@ -70,6 +70,8 @@ def _last_round_kept_until_an_erasure(connection: Connection) -> None:
 def _read_side_state(connection: Connection) -> None:
     for table in (fact_versions, published_rounds):
         table.create(connection, checkfirst=True)
+    for index in counted_orders.indexes:
+        index.create(connection, checkfirst=True)
     if connection.dialect.name == "postgresql":
         # Pages of stored members walk person keys in code-point order (adapters/segments.py stored_members).
         connection.execute(text('CREATE INDEX IF NOT EXISTS ix_customer_segments_person_bytewise '
@@ -83,6 +85,6 @@ MIGRATIONS = [
                  "evaluations in memory", _derived_facts_and_membership_per_person),
     Migration(3, "customer events indexed by person and type", _events_indexed_by_person_and_type),
     Migration(4, "the last membership round, forgotten when a profile is erased", _last_round_kept_until_an_erasure),
-    Migration(5, "read side: fact versions for cached RFM cuts, the last published round, stored members by "
-                 "person key in code-point order", _read_side_state),
+    Migration(5, "read side: fact versions for cached RFM cuts, counted orders by time, the last published "
+                 "round, stored members by person key in code-point order", _read_side_state),
 ]

@@ -64,6 +64,8 @@ counted_orders = Table(
     Column("occurred_us", BigInteger, nullable=False),
     Column("total_cents", BigInteger, nullable=False),
     Index("ix_counted_orders_person", "person_key", "occurred_us"),
+    # Persons with an order in a few narrow ranges: whose RFM figures moved between two moments (rfm_cuts.py).
+    Index("ix_counted_orders_time", "occurred_us"),
 )
 
 # identify traits, one row per call: merged in (occurred_at, event_id) order at query time.

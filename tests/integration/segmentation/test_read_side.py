@@ -29,16 +29,23 @@ async def _profile(segmentation, person: str) -> dict[str, Any]:
     return await segmentation.get(f"/v1/customers/{person}", as_of=format_timestamp(AS_OF))
 
 
-async def test_a_profile_at_a_moment_asked_again_ranks_with_the_cuts_computed_once(segmentation):
+async def test_profiles_at_one_minute_rank_with_the_population_counted_once(segmentation):
     await segmentation.send([order(f"p-{i}", AS_OF - timedelta(days=i), f"e-{i}", f"o-{i}", total=f"{i}00.00")
                              for i in range(1, 6)])
     await segmentation.wait_processed(5)
-    cache = segmentation.service.rfm_cuts
+    registry = segmentation.service.metrics.registry
+
+    def computed() -> float | None:
+        return registry.get_sample_value("shoploop_rfm_population_counted_total")
+
     first = await _profile(segmentation, "p-3")
-    computed = cache.computed
+    assert computed() == 1
     answers = [await _profile(segmentation, f"p-{i}") for i in (3, 3, 1, 5)]
     assert answers[0] == answers[1] == first and answers[3]["rfm"]["m_score"] == 5
-    assert cache.computed == computed
+    # 30 s later in the same minute: derived from the same count.
+    later = await segmentation.get("/v1/customers/p-3", as_of=format_timestamp(AS_OF + timedelta(seconds=30)))
+    assert later["rfm"] == first["rfm"]
+    assert computed() == 1
 
 
 async def test_a_cached_ranking_follows_a_new_order_of_someone_else(segmentation):
@@ -74,6 +81,30 @@ async def test_a_cached_ranking_follows_an_erasure(segmentation):
 
 
 _examples = itertools.count()
+# Orders near the day boundaries a grid minute and an as_of within it straddle: whole days before the minute,
+# a few seconds either way (rfm_cuts.py moves the population counted at the minute to the as_of).
+near_boundaries = st.lists(st.tuples(st.integers(0, 4), st.sampled_from([0, 1, 2, 30, 364, 365, 366]),
+                                     st.sampled_from([-61, -1, 0, 1, 30, 59, 61]),
+                                     st.sampled_from(["9.90", "10.00", "99.99", "2000.00"])), min_size=1, max_size=8)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+@given(drawn=near_boundaries, seconds=st.integers(0, 59), micros=st.sampled_from([0, 1, 999_999]))
+async def test_profiles_between_grid_minutes_rank_as_the_domain_does(segmentation, drawn, seconds, micros):
+    events = segmentation.__dict__.setdefault("boundary_events", {})
+    example = next(_examples)
+    new_events = [order(f"b{example}-p{person}", AS_OF - timedelta(days=days, seconds=back), f"b{example}-e{n}",
+                        f"b{example}-o{n}", total=total) for n, (person, days, back, total) in enumerate(drawn)]
+    await segmentation.send(new_events)
+    events.update({e.event_id: e for e in new_events})
+    await segmentation.wait_processed(len(events))
+    as_of = AS_OF + timedelta(seconds=seconds, microseconds=micros)
+    expected = Expected(list(events.values()), as_of, "no-rule")
+    for person in sorted({e.person_key for e in new_events}):
+        if person in expected.by_person:
+            answer = await segmentation.get(f"/v1/customers/{person}", as_of=format_timestamp(as_of))
+            assert answer["rfm"] == expected.profile(person)["rfm"], person
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
