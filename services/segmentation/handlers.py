@@ -19,8 +19,9 @@ async def record_customer_facts(connection: AsyncConnection,
     """Store events as the persons' facts; returns those not stored before (the membership scheduler hears of
     them after the commit). The consumer runs without claims: stored event_ids are the idempotency record."""
     applied = await record_events(connection, events)
-    if any(event.order is not None and event.order.status == OrderStatus.COMPLETED for event in applied):
-        await bump_fact_version(connection)  # counted orders may have changed: cached RFM cuts are stale
+    if applied:  # cached counts are stale; cached RFM cuts only if counted orders may have changed
+        await bump_fact_version(connection, orders=any(
+            event.order is not None and event.order.status == OrderStatus.COMPLETED for event in applied))
     return applied
 
 
@@ -29,4 +30,4 @@ async def erase_customers(connection: AsyncConnection, requests: Sequence[Erasur
     # Not while an evaluation that loaded their facts is about to store their membership.
     await lock_membership(connection)
     await erase_persons(connection, {request.person_key: request.pseudonym for request in requests})
-    await bump_fact_version(connection)
+    await bump_fact_version(connection, orders=True)

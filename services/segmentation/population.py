@@ -28,7 +28,6 @@ from services.segmentation.adapters.facts import (
     rfm_cut_inputs,
     standing_sums,
 )
-from services.segmentation.adapters.segments import stage_and_tier_counts
 from services.segmentation.domain.customers import (
     CustomerFigures,
     FiguresAt,
@@ -160,12 +159,6 @@ async def load_rfm_counts(connection: AsyncConnection, as_of: datetime) -> RfmCo
     histogram, _ = await rfm_cut_inputs(connection, figures_at.as_of_us, figures_at.lookback_start_us,
                                         monetary=False)
     return rfm_counts(histogram)
-
-
-async def lifecycle_and_tiers(connection: AsyncConnection, as_of: datetime,
-                              thresholds: Thresholds) -> dict[tuple[LifecycleStage, MembershipTier | None], int]:
-    """How many persons known at as_of are in each (lifecycle stage, tier or None)."""
-    return await stage_and_tier_counts(connection, thresholds.at(as_of))
 
 
 # (person_key, built-in segment ids at as_of (none when unknown then), membership key as stored or None).

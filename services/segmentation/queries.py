@@ -4,7 +4,8 @@ declared model (schemas.py). Routes (api.py) only parse, call one of these and r
 Where an answer comes from:
 - a profile: the person's own rows by index, ranked against the RFM population with quintile cuts kept per
   (as_of, fact version) (rfm_cuts.py);
-- /v1/rfm, /v1/lifecycle, /v1/tiers: counts the database makes (population.py, adapters/segments.py);
+- /v1/rfm: counts per (recency, frequency) the database makes (population.py);
+- /v1/lifecycle, /v1/tiers: counts per (stage, tier) kept per minute and moved to the as_of (stage_counts.py);
 - members without as_of: the stored membership as last published, a keyset walk by person key; members at an
   explicit as_of: an evaluation at that moment (exact for any as_of, and as costly as evaluating everyone).
 """
@@ -37,7 +38,6 @@ from services.segmentation.membership import remove_rule_segment
 from services.segmentation.population import (
     builtin_memberships,
     evaluate_segments,
-    lifecycle_and_tiers,
     load_rfm_counts,
 )
 from services.segmentation.schemas import (
@@ -140,7 +140,7 @@ async def rfm_summary(service: SegmentationService, as_of: datetime) -> RfmSumma
 async def lifecycle_summary(service: SegmentationService, as_of: datetime) -> LifecycleSummary:
     """Customers per lifecycle stage at as_of."""
     async with service.database.read() as connection:
-        customers = await lifecycle_and_tiers(connection, as_of, service.thresholds)
+        customers = await service.stage_counts.counts(connection, as_of, service.thresholds)
     stages = dict.fromkeys(LifecycleStage, 0)
     for (stage, _), count in customers.items():
         stages[stage] += count
@@ -155,7 +155,7 @@ async def lifecycle_summary(service: SegmentationService, as_of: datetime) -> Li
 async def tier_summary(service: SegmentationService, as_of: datetime) -> TierSummary:
     """Customers per membership tier at as_of."""
     async with service.database.read() as connection:
-        customers = await lifecycle_and_tiers(connection, as_of, service.thresholds)
+        customers = await service.stage_counts.counts(connection, as_of, service.thresholds)
     tiers = dict.fromkeys(MembershipTier, 0)
     no_tier = 0
     for (_, tier), count in customers.items():

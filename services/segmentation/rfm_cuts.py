@@ -117,7 +117,7 @@ class RfmCutsCache:
         as_of_us = figures_at.as_of_us
         lookback_us = as_of_us - figures_at.lookback_start_us
         # The version first: whatever is read after it is at least that new, so nothing older is kept newer.
-        version = await fact_version(connection)
+        version = (await fact_version(connection)).of_orders
         key = (as_of_us, lookback_us, version)
         found = _recent(self._cuts, key)
         if found is not None:

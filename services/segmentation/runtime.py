@@ -12,6 +12,7 @@ from services.segmentation.membership import MembershipScheduler
 from services.segmentation.population import Thresholds
 from services.segmentation.rfm_cuts import RfmCutsCache
 from services.segmentation.settings import SegmentationSettings
+from services.segmentation.stage_counts import StageCountsCache
 
 
 def system_clock() -> datetime:
@@ -29,6 +30,7 @@ class SegmentationService(Service):
         self.clock = clock
         self.thresholds = Thresholds(settings.lifecycle.thresholds(), settings.tiers.thresholds())
         self.rfm_cuts = RfmCutsCache(self.metrics.registry)
+        self.stage_counts = StageCountsCache()
         self.scheduler = MembershipScheduler(
             database, self.publisher, thresholds=self.thresholds, settings=settings.membership, clock=clock,
             metrics=self.metrics, events_lag=self._events_lag,

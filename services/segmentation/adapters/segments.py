@@ -308,6 +308,29 @@ async def stage_and_tier_counts(
             for stage_id, tier_part, customers in await connection.execute(query)}
 
 
+async def stages_of(connection: AsyncConnection, figures_at: FiguresAt,
+                    persons: Collection[str]) -> list[tuple[LifecycleStage, MembershipTier | None]]:
+    """(lifecycle stage, tier or None) at as_of of those of the persons known then, decided in the database as
+    ``stage_and_tier_counts`` decides them."""
+    stages = {builtin_ids(stage, None, None)[0]: stage for stage in LifecycleStage}
+    tiers: dict[str, MembershipTier | None] = {part: tier for tier, part in _TIER_PARTS.items()} | {"": None}
+    found: list[tuple[LifecycleStage, MembershipTier | None]] = []
+    for batch in chunks(persons):
+        sums = _order_sums(figures_at.as_of_us, figures_at.lookback_start_us, batch)
+        query = (select(_lifecycle_id(sums, figures_at), _tier_part(sums, figures_at))
+                 .select_from(profiles.outerjoin(sums, sums.c.person_key == profiles.c.person_key))
+                 .where(profiles.c.first_seen_us <= figures_at.as_of_us, profiles.c.person_key.in_(batch)))
+        found += [(stages[stage_id], tiers[tier_part]) for stage_id, tier_part in await connection.execute(query)]
+    return found
+
+
+async def persons_first_seen_in(connection: AsyncConnection, after_us: int, until_us: int) -> list[str]:
+    """Persons whose first event lies in ``(after, until]``."""
+    query = select(profiles.c.person_key).where(profiles.c.first_seen_us > after_us,
+                                                profiles.c.first_seen_us <= until_us)
+    return list((await connection.execute(query)).scalars())
+
+
 def round_candidates(windows: Sequence[tuple[int, int]], known_after_us: int, as_of_us: int) -> SelectBase:
     """Persons with a counted order in one of the ranges ``(after, until]`` or first seen in
     (known_after, as_of]: whose built-in segments can have changed (domain/rounds.py)."""

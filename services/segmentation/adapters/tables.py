@@ -106,15 +106,16 @@ segment_changes = Table(
     Column("payload", Text, nullable=False),
 )
 
-# How often each consumer process has changed counted orders (one row per process, so replicas never wait for
-# each other's row): the read side's cached RFM cuts are keyed on the total, which only grows. Bumped in the
-# transaction that changes counted orders, so a reader that read the total before the facts cannot cache
-# older facts under a newer total.
+# How often each consumer process has changed counted orders, and stored facts of any kind (one row per
+# process, so replicas never wait for each other's row): the read side's cached counts are keyed on the totals,
+# which only grow. Bumped in the transaction that changes the facts, so a reader that read the totals before
+# the facts cannot keep older facts under newer totals.
 fact_versions = Table(
     "fact_versions",
     metadata,
     Column("writer", String(32), primary_key=True),
-    Column("version", BigInteger, nullable=False),
+    Column("orders", BigInteger, nullable=False),
+    Column("facts", BigInteger, nullable=False),
 )
 
 PERSONAL_TABLES = (profiles, customer_events, customer_orders, counted_orders, customer_traits, customer_segments,

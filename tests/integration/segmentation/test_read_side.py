@@ -83,19 +83,23 @@ async def test_a_cached_ranking_follows_an_erasure(segmentation):
 _examples = itertools.count()
 # Orders near the day boundaries a grid minute and an as_of within it straddle: whole days before the minute,
 # a few seconds either way (rfm_cuts.py moves the population counted at the minute to the as_of).
-near_boundaries = st.lists(st.tuples(st.integers(0, 4), st.sampled_from([0, 1, 2, 30, 364, 365, 366]),
+near_boundaries = st.lists(st.tuples(st.integers(0, 4), st.sampled_from([0, 1, 2, 30, 90, 180, 364, 365, 366]),
                                      st.sampled_from([-61, -1, 0, 1, 30, 59, 61]),
                                      st.sampled_from(["9.90", "10.00", "99.99", "2000.00"])), min_size=1, max_size=8)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
-@given(drawn=near_boundaries, seconds=st.integers(0, 59), micros=st.sampled_from([0, 1, 999_999]))
-async def test_profiles_between_grid_minutes_rank_as_the_domain_does(segmentation, drawn, seconds, micros):
+@given(drawn=near_boundaries, seconds=st.integers(0, 59), micros=st.sampled_from([0, 1, 999_999]),
+       first_seen=st.integers(0, 60))
+async def test_profiles_and_counts_between_grid_minutes_equal_the_domain(segmentation, drawn, seconds, micros,
+                                                                         first_seen):
     events = segmentation.__dict__.setdefault("boundary_events", {})
     example = next(_examples)
     new_events = [order(f"b{example}-p{person}", AS_OF - timedelta(days=days, seconds=back), f"b{example}-e{n}",
                         f"b{example}-o{n}", total=total) for n, (person, days, back, total) in enumerate(drawn)]
+    # A person first seen within the minute: known at some as_of of it, not at others.
+    new_events.append(event("view", f"b{example}-new", AS_OF + timedelta(seconds=first_seen), f"b{example}-v"))
     await segmentation.send(new_events)
     events.update({e.event_id: e for e in new_events})
     await segmentation.wait_processed(len(events))
@@ -105,6 +109,10 @@ async def test_profiles_between_grid_minutes_rank_as_the_domain_does(segmentatio
         if person in expected.by_person:
             answer = await segmentation.get(f"/v1/customers/{person}", as_of=format_timestamp(as_of))
             assert answer["rfm"] == expected.profile(person)["rfm"], person
+    lifecycle = await segmentation.get("/v1/lifecycle", as_of=format_timestamp(as_of))
+    assert (lifecycle["customers"], lifecycle["stages"]) == (len(expected.figures), expected.lifecycle_counts())
+    tiers = await segmentation.get("/v1/tiers", as_of=format_timestamp(as_of))
+    assert (tiers["tiers"], tiers["no_tier"]) == expected.tier_counts()
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,

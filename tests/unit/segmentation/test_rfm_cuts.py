@@ -1,5 +1,6 @@
 """The RFM cuts at an as_of derived from the population counted at the grid moment below it (rfm_cuts.py) equal
-the domain's cuts of the population at that as_of (SPEC.md "Customers": RFM)."""
+the domain's cuts of the population at that as_of (SPEC.md "Customers": RFM); only persons with an order in the
+moved ranges can change RFM figures, lifecycle stage or tier between the two moments (stage_counts.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from libs.common.events import epoch_micros
-from services.segmentation.domain.customers import LOOKBACK, OrderFact, customer_figures
+from services.segmentation.domain.customers import LOOKBACK, LifecycleThresholds, OrderFact, customer_figures
 from services.segmentation.domain.rfm import RfmFigures, rfm_cuts
 from services.segmentation.rfm_cuts import BASE_STEP_US, PopulationCounts, moved_cuts, moved_ranges
+from services.segmentation.stage_counts import stage_moved_ranges
 
 GRID = datetime(2026, 1, 1, tzinfo=UTC)  # on the grid
 assert epoch_micros(GRID) % BASE_STEP_US == 0
@@ -74,3 +76,18 @@ def test_whoever_is_outside_the_moved_ranges_has_the_same_rfm_figures_at_both_mo
     for person, facts in by_person.items():
         if not any(after < epoch_micros(fact.occurred_at) <= until for fact in facts for after, until in ranges):
             assert at_grid.get(person) == at_as_of.get(person)
+
+
+@settings(max_examples=300)
+@given(drawn=orders, later_us=st.integers(0, BASE_STEP_US - 1),
+       new_days=st.sampled_from([1, 30]), active_days=st.sampled_from([30, 90]), dormant_days=st.sampled_from([180, 365]))
+def test_whoever_is_outside_the_stage_moved_ranges_keeps_stage_and_tier(drawn, later_us, new_days, active_days,
+                                                                        dormant_days):
+    by_person = _facts(drawn)
+    as_of = GRID + timedelta(microseconds=later_us)
+    lifecycle = LifecycleThresholds(new_days, active_days, dormant_days)
+    ranges = stage_moved_ranges(epoch_micros(GRID), epoch_micros(as_of), LOOKBACK_US, lifecycle)
+    for facts in by_person.values():
+        before, after = customer_figures(facts, GRID, lifecycle), customer_figures(facts, as_of, lifecycle)
+        if not any(after_us < epoch_micros(fact.occurred_at) <= until for fact in facts for after_us, until in ranges):
+            assert (before.lifecycle, before.tier) == (after.lifecycle, after.tier)
