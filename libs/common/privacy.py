@@ -7,6 +7,7 @@ aggregate counts already published stay. The record is keyed by person key.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 
 import orjson
@@ -57,7 +58,9 @@ def privacy_group(service_name: str) -> str:
     return f"{service_name}-privacy"
 
 
-def erasure_subscription(service_name: str, erase: BatchHandler) -> Subscription:
-    """The consumer of ``shoploop.privacy.v1`` a service runs to apply erasures."""
+def erasure_subscription(service_name: str, erase: BatchHandler, *, erases_from: Sequence[str]) -> Subscription:
+    """The consumer of ``shoploop.privacy.v1`` a service runs to apply erasures; ``erases_from`` names the tables
+    ``erase`` deletes or overwrites personal data in, scrubbed of older copies once each batch has committed."""
     return Subscription(group=privacy_group(service_name), topics=[PRIVACY_TOPIC], handle=erase,
-                        decode=ErasureRequest.from_json, event_id=lambda request: request.request_id)
+                        decode=ErasureRequest.from_json, event_id=lambda request: request.request_id,
+                        erases_from=tuple(erases_from))

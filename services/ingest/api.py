@@ -182,8 +182,8 @@ async def _publish_or_503(outcome: Outcome, service: Service, settings: IngestSe
     except BrokerUnavailable as exc:
         log.warning("answering 503: the broker did not acknowledge", extra={"error": str(exc)})
         raise ApiError(503, "broker_unavailable",
-                       f"{exc}; nothing of this request was accepted, retry it (event ids make retries safe)",
-                       headers={"Retry-After": "1"}) from None
+                       "the broker did not acknowledge; nothing of this request was accepted, retry it "
+                       "(event ids make retries safe)", headers={"Retry-After": "1"}) from None
 
 
 async def _json_body(request: Request) -> Any:

@@ -10,7 +10,7 @@ from libs.common.kafka import REJECTED_TOPIC, Subscription
 from libs.common.privacy import erasure_subscription
 from libs.common.service import Service, create_app
 from services.ingest.adapters import rate_buckets
-from services.ingest.adapters.rejected import MIGRATIONS, RejectedRecord, metadata
+from services.ingest.adapters.rejected import MIGRATIONS, RejectedRecord, metadata, rejected_events
 from services.ingest.api import router
 from services.ingest.handlers import forget_rejections, keep_rejections
 from services.ingest.settings import IngestSettings
@@ -29,7 +29,7 @@ def build_service(settings: IngestSettings) -> Service:
         group=REJECTED_GROUP, topics=[REJECTED_TOPIC], handle=keep_rejections,
         decode=RejectedRecord.model_validate_json, event_id=lambda record: record.rejection_id,
     )
-    erasures = erasure_subscription("ingest", forget_rejections)
+    erasures = erasure_subscription("ingest", forget_rejections, erases_from=[rejected_events.name])
     return Service("ingest", settings, database, [rejected, erasures])
 
 

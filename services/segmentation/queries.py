@@ -12,6 +12,7 @@ Where an answer comes from:
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -58,6 +59,8 @@ from services.segmentation.segments import BUILTIN_BY_ID, BUILTIN_SEGMENTS, Segm
 
 if TYPE_CHECKING:
     from services.segmentation.runtime import SegmentationService
+
+log = logging.getLogger(__name__)
 
 
 def _moment(value: datetime | None) -> str | None:
@@ -119,7 +122,8 @@ async def request_erasure(service: SegmentationService, person_key: str) -> Eras
     try:
         await publish_erasure(service.publisher, erasure)
     except BrokerUnavailable as exc:
-        raise ApiError(503, "broker_unavailable", f"{exc}; nothing was requested, retry",
+        log.warning("answering 503: the broker did not acknowledge the erasure request", extra={"error": str(exc)})
+        raise ApiError(503, "broker_unavailable", "the broker did not acknowledge; nothing was requested, retry",
                        headers={"Retry-After": "1"}) from None
     return ErasureAccepted(person_key=person_key, requested_at=format_timestamp(erasure.requested_at),
                            request_id=erasure.request_id)
