@@ -240,14 +240,15 @@ async def million_customers(args: argparse.Namespace, workdir: Path, rows: list[
                         return time.perf_counter() - begun
 
                     def p95_row(what: str, seconds: list[float], target: float) -> None:
+                        # The first request of a minute (and fact version) counts the population; the others reuse it.
                         p95 = common.percentile(seconds, 0.95)
                         rows.append((f"(c) {what}, {args.customers:,} customers, PostgreSQL",
-                                     f"p95 {p95 * 1000:,.0f} ms, median {statistics.median(seconds) * 1000:,.0f} ms "
-                                     f"({len(seconds)} requests)", f"p95 < {target * 1000:.0f} ms",
-                                     "met" if p95 < target else "not met"))
+                                     f"p95 {p95 * 1000:,.0f} ms, median {statistics.median(seconds) * 1000:,.0f} ms, "
+                                     f"first {seconds[0] * 1000:,.0f} ms ({len(seconds)} requests)",
+                                     f"p95 < {target * 1000:.0f} ms", "met" if p95 < target else "not met"))
 
                     for route in ("/v1/rfm", "/v1/lifecycle", "/v1/tiers"):
-                        p95_row(f"GET {route}", [await timed(route) for _ in range(5)], 0.5)
+                        p95_row(f"GET {route}", [await timed(route) for _ in range(20)], 0.5)
                     chosen = random.Random(4).sample(range(args.customers), 40)
                     # At the service's now (the first request counts the RFM population), then at an as_of
                     # between grid minutes (cuts moved from the minute's count through the persons who moved).
