@@ -190,3 +190,22 @@ async def test_every_route_answers_its_declared_response_model(segmentation):
         assert _rendered(route.response_model, answer.json()) == answer.json(), (method, path)
         if method == "POST":
             values["segment_id"] = answer.json()["segment_id"]
+
+
+async def test_published_and_evaluated_pages_walk_person_keys_in_the_same_code_point_order(segmentation):
+    keys = ["B", "a", "_x", "a b", "é", "中文", "Z9", "z-1", "%2F"]
+    await segmentation.send([event("view", key, AS_OF - timedelta(days=1), f"e-{n}") for n, key in enumerate(keys)])
+    await segmentation.wait_processed(len(keys))
+    await segmentation.service.scheduler.run_once(full=True)
+
+    async def walk(**params: str) -> list[str]:
+        found, cursor = [], None
+        while True:
+            page = await segmentation.get("/v1/segments/lifecycle:prospect/members", limit=2, **params,
+                                          **({"cursor": cursor} if cursor else {}))
+            found += [item["person_key"] for item in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return found
+
+    assert await walk() == await walk(as_of=format_timestamp(AS_OF)) == sorted(keys)
