@@ -10,7 +10,7 @@ from collections.abc import Collection, Sequence
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.segmentation.adapters.facts import _rfm_figures, chunks
+from services.segmentation.adapters.facts import _rfm_figures, cents_total, chunks
 from services.segmentation.adapters.tables import counted_orders
 from services.segmentation.domain.rounds import DAY_US
 
@@ -22,20 +22,21 @@ async def rfm_population(connection: AsyncConnection, as_of_us: int,
     """The RFM population at as_of in one pass: customers per recency_days, per frequency, and every monetary
     value (cents) in ascending order (packed 8 bytes each while they fit)."""
     figures = _rfm_figures(as_of_us, lookback_start_us).subquery("figures")
-    query = select(figures.c.last_order_us, figures.c.frequency, figures.c.monetary_cents).order_by(
-        figures.c.monetary_cents)
+    high, low = figures.c.monetary_high, figures.c.monetary_low  # a wide sum (libs/common/db.py wide_sum)
+    query = select(figures.c.last_order_us, figures.c.frequency, high, low).order_by(high, low)
     recency: Counter[int] = Counter()
     frequency: Counter[int] = Counter()
     monetary: array[int] | list[int] = array("q")
     result = await connection.stream(query)
     async for part in result.partitions(_STREAMED_ROWS):
-        for last_order_us, orders, cents in part:
+        for last_order_us, orders, cents_high, cents_low in part:
             recency[(as_of_us - last_order_us) // DAY_US] += 1
             frequency[orders] += 1
+            cents = cents_total(cents_high, cents_low) or 0
             try:
-                monetary.append(int(cents))
+                monetary.append(cents)
             except OverflowError:  # a sum of cents beyond 64 bits: keep Python integers
-                monetary = [*monetary, int(cents)]
+                monetary = [*monetary, cents]
     return recency, frequency, monetary
 
 
@@ -56,6 +57,6 @@ async def rfm_figures_of(connection: AsyncConnection, as_of_us: int, lookback_st
     query = _rfm_figures(as_of_us, lookback_start_us)
     for batch in chunks(persons):
         rows = await connection.execute(query.where(counted_orders.c.person_key.in_(batch)))
-        figures.extend(((as_of_us - last_order_us) // DAY_US, orders, int(cents))
-                       for _, last_order_us, orders, cents in rows)
+        figures.extend(((as_of_us - last_order_us) // DAY_US, orders, cents_total(high, low) or 0)
+                       for _, last_order_us, orders, high, low in rows)
     return figures
