@@ -126,14 +126,3 @@ def matrix_page(
     ]
     return entries, len(rows) > limit
 
-
-def product_matrix(cursor: duckdb.DuckDBPyConnection, as_of: datetime) -> list[MatrixEntry]:
-    """Every entry of the product matrix at as_of, by product_id (SPEC.md "Product matrix", "Product lifecycle")."""
-    entries: list[MatrixEntry] = []
-    after: str | None = None
-    while True:
-        page, more = matrix_page(cursor, as_of, after=after, limit=10_000)
-        entries += page
-        if not more:
-            return entries
-        after = page[-1].product_id

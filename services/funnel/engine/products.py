@@ -92,16 +92,3 @@ def product_page(
         ))
     return metrics, len(rows) > limit
 
-
-def product_metrics(
-    cursor: duckdb.DuckDBPyConnection, start: datetime, end: datetime, as_of: datetime
-) -> list[ProductMetrics]:
-    """Every product's metrics over [start, end) at as_of, by product_id (SPEC.md "Product metrics")."""
-    metrics: list[ProductMetrics] = []
-    after: str | None = None
-    while True:
-        page, more = product_page(cursor, start, end, as_of, after=after, limit=10_000)
-        metrics += page
-        if not more:
-            return metrics
-        after = page[-1].product_id
