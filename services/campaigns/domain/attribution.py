@@ -18,6 +18,7 @@ COMPLETED = "completed"
 REFUNDED = "refunded"
 DELIVERED = "delivered"
 ZERO = Decimal(0)
+EXACT_DIGITS = 120
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,9 +153,9 @@ class _ArmSums:
 
 
 def _decimal(value: Fraction) -> Decimal:
-    # 50 digits hold any quotient of sums of 64-bit cents exactly enough to round half up to cents.
+    # A quotient of exact sums, to enough digits that rounding half up to cents is decided right.
     with localcontext() as context:
-        context.prec = 50
+        context.prec = EXACT_DIGITS
         return Decimal(value.numerator) / Decimal(value.denominator)
 
 
@@ -224,6 +225,20 @@ def arm_totals(
     Attribution): counted orders whose counting event lies in [assigned_at, assigned_at + window_days x 24 h] and
     <= A; touched = touches delivered by A; redemptions and their discount cost from `coupons` (code -> (person,
     limit)), counted in the code's person's arm."""
+    with localcontext() as context:
+        # Sums of squared revenues reach ~50 digits; the default 28 would round them (and Welch's variances).
+        context.prec = EXACT_DIGITS
+        return _arm_totals(campaign, assignments, touches, orders, coupons, as_of)
+
+
+def _arm_totals(
+    campaign: Campaign,
+    assignments: Sequence[Assignment],
+    touches: Sequence[Touch],
+    orders: Sequence[OrderEvent],
+    coupons: Mapping[str, tuple[str, int]],
+    as_of: datetime,
+) -> dict[str, ArmTotals]:
     events = _distinct_events(orders)
     counting = counting_events(events, as_of)
     refunded = refunds_by_order(events, counting, as_of)

@@ -76,7 +76,8 @@ def prob_to_beat(c_conv: int, c_n: int, v_conv: int, v_n: int) -> float:
 
 
 def _variance(n: int, total: Fraction, total_sq: Fraction) -> Fraction:
-    return (total_sq - total * total / n) / (n - 1)
+    # Exact for exact inputs; a sum of squares rounded upstream could dip below zero, which means no spread.
+    return max(Fraction(0), (total_sq - total * total / n) / (n - 1))
 
 
 def welch(n1: int, sum1: object, sumsq1: object, n2: int, sum2: object, sumsq2: object) -> WelchResult:
