@@ -4,6 +4,7 @@ requests and allowed in answers."""
 from __future__ import annotations
 
 from datetime import date
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -46,7 +47,7 @@ class CampaignCreate(_Request):
     variants: Annotated[list[VariantIn], Field(min_length=1, max_length=20)]
     holdout_bp: Basis = 0
     window_days: Annotated[int, Field(ge=1, le=365, strict=True)] = 7
-    per_touch_cost: Amount = Field(default=0)
+    per_touch_cost: Amount = Field(default=Decimal(0))
     budget: Amount | None = None
     webhook_url: Annotated[str, Field(min_length=1, max_length=2048)]
     start_at: Annotated[str, Field(max_length=64)] | None = None
