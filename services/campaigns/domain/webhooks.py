@@ -97,12 +97,12 @@ def _address_reason(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> s
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return _address_reason(address.ipv4_mapped)
     checks = (
+        ("unspecified", address.is_unspecified),
         ("loopback", address.is_loopback),
         ("link-local", address.is_link_local),
         ("CGNAT", address in ipaddress.ip_network("100.64.0.0/10")),
         ("unique-local", address in ipaddress.ip_network("fc00::/7")),
         ("private", address.is_private),
-        ("unspecified", address.is_unspecified),
         ("multicast", address.is_multicast),
         ("reserved", address.is_reserved),
         ("not public", not address.is_global),
