@@ -221,10 +221,10 @@ def arm_totals(
     coupons: Mapping[str, tuple[str, int]],
     as_of: datetime,
 ) -> dict[str, ArmTotals]:
-    """Each arm's sufficient statistics as of A from the assignment list, touches and raw order events (SPEC.md
-    Attribution): counted orders whose counting event lies in [assigned_at, assigned_at + window_days x 24 h] and
-    <= A; touched = touches delivered by A; redemptions and their discount cost from `coupons` (code -> (person,
-    limit)), counted in the code's person's arm."""
+    """Each arm's sufficient statistics as of A from assignments, touches and raw order events (SPEC.md Attribution)."""
+    # A person's counted orders whose counting event lies in [assigned_at, assigned_at + window_days x 24 h] and
+    # <= A count for the person's arm; touched = touches delivered by A; redemptions and their discount cost come
+    # from `coupons` (code -> (person, limit)) and count in the code's person's arm, whenever they fall.
     with localcontext() as context:
         # Sums of squared revenues reach ~50 digits; the default 28 would round them (and Welch's variances).
         context.prec = EXACT_DIGITS

@@ -5,11 +5,11 @@ from __future__ import annotations
 from decimal import Decimal
 
 
-def spent(delivered_touches: int, per_touch_cost: Decimal, discount_cost: Decimal) -> Decimal:
-    """Delivered touches x per-touch cost + discount cost (SPEC.md Lifecycle, budget)."""
+def spent(delivered_touches: int, per_touch_cost: Decimal | int, discount_cost: Decimal | int) -> Decimal | int:
+    """Delivered touches x per-touch cost + discount cost, in money or in integer cents (SPEC.md Lifecycle, budget)."""
     return delivered_touches * per_touch_cost + discount_cost
 
 
-def budget_reached(spent_so_far: Decimal, budget: Decimal | None) -> bool:
+def budget_reached(spent_so_far: Decimal | int, budget: Decimal | int | None) -> bool:
     """Whether the spend has reached the budget (none set: never); reaching it pauses the campaign (SPEC.md)."""
     return budget is not None and spent_so_far >= budget

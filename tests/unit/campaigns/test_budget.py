@@ -15,3 +15,9 @@ def test_the_budget_is_reached_at_exactly_its_amount():
 
 def test_without_a_budget_nothing_is_reached():
     assert not budget_reached(Decimal("1000000000"), None)
+
+
+def test_spend_in_integer_cents_reaches_the_budget_in_cents_alike():
+    assert spent(120, 5, 3750) == 4350
+    assert budget_reached(spent(120, 5, 3750), 4350)
+    assert not budget_reached(spent(120, 5, 3749), 4350)
