@@ -24,7 +24,8 @@ _DAY_US = 86_400_000_000
 
 
 def _cents(value: Any) -> Decimal:
-    return Decimal(int(value or 0)).scaleb(-2)
+    # From a string: exact whatever the digits (scaleb would round to the context's 28 digits).
+    return Decimal(f"{int(value or 0)}E-2")
 
 
 def _attributed_orders(campaign_id: str, window_days: int, as_of_us: int) -> Any:
@@ -116,7 +117,7 @@ async def arm_totals_sql(connection: AsyncConnection, campaign_id: str, window_d
         sums[variant]["discount_cost"] += int(amount or 0)
 
     return {variant: ArmTotals(assigned=s["assigned"], touched=s["touched"], conversions=s["conversions"],
-                               revenue=_cents(s["revenue"]), revenue_sq=Decimal(s["revenue_sq"]).scaleb(-4),
+                               revenue=_cents(s["revenue"]), revenue_sq=Decimal(f"{s['revenue_sq']}E-4"),
                                refunds=_cents(s["refunds"]), redemptions=s["redemptions"],
                                discount_cost=_cents(s["discount_cost"]))
             for variant, s in sums.items()}
