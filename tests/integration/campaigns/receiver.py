@@ -3,6 +3,7 @@ the independent ``standardwebhooks`` package, can be told to fail for a while, a
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,6 +28,7 @@ class Receiver:
     failing: bool = False
     fail_status: int = 503
     retry_after: str | None = None
+    delay_seconds: float = 0.0
     attempts: int = 0
     failed_attempts: int = 0
     # webhook-id -> the payloads delivered under it (a 2xx answer); one entry each unless a lost answer repeats it
@@ -44,6 +46,8 @@ class Receiver:
         @app.post("/hook")
         async def hook(request: Request) -> Response:
             body = await request.body()
+            if self.delay_seconds:
+                await asyncio.sleep(self.delay_seconds)
             headers = {name: value for name, value in request.headers.items()}
             self.attempts += 1
             payload = orjson.loads(body)
