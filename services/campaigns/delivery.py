@@ -22,14 +22,15 @@ from urllib.parse import urlsplit
 
 import httpx
 import orjson
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db import Database
 from libs.common.events import epoch_micros, format_timestamp, from_epoch_micros
 from services.campaigns.adapters.campaigns import CampaignRecord, load_campaign
+from services.campaigns.adapters.report_totals import discount_cost_cents
 from services.campaigns.adapters.tables import campaigns, touches
-from services.campaigns.domain import webhooks
+from services.campaigns.domain import budget, webhooks
 from services.campaigns.enrolment import DELIVERED, FAILED, PENDING, queue_touch_records, touch_public
 from services.campaigns.settings import WebhookSettings
 
@@ -109,6 +110,7 @@ class Deliverer:
                 record = await load_campaign(connection, campaign_id)
                 assert record is not None
                 by_campaign[campaign_id] = record
+            rows = await _within_budgets(connection, rows, by_campaign)
             for start in range(0, len(rows), 900):
                 ids = [row.touch_id for row in rows[start:start + 900]]
                 await connection.execute(update(touches).where(t.touch_id.in_(ids)).values(next_attempt_us=lease_us))
@@ -178,6 +180,40 @@ class Deliverer:
                 await connection.execute(update(campaigns).where(campaigns.c.campaign_id == campaign_id)
                                          .values(webhook_disabled=reason))
             await queue_touch_records(connection, changed)
+
+
+async def _within_budgets(connection: AsyncConnection, rows: list[Any],
+                          by_campaign: dict[str, CampaignRecord]) -> list[Any]:
+    """Drop the touches that would take a campaign past its budget: with a per-touch cost, only as many as the
+    budget left pays for are sent (the scheduler then pauses the campaign, SPEC.md "Lifecycle")."""
+    kept: list[Any] = []
+    allowed: dict[str, int | None] = {}
+    for row in rows:
+        campaign_id = row.campaign_id
+        if campaign_id not in allowed:
+            campaign = by_campaign[campaign_id]
+            if campaign.budget_cents is None or campaign.per_touch_cost_cents <= 0:
+                allowed[campaign_id] = None
+            else:
+                spent = await spent_cents(connection, campaign)
+                left = campaign.budget_cents - spent
+                allowed[campaign_id] = max(-(-left // campaign.per_touch_cost_cents), 0)
+        room = allowed[campaign_id]
+        if room is None:
+            kept.append(row)
+        elif room > 0:
+            allowed[campaign_id] = room - 1
+            kept.append(row)
+    return kept
+
+
+async def spent_cents(connection: AsyncConnection, campaign: CampaignRecord) -> int:
+    """Delivered touches x per-touch cost + discount cost of the redemptions so far (SPEC.md "Lifecycle": budget)."""
+    delivered = (await connection.execute(
+        select(func.count()).select_from(touches)
+        .where(touches.c.campaign_id == campaign.campaign_id, touches.c.status == DELIVERED))).scalar_one()
+    return int(budget.spent(delivered, campaign.per_touch_cost_cents,
+                            await discount_cost_cents(connection, campaign.campaign_id)))
 
 
 async def fail_pending_of(connection: AsyncConnection, person_keys: Sequence[str]) -> None:

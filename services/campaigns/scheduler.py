@@ -16,25 +16,23 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, select, update
 
 from libs.common.db import Database
 from libs.common.events import epoch_micros, from_epoch_micros
 from libs.common.kafka import CAMPAIGNS_TOPIC, Publisher
 from services.campaigns.adapters.campaigns import campaigns_with, load_campaign, save_campaign
 from services.campaigns.adapters.orders import completed_order_times
-from services.campaigns.adapters.report_totals import discount_cost_cents
 from services.campaigns.adapters.tables import (
     campaigns,
     pending_triggers,
     segment_members,
     touch_outbox,
-    touches,
 )
-from services.campaigns.delivery import Deliverer
+from services.campaigns.delivery import Deliverer, spent_cents
 from services.campaigns.domain.audiences import abandoned
-from services.campaigns.domain.budget import budget_reached, spent
-from services.campaigns.enrolment import DELIVERED, EnrolmentRules, enrol
+from services.campaigns.domain.budget import budget_reached
+from services.campaigns.enrolment import EnrolmentRules, enrol
 from services.campaigns.settings import SchedulerSettings
 
 log = logging.getLogger(__name__)
@@ -176,12 +174,8 @@ class CampaignScheduler:
             for campaign in await campaigns_with(connection, statuses=("active",)):
                 if campaign.budget_cents is None:
                     continue
-                delivered = (await connection.execute(
-                    select(func.count()).select_from(touches)
-                    .where(touches.c.campaign_id == campaign.campaign_id, touches.c.status == DELIVERED)
-                )).scalar_one()
-                discounts = await discount_cost_cents(connection, campaign.campaign_id)
-                if budget_reached(spent(delivered, campaign.per_touch_cost_cents, discounts), campaign.budget_cents):
+                spent_so_far = await spent_cents(connection, campaign)
+                if budget_reached(spent_so_far, campaign.budget_cents):
                     locked = await load_campaign(connection, campaign.campaign_id, lock=True)
                     if locked is not None and locked.status == "active":
                         await save_campaign(connection, replace(locked, status="paused", paused_reason="budget"))
