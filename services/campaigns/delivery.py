@@ -26,7 +26,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db import Database
-from libs.common.events import epoch_micros, format_timestamp, from_epoch_micros
+from libs.common.events import epoch_micros, format_timestamp
 from services.campaigns.adapters.campaigns import CampaignRecord, load_campaign
 from services.campaigns.adapters.report_totals import discount_cost_cents
 from services.campaigns.adapters.tables import campaigns, touches
@@ -147,22 +147,22 @@ class Deliverer:
         now_us = epoch_micros(now)
         changed: list[dict[str, Any]] = []
         disabled: dict[str, str] = {}
+        delivered: list[Any] = []
         async with self.database.begin() as connection:
             for (row, lease_us), outcome in zip(claimed, outcomes, strict=True):
                 attempts = row.attempts + 1
-                values: dict[str, Any] = {"attempts": attempts, "last_error": None}
                 if outcome.verdict == "delivered":
-                    values |= {"status": DELIVERED, "delivered_us": now_us, "next_attempt_us": None}
-                    self.delivered += 1
-                elif outcome.verdict == "disable":
-                    values |= {"status": FAILED, "next_attempt_us": None, "last_error": outcome.detail}
+                    delivered.append((row, lease_us))
+                    continue
+                values: dict[str, Any] = {"attempts": attempts, "last_error": outcome.detail}
+                if outcome.verdict == "disable":
+                    values |= {"status": FAILED, "next_attempt_us": None}
                     if not by_campaign[row.campaign_id].webhook_disabled:
                         disabled[row.campaign_id] = (f"the endpoint answered 410 Gone at {format_timestamp(now)}; "
                                                      "deliveries stopped")
                 else:
                     delay = webhooks.next_attempt_delay(attempts, self.settings.retry_schedule_seconds,
                                                         outcome.retry_after, self.rng)
-                    values["last_error"] = outcome.detail
                     if delay is None:
                         values |= {"status": FAILED, "next_attempt_us": None}
                     else:
@@ -171,11 +171,23 @@ class Deliverer:
                 result = await connection.execute(
                     update(touches).where(touches.c.touch_id == row.touch_id, touches.c.status == PENDING,
                                           touches.c.next_attempt_us == lease_us).values(**values))
-                if result.rowcount and values.get("status") in (DELIVERED, FAILED):
-                    public = touch_public(row) | {"status": values["status"]}
-                    if values["status"] == DELIVERED:
-                        public["delivered_at"] = format_timestamp(from_epoch_micros(now_us))
-                    changed.append(public)
+                if result.rowcount and values.get("status") == FAILED:
+                    changed.append(touch_public(row) | {"status": FAILED})
+            # Deliveries in one statement per claim (they share its lease), again only while the claim holds.
+            for start in range(0, len(delivered), 900):
+                part = delivered[start:start + 900]
+                t = touches.c
+                result = await connection.execute(
+                    update(touches)
+                    .where(t.touch_id.in_([row.touch_id for row, _ in part]), t.status == PENDING,
+                           t.next_attempt_us == part[0][1])
+                    .values(status=DELIVERED, delivered_us=now_us, next_attempt_us=None, last_error=None,
+                            attempts=t.attempts + 1)
+                    .returning(t.touch_id))
+                recorded = set(result.scalars())
+                self.delivered += len(recorded)
+                changed += [touch_public(row) | {"status": DELIVERED, "delivered_at": format_timestamp(now)}
+                            for row, _ in part if row.touch_id in recorded]
             for campaign_id, reason in disabled.items():
                 await connection.execute(update(campaigns).where(campaigns.c.campaign_id == campaign_id)
                                          .values(webhook_disabled=reason))

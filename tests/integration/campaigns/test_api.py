@@ -140,5 +140,5 @@ async def test_a_rotated_secret_signs_every_later_attempt(campaigns: Campaigns):
     campaigns.receiver.secrets[campaign_id] = new_secret
     await campaigns.act(campaign_id, "activate")
     await campaigns.enter_segment("lifecycle:dormant", ["r-1", "r-2"], campaigns.clock.now + timedelta(seconds=0))
-    await eventually(lambda: len(campaigns.receiver.delivered) == 2, what="both touches delivered")
+    await eventually(lambda: len(campaigns.receiver.delivered) == 2, deadline_seconds=60, what="both touches delivered")
     assert campaigns.receiver.bad_signatures == []

@@ -26,7 +26,7 @@ async def test_every_touch_reaches_a_receiver_that_fails_then_recovers_once_unde
         items = await campaigns.all_pages(f"/v1/campaigns/{campaign_id}/assignments")
         return items if len(items) == len(persons) else []
 
-    assigned = await eventually(all_assigned, what="every entrant assigned")
+    assigned = await eventually(all_assigned, deadline_seconds=60, what="every entrant assigned")
     assert {a["person_key"]: a["variant"] for a in assigned} == {
         p: independent_arm(campaign_id, p, 2000) for p in persons}
     treated = {a["person_key"] for a in assigned if a["variant"] != "holdout"}
@@ -34,7 +34,7 @@ async def test_every_touch_reaches_a_receiver_that_fails_then_recovers_once_unde
     async def all_delivered() -> bool:
         return len(campaigns.receiver.delivered) == len(treated)
 
-    await eventually(all_delivered, what="every touch delivered")
+    await eventually(all_delivered, deadline_seconds=60, what="every touch delivered")
     assert campaigns.receiver.failed_attempts == 12
     assert campaigns.receiver.bad_signatures == []
     received = campaigns.receiver.touches
@@ -47,7 +47,7 @@ async def test_every_touch_reaches_a_receiver_that_fails_then_recovers_once_unde
         listed = await campaigns.all_pages(f"/v1/campaigns/{campaign_id}/touches")
         return all(t["status"] == "delivered" for t in listed)
 
-    await eventually(recorded, what="deliveries recorded")
+    await eventually(recorded, deadline_seconds=60, what="deliveries recorded")
     codes = [touch["coupon_code"] for touch in received.values()]
     assert len(set(codes)) == len(codes) and all(codes)
     assert all(a["touch_status"] == ("delivered" if a["variant"] != "holdout" else None)

@@ -56,7 +56,7 @@ async def test_cart_abandoned_enters_at_the_deadline_unless_an_order_fell_within
         event("inquiry", "asked", t, "q-1", inquiry={"inquiry_id": "q-1"}),
     ])
     await eventually(lambda: campaigns.service.metrics.registry.get_sample_value(
-        "shoploop_events_consumed_total", {"consumer": "campaigns"}) == 8, what="events applied")
+        "shoploop_events_consumed_total", {"consumer": "campaigns"}) == 8, deadline_seconds=60, what="events applied")
     assert await _assignments(campaigns, campaign_id) == {}  # nothing before the deadline
     campaigns.clock.move(timedelta(hours=2, minutes=1))
 
@@ -64,7 +64,7 @@ async def test_cart_abandoned_enters_at_the_deadline_unless_an_order_fell_within
         found = await _assignments(campaigns, campaign_id)
         return found if len(found) == 2 else {}
 
-    found = await eventually(decided, what="the deadlines decided")
+    found = await eventually(decided, deadline_seconds=60, what="the deadlines decided")
     assert set(found) == {"cart-left", "cart-late"}  # an order at exactly t + H still rescues the cart
     assert all(datetime.fromisoformat(a["assigned_at"]) == t + timedelta(hours=2) for a in found.values())
 
@@ -79,10 +79,10 @@ async def test_end_at_completes_and_a_completed_campaign_assigns_nobody(campaign
     async def completed() -> bool:
         return (await campaigns.get(f"/v1/campaigns/{campaign_id}"))["status"] == "completed"
 
-    await eventually(completed, what="the campaign completed at end_at")
+    await eventually(completed, deadline_seconds=60, what="the campaign completed at end_at")
     await campaigns.enter_segment("lifecycle:dormant", ["too-late"], campaigns.clock.now)
     await eventually(lambda: campaigns.service.metrics.registry.get_sample_value(
-        "shoploop_events_consumed_total", {"consumer": "campaigns-segments"}) == 1, what="the entry applied")
+        "shoploop_events_consumed_total", {"consumer": "campaigns-segments"}) == 1, deadline_seconds=60, what="the entry applied")
     assert await _assignments(campaigns, campaign_id) == {}
 
 
@@ -96,7 +96,7 @@ async def test_reaching_the_budget_pauses_the_campaign_and_sends_no_more(campaig
         shown = await campaigns.get(f"/v1/campaigns/{campaign_id}")
         return shown if shown["status"] == "paused" else {}
 
-    shown = await eventually(paused, what="the campaign paused by its budget")
+    shown = await eventually(paused, deadline_seconds=60, what="the campaign paused by its budget")
     assert shown["paused_reason"] == "budget"
     report = await campaigns.get(f"/v1/campaigns/{campaign_id}/report")
     assert report["variants"]["coupon"]["touched"] == 3 and report["variants"]["coupon"]["cost"] == 3.0
@@ -115,7 +115,7 @@ async def test_a_410_disables_the_endpoint_and_fails_its_touches(campaigns: Camp
         listed = await campaigns.all_pages(f"/v1/campaigns/{campaign_id}/touches")
         return listed if len(listed) == 3 and all(t["status"] == "failed" for t in listed) else []
 
-    await eventually(all_failed, what="every touch failed")
+    await eventually(all_failed, deadline_seconds=60, what="every touch failed")
     assert "410" in (await campaigns.get(f"/v1/campaigns/{campaign_id}"))["webhook_disabled"]
     assert campaigns.receiver.failed_attempts <= 3  # no retries to a gone endpoint
 
@@ -127,14 +127,14 @@ async def test_the_frequency_cap_suppresses_a_second_campaigns_touch(campaigns: 
     for campaign_id in (first, second):
         await campaigns.act(campaign_id, "activate")
     await campaigns.enter_segment("lifecycle:dormant", ["f-1"], campaigns.clock.now)
-    await eventually(lambda: len(campaigns.receiver.delivered) == 1, what="the first touch delivered")
+    await eventually(lambda: len(campaigns.receiver.delivered) == 1, deadline_seconds=60, what="the first touch delivered")
     await campaigns.enter_segment("rfm:at_risk", ["f-1"], campaigns.clock.now)
 
     async def suppressed() -> list:
         listed = await campaigns.all_pages(f"/v1/campaigns/{second}/touches")
         return listed if listed and listed[0]["status"] == "suppressed" else []
 
-    [touch] = await eventually(suppressed, what="the second touch suppressed")
+    [touch] = await eventually(suppressed, deadline_seconds=60, what="the second touch suppressed")
     assert touch["coupon_code"] is None
     report = await campaigns.get(f"/v1/campaigns/{second}/report")
     assert report["variants"]["coupon"]["assigned"] == 1 and report["variants"]["coupon"]["touched"] == 0
@@ -144,7 +144,7 @@ async def test_erasure_removes_the_key_and_codes_and_keeps_the_report(campaigns:
     campaign_id = (await campaigns.create(holdout_bp=0, variants=EVERYONE))["campaign_id"]
     await campaigns.act(campaign_id, "activate")
     await campaigns.enter_segment("lifecycle:dormant", ["erase-me-7", "keep-me"], campaigns.clock.now)
-    await eventually(lambda: len(campaigns.receiver.delivered) == 2, what="both touches delivered")
+    await eventually(lambda: len(campaigns.receiver.delivered) == 2, deadline_seconds=60, what="both touches delivered")
     code = {t["person_key"]: t["coupon_code"] for t in campaigns.receiver.touches.values()}["erase-me-7"]
     await campaigns.send([order("erase-me-7", campaigns.clock.now + timedelta(hours=1), "eo-1", "eo-1", "150.00",
                                 coupon_code=code, discount="30.00")])
@@ -154,11 +154,11 @@ async def test_erasure_removes_the_key_and_codes_and_keeps_the_report(campaigns:
         report = await campaigns.get(f"/v1/campaigns/{campaign_id}/report", as_of=as_of)
         return report if report["variants"]["coupon"]["redemptions"] == 1 else {}
 
-    before = await eventually(redeemed, what="the redemption counted")
+    before = await eventually(redeemed, deadline_seconds=60, what="the redemption counted")
     request = ErasureRequest.new("erase-me-7", datetime.now(UTC))
     await campaigns.publisher.publish(PRIVACY_TOPIC, b"erase-me-7", request.to_json())
     await eventually(lambda: campaigns.service.metrics.registry.get_sample_value(
-        "shoploop_events_consumed_total", {"consumer": "campaigns-privacy"}) == 1, what="the erasure applied")
+        "shoploop_events_consumed_total", {"consumer": "campaigns-privacy"}) == 1, deadline_seconds=60, what="the erasure applied")
     async with campaigns.service.database.read() as connection:
         # Every table, read as the database has it (a table added later is checked too).
         reflected = MetaData()
