@@ -4,6 +4,7 @@ the independent ``standardwebhooks`` package, can be told to fail for a while, a
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,6 +31,7 @@ class Receiver:
     retry_after: str | None = None
     delay_seconds: float = 0.0
     attempts: int = 0
+    attempt_times: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     failed_attempts: int = 0
     # webhook-id -> the payloads delivered under it (a 2xx answer); one entry each unless a lost answer repeats it
     delivered: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
@@ -50,6 +52,7 @@ class Receiver:
                 await asyncio.sleep(self.delay_seconds)
             headers = {name: value for name, value in request.headers.items()}
             self.attempts += 1
+            self.attempt_times[headers.get("webhook-id", "")].append(time.monotonic())
             payload = orjson.loads(body)
             secret = self.secrets.get(payload["data"]["campaign_id"])
             try:
