@@ -9,6 +9,7 @@ every customer, the same definitions on integers (``FiguresAt``), which keeps a 
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.events import epoch_micros, from_epoch_micros
 from services.segmentation.adapters.facts import (
+    cents_total,
     customer_totals,
     event_type_counts,
     last_seen_at_or_before,
@@ -125,8 +127,9 @@ async def load_population(connection: AsyncConnection, as_of: datetime, threshol
     rfm_population = {}
     for row in rows:
         totals = OrderTotals(0, Decimal(0), None, None, 0, Decimal(0), 0) if row.orders is None else OrderTotals(
-            orders=row.orders, gmv=_money(row.gmv_cents), first_order_at=_moment(row.first_order_us),
-            last_order_at=_moment(row.last_order_us), frequency=row.frequency, monetary=_money(row.monetary_cents),
+            orders=row.orders, gmv=_money(cents_total(row.gmv_high, row.gmv_low)),
+            first_order_at=_moment(row.first_order_us), last_order_at=_moment(row.last_order_us),
+            frequency=row.frequency, monetary=_money(cents_total(row.monetary_high, row.monetary_low)),
             repeat_orders_90d=row.repeat_orders_90d,
         )
         figures = figures_from_totals(totals, as_of, thresholds.lifecycle, thresholds.tiers)
@@ -186,7 +189,7 @@ async def builtin_memberships(connection: AsyncConnection, as_of: datetime, thre
     frequencies: list[int] = []
     async for part in standing_sums(connection, figures_at.as_of_us, figures_at.lookback_start_us, persons,
                                     stored_segments=stored_segments):
-        for person, orders, last, frequency, monetary, known, stored in part:
+        for person, orders, last, frequency, monetary_high, monetary_low, known, stored in part:
             if not known:
                 unknown.append((person, (), stored))
                 continue
@@ -195,7 +198,8 @@ async def builtin_memberships(connection: AsyncConnection, as_of: datetime, thre
                 pair = (recency_days(last), frequency)
                 recencies.append(pair[0])
                 frequencies.append(frequency)
-            decided.append((person, lifecycle(orders or 0, last), pair, tier(monetary or 0), stored))
+            monetary = cents_total(monetary_high, monetary_low) or 0
+            decided.append((person, lifecycle(orders or 0, last), pair, tier(monetary), stored))
     if persons is None:
         cuts = cuts_of(recencies, frequencies, None)
     else:
@@ -251,6 +255,16 @@ async def evaluate_segments(
     scope = list(population.customers) if persons is not None else None
     traits = await merged_traits(connection, epoch_micros(as_of), scope) if needs_traits else {}
     counts = await load_event_counts(connection, as_of, windows, scope) if windows else {}
+    # Rules over a million customers take seconds of CPU: in a worker thread, the event loop keeps serving
+    # HTTP and the consumer meanwhile (the data is only read, and nothing else touches it until it returns).
+    memberships = await asyncio.to_thread(decide_memberships, population, rule_segments, traits, counts)
+    return Evaluation(population=population, traits=traits, memberships=memberships)
+
+
+def decide_memberships(population: Population, rule_segments: Sequence[SegmentDefinition],
+                       traits: Mapping[str, Mapping[str, Any]],
+                       counts: Mapping[str, Mapping[EventWindow, int]]) -> dict[str, set[str]]:
+    """Built-in and rule segment ids of every customer of ``population``."""
     memberships = {}
     for person, customer in population.customers.items():
         score = population.rfm_scores.get(person)
@@ -261,7 +275,7 @@ async def evaluate_segments(
             members.update(segment.segment_id for segment in rule_segments
                            if segment.rule is not None and matches(segment.rule, figures, person_counts))
         memberships[person] = members
-    return Evaluation(population=population, traits=traits, memberships=memberships)
+    return memberships
 
 
 def rule_profile(customer: Customer, score: RfmScore | None, traits: Mapping[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.expression import SelectBase
 
-from libs.common.db import BulkRows
+from libs.common.db import BulkRows, wide_at_least
 from libs.common.events import epoch_micros, from_epoch_micros
 from services.segmentation.adapters.facts import _order_sums, chunks
 from services.segmentation.adapters.tables import (
@@ -40,8 +40,14 @@ from services.segmentation.adapters.tables import (
 from services.segmentation.domain.customers import FiguresAt, LifecycleStage, MembershipTier
 from services.segmentation.domain.rfm import SCORES, RfmCuts, rfm_segment
 from services.segmentation.domain.rounds import DAY_US, Round
-from services.segmentation.domain.rules import parse_rule
-from services.segmentation.segments import SegmentDefinition, SegmentKind, builtin_ids, membership_ids
+from services.segmentation.domain.rules import STORED_RULE_LIMITS, parse_rule
+from services.segmentation.segments import (
+    SegmentDefinition,
+    SegmentKind,
+    builtin_ids,
+    membership_ids,
+    membership_key,
+)
 
 _MEMBERSHIP_LOCK = 7461003  # PostgreSQL advisory lock key of this service's membership changes
 
@@ -60,7 +66,7 @@ def _definition(row: Any) -> SegmentDefinition:
     # Stored rules passed parse_rule on creation; parsing again rebuilds the immutable tree.
     raw_rule = orjson.loads(row.rule)
     return SegmentDefinition(segment_id=row.segment_id, name=row.name, kind=SegmentKind.RULE,
-                             rule=parse_rule(raw_rule), created_at=from_epoch_micros(row.created_us),
+                             rule=parse_rule(raw_rule, STORED_RULE_LIMITS), created_at=from_epoch_micros(row.created_us),
                              rule_json=raw_rule)
 
 
@@ -75,6 +81,28 @@ async def add_rule_segment(connection: AsyncConnection, segment: SegmentDefiniti
             ))
     except IntegrityError:
         raise DuplicateSegmentName(segment.name) from None
+
+
+async def rule_segment_count(connection: AsyncConnection) -> int:
+    return (await connection.execute(select(func.count()).select_from(segments))).scalar_one()
+
+
+async def delete_rule_segment(connection: AsyncConnection, segment_id: str) -> dict[str, str] | None:
+    """Delete a rule segment; None if there is none with this id, else its members' new membership keys
+    (person -> stored key without the segment), for the caller to store with their exit records."""
+    removed = await connection.execute(delete(segments).where(segments.c.segment_id == segment_id))
+    if not removed.rowcount:
+        return None
+    # Ids hold no spaces (membership_key joins them with spaces); the substring test only narrows the scan.
+    rows = await connection.execute(
+        select(customer_segments.c.person_key, customer_segments.c.segment_ids)
+        .where(customer_segments.c.segment_ids.contains(segment_id, autoescape=True)))
+    keys = {}
+    for person, key in rows:
+        ids = membership_ids(key)
+        if segment_id in ids:
+            keys[person] = membership_key(ids - {segment_id})
+    return keys
 
 
 async def rule_segments(connection: AsyncConnection) -> list[SegmentDefinition]:
@@ -199,11 +227,11 @@ _TIER_PARTS = {tier: " " + builtin_ids(LifecycleStage.PROSPECT, None, tier)[1] f
 def _tier_part(sums: Any, figures_at: FiguresAt) -> Any:
     """`` tier:<tier>`` of a customer (``FiguresAt.tier``), or "" without a tier, as a SQL expression."""
     *_, silver_cents, gold_cents, diamond_cents = figures_at.limits()
-    monetary = func.coalesce(sums.c.monetary_cents, 0)
+    high, low = func.coalesce(sums.c.monetary_high, 0), func.coalesce(sums.c.monetary_low, 0)
     return case(
-        (monetary >= diamond_cents, _TIER_PARTS[MembershipTier.DIAMOND]),
-        (monetary >= gold_cents, _TIER_PARTS[MembershipTier.GOLD]),
-        (monetary > silver_cents, _TIER_PARTS[MembershipTier.SILVER]),
+        (wide_at_least(high, low, diamond_cents), _TIER_PARTS[MembershipTier.DIAMOND]),
+        (wide_at_least(high, low, gold_cents), _TIER_PARTS[MembershipTier.GOLD]),
+        (wide_at_least(high, low, silver_cents + 1), _TIER_PARTS[MembershipTier.SILVER]),
         else_="",
     )
 

@@ -12,6 +12,7 @@ from services.funnel.adapters.tables import events
 from services.funnel.domain.funnels import DEFAULT_FUNNEL
 from tests.integration.funnel import expected
 from tests.integration.funnel.helpers import (
+    CAMPAIGNS,
     cart,
     facts,
     inquiry,
@@ -19,6 +20,7 @@ from tests.integration.funnel.helpers import (
     publish,
     refund,
     review,
+    running_funnel,
     view,
     wait_consumed,
 )
@@ -132,7 +134,7 @@ async def test_a_day_of_the_shop_is_answered_exactly_by_every_route(funnel, publ
     # A funnel defined now answers over the history sent before it.
     definition = {"name": "inquiry path", "window_seconds": 86400,
                   "steps": [{"type": "view"}, {"type": "inquiry"}, {"type": "order", "where": {"category": "shoes"}}]}
-    created = (await funnel.client.post("/v1/funnels", json=definition)).json()
+    created = (await funnel.client.post("/v1/funnels", json=definition, headers=CAMPAIGNS)).json()
     result = await funnel.get(f"/v1/funnels/{created['funnel_id']}/result", **span, breakdown="category")
     assert result["counts"] == [3, 1, 1]  # bob: view -> inquiry -> order of shoes
     assert result["converted_value"] == 100.0
@@ -162,3 +164,19 @@ async def test_an_erasure_request_removes_the_persons_key_from_stored_events_and
 
 async def _without(keys_left, person: str) -> bool:
     return person not in await keys_left()
+
+
+async def test_reports_computed_in_python_refuse_to_read_more_rows_than_allowed(settings, publisher):
+    # Ten views over ten days, and room for five rows: a range of at most five days answers, a longer one is
+    # refused with the reason, never loaded whole.
+    views = [view(f"u{n}", at(days=n), "p1") for n in range(10)]
+    async with running_funnel(settings.model_copy(update={"max_report_rows": 5})) as funnel:
+        await wait_consumed(funnel.app, await publish(publisher, views))
+        narrow = {"from": format_timestamp(at()), "to": format_timestamp(at(days=5)), "as_of": format_timestamp(AS_OF)}
+        [product] = (await funnel.get("/v1/products", **narrow))["items"]
+        assert product["views"] == 5
+        wide = narrow | {"to": format_timestamp(at(days=10)), "as_of": format_timestamp(at(days=20))}
+        for path in ("/v1/products", "/v1/channels", "/v1/products/matrix"):
+            response = await funnel.client.get(path, params=wide)
+            assert response.status_code == 422, (path, response.text)
+            assert response.json()["code"] == "range_too_large" and "max_report_rows" in response.json()["detail"]
