@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import and_, select
 
-from libs.common.auth import ApiKeys, key_from_headers, require_scope
+from libs.common.auth import requires
 from libs.common.db import insert
 from libs.common.events import epoch_micros, format_timestamp, from_epoch_micros
 from libs.common.http import (
@@ -64,26 +64,21 @@ READ_SCOPE = "read"
 VALIDATE_SCOPES = ("ingest", "campaigns")
 
 
-def require_any_scope(*scopes: str) -> Any:
-    """A dependency admitting a key that holds any of ``scopes`` (or admin): 401 unknown key, 403 otherwise."""
-
-    async def dependency(request: Request) -> str:
-        keys: ApiKeys = request.app.state.api_keys
-        key = key_from_headers(request)
-        held = keys.scopes_of(key) if key else None
-        if held is None:
-            raise ApiError(401, "unauthorized", "missing or unknown API key", headers={"WWW-Authenticate": "Bearer"})
-        if not (held & {*scopes, "admin"}):
-            raise ApiError(403, "forbidden", f"this API key lacks the {' or '.join(map(repr, scopes))} scope")
-        return key  # type: ignore[return-value]
-
-    return dependency
-
-
 router = APIRouter(tags=["campaigns"])
-WriteKey = Annotated[str, Depends(require_scope(WRITE_SCOPE))]
-ReadKey = Annotated[str, Depends(require_scope(READ_SCOPE))]
-ValidateKey = Annotated[str, Depends(require_any_scope(*VALIDATE_SCOPES))]
+WriteKey = Annotated[str, requires(WRITE_SCOPE)]
+ReadKey = Annotated[str, requires(READ_SCOPE)]
+ValidateKey = Annotated[str, requires(*VALIDATE_SCOPES)]
+
+
+async def _body_read(request: Request) -> None:
+    # The actions take no body (anything sent is ignored); reading it lets the guard refuse a streamed one past
+    # the small limit below instead of leaving it unread on the connection.
+    await request.body()
+
+
+# The lifecycle actions and the secret rotation: a write key, and no body to speak of.
+ActionKey = Annotated[str, requires(WRITE_SCOPE, max_body_bytes=1024)]
+NO_BODY = [Depends(_body_read)]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 Cursor = Annotated[str | None, Query(max_length=2048)]
 AsOf = Annotated[str | None, Query(max_length=64, description="RFC 3339 timestamp (default: now); encode + as %2B")]
@@ -299,25 +294,25 @@ async def _act(request: Request, campaign_id: str, action: str) -> dict[str, Any
     return _public(record)
 
 
-@router.post("/v1/campaigns/{campaign_id}/activate", response_model=CampaignPublic,
+@router.post("/v1/campaigns/{campaign_id}/activate", response_model=CampaignPublic, dependencies=NO_BODY,
              summary="Activate a draft, or resume a paused campaign")
-async def activate(request: Request, campaign_id: str, _key: WriteKey) -> dict[str, Any]:
+async def activate(request: Request, campaign_id: str, _key: ActionKey) -> dict[str, Any]:
     return await _act(request, campaign_id, "activate")
 
 
-@router.post("/v1/campaigns/{campaign_id}/pause", response_model=CampaignPublic, summary="Pause: assigns nobody")
-async def pause(request: Request, campaign_id: str, _key: WriteKey) -> dict[str, Any]:
+@router.post("/v1/campaigns/{campaign_id}/pause", response_model=CampaignPublic, dependencies=NO_BODY, summary="Pause: assigns nobody")
+async def pause(request: Request, campaign_id: str, _key: ActionKey) -> dict[str, Any]:
     return await _act(request, campaign_id, "pause")
 
 
-@router.post("/v1/campaigns/{campaign_id}/complete", response_model=CampaignPublic, summary="Complete (final)")
-async def complete(request: Request, campaign_id: str, _key: WriteKey) -> dict[str, Any]:
+@router.post("/v1/campaigns/{campaign_id}/complete", response_model=CampaignPublic, dependencies=NO_BODY, summary="Complete (final)")
+async def complete(request: Request, campaign_id: str, _key: ActionKey) -> dict[str, Any]:
     return await _act(request, campaign_id, "complete")
 
 
-@router.post("/v1/campaigns/{campaign_id}/rotate-secret", response_model=CampaignPublic,
+@router.post("/v1/campaigns/{campaign_id}/rotate-secret", response_model=CampaignPublic, dependencies=NO_BODY,
              summary="A new webhook secret, shown this once; later attempts are signed with it")
-async def rotate_secret(request: Request, campaign_id: str, _key: WriteKey) -> dict[str, Any]:
+async def rotate_secret(request: Request, campaign_id: str, _key: ActionKey) -> dict[str, Any]:
     service = _service(request)
     async with service.database.begin() as connection:
         record = await _campaign(request, campaign_id, lock=True, connection=connection)
