@@ -97,7 +97,7 @@ async def temporary_postgres() -> AsyncIterator[str]:
 
 
 def _settings(database_url: str, bootstrap: str) -> CampaignsSettings:
-    common = CommonSettings(env="test", kafka=KafkaSettings(bootstrap_servers=bootstrap, topic_partitions=4))
+    common = CommonSettings(env="local", kafka=KafkaSettings(bootstrap_servers=bootstrap, topic_partitions=4))
     return CampaignsSettings(database_url=database_url, common=common,
                              webhooks=WebhookSettings(concurrency=64, timeout_seconds=10),
                              scheduler=SchedulerSettings(poll_seconds=0.05, batch=2000))

@@ -20,7 +20,7 @@ from services.campaigns.bootstrap import create_campaigns_app
 from services.campaigns.runtime import CampaignsService
 from services.campaigns.settings import CampaignsSettings, SchedulerSettings, WebhookSettings
 from tests.integration.campaigns.receiver import Receiver, running_receiver
-from tests.support import eventually, serve_app
+from tests.support import serve_app
 
 READ = {"Authorization": "Bearer dev-read-key"}
 WRITE = {"Authorization": "Bearer dev-campaigns-key"}
@@ -157,4 +157,3 @@ async def campaigns(settings, clock) -> AsyncIterator[Campaigns]:
         await publisher.stop()
 
 
-__all__ = ["eventually"]

@@ -36,7 +36,7 @@ class Replica:
         self.port = free_port()
         kafka = settings.common.kafka
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("SHOPLOOP_")} | {
-            "SHOPLOOP_ENV": "test",
+            "SHOPLOOP_ENV": "local",
             "SHOPLOOP_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
             "SHOPLOOP_KAFKA__TOPIC_PARTITIONS": str(kafka.topic_partitions),
             "SHOPLOOP_KAFKA__SESSION_TIMEOUT_MS": str(kafka.session_timeout_ms),
@@ -66,7 +66,7 @@ class Replica:
             except httpx.TransportError:
                 return False
 
-        await eventually(ready, deadline_seconds=40, what="the replica to be ready")
+        await eventually(ready, deadline_seconds=90, what="the replica to be ready")
 
     def kill(self) -> None:
         assert self.process is not None
@@ -104,7 +104,7 @@ async def test_a_killed_replica_and_a_second_one_send_each_touch_once_and_agree_
                 "change_id": uuid.uuid4().hex, "change": "entered", "segment_id": "rfm:champion",
                 "segment_name": "rfm:champion", "segment_kind": "rfm", "person_key": p,
                 "as_of": format_timestamp(now - timedelta(minutes=5))})) for p in persons])
-            await eventually(lambda: _at_least(_count(database, segment_members), PERSONS), what="segment mirrored")
+            await eventually(lambda: _at_least(_count(database, segment_members), PERSONS), deadline_seconds=60, what="segment mirrored")
             async with httpx.AsyncClient(base_url=first.url, timeout=30) as client:
                 body = campaign_body(receiver.url, audience={"kind": "segment_scheduled", "segment_id": "rfm:champion",
                                                              "send_at": format_timestamp(now)})
@@ -113,17 +113,17 @@ async def test_a_killed_replica_and_a_second_one_send_each_touch_once_and_agree_
                 receiver.secrets[campaign_id] = created["webhook_secret"]
                 assert (await client.post(f"/v1/campaigns/{campaign_id}/activate", headers=WRITE)).status_code == 200
 
-            await eventually(lambda: len(receiver.delivered) >= 40, what="deliveries under way")
+            await eventually(lambda: len(receiver.delivered) >= 40, deadline_seconds=60, what="deliveries under way")
             first.kill()
             killed_at = len(receiver.delivered)
             treated = await _count(database, touches)
             assert killed_at < treated, "the kill came after every delivery: nothing tested"
             await first.start()
 
-            await eventually(lambda: len(receiver.delivered) == treated, deadline_seconds=60,
+            await eventually(lambda: len(receiver.delivered) == treated, deadline_seconds=120,
                              what="every touch delivered")
             await eventually(lambda: _at_least(_count(database, touches, touches.c.status == "delivered"), treated),
-                             what="every delivery recorded")
+                             deadline_seconds=60, what="every delivery recorded")
             assert receiver.bad_signatures == []
             received = receiver.touches
             # One touch id per person, one touch and one coupon per person, codes all different.
@@ -152,7 +152,7 @@ async def test_a_killed_replica_and_a_second_one_send_each_touch_once_and_agree_
                         answers.append(response.json())
                 return answers if answers[0]["variants"]["coupon"]["redemptions"] == len(buyers) else []
 
-            first_report, second_report = await eventually(reports, what="every redemption counted")
+            first_report, second_report = await eventually(reports, deadline_seconds=60, what="every redemption counted")
             assert first_report == second_report
             coupon = first_report["variants"]["coupon"]
             assert coupon["touched"] == treated and coupon["discount_cost"] == 30.0 * len(buyers)

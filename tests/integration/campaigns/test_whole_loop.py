@@ -243,7 +243,7 @@ async def test_win_back_loop_report_equals_brute_force_from_spec(loop: Loop):
     campaign_id = campaign["campaign_id"]
     loop.receiver.secrets[campaign_id] = campaign["webhook_secret"]
     assert (await loop.campaigns.post(f"/v1/campaigns/{campaign_id}/activate", headers=WRITE)).status_code == 200
-    await eventually(lambda: loop.consumed("segmentation", "segmentation") >= PERSONS, what="history applied")
+    await eventually(lambda: loop.consumed("segmentation", "segmentation") >= PERSONS, deadline_seconds=60, what="history applied")
 
     loop.receiver.failing = True
     loop.clock.move(timedelta(days=25))  # the scheduler's next round finds everyone dormant
@@ -253,14 +253,14 @@ async def test_win_back_loop_report_equals_brute_force_from_spec(loop: Loop):
         listed = await loop.pages(f"/v1/campaigns/{campaign_id}/assignments")
         return listed if len(listed) == PERSONS else []
 
-    assignments = await eventually(everyone_assigned, deadline_seconds=30, what="every dormant customer assigned")
+    assignments = await eventually(everyone_assigned, deadline_seconds=90, what="every dormant customer assigned")
     assert all(abs(parse_rfc3339(a["assigned_at"]) - entered_at) < timedelta(minutes=1) for a in assignments)
     treated = sorted(a["person_key"] for a in assignments if a["variant"] == "coupon")
     holdout = sorted(a["person_key"] for a in assignments if a["variant"] == "holdout")
     assert treated and holdout
-    await eventually(lambda: loop.receiver.failed_attempts >= 2 * len(treated), what="a while of failures")
+    await eventually(lambda: loop.receiver.failed_attempts >= 2 * len(treated), deadline_seconds=60, what="a while of failures")
     loop.receiver.failing = False
-    await eventually(lambda: len(loop.receiver.delivered) == len(treated), deadline_seconds=30,
+    await eventually(lambda: len(loop.receiver.delivered) == len(treated), deadline_seconds=90,
                      what="every touch delivered after the receiver recovered")
     assert loop.receiver.bad_signatures == []
     received = loop.receiver.touches
@@ -280,12 +280,12 @@ async def test_win_back_loop_report_equals_brute_force_from_spec(loop: Loop):
     await loop.post([early_refund])
     await loop.post([_order(f"e-{p}", p, t1 + timedelta(days=1, minutes=n), f"o-{p}", "150.00",
                             coupon_code=code_of[p], discount="30.00") for n, p in enumerate(buyers)])
-    await eventually(lambda: loop.consumed("campaigns", EVENTS_GROUP) >= len(loop.posted), what="coupon orders applied")
+    await eventually(lambda: loop.consumed("campaigns", EVENTS_GROUP) >= len(loop.posted), deadline_seconds=60, what="coupon orders applied")
 
     async def used_up() -> bool:
         return (await loop.validate(code_of[twice], twice, "150.00"))["reason"] == "used_up"
 
-    await eventually(used_up, what="the first use counted")
+    await eventually(used_up, deadline_seconds=60, what="the first use counted")
     more = [
         # The same code a second time: an order, but not a redemption (limit 1).
         _order("e-twice", twice, t1 + timedelta(days=2), "o-twice", "180.00", coupon_code=code_of[twice],
@@ -305,7 +305,7 @@ async def test_win_back_loop_report_equals_brute_force_from_spec(loop: Loop):
     ]
     await loop.post(more)
     await loop.post([late_refund])
-    await eventually(lambda: loop.consumed("campaigns", EVENTS_GROUP) >= len(loop.posted), what="every event applied")
+    await eventually(lambda: loop.consumed("campaigns", EVENTS_GROUP) >= len(loop.posted), deadline_seconds=60, what="every event applied")
 
     as_of = real_now + timedelta(minutes=1)
     response = await loop.campaigns.get(f"/v1/campaigns/{campaign_id}/report",
