@@ -42,19 +42,19 @@ class KeepingPublisher:
         self.records[topic].extend(records)
 
 
-# One event loop for the module: the ingest's database (its shared rate buckets) lives on it.
-_LOOP = asyncio.Runner()
-
-
 @pytest.fixture(scope="module")
 def ingest(tmp_path_factory):
     settings = IngestSettings(database_url=f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('ingest')}/ingest.db")
     app = create_ingest_app(settings)
     publisher = KeepingPublisher()
     app.state.service.publisher = publisher
-    _LOOP.run(app.state.service.database.start())
+    # One loop for the module: the database (rate buckets) is opened on it, and every request runs on it.
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(app.state.service.database.start())
+    app.state.test_loop = loop
     yield app, publisher
-    _LOOP.run(app.state.service.database.close())
+    loop.run_until_complete(app.state.service.database.close())
+    loop.close()
 
 
 def _post(app: Any, path: str, body: bytes) -> httpx.Response:
@@ -62,7 +62,7 @@ def _post(app: Any, path: str, body: bytes) -> httpx.Response:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest") as client:
             return await client.post(path, content=body, headers={**ADMIN, "Content-Type": "application/json"})
 
-    return _LOOP.run(call())
+    return app.state.test_loop.run_until_complete(call())
 
 
 def consumers_can_apply(payload: bytes) -> None:
