@@ -36,6 +36,7 @@ bench: install
 	$(PY) bench/segmentation.py
 	$(PY) bench/funnel.py
 	$(PY) bench/funnel_queries.py
+	$(PY) bench/campaigns.py
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,211 @@
+"""Campaigns service benchmark (issue 11); prints a markdown table. Not a test.
+
+  a. delivery: a segment_scheduled campaign over M mirrored segment members (seeded with bulk SQL), every
+     touch signed and POSTed to a local receiver; touches/s from activation until every touch is recorded
+     delivered (in-process service on SQLite, the real scheduler, deliverer and shared HTTP client).
+  b. report: N assignments and N attributed orders seeded with bulk SQL on PostgreSQL (a temporary database,
+     dropped afterwards); p50/p95 of GET /v1/campaigns/{id}/report over repeated calls.
+
+Run: ``python bench/campaigns.py`` (small sizes); the issue's sizes: ``--members 100000 --report-size 1000000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import uvicorn
+from sqlalchemy import func, select, text
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from libs.common.broker import EmbeddedBroker, free_port  # noqa: E402
+from libs.common.db import BulkRows  # noqa: E402
+from libs.common.events import epoch_micros, format_timestamp  # noqa: E402
+from libs.common.settings import CommonSettings, KafkaSettings  # noqa: E402
+from services.campaigns.adapters.tables import (  # noqa: E402
+    assignments,
+    counted_orders,
+    segment_members,
+    touches,
+)
+from services.campaigns.bootstrap import create_campaigns_app  # noqa: E402
+from services.campaigns.settings import CampaignsSettings, SchedulerSettings, WebhookSettings  # noqa: E402
+
+POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+READ = {"Authorization": "Bearer dev-read-key"}
+WRITE = {"Authorization": "Bearer dev-campaigns-key"}
+CHUNK = 50_000
+
+
+async def receiver_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The fastest honest receiver: reads the body, answers 204."""
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        message = await receive()
+        more = message.get("more_body", False)
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+@asynccontextmanager
+async def serve(app: Any, port: int) -> AsyncIterator[str]:
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False,
+                                           loop="asyncio", http="httptools", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient() as client:
+        for _ in range(600):
+            try:
+                if (await client.get(f"{url}/readyz")).status_code < 500:
+                    break
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        await task
+
+
+@asynccontextmanager
+async def temporary_postgres() -> AsyncIterator[str]:
+    name = f"bench_campaigns_{uuid.uuid4().hex[:8]}"
+    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    admin = await asyncpg.connect(POSTGRES_ADMIN)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def _settings(database_url: str, bootstrap: str) -> CampaignsSettings:
+    common = CommonSettings(env="local", kafka=KafkaSettings(bootstrap_servers=bootstrap, topic_partitions=4))
+    return CampaignsSettings(database_url=database_url, common=common,
+                             webhooks=WebhookSettings(concurrency=64, timeout_seconds=10),
+                             scheduler=SchedulerSettings(poll_seconds=0.05, batch=2000))
+
+
+async def _seed(database: Any, table: Any, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    bulk = BulkRows(table, columns)
+    async with database.begin() as connection:
+        dialect = connection.dialect.name
+        for start in range(0, len(rows), CHUNK):
+            await connection.execute(bulk.insert(dialect), bulk.params(dialect, rows[start:start + CHUNK]))
+
+
+async def delivery(members: int, bootstrap: str) -> tuple[str, str, str, str]:
+    with tempfile.TemporaryDirectory() as directory:
+        app = create_campaigns_app(_settings(f"sqlite+aiosqlite:///{directory}/bench.db", bootstrap))
+        service = app.state.service
+        receiver_port = free_port()
+        # The receiver in its own process (as a real one would be): the service does not share its CPU time.
+        receiver = subprocess.Popen([sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "bench"),  # noqa: ASYNC220
+                                     "campaigns:receiver_app", "--port", str(receiver_port), "--no-access-log",
+                                     "--log-level", "warning", "--http", "httptools"], cwd=ROOT)
+        receiver_url = f"http://127.0.0.1:{receiver_port}"
+        async with serve(app, free_port()) as url, httpx.AsyncClient(base_url=url, timeout=60) as client:
+            now = datetime.now(UTC)
+            await _seed(service.database, segment_members, ("segment_id", "person_key", "entered_us"),
+                        [("rfm:champion", f"m-{n}", epoch_micros(now)) for n in range(members)])
+            created = (await client.post("/v1/campaigns", headers=WRITE, json={
+                "name": "bench", "audience": {"kind": "segment_scheduled", "segment_id": "rfm:champion",
+                                              "send_at": format_timestamp(now - timedelta(seconds=1))},
+                "offer": {"kind": "coupon", "percent_off": 10}, "variants": [{"name": "a", "split_bp": 9000}],
+                "holdout_bp": 1000, "webhook_url": f"{receiver_url}/hook"})).json()
+            started = time.perf_counter()
+            await client.post(f"/v1/campaigns/{created['campaign_id']}/activate", headers=WRITE)
+            treated = None
+            while True:
+                async with service.database.read() as connection:
+                    if treated is None or treated == 0:
+                        treated = (await connection.execute(select(func.count()).select_from(touches))).scalar_one()
+                    done = (await connection.execute(select(func.count()).select_from(touches)
+                                                     .where(touches.c.status == "delivered"))).scalar_one()
+                if treated and done >= treated:
+                    break
+                await asyncio.sleep(0.2)
+            elapsed = time.perf_counter() - started
+        receiver.terminate()
+        receiver.wait()
+    rate = treated / elapsed
+    return ("a. delivery (SQLite)", f"{members:,} members, {treated:,} touches", f"{rate:,.0f} touches/s",
+            f"{elapsed:.1f} s from activation to the last delivery recorded; target >= 2,000/s")
+
+
+async def report(size: int, bootstrap: str, calls: int) -> tuple[str, str, str, str]:
+    async with temporary_postgres() as database_url:
+        app = create_campaigns_app(_settings(database_url, bootstrap))
+        service = app.state.service
+        async with serve(app, free_port()) as url, httpx.AsyncClient(base_url=url, timeout=120) as client:
+            created = (await client.post("/v1/campaigns", headers=WRITE, json={
+                "name": "bench report", "audience": {"kind": "segment_entered", "segment_id": "rfm:champion"},
+                "offer": {"kind": "message"}, "variants": [{"name": "a", "split_bp": 8000}],
+                "holdout_bp": 2000, "webhook_url": "http://127.0.0.1:9/hook"})).json()
+            campaign_id = created["campaign_id"]
+            base = epoch_micros(datetime.now(UTC) - timedelta(days=3))
+            await _seed(service.database, assignments, ("campaign_id", "person_key", "variant", "assigned_us"),
+                        [(campaign_id, f"p-{n}", "holdout" if n % 5 == 0 else "a", base) for n in range(size)])
+            await _seed(service.database, counted_orders,
+                        ("order_id", "event_id", "person_key", "occurred_us", "total_cents"),
+                        [(f"o-{n}", f"e-{n}", f"p-{n}", base + 3_600_000_000, 10_000 + n % 5000)
+                         for n in range(size)])
+            async with service.database.begin() as connection:
+                await connection.execute(text("ANALYZE"))
+            timings = []
+            for _ in range(calls):
+                started = time.perf_counter()
+                response = await client.get(f"/v1/campaigns/{campaign_id}/report", headers=READ)
+                timings.append(time.perf_counter() - started)
+                assert response.status_code == 200, response.text
+    timings.sort()
+    p95 = timings[min(len(timings) - 1, int(0.95 * len(timings)))]
+    return ("b. report (PostgreSQL)", f"{size:,} assignments, {size:,} attributed orders",
+            f"p95 {p95 * 1000:,.0f} ms", f"p50 {statistics.median(timings) * 1000:,.0f} ms over {calls} calls; "
+            "target p95 < 200 ms at 1,000,000")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--members", type=int, default=10_000)
+    parser.add_argument("--report-size", type=int, default=100_000)
+    parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--phases", default="ab")
+    args = parser.parse_args()
+    broker = EmbeddedBroker()
+    broker.start()
+    await broker.wait_ready()
+    rows = []
+    try:
+        if "a" in args.phases:
+            rows.append(await delivery(args.members, broker.bootstrap_servers))
+            print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
+        if "b" in args.phases:
+            rows.append(await report(args.report_size, broker.bootstrap_servers, args.calls))
+            print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
+    finally:
+        broker.stop()
+    print("| phase | size | result | notes |\n|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,236 @@
+"""Webhook delivery of touches (SPEC.md "Campaigns": Webhooks, Standard Webhooks v1).
+
+A replica claims due pending touches in one short transaction (PostgreSQL: FOR UPDATE SKIP LOCKED; SQLite: the
+writer's BEGIN IMMEDIATE), moving each one a lease ahead so no other replica sends it meanwhile; it POSTs them
+outside any transaction with one shared HTTP client, then records each outcome only if its claim still holds.
+The webhook-id is the touch_id on every attempt, so a receiver that saw an attempt whose answer was lost (a
+replica killed mid-send) recognises the retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from libs.common.db import Database
+from libs.common.events import epoch_micros, format_timestamp
+from services.campaigns.adapters.campaigns import CampaignRecord, load_campaign
+from services.campaigns.adapters.report_totals import discount_cost_cents
+from services.campaigns.adapters.tables import campaigns, touches
+from services.campaigns.domain import budget, webhooks
+from services.campaigns.enrolment import DELIVERED, FAILED, PENDING, queue_touch_records, touch_public
+from services.campaigns.settings import WebhookSettings
+
+log = logging.getLogger(__name__)
+_SECOND_US = 1_000_000
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt came to: ``delivered``, ``retry`` or ``disable`` (410), with the reason and Retry-After."""
+
+    verdict: str
+    detail: str
+    retry_after: float | None = None
+
+
+def webhook_body(touch: dict[str, Any], campaign: CampaignRecord) -> bytes:
+    """``{"type": "campaign.touch", "timestamp", "data": <the touch, with the offer>}``; the same bytes on every
+    attempt (the timestamp is the touch's creation; the attempt's time is the webhook-timestamp header)."""
+    message = next((v.get("message") for v in campaign.variants if v["name"] == touch["variant"]), None)
+    data = {**touch, "status": PENDING, "delivered_at": None, "campaign_name": campaign.name,
+            "offer": campaign.offer, "message": message}
+    return orjson.dumps({"type": "campaign.touch", "timestamp": touch["created_at"], "data": data})
+
+
+async def _resolved_addresses(host: str) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    return sorted({info[4][0] for info in infos})
+
+
+class Deliverer:
+    """Claims due touches, POSTs them signed, and records what became of each."""
+
+    def __init__(self, database: Database, client: httpx.AsyncClient, settings: WebhookSettings, *,
+                 clock: Callable[[], datetime], local_mode: bool, owner: str,
+                 rng: random.Random | None = None) -> None:
+        self.database = database
+        self.client = client
+        self.settings = settings
+        self.clock = clock
+        self.local_mode = local_mode
+        self.owner = owner
+        self.rng = rng or random.Random()
+        self.attempts = 0
+        self.delivered = 0
+
+    async def deliver_due(self, limit: int) -> int:
+        """Claim up to ``limit`` due touches, send them, record the outcomes; returns how many were claimed."""
+        claimed, by_campaign = await self._claim(limit)
+        if not claimed:
+            return 0
+        gate = asyncio.Semaphore(self.settings.concurrency)
+
+        async def attempt(row: Any) -> Outcome:
+            async with gate:
+                return await self._send(row, by_campaign[row.campaign_id])
+
+        outcomes = await asyncio.gather(*(attempt(row) for row, _lease in claimed))
+        await self._record(claimed, outcomes, by_campaign)
+        return len(claimed)
+
+    async def _claim(self, limit: int) -> tuple[list[tuple[Any, int]], dict[str, CampaignRecord]]:
+        now_us = epoch_micros(self.clock())
+        lease_us = now_us + int(self.settings.claim_lease_seconds * _SECOND_US)
+        t, c = touches.c, campaigns.c
+        query = (select(touches).join(campaigns, c.campaign_id == t.campaign_id)
+                 # Deliveries of a paused campaign wait for it to be resumed (a budget stop sends no more).
+                 .where(t.status == PENDING, t.next_attempt_us <= now_us, c.status.in_(("active", "completed")))
+                 .order_by(t.next_attempt_us).limit(limit)
+                 .with_for_update(skip_locked=True, of=touches))
+        async with self.database.begin() as connection:
+            rows = list((await connection.execute(query)).all())
+            if not rows:
+                return [], {}
+            by_campaign: dict[str, CampaignRecord] = {}
+            for campaign_id in {row.campaign_id for row in rows}:
+                record = await load_campaign(connection, campaign_id)
+                assert record is not None
+                by_campaign[campaign_id] = record
+            rows = await _within_budgets(connection, rows, by_campaign)
+            for start in range(0, len(rows), 900):
+                ids = [row.touch_id for row in rows[start:start + 900]]
+                await connection.execute(update(touches).where(t.touch_id.in_(ids)).values(next_attempt_us=lease_us))
+        return [(row, lease_us) for row in rows], by_campaign
+
+    async def _send(self, row: Any, campaign: CampaignRecord) -> Outcome:
+        if campaign.webhook_disabled:
+            return Outcome("disable", campaign.webhook_disabled)
+        url = campaign.webhook_url
+        try:
+            host = urlsplit(url).hostname or ""
+            addresses = [] if self.local_mode else await _resolved_addresses(host)
+        except OSError as exc:
+            return Outcome("retry", f"cannot resolve the webhook host: {exc}")
+        refused = webhooks.url_allowed(url, addresses, self.local_mode)
+        if refused:
+            return Outcome("retry", f"webhook URL refused at send time: {refused}")
+        body = webhook_body(touch_public(row), campaign)
+        timestamp = int(time.time())  # real time: receivers check it against their clock
+        headers = webhooks.headers(campaign.webhook_secret, row.touch_id, timestamp, body)
+        self.attempts += 1
+        try:
+            response = await self.client.post(url, content=body, headers=headers,
+                                              timeout=self.settings.timeout_seconds, follow_redirects=False)
+        except httpx.HTTPError as exc:
+            return Outcome("retry", f"{type(exc).__name__}: {exc}"[:500])
+        verdict = webhooks.classify(response.status_code)
+        return Outcome(verdict, f"HTTP {response.status_code}",
+                       webhooks.parse_retry_after(response.headers.get("retry-after"), datetime.now(UTC)))
+
+    async def _record(self, claimed: Sequence[tuple[Any, int]], outcomes: Sequence[Outcome],
+                      by_campaign: dict[str, CampaignRecord]) -> None:
+        now = self.clock()
+        now_us = epoch_micros(now)
+        changed: list[dict[str, Any]] = []
+        disabled: dict[str, str] = {}
+        delivered: list[Any] = []
+        async with self.database.begin() as connection:
+            for (row, lease_us), outcome in zip(claimed, outcomes, strict=True):
+                attempts = row.attempts + 1
+                if outcome.verdict == "delivered":
+                    delivered.append((row, lease_us))
+                    continue
+                values: dict[str, Any] = {"attempts": attempts, "last_error": outcome.detail}
+                if outcome.verdict == "disable":
+                    values |= {"status": FAILED, "next_attempt_us": None}
+                    if not by_campaign[row.campaign_id].webhook_disabled:
+                        disabled[row.campaign_id] = (f"the endpoint answered 410 Gone at {format_timestamp(now)}; "
+                                                     "deliveries stopped")
+                else:
+                    delay = webhooks.next_attempt_delay(attempts, self.settings.retry_schedule_seconds,
+                                                        outcome.retry_after, self.rng)
+                    if delay is None:
+                        values |= {"status": FAILED, "next_attempt_us": None}
+                    else:
+                        values["next_attempt_us"] = now_us + int(delay * _SECOND_US)
+                # Only while our claim holds: a lease that ran out may have gone to another replica.
+                result = await connection.execute(
+                    update(touches).where(touches.c.touch_id == row.touch_id, touches.c.status == PENDING,
+                                          touches.c.next_attempt_us == lease_us).values(**values))
+                if result.rowcount and values.get("status") == FAILED:
+                    changed.append(touch_public(row) | {"status": FAILED})
+            # Deliveries in one statement per claim (they share its lease), again only while the claim holds.
+            for start in range(0, len(delivered), 900):
+                part = delivered[start:start + 900]
+                t = touches.c
+                result = await connection.execute(
+                    update(touches)
+                    .where(t.touch_id.in_([row.touch_id for row, _ in part]), t.status == PENDING,
+                           t.next_attempt_us == part[0][1])
+                    .values(status=DELIVERED, delivered_us=now_us, next_attempt_us=None, last_error=None,
+                            attempts=t.attempts + 1)
+                    .returning(t.touch_id))
+                recorded = set(result.scalars())
+                self.delivered += len(recorded)
+                changed += [touch_public(row) | {"status": DELIVERED, "delivered_at": format_timestamp(now)}
+                            for row, _ in part if row.touch_id in recorded]
+            for campaign_id, reason in disabled.items():
+                await connection.execute(update(campaigns).where(campaigns.c.campaign_id == campaign_id)
+                                         .values(webhook_disabled=reason))
+            await queue_touch_records(connection, changed)
+
+
+async def _within_budgets(connection: AsyncConnection, rows: list[Any],
+                          by_campaign: dict[str, CampaignRecord]) -> list[Any]:
+    """Drop the touches that would take a campaign past its budget: with a per-touch cost, only as many as the
+    budget left pays for are sent (the scheduler then pauses the campaign, SPEC.md "Lifecycle")."""
+    kept: list[Any] = []
+    allowed: dict[str, int | None] = {}
+    for row in rows:
+        campaign_id = row.campaign_id
+        if campaign_id not in allowed:
+            campaign = by_campaign[campaign_id]
+            if campaign.budget_cents is None or campaign.per_touch_cost_cents <= 0:
+                allowed[campaign_id] = None
+            else:
+                spent = await spent_cents(connection, campaign)
+                left = campaign.budget_cents - spent
+                allowed[campaign_id] = max(-(-left // campaign.per_touch_cost_cents), 0)
+        room = allowed[campaign_id]
+        if room is None:
+            kept.append(row)
+        elif room > 0:
+            allowed[campaign_id] = room - 1
+            kept.append(row)
+    return kept
+
+
+async def spent_cents(connection: AsyncConnection, campaign: CampaignRecord) -> int:
+    """Delivered touches x per-touch cost + discount cost of the redemptions so far (SPEC.md "Lifecycle": budget)."""
+    delivered = (await connection.execute(
+        select(func.count()).select_from(touches)
+        .where(touches.c.campaign_id == campaign.campaign_id, touches.c.status == DELIVERED))).scalar_one()
+    return int(budget.spent(delivered, campaign.per_touch_cost_cents,
+                            await discount_cost_cents(connection, campaign.campaign_id)))
+
+
+async def fail_pending_of(connection: AsyncConnection, person_keys: Sequence[str]) -> None:
+    """Never send a touch to an erased person."""
+    for start in range(0, len(person_keys), 900):
+        await connection.execute(update(touches).where(touches.c.person_key.in_(person_keys[start:start + 900]),
+                                                       touches.c.status == PENDING)
+                                 .values(status=FAILED, next_attempt_us=None, last_error="person erased"))

@@ -1,0 +1,1 @@
+"""Pure campaign rules of SPEC.md "Campaigns": no FastAPI, SQLAlchemy, aiokafka or httpx here."""
