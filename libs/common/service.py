@@ -126,6 +126,7 @@ class Service:
                 "last_event_occurred_at": status.last_event_occurred_at
                 and format_timestamp(status.last_event_occurred_at),
                 "last_processed_at": status.last_processed_at and format_timestamp(status.last_processed_at),
+                "dead_lettered": status.dead_lettered,
             }
         ready = all(value == "ok" for value in checks.values())
         return ready, {

@@ -129,6 +129,7 @@ async def test_a_record_that_keeps_failing_is_dead_lettered_and_the_partition_mo
     assert headers["x-original-topic"] == EVENTS_TOPIC.encode()
     assert attempts["bad"] == 3 + 1  # the whole-batch try, then three on its own
     assert consumed(runtime, "shoploop_dead_letters_total") == 1
+    assert runtime.status.dead_lettered == 1  # what /readyz reports per consumer group
     assert consumed(runtime, "shoploop_processing_errors_total") == 3
 
 
