@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 
+from libs.common.request_ids import current_request_id
+
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
 
 
@@ -25,6 +27,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        request_id = current_request_id.get()
+        if request_id is not None:
+            entry["request_id"] = request_id
         entry.update({key: value for key, value in record.__dict__.items() if key not in _STANDARD})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

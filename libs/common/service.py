@@ -28,6 +28,7 @@ from libs.common.kafka import (
     ensure_topics,
 )
 from libs.common.metrics import Metrics, MetricsMiddleware
+from libs.common.request_ids import RequestIdMiddleware
 from libs.common.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,8 @@ class Service:
 
     name: str
     settings: ServiceSettings
-    database: Database
+    # None for a service without state of its own (the gateway): no database, no broker connection.
+    database: Database | None
     subscriptions: Sequence[Subscription] = ()
     metrics: Metrics = field(init=False)
     publisher: Publisher = field(init=False)
@@ -53,6 +55,8 @@ class Service:
         self.publisher = Publisher(self.settings.common.kafka, client_id=self.name, metrics=self.metrics)
 
     async def start(self) -> None:
+        if self.database is None:
+            return
         await self.database.start()
         # The HTTP side comes up even while the broker is away; /readyz says so until it is connected.
         self._connecting = asyncio.create_task(self._connect_kafka(), name=f"{self.name}-kafka-connect")
@@ -91,7 +95,8 @@ class Service:
         for runtime in self.consumers:
             await runtime.stop()
         await self.publisher.stop()
-        await self.database.close()
+        if self.database is not None:
+            await self.database.close()
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Database and broker reachable, every consumer assigned and running."""
@@ -183,6 +188,8 @@ def create_app(service: Service, *, routers: Sequence[APIRouter], title: str, de
     app.state.service = service
     app.state.api_keys = ApiKeys(service.settings.common.api_keys)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
+    # Outermost: the request id is set before anything else runs and is in every line logged for it.
+    app.add_middleware(RequestIdMiddleware)
     install_error_handler(app)
     app.include_router(_operations_router())
     for router in routers:
