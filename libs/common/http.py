@@ -1,14 +1,22 @@
-"""HTTP pieces every service shares: the error shape ``{"code", "detail"}`` and an orjson response."""
+"""HTTP pieces every service shares: the error shape ``{"code", "detail"}``, an orjson response, and the one
+way to parse times and cursors and to render money."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import base64
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+
+from libs.common.events import parse_rfc3339
 
 
 class JsonResponse(Response):
@@ -50,3 +58,87 @@ def install_error_handler(app: FastAPI) -> None:
     async def _invalid_request(_request: Request, error: RequestValidationError) -> JsonResponse:
         return JsonResponse({"code": "invalid_request", "detail": describe_validation_errors(error.errors())},
                             status_code=422)
+
+
+# --- Values every route parses or renders the same way (SPEC.md "API surface") ---------------------------
+
+_CENT = Decimal("0.01")
+
+
+def money(amount: Decimal | int | str | None) -> float | None:
+    """Money in an answer: a JSON number rounded to 2 decimals, half up (0.005 -> 0.01); None stays None."""
+    if amount is None:
+        return None
+    # + 0.0 turns -0.0 (a rounded tiny negative) into 0.0.
+    return float(Decimal(amount).quantize(_CENT, rounding=ROUND_HALF_UP)) + 0.0
+
+
+def encode_cursor(values: Sequence[str | int]) -> str:
+    """An opaque page cursor holding the sort key of a page's last item."""
+    return base64.urlsafe_b64encode(orjson.dumps(list(values))).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None, arity: int) -> tuple[str | int, ...] | None:
+    """The sort key ``encode_cursor`` wrote; anything else (tampered, truncated, foreign) is 400 invalid_cursor."""
+    if cursor is None:
+        return None
+    try:
+        values = orjson.loads(base64.urlsafe_b64decode(cursor.encode("ascii") + b"=" * (-len(cursor) % 4)))
+    except (ValueError, UnicodeError, orjson.JSONDecodeError):
+        values = None
+    if (not isinstance(values, list) or len(values) != arity
+            or not all(isinstance(value, str | int) and not isinstance(value, bool) for value in values)):
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API returned")
+    return tuple(values)
+
+
+# Room on both sides for windows and lookbacks, so that date arithmetic never leaves datetime's range.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# An unencoded "+" in a query string arrives as a space: "...T10:00:00 08:00" meant "+08:00".
+_SPACED_OFFSET = re.compile(r"(T\d{2}:\d{2}:\d{2}(?:\.\d+)?) (\d{2}:\d{2})$")
+MOMENT_HELP = "a date (start of that day in SHOPLOOP_TIMEZONE) or an RFC 3339 timestamp"
+
+
+def _invalid(name: str, reason: str) -> ApiError:
+    return ApiError(422, "invalid_parameter", f"{name}: {reason}")
+
+
+def parse_timestamp(value: str, name: str) -> datetime:
+    """A client's RFC 3339 timestamp (a "+" that arrived as a space mended) within the supported years."""
+    try:
+        moment = parse_rfc3339(_SPACED_OFFSET.sub(r"\1+\2", value))
+    except (ValueError, OverflowError) as exc:
+        raise _invalid(name, str(exc)) from None
+    if not EARLIEST <= moment < LATEST:
+        raise _invalid(name, f"{value} is outside the supported years 1970 to 8999")
+    return moment
+
+
+def parse_as_of(value: str | None, now: datetime) -> datetime:
+    """``as_of``: an RFC 3339 timestamp, ``now`` when absent."""
+    return now if value is None else parse_timestamp(value, "as_of")
+
+
+def parse_moment(value: str, name: str, zone: ZoneInfo) -> datetime:
+    """``from``/``to``: a date (its start in ``zone``) or an RFC 3339 timestamp."""
+    if not _DATE.match(value):
+        return parse_timestamp(value, name)
+    try:
+        moment = datetime.combine(date.fromisoformat(value), time(), zone).astimezone(UTC)
+    except (ValueError, OverflowError) as exc:  # a date at the very edge of the calendar overflows in the zone
+        raise _invalid(name, f"{exc}; expected {MOMENT_HELP}") from None
+    if not EARLIEST <= moment < LATEST:
+        raise _invalid(name, f"{value} is outside the supported years 1970 to 8999")
+    return moment
+
+
+def parse_span(start: str, end: str, zone: ZoneInfo, max_days: int) -> tuple[datetime, datetime]:
+    """A range ``[from, to)`` of at most ``max_days`` days (the setting that keeps one request bounded)."""
+    start_at, end_at = parse_moment(start, "from", zone), parse_moment(end, "to", zone)
+    if start_at >= end_at:
+        raise _invalid("from", "must be before to (the range is [from, to))")
+    if end_at - start_at > timedelta(days=max_days):
+        raise _invalid("to", f"a range covers at most {max_days} days")
+    return start_at, end_at

@@ -39,6 +39,8 @@ class CommonSettings(BaseSettings):
     api_keys: str = DEV_API_KEYS
     currency: str = Field(default="CNY", pattern=r"^[A-Z]{3}$")
     timezone: str = "UTC"
+    # One request's from/to range at most (about 3 years): keeps every report's work bounded.
+    max_range_days: int = Field(default=1096, ge=1, le=36_600)
     log_level: str = "INFO"
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
 

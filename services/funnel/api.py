@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-import base64
-import re
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from libs.common.auth import require_scope
-from libs.common.events import format_timestamp, parse_rfc3339
-from libs.common.http import ApiError, JsonResponse
+from libs.common.events import format_timestamp
+from libs.common.http import (
+    MOMENT_HELP,
+    ApiError,
+    JsonResponse,
+    decode_cursor,
+    encode_cursor,
+    parse_as_of,
+    parse_span,
+)
 from services.funnel import reports
 from services.funnel.adapters.funnels import (
     DEFAULT_FUNNEL_ID,
@@ -51,12 +57,8 @@ router = APIRouter(tags=["funnel"])
 ReadKey = Annotated[str, Depends(require_scope("read"))]
 
 _DEFAULT_PAGE_SIZE = 100
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-# An unencoded "+" in a query string arrives as a space: "...T10:00:00 08:00" meant "+08:00".
-_SPACED_OFFSET = re.compile(r" (\d{2}:\d{2})$")
-_MOMENT_HELP = "a date (start of that day in SHOPLOOP_TIMEZONE) or an RFC 3339 timestamp"
-From = Annotated[str, Query(alias="from", description=f"range start, included: {_MOMENT_HELP}")]
-To = Annotated[str, Query(alias="to", description=f"range end, excluded: {_MOMENT_HELP}")]
+From = Annotated[str, Query(alias="from", description=f"range start, included: {MOMENT_HELP}")]
+To = Annotated[str, Query(alias="to", description=f"range end, excluded: {MOMENT_HELP}")]
 AsOf = Annotated[str | None, Query(description="RFC 3339 timestamp; only events up to it count (default: now)")]
 Limit = Annotated[int | None, Query(ge=1, description="page size (default 100, at most the service's max_page_size)")]
 Cursor = Annotated[str | None, Query(description="next_cursor of the previous page")]
@@ -70,45 +72,13 @@ def _settings(request: Request) -> FunnelSettings:
     return request.app.state.service.settings
 
 
-# Room on both sides for windows and lookbacks, so that date arithmetic never leaves datetime's range.
-_EARLIEST, _LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC)
-
-
-def _supported(moment: datetime) -> datetime:
-    if not _EARLIEST <= moment < _LATEST:
-        raise ValueError(f"{moment.isoformat()} is outside the supported years 1970 to 8999")
-    return moment
-
-
-def _timestamp(value: str) -> datetime:
-    return _supported(parse_rfc3339(_SPACED_OFFSET.sub(r"+\1", value)))
-
-
-def _moment(value: str, name: str, settings: FunnelSettings) -> datetime:
-    try:
-        if _DATE.match(value):
-            day = date.fromisoformat(value)
-            return _supported(datetime.combine(day, time(), settings.common.zone).astimezone(UTC))
-        return _timestamp(value)
-    except (ValueError, OverflowError) as exc:  # a date at the very edge of the calendar overflows in the zone
-        raise ApiError(422, "invalid_parameter", f"{name}: {exc}; expected {_MOMENT_HELP}") from None
+def _span(request: Request, start: str, end: str) -> tuple[datetime, datetime]:
+    settings = _settings(request)
+    return parse_span(start, end, settings.common.zone, settings.common.max_range_days)
 
 
 def _as_of(value: str | None) -> datetime:
-    if value is None:
-        return datetime.now(UTC)
-    try:
-        return _timestamp(value)
-    except ValueError as exc:
-        raise ApiError(422, "invalid_parameter", f"as_of: {exc}") from None
-
-
-def _span(request: Request, start: str, end: str) -> tuple[datetime, datetime]:
-    settings = _settings(request)
-    start_at, end_at = _moment(start, "from", settings), _moment(end, "to", settings)
-    if start_at >= end_at:
-        raise ApiError(422, "invalid_parameter", "from must be before to (the range is [from, to))")
-    return start_at, end_at
+    return parse_as_of(value, datetime.now(UTC))
 
 
 def _limit(request: Request, limit: int | None) -> int:
@@ -136,15 +106,11 @@ async def _on_copy(request: Request, compute: Callable[[Any], T]) -> T:
 
 def _page(items: Sequence[T], key: Callable[[T], str], limit: int, cursor: str | None) -> tuple[list[T], str | None]:
     """Items (sorted by ``key``) after the cursor; the cursor is the last key of a page, opaque to clients."""
-    if cursor is not None:
-        try:
-            after = base64.urlsafe_b64decode(cursor.encode()).decode()
-        except (ValueError, UnicodeDecodeError):
-            raise ApiError(400, "invalid_cursor", "cursor is not one this API returned") from None
-        items = [item for item in items if key(item) > after]
+    after = decode_cursor(cursor, 1)
+    if after is not None:
+        items = [item for item in items if key(item) > after[0]]
     page = list(items[:limit])
-    more = len(items) > limit
-    return page, base64.urlsafe_b64encode(key(page[-1]).encode()).decode() if more else None
+    return page, encode_cursor([key(page[-1])]) if len(items) > limit else None
 
 
 @router.get("/v1/kpis", response_model=KpisPublic, summary="Full-funnel KPIs over a range, optionally per day")
@@ -195,10 +161,7 @@ async def create_funnel(request: Request, body: FunnelCreate, _key: ReadKey) -> 
 @router.get("/v1/funnels", response_model=FunnelPage, summary="List funnels, the built-in `default` first")
 async def get_funnels(request: Request, _key: ReadKey, limit: Limit = None, cursor: Cursor = None) -> JsonResponse:
     async with _service(request).database.read() as connection:
-        try:
-            page, next_cursor = await list_funnels(connection, limit=_limit(request, limit), cursor=cursor)
-        except ValueError as exc:
-            raise ApiError(400, "invalid_cursor", str(exc)) from None
+        page, next_cursor = await list_funnels(connection, limit=_limit(request, limit), cursor=cursor)
     return JsonResponse({"items": [funnel_public(funnel) for funnel in page], "next_cursor": next_cursor})
 
 

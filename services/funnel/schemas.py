@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import date, datetime
-from decimal import ROUND_HALF_UP, Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from libs.common.events import format_timestamp
+from libs.common.http import money
 from services.funnel.adapters.funnels import StoredFunnel
 from services.funnel.domain.channels import ChannelMetrics
 from services.funnel.domain.funnels import DEFAULT_WINDOW_SECONDS, FunnelResult
@@ -22,18 +22,10 @@ from services.funnel.domain.products import MatrixEntry, ProductMetrics
 
 MAX_WINDOW_SECONDS = 366 * 24 * 3600
 MAX_STEPS = 10
-_CENT = Decimal("0.01")
 
 Money = float
 Ratio = float | None
 FilterValue = Annotated[str, Field(min_length=1, max_length=256)]
-
-
-def money(amount: Decimal | None) -> float | None:
-    """Money as a JSON number rounded to 2 decimals, half up (no negative zero)."""
-    if amount is None:
-        return None
-    return float(amount.quantize(_CENT, rounding=ROUND_HALF_UP)) + 0.0
 
 
 class _Strict(BaseModel):

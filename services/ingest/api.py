@@ -228,10 +228,7 @@ async def get_rejected(
 ) -> dict[str, Any]:
     service: Service = request.app.state.service
     async with service.database.read() as connection:
-        try:
-            return await list_rejected(connection, status=status, limit=limit, cursor=cursor)
-        except ValueError as exc:
-            raise ApiError(400, "invalid_cursor", str(exc)) from None
+        return await list_rejected(connection, status=status, limit=limit, cursor=cursor)
 
 
 @router.post("/v1/rejected/replay", response_model=ReplayResult, summary="Re-submit rejected events after correction")

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import base64
-import re
 import uuid
 from datetime import datetime
-from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from libs.common.auth import require_scope
-from libs.common.events import epoch_micros, format_timestamp, parse_rfc3339
-from libs.common.http import ApiError
+from libs.common.events import epoch_micros, format_timestamp
+from libs.common.http import ApiError, decode_cursor, encode_cursor, money, parse_as_of
 from libs.common.kafka import BrokerUnavailable
 from libs.common.privacy import ErasureRequest, publish_erasure
 from services.segmentation.adapters.facts import event_type_counts
@@ -153,38 +150,12 @@ def _service(request: Request) -> SegmentationService:
     return request.app.state.service
 
 
-# In a query string an unencoded "+" arrives as a space: "...T10:00:00 08:00" means +08:00.
-_SPACE_FOR_PLUS = re.compile(r"(T\d{2}:\d{2}:\d{2}(?:\.\d+)?) (\d{2}:\d{2})$")
-
-
 def _as_of(request: Request, as_of: str | None) -> datetime:
-    if as_of is None:
-        return _service(request).clock()
-    try:
-        return parse_rfc3339(_SPACE_FOR_PLUS.sub(r"\1+\2", as_of))
-    except ValueError as exc:
-        raise ApiError(422, "invalid_as_of", f"as_of: {exc}") from None
+    return parse_as_of(as_of, _service(request).clock())
 
 
 def _moment(value: datetime | None) -> str | None:
     return None if value is None else format_timestamp(value)
-
-
-def _money(amount: Decimal) -> float:
-    return float(amount.quantize(Decimal("0.01")))
-
-
-def _encode_cursor(value: str) -> str:
-    return base64.urlsafe_b64encode(value.encode()).decode()
-
-
-def _decode_cursor(cursor: str | None) -> str | None:
-    if cursor is None:
-        return None
-    try:
-        return base64.urlsafe_b64decode(cursor.encode()).decode()
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "invalid_cursor", "cursor is not one this API returned") from None
 
 
 def _ref(segment: SegmentDefinition) -> dict[str, Any]:
@@ -217,12 +188,12 @@ async def get_customer(request: Request, person_key: str, _key: ReadKey, as_of: 
         "last_seen_at": format_timestamp(customer.last_seen_at),
         "acquisition_source": customer.acquisition_source,
         "orders": figures.orders,
-        "gmv": _money(figures.gmv),
+        "gmv": money(figures.gmv),
         "first_order_at": _moment(figures.first_order_at),
         "last_order_at": _moment(figures.last_order_at),
         "rfm": {
             "recency_days": figures.recency_days, "frequency": figures.frequency,
-            "monetary": _money(figures.monetary),
+            "monetary": money(figures.monetary),
             "r_score": score and score.r_score, "f_score": score and score.f_score,
             "m_score": score and score.m_score, "segment": score and score.segment,
         },
@@ -345,17 +316,17 @@ async def list_segments(
         members = await member_counts(connection)
     # Built-ins first, then rule segments oldest first: a stable order, so a position is a cursor.
     every = [*BUILTIN_SEGMENTS, *definitions]
-    after = _decode_cursor(cursor)
+    after = decode_cursor(cursor, 1)
     start = 0
     if after is not None:
         ids = [segment.segment_id for segment in every]
-        if after not in ids:
+        if after[0] not in ids:
             raise ApiError(400, "invalid_cursor", "cursor is not one this API returned")
-        start = ids.index(after) + 1
+        start = ids.index(after[0]) + 1
     page = every[start:start + limit]
     more = start + limit < len(every)
     return {"items": [_public(segment, members) for segment in page],
-            "next_cursor": _encode_cursor(page[-1].segment_id) if more and page else None}
+            "next_cursor": encode_cursor([page[-1].segment_id]) if more and page else None}
 
 
 @router.get("/v1/segments/{segment_id}/members", response_model=MemberPage, summary="A segment's members at as_of")
@@ -366,7 +337,7 @@ async def list_members(
     """Members computed at as_of from the stored facts, ordered by person key."""
     service = _service(request)
     moment = _as_of(request, as_of)
-    after = _decode_cursor(cursor)
+    after = decode_cursor(cursor, 1)
     async with service.database.read() as connection:
         segment = BUILTIN_BY_ID.get(segment_id) or await rule_segment(connection, segment_id)
         if segment is None:
@@ -379,10 +350,10 @@ async def list_members(
             found = (person for person, ids in evaluation.memberships.items() if segment_id in ids)
     members = sorted(found)
     if after is not None:
-        members = [person for person in members if person > after]
+        members = [person for person in members if person > after[0]]
     page = members[:limit]
     return {
         "segment_id": segment_id, "as_of": format_timestamp(moment),
         "items": [{"person_key": person} for person in page],
-        "next_cursor": _encode_cursor(page[-1]) if len(members) > limit else None,
+        "next_cursor": encode_cursor([page[-1]]) if len(members) > limit else None,
     }

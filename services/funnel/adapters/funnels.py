@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,6 +12,7 @@ from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.events import epoch_micros, from_epoch_micros
+from libs.common.http import decode_cursor, encode_cursor
 from services.funnel.adapters.tables import funnels
 from services.funnel.domain.funnels import DEFAULT_FUNNEL, FunnelDefinition, FunnelStep
 
@@ -78,28 +78,15 @@ async def delete_funnel(connection: AsyncConnection, funnel_id: str) -> bool:
     return bool(result.rowcount)
 
 
-def _encode_cursor(funnel: StoredFunnel) -> str:
-    created_us = -1 if funnel.created_at is None else epoch_micros(funnel.created_at)
-    return base64.urlsafe_b64encode(f"{created_us}:{funnel.funnel_id}".encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[int, str]:
-    try:
-        created, _, funnel_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
-        return int(created), funnel_id
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError("cursor is not one this API returned") from exc
-
-
 async def list_funnels(
     connection: AsyncConnection, *, limit: int, cursor: str | None
 ) -> tuple[Sequence[StoredFunnel], str | None]:
     """The built-in funnel first, then the defined ones oldest first; keyset-paginated."""
-    after = _decode_cursor(cursor) if cursor is not None else None
+    after = decode_cursor(cursor, 2)
     listed: list[StoredFunnel] = [BUILT_IN] if after is None else []
     query = select(funnels).order_by(funnels.c.created_us, funnels.c.funnel_id)
     if after is not None:
-        created_us, funnel_id = after
+        created_us, funnel_id = int(after[0]), str(after[1])
         query = query.where(
             or_(
                 funnels.c.created_us > created_us,
@@ -109,4 +96,6 @@ async def list_funnels(
     rows = (await connection.execute(query.limit(limit + 1 - len(listed)))).all()
     listed.extend(_stored(row) for row in rows)
     page = listed[:limit]
-    return page, _encode_cursor(page[-1]) if len(listed) > limit else None
+    last = page[-1]
+    last_created_us = -1 if last.created_at is None else epoch_micros(last.created_at)
+    return page, encode_cursor([last_created_us, last.funnel_id]) if len(listed) > limit else None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
@@ -32,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db import Migration, create_all, insert
 from libs.common.events import epoch_micros, format_timestamp, from_epoch_micros
+from libs.common.http import decode_cursor, encode_cursor
 from services.ingest.person_keys import person_key_of, person_key_of_stored
 
 metadata = MetaData()
@@ -127,19 +127,6 @@ def _public(row: Any) -> dict[str, Any]:
     }
 
 
-def _encode_cursor(row: Any) -> str:
-    return base64.urlsafe_b64encode(f"{row.received_us}:{row.rejection_id}".encode()).decode()
-
-
-def decode_cursor(cursor: str) -> tuple[int, str]:
-    """Raise ValueError for a cursor this API did not hand out."""
-    try:
-        received, _, rejection_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
-        return int(received), rejection_id
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError("cursor is not one this API returned") from exc
-
-
 async def list_rejected(
     connection: AsyncConnection, *, status: Literal["pending", "replayed", "all"], limit: int, cursor: str | None
 ) -> dict[str, Any]:
@@ -150,7 +137,8 @@ async def list_rejected(
     elif status == "replayed":
         query = query.where(rejected_events.c.replayed_us.is_not(None))
     if cursor is not None:
-        received_us, rejection_id = decode_cursor(cursor)
+        received, rejection = decode_cursor(cursor, 2)
+        received_us, rejection_id = int(received), str(rejection)
         query = query.where(
             or_(
                 rejected_events.c.received_us < received_us,
@@ -161,7 +149,7 @@ async def list_rejected(
     page = rows[:limit]
     return {
         "items": [_public(row) for row in page],
-        "next_cursor": _encode_cursor(page[-1]) if len(rows) > limit else None,
+        "next_cursor": encode_cursor([page[-1].received_us, page[-1].rejection_id]) if len(rows) > limit else None,
     }
 
 
