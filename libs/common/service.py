@@ -27,6 +27,7 @@ from libs.common.kafka import (
     dead_letter_topic,
     ensure_topics,
 )
+from libs.common.logs import configure_served_process
 from libs.common.metrics import Metrics, MetricsMiddleware
 from libs.common.request_ids import RequestIdMiddleware
 from libs.common.settings import ServiceSettings
@@ -183,6 +184,7 @@ def create_app(service: Service, *, routers: Sequence[APIRouter], title: str, de
         finally:
             await service.stop()
 
+    configure_served_process()
     app = FastAPI(title=title, description=description, version=VERSION, lifespan=lifespan,
                   default_response_class=JsonResponse)
     app.state.service = service

@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse
 
 from libs.common.auth import require_scope
 from libs.common.events import format_timestamp
-from libs.common.http import MOMENT_HELP, ApiError, JsonResponse, money, parse_as_of, parse_span
+from libs.common.http import MOMENT_HELP, JsonResponse, money, parse_as_of, parse_span
 from services.gateway.adapters.backends import Backends, BackendUnavailable
 from services.gateway.domain.channels import priced_channels, spend_by_source
 from services.gateway.domain.periods import changes, previous_period
@@ -42,15 +42,15 @@ def _settings(request: Request) -> GatewaySettings:
     return request.app.state.service.settings
 
 
-async def _part(fetch: Awaitable[dict[str, Any]], timeout: float) -> dict[str, Any]:
+async def _part(fetch: Awaitable[dict[str, Any]], within_seconds: float) -> dict[str, Any]:
     """A part of an answer: its figures with ``status: ok``, or ``status: unavailable`` with the reason."""
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within_seconds):
             return {"status": "ok", **await fetch}
     except BackendUnavailable as exc:
         return {"status": "unavailable", "service": exc.service, "reason": exc.reason}
     except TimeoutError:
-        return {"status": "unavailable", "reason": f"no answer within {timeout:g} s"}
+        return {"status": "unavailable", "reason": f"no answer within {within_seconds:g} s"}
 
 
 @router.get("/v1/overview", response_model=OverviewPublic,
@@ -61,7 +61,7 @@ async def get_overview(request: Request, key: ReadKey, start: From, end: To, as_
     Lifecycle, RFM and tier counts are taken at the end of the range (``segments_as_of``: the earlier of
     ``to`` and ``as_of``)."""
     settings = _settings(request)
-    start_at, end_at = parse_span(start, end, settings.common.zone, settings.max_days)
+    start_at, end_at = parse_span(start, end, settings.common.zone, settings.common.max_range_days)
     moment = parse_as_of(as_of, datetime.now(UTC))
     before_start, before_end = previous_period(start_at, end_at)
     segments_at = min(end_at, moment)
@@ -121,7 +121,7 @@ async def get_channels(request: Request, key: ReadKey, start: From, end: To, as_
     campaigns service's spend over the same range. Without the campaigns service the figures still answer,
     with spend, roas and cac null and ``spend.status`` unavailable; without the funnel, 502/503/504."""
     settings = _settings(request)
-    start_at, end_at = parse_span(start, end, settings.common.zone, settings.max_days)
+    start_at, end_at = parse_span(start, end, settings.common.zone, settings.common.max_range_days)
     moment = parse_as_of(as_of, datetime.now(UTC))
     span = {"from": format_timestamp(start_at), "to": format_timestamp(end_at), "as_of": format_timestamp(moment)}
     backends = _service(request).backends

@@ -24,6 +24,7 @@ def create_gateway_app(settings: GatewaySettings | None = None) -> FastAPI:
     service = GatewayService("gateway", settings, None)
     app = create_app(service, routers=[router], title="shoploop gateway", description=DESCRIPTION)
     app.mount("/dashboard", StaticFiles(directory=STATIC), name="dashboard")
-    proxied = add_proxied_routes(app, [route for name in BACKENDS for route in service_routes(name)])
+    proxied = add_proxied_routes(app, [route for name in BACKENDS for route in service_routes(name)],
+                                 answered_here=router.routes)
     install_openapi(app, proxied)
     return app

@@ -53,9 +53,11 @@ def _endpoint(proxied: ProxiedRoute) -> Callable[[Request], Awaitable[Response]]
     return forward
 
 
-def add_proxied_routes(app: FastAPI, proxied: Iterable[ProxiedRoute]) -> list[ProxiedRoute]:
-    """Add a forwarding route for each service route the app does not answer itself; return those added."""
-    own = {(method, route.path) for route in app.router.routes if isinstance(route, Route)
+def add_proxied_routes(app: FastAPI, proxied: Iterable[ProxiedRoute],
+                       answered_here: Iterable[Any]) -> list[ProxiedRoute]:
+    """Add a forwarding route for each service route not ``answered_here`` (the gateway's own routes);
+    return those added."""
+    own = {(method, route.path) for route in answered_here if isinstance(route, Route)
            for method in (route.methods or ())}
     added = []
     for route in proxied:
@@ -73,13 +75,12 @@ def install_openapi(app: FastAPI, proxied: list[ProxiedRoute]) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
             return app.openapi_schema
-        documented = [route for route in app.routes if isinstance(route, APIRoute)]
         service_routes: dict[int, APIRoute] = {}
         for route in proxied:
             if route.route is not None:
                 service_routes[id(route.route)] = route.route
         schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                             routes=[*documented, *_only_forwarded(service_routes.values(), proxied)])
+                             routes=[*app.routes, *_only_forwarded(service_routes.values(), proxied)])
         for route in proxied:
             operations = schema["paths"].setdefault(route.path, {})
             if route.route is None:  # the service's package is not installed here: its SPEC.md route

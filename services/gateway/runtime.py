@@ -38,7 +38,7 @@ class GatewayService(Service):
         try:
             async with asyncio.timeout(self.settings.part_timeout_seconds):
                 body = await self.backends.get_json(name, "/readyz", key=None, accept_status=frozenset({200, 503}),
-                                                    timeout=self.settings.part_timeout_seconds)
+                                                    within_seconds=self.settings.part_timeout_seconds)
         except BackendUnavailable as exc:
             return {"service": name, "url": backend.url, "status": "unreachable", "reason": exc.reason}
         except TimeoutError:

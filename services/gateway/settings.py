@@ -32,7 +32,6 @@ class GatewaySettings(ServiceSettings):
     max_keepalive_connections: int = Field(default=50, ge=0)
     # Bodies are streamed to the service, which applies its own limits; this bounds what is forwarded at all.
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
-    max_days: int = Field(default=366, ge=1)
     # Campaign summaries in the overview: the most recently created ones.
     overview_campaigns: int = Field(default=20, ge=0, le=100)
 

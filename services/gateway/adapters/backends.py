@@ -82,13 +82,13 @@ class Backends:
         return httpx.Timeout(total, connect=min(total, self.settings.connect_timeout_seconds))
 
     async def get_json(self, service: str, path: str, *, key: str | None, params: Mapping[str, Any] | None = None,
-                       timeout: float | None = None, accept_status: frozenset[int] = frozenset({200})) -> Any:
+                       within_seconds: float | None = None, accept_status: frozenset[int] = frozenset({200})) -> Any:
         """GET a service's JSON answer with the caller's key and the request id; BackendUnavailable otherwise."""
         backend = self._backend(service)
         try:
             response = await self.client.get(
                 f"{backend.url}{path}", params=params, headers=_outgoing_headers({}, key),
-                timeout=self._timeout(backend, timeout),
+                timeout=self._timeout(backend, within_seconds),
             )
         except httpx.TransportError as exc:
             raise _transport_failure(backend, exc) from None
