@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
@@ -19,12 +20,14 @@ DESCRIPTION = (
 )
 
 
-def create_gateway_app(settings: GatewaySettings | None = None) -> FastAPI:
+def create_gateway_app(settings: GatewaySettings | None = None, *,
+                       transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
-    service = GatewayService("gateway", settings, None)
+    service = GatewayService("gateway", settings, None, transport=transport)
     app = create_app(service, routers=[router], title="shoploop gateway", description=DESCRIPTION)
     app.mount("/dashboard", StaticFiles(directory=STATIC), name="dashboard")
     proxied = add_proxied_routes(app, [route for name in BACKENDS for route in service_routes(name)],
                                  answered_here=router.routes)
+    app.state.proxied_routes = proxied
     install_openapi(app, proxied)
     return app

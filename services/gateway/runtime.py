@@ -6,6 +6,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from libs.common.service import VERSION, Service
 from services.gateway.adapters.backends import Backends, BackendUnavailable
 from services.gateway.settings import BACKENDS, GatewaySettings
@@ -14,11 +16,13 @@ from services.gateway.settings import BACKENDS, GatewaySettings
 @dataclass
 class GatewayService(Service):
     settings: GatewaySettings
+    # Tests put the services behind an in-memory transport; by default they are reached over HTTP.
+    transport: httpx.AsyncBaseTransport | None = None
     backends: Backends = field(init=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.backends = Backends(self.settings)
+        self.backends = Backends(self.settings, transport=self.transport)
 
     async def stop(self) -> None:
         await self.backends.close()
