@@ -4,6 +4,7 @@ and the dashboard page; every other route is forwarded (proxy.py)."""
 from __future__ import annotations
 
 import asyncio
+import html
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -29,6 +30,7 @@ From = Annotated[str, Query(alias="from", description=f"range start, included: {
 To = Annotated[str, Query(alias="to", description=f"range end, excluded: {MOMENT_HELP}")]
 AsOf = Annotated[str | None, Query(description="RFC 3339 timestamp; only events up to it count (default: now)")]
 
+DEV_READ_KEY = "dev-read-key"
 STATIC = Path(__file__).resolve().parent / "static"
 # Spend pages read for one answer: a range of max_days days has at most max_days entries per source.
 _SPEND_PAGE, _SPEND_PAGES = 1000, 100
@@ -170,4 +172,10 @@ async def get_health(request: Request, _key: ReadKey) -> JsonResponse:
 
 @router.get("/", response_class=HTMLResponse, summary="The dashboard (reads only this API, with your read key)")
 async def dashboard(request: Request) -> HTMLResponse:
-    return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+    """The page; in local mode its key field starts with the development read key (when configured)."""
+    settings = _settings(request)
+    keys = request.app.state.api_keys
+    local = settings.common.env in ("local", "test")
+    default_key = DEV_READ_KEY if local and (keys.scopes_of(DEV_READ_KEY) or frozenset()) & {"read", "admin"} else ""
+    page = (STATIC / "index.html").read_text(encoding="utf-8")
+    return HTMLResponse(page.replace("{{DEFAULT_KEY}}", html.escape(default_key)))
