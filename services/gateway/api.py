@@ -48,7 +48,7 @@ async def _part(fetch: Awaitable[dict[str, Any]], within_seconds: float) -> dict
     """A part of an answer: its figures with ``status: ok``, or ``status: unavailable`` with the reason."""
     try:
         async with asyncio.timeout(within_seconds):
-            return {"status": "ok", **await fetch}
+            return {**await fetch, "status": "ok"}
     except BackendUnavailable as exc:
         return {"status": "unavailable", "service": exc.service, "reason": exc.reason}
     except TimeoutError:

@@ -63,9 +63,9 @@ async function api(path, params) {
   });
   const body = await response.json().catch(() => ({}));
   if (!response.ok) {
-    return { status: "unavailable", reason: `${response.status} ${body.code || ""}: ${body.detail || response.statusText}` };
+    return { _ok: false, status: "unavailable", reason: `${response.status} ${body.code || ""}: ${body.detail || response.statusText}` };
   }
-  return { status: "ok", ...body };
+  return { ...body, _ok: true };
 }
 
 function isoDay(date) { return date.toISOString().slice(0, 10); }
@@ -108,8 +108,11 @@ function renderFunnel(part, kpis) {
     rows.push(svg("rect", { x: left, y, width: Math.max(count * scale, 1), height: barHeight, fill: "#3a6df0",
                             "data-step": index + 1, "data-value": count }));
     const conversion = part.conversion[index];
-    rows.push(svg("text", { x: left + 6, y: y + 17, fill: "#fff", style: "fill:#fff" },
-      `${format(count)}${index ? `  (${format(conversion, "ratio")})` : ""}`));
+    const inside = count * scale > 160;  // a narrow bar has its label beside it
+    rows.push(svg("text", { x: inside ? left + 6 : left + Math.max(count * scale, 1) + 6, y: y + 17,
+                            style: inside ? "fill:#fff" : "" },
+      `${format(count)}${index ? `  (${format(conversion, "ratio")} of visitors, ` +
+        `${format(part.step_conversion[index], "ratio")} of the step before)` : ""}`));
     if (index < part.counts.length - 1) {
       // Units that stopped at this step: still inside their window (in progress) or dropped off.
       const stopped = count - part.counts[index + 1];
@@ -170,7 +173,7 @@ function renderDaily(part) {
 
 function renderChannels(answer) {
   const box = $("#channels-table");
-  if (answer.status !== "ok") return unavailable(box, answer);
+  if (!answer._ok) return unavailable(box, answer);
   const head = el("tr", {}, ["source", "UV", "buyers", "orders", "GMV", "conversion", "UV value", "new customers",
     "spend", "ROAS", "CAC"].map((title) => el("th", {}, title)));
   const rows = answer.items.map((c) => el("tr", { "data-source": c.source }, el("td", { class: "text" }, c.source),
@@ -185,7 +188,7 @@ function renderChannels(answer) {
 
 function renderProducts(answer) {
   const box = $("#products-table");
-  if (answer.status !== "ok") return unavailable(box, answer);
+  if (!answer._ok) return unavailable(box, answer);
   const items = [...answer.items].sort((a, b) => (b.tier_mismatch - a.tier_mismatch) || (b.gmv - a.gmv));
   const head = el("tr", {}, ["product", "category", "price", "UV", "units", "GMV", "suggested tier", "declared tier",
     "lifecycle"].map((title) => el("th", {}, title)));
@@ -271,7 +274,7 @@ function renderCampaigns(part) {
 
 function renderHealth(answer) {
   const box = $("#health-table");
-  if (answer.status !== "ok") return unavailable(box, answer);
+  if (!answer._ok) return unavailable(box, answer);
   const head = el("tr", {}, ["service", "status", "version", "consumer group", "lag", "last event", "last processed",
     "dead-lettered"].map((t) => el("th", {}, t)));
   const rows = [];
@@ -308,12 +311,12 @@ async function load() {
   const [overview, channels, health] = await Promise.all([
     api("/v1/overview", range), api("/v1/channels", range), api("/v1/health"),
   ]);
-  if (overview.status !== "ok") {
+  if (!overview._ok) {
     status.className = "error"; status.textContent = `overview: ${overview.reason}`;
   }
-  const asOf = overview.status === "ok" ? overview.segments_as_of : undefined;
+  const asOf = overview._ok ? overview.segments_as_of : undefined;
   const products = await loadMatrix(asOf);
-  const part = (name) => (overview.status === "ok" ? overview[name] : overview);
+  const part = (name) => (overview._ok ? overview[name] : overview);
   renderKpis(part("kpis"), overview);
   renderFunnel(part("funnel"), part("kpis"));
   renderDaily(part("kpis"));
@@ -323,7 +326,7 @@ async function load() {
   renderLifecycle(part("lifecycle"), part("tiers"), asOf);
   renderCampaigns(part("campaigns"));
   renderHealth(health);
-  if (overview.status === "ok") status.textContent = `${from} – ${toIncluded} (${overview.time_zone}), read ${new Date().toLocaleTimeString()}`;
+  if (overview._ok) status.textContent = `${from} – ${toIncluded} (${overview.time_zone}), read ${new Date().toLocaleTimeString()}`;
   document.body.dataset.loaded = "true";
   document.body.dataset.range = `${range.from}/${range.to}`;
 }
@@ -333,12 +336,12 @@ async function loadMatrix(asOf) {
   let cursor;
   for (let page = 0; page < 10; page++) {
     const answer = await api("/v1/products/matrix", { as_of: asOf, limit: 1000, cursor });
-    if (answer.status !== "ok") return answer;
+    if (!answer._ok) return answer;
     items.push(...answer.items);
     cursor = answer.next_cursor;
     if (!cursor) break;
   }
-  return { status: "ok", items };
+  return { _ok: true, items };
 }
 
 function init() {
