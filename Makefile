@@ -40,6 +40,7 @@ bench: install
 	$(PY) bench/segmentation.py
 	$(PY) bench/funnel.py
 	$(PY) bench/funnel_queries.py
+	$(PY) bench/gateway.py
 
 lint: install
 	$(VENV)/bin/ruff check .
