@@ -4,6 +4,9 @@ Measures, against a real tansu broker and the ingest service as `make run` start
   1. raw aiokafka producer throughput (acks=all, same linger and record size) to the same broker;
   2. POST /v1/batch-style native batches of 100 events (events/s, request latency);
   3. single-event POST /v1/events (requests/s, p50/p99 latency).
+With ``--compare-codecs`` it measures instead, for each producer compression codec (KafkaSettings.compression_type)
+on a fresh broker each: batch throughput, ingest's CPU per million events and the embedded broker's resident
+memory per million events (the broker keeps every record in memory: what `make run` can hold per GB).
 The load generator runs in its own process and speaks plain HTTP/1.1 keep-alive with pre-built
 requests, so the client's own cost stays small next to the server's. Prints a markdown table.
 """
@@ -30,7 +33,7 @@ from aiokafka import AIOKafkaProducer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from libs.common.broker import EmbeddedBroker, free_port  # noqa: E402
+from libs.common.broker import EmbeddedBroker, free_port, resident_bytes  # noqa: E402
 from libs.common.events import ValidationContext, validate_event  # noqa: E402
 from libs.common.kafka import ALL_TOPICS, ensure_topics  # noqa: E402
 from libs.common.settings import KafkaSettings  # noqa: E402
@@ -107,8 +110,9 @@ def run_load(port: int, bodies: list[bytes], *, connections: int, seconds: float
     return result
 
 
-async def raw_producer_throughput(bootstrap: str, records: list[tuple[bytes, bytes]]) -> float:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2, max_batch_size=1_048_576)
+async def raw_producer_throughput(bootstrap: str, records: list[tuple[bytes, bytes]], codec: str) -> float:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2, max_batch_size=1_048_576,
+                                compression_type=None if codec == "none" else codec)
     await producer.start()
     try:
         started = time.perf_counter()
@@ -124,45 +128,112 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+def start_ingest(broker: EmbeddedBroker, workdir: Path, **settings: str) -> tuple[subprocess.Popen, int]:
+    """The ingest service as `make run` starts it, on ``broker``; returns once /readyz answers 200."""
+    port = free_port()
+    env = dict(os.environ) | {
+        "SHOPLOOP_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers, "SHOPLOOP_INGEST__PORT": str(port),
+        "SHOPLOOP_INGEST__DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'ingest.db'}",
+        "SHOPLOOP_INGEST__RATE_LIMIT__EVENTS_PER_SECOND": "100000000",
+        "SHOPLOOP_INGEST__RATE_LIMIT__BURST": "100000000", "SHOPLOOP_LOG_LEVEL": "WARNING", **settings,
+    }
+    service = subprocess.Popen([sys.executable, "-m", "services.ingest"], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=open(workdir / "ingest.log", "ab"))
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                return service, port
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or service.poll() is not None:
+            service.terminate()
+            raise SystemExit(f"ingest did not become ready; see {workdir / 'ingest.log'}")
+        time.sleep(0.2)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its children processes (uvicorn's workers), from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat.parent.name) == pid or int(fields[1]) == pid:  # fields[1]: the parent's pid
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
+def compare_codecs(codecs: list[str], seconds: float, events: list[dict]) -> None:
+    """Per codec, on a fresh broker and ingest: batch throughput, CPU and broker memory per million events."""
+    bodies = [orjson.dumps({"events": events[i : i + 100]}) for i in range(0, len(events), 100)]
+    rows = []
+    for codec in codecs:
+        broker = EmbeddedBroker()
+        broker.start()
+        workdir = Path(tempfile.mkdtemp(prefix=f"shoploop-bench-{codec}-"))
+        try:
+            asyncio.run(broker.wait_ready())
+            asyncio.run(ensure_topics(KafkaSettings(bootstrap_servers=broker.bootstrap_servers), ALL_TOPICS))
+            service, port = start_ingest(broker, workdir, SHOPLOOP_KAFKA__COMPRESSION_TYPE=codec)
+            try:
+                rss_before = resident_bytes(broker.process.pid) or 0
+                cpu_before = cpu_seconds(service.pid), cpu_seconds(broker.process.pid)
+                elapsed, latencies, statuses = run_load(port, bodies, connections=8, seconds=seconds)
+                accepted = statuses.get(200, 0) * 100
+                ingest_cpu = cpu_seconds(service.pid) - cpu_before[0]
+                broker_cpu = cpu_seconds(broker.process.pid) - cpu_before[1]
+                rss_after = resident_bytes(broker.process.pid) or 0
+            finally:
+                service.terminate()
+                service.wait(timeout=30)
+        finally:
+            broker.stop()
+        per_million = 1_000_000 / max(accepted, 1)
+        rows.append((codec, accepted / elapsed, percentile(latencies, 0.99), ingest_cpu * per_million,
+                     broker_cpu * per_million, (rss_after - rss_before) * per_million, accepted, statuses))
+    size = statistics.mean(len(orjson.dumps(e)) for e in events[:1000])
+    print(f"\nproducer compression — {os.cpu_count()} cores (shared with other work: compare rows, not absolutes), "
+          f"events ~{size:.0f} B as posted, 100 per request, 8 connections, {seconds:.0f} s per codec\n")
+    print("| codec | events/s | p99 | ingest CPU s / 1M events | broker CPU s / 1M events "
+          "| broker memory / 1M events | events per GB of broker memory | events | statuses |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for codec, rate, p99, ingest_cpu, broker_cpu, memory, accepted, statuses in rows:
+        per_gb = f"{2**30 / (memory / 1_000_000):,.0f}" if memory > 0 else "n/a"
+        print(f"| {codec} | {rate:,.0f} | {p99 * 1000:.0f} ms | {ingest_cpu:.0f} | {broker_cpu:.0f} "
+              f"| {memory / 2**20:,.0f} MiB | {per_gb} | {accepted:,} | {statuses} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each HTTP load phase")
     parser.add_argument("--raw-records", type=int, default=200_000)
+    parser.add_argument("--compare-codecs", action="store_true",
+                        help="measure each producer compression codec instead of the usual phases")
+    parser.add_argument("--codecs", default="none,gzip,snappy,lz4,zstd")
     args = parser.parse_args()
+    codec = KafkaSettings().compression_type
+
+    if args.compare_codecs:
+        compare_codecs(args.codecs.split(","), args.seconds, [make_event(i) for i in range(100_000)])
+        return
 
     broker = EmbeddedBroker()
     broker.start()
     asyncio.run(broker.wait_ready())
     kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers)
     asyncio.run(ensure_topics(kafka, [*ALL_TOPICS, "bench.raw"]))
-    port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="shoploop-bench-"))
-    env = dict(os.environ) | {
-        "SHOPLOOP_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers, "SHOPLOOP_INGEST__PORT": str(port),
-        "SHOPLOOP_INGEST__DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'ingest.db'}",
-        "SHOPLOOP_INGEST__RATE_LIMIT__EVENTS_PER_SECOND": "100000000",
-        "SHOPLOOP_INGEST__RATE_LIMIT__BURST": "100000000", "SHOPLOOP_LOG_LEVEL": "WARNING",
-    }
-    service = subprocess.Popen([sys.executable, "-m", "services.ingest"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=open(workdir / "ingest.log", "wb"))
+    service, port = start_ingest(broker, workdir)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or service.poll() is not None:
-                raise SystemExit(f"ingest did not become ready; see {workdir / 'ingest.log'}")
-            time.sleep(0.2)
-
         events = [make_event(i) for i in range(args.raw_records)]
         context = ValidationContext(received_at=datetime.now(UTC), currency="CNY")
         published = [validate_event(e, index=0, context=context) for e in events[:50_000]]
         records = [(e.person_key.encode(), e.to_json()) for e in published]
         records = (records * (args.raw_records // len(records) + 1))[: args.raw_records]
-        raw_rate = asyncio.run(raw_producer_throughput(broker.bootstrap_servers, records))
+        raw_rate = asyncio.run(raw_producer_throughput(broker.bootstrap_servers, records, codec))
 
         batch_bodies = [orjson.dumps({"events": events[i : i + 100]}) for i in range(0, 100_000, 100)]
         elapsed, latencies, statuses = run_load(port, batch_bodies, connections=8, seconds=args.seconds)
@@ -180,7 +251,7 @@ def main() -> None:
 
     size = statistics.mean(len(v) for _, v in records)
     print(f"\nshoploop ingest benchmark — {os.cpu_count()} cores, tansu broker, record ~{size:.0f} B, "
-          f"{args.seconds:.0f} s per phase\n")
+          f"{args.seconds:.0f} s per phase, producer compression {codec}\n")
     print("| measurement | throughput | p50 | p99 | target | statuses |")
     print("|---|---|---|---|---|---|")
     print(f"| raw aiokafka producer (acks=all) | {raw_rate:,.0f} events/s | | | | |")

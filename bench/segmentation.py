@@ -20,245 +20,72 @@ import asyncio
 import gc
 import os
 import random
-import re
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx
-import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from libs.common.broker import EmbeddedBroker, free_port  # noqa: E402
-from libs.common.events import Event, epoch_micros  # noqa: E402
-from libs.common.kafka import ALL_TOPICS, EVENTS_TOPIC, Publisher, ensure_topics  # noqa: E402
+from bench import common  # noqa: E402
+from bench.common import Process as Process  # noqa: E402  (bench/funnel_queries.py imports it from here)
+from bench.common import temporary_postgres as temporary_postgres  # noqa: E402  (likewise)
+from libs.common.events import epoch_micros  # noqa: E402
 from libs.common.settings import CommonSettings, KafkaSettings  # noqa: E402
 
-POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-READ = {"Authorization": "Bearer dev-read-key"}
-INGEST = {"Authorization": "Bearer dev-ingest-key"}
 DAY_US = 86_400_000_000
 Row = tuple[str, str, str, str]
 
 
 class Rows(list[Row]):
-    """The table's rows; each is also shown on stderr as soon as it is measured."""
+    """The table's rows, (measurement, result, target, met); each is also shown on stderr as soon as it is
+    measured."""
 
     def append(self, row: Row) -> None:
         print(" | ".join(row), file=sys.stderr, flush=True)
         super().append(row)
 
 
-# ---------------------------------------------------------------------------------------------- events
-
-def make_event(i: int, now: datetime, persons: int) -> dict[str, Any]:
-    """A realistic mix over 400 days: views, carts, inquiries, reviews, identify calls, orders, refunds."""
-    person = f"u-{(i * 7919) % persons}"
-    when = now - timedelta(seconds=(i * 104_729) % (400 * 86_400))
-    source = (None, "douyin", "xiaohongshu", "google", "wechat")[i % 5]
-    product = {"product_id": f"sku-{i % 2000}", "name": f"真丝连衣裙 {i % 2000}", "category": f"cat-{i % 40}",
-               "price": "399.00"}
-    base: dict[str, Any] = {"event_id": f"e-{i}", "user_id": person, "occurred_at": when, "received_at": now,
-                            "session_id": f"s-{i % 90_000}"}
-    if source:
-        base["channel"] = {"source": source, "medium": "cpc", "campaign": "may"}
-    kind = i % 100
-    if kind < 55:
-        return base | {"type": "view", "product": product}
-    if kind < 72:
-        return base | {"type": "add_to_cart", "product": product, "quantity": 1 + i % 3}
-    if kind < 78:
-        return base | {"type": "inquiry", "inquiry": {"inquiry_id": f"q-{i}", "topic": "尺码"}}
-    if kind < 82:
-        return base | {"type": "review", "product": product, "review": {"rating": 1 + i % 5}}
-    if kind < 84:
-        return base | {"type": "identify", "traits": {"city": ("杭州", "上海", "深圳")[i % 3], "vip": i % 7 == 0}}
-    if kind < 98:
-        total = f"{99 + (i * 37) % 4900}.{i % 100:02d}"
-        return base | {"type": "order", "order": {
-            "order_id": f"o-{i}", "status": "completed", "total": total,
-            "items": [{"product_id": product["product_id"], "quantity": 1, "unit_price": total}]}}
-    return base | {"type": "order", "order": {"order_id": f"o-{i - 3}", "status": "refunded"}}
-
-
-def published_records(count: int, now: datetime, persons: int) -> list[tuple[bytes, bytes]]:
-    """``(key, value)`` as ingest publishes them: validated, keyed by person key."""
-    records = []
-    for i in range(count):
-        event = Event.model_validate(make_event(i, now, persons))
-        records.append((event.person_key.encode(), event.to_json()))
-    return records
-
-
-async def publish(kafka: KafkaSettings, records: list[tuple[bytes, bytes]]) -> None:
-    publisher = Publisher(kafka, client_id="bench")
-    await publisher.start()
-    try:
-        for start in range(0, len(records), 20_000):
-            await publisher.publish_many(EVENTS_TOPIC, records[start:start + 20_000], wait_seconds=60)
-    finally:
-        await publisher.stop()
-
-
 # ---------------------------------------------------------------------------------------------- helpers
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-@asynccontextmanager
-async def temporary_postgres(prefix: str) -> AsyncIterator[str]:
-    """The URL of a new PostgreSQL database (created by the service on start), dropped afterwards."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    try:
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        admin = await asyncpg.connect(POSTGRES_ADMIN)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-
-class Process:
-    """A service started as ``python -m services.<name>`` with environment settings."""
-
-    def __init__(self, module: str, env: dict[str, str], port: int, log: Path) -> None:
-        self.port = port
-        self.base_url = f"http://127.0.0.1:{port}"
-        self.log = log
-        self.popen = subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=dict(os.environ) | env,
-                                      stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
-
-    async def wait_ready(self, client: httpx.AsyncClient, deadline_seconds: float = 90.0) -> None:
-        deadline = time.monotonic() + deadline_seconds
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise SystemExit(f"{self.log.stem} exited; see {self.log}")
-            with suppress(httpx.TransportError):
-                if (await client.get(f"{self.base_url}/readyz")).status_code == 200:
-                    return
-            await asyncio.sleep(0.05)
-        raise SystemExit(f"{self.log.stem} not ready in {deadline_seconds}s; see {self.log}")
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-
-
-def segmentation_env(kafka: str, port: int, database_url: str) -> dict[str, str]:
-    return {"SHOPLOOP_KAFKA__BOOTSTRAP_SERVERS": kafka, "SHOPLOOP_SEGMENTATION__PORT": str(port),
-            "SHOPLOOP_SEGMENTATION__DATABASE_URL": database_url, "SHOPLOOP_LOG_LEVEL": "WARNING"}
-
-
-_CONSUMED = re.compile(r'^shoploop_events_consumed_total\{consumer="segmentation"\} (\S+)$', re.M)
-
-
-async def consumed(client: httpx.AsyncClient, base_url: str) -> int:
-    match = _CONSUMED.search((await client.get(f"{base_url}/metrics")).text)
-    return int(float(match.group(1))) if match else 0
-
-
-_PENDING = re.compile(r'^shoploop_segment_pending_persons (\S+)$', re.M)
-
 
 async def pending_persons(client: httpx.AsyncClient, base_url: str) -> int:
     """Persons with new facts the membership scheduler has not evaluated yet."""
-    match = _PENDING.search((await client.get(f"{base_url}/metrics")).text)
-    return int(float(match.group(1))) if match else 0
+    return int(await common.metric(client, base_url, "shoploop_segment_pending_persons"))
 
 
 async def queued_changes(database_url: str) -> int:
     """Segment change records waiting in the outbox."""
-    from sqlalchemy import text
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    engine = create_async_engine(database_url)
-    try:
-        async with engine.connect() as connection:
-            return (await connection.execute(text("SELECT count(*) FROM segment_changes"))).scalar_one()
-    finally:
-        await engine.dispose()
-
-
-def py_spy(pid: int, out: Path | bool | None, seconds: float) -> subprocess.Popen[bytes] | None:
-    """Record a profile of ``pid`` into ``out``; nothing when profiles were not asked for (``out`` falsy)."""
-    if not out:
-        return None
-    beside = Path(sys.executable).parent / "py-spy"
-    spy = str(beside) if beside.exists() else shutil.which("py-spy")
-    if spy is None:
-        raise SystemExit("--py-spy needs py-spy in the virtualenv or on PATH (pip install py-spy)")
-    return subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "50",
-                             "--format", "raw", "--output", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def stop_profile(spy: subprocess.Popen[bytes] | None) -> None:
-    if spy is not None and spy.poll() is None:
-        spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-        spy.wait(timeout=60)
+    return await common.count_rows(database_url, "segment_changes")
 
 
 # ---------------------------------------------------------------------------------------------- a + b
 
 async def throughput_and_freshness(database: str, records: list[tuple[bytes, bytes]], args: argparse.Namespace,
                                    workdir: Path, rows: list[Row]) -> None:
-    broker = EmbeddedBroker(log_path=workdir / f"tansu-{database}.log")
-    broker.start()
-    await broker.wait_ready()
-    kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers)
-    try:
-        await ensure_topics(kafka, ALL_TOPICS)
-        await publish(kafka, records)
-        if database == "sqlite":
-            async with _sqlite(workdir) as url:
-                await _run_service(database, url, kafka, len(records), args, workdir, rows)
-        else:
-            async with temporary_postgres("shoploop_bench") as url:
-                await _run_service(database, url, kafka, len(records), args, workdir, rows)
-    finally:
-        broker.stop()
-
-
-@asynccontextmanager
-async def _sqlite(workdir: Path) -> AsyncIterator[str]:
-    yield f"sqlite+aiosqlite:///{workdir / 'segmentation.db'}"
+    async with common.kafka_broker(workdir / f"tansu-{database}.log") as kafka:
+        await common.publish(kafka, records)
+        async with common.new_database(database, workdir, "segmentation") as url:
+            await _run_service(database, url, kafka, len(records), args, workdir, rows)
 
 
 async def _run_service(database: str, url: str, kafka: KafkaSettings, total: int, args: argparse.Namespace,
                        workdir: Path, rows: list[Row]) -> None:
-    port = free_port()
-    service = Process("services.segmentation", segmentation_env(kafka.bootstrap_servers, port, url), port,
-                      workdir / f"segmentation-{database}.log")
+    service = common.Process.service("segmentation", kafka, workdir / f"segmentation-{database}.log", url)
     try:
         async with httpx.AsyncClient(timeout=60) as client:
             profile = args.py_spy and workdir / f"throughput-{database}.folded.txt"
             await service.wait_ready(client)
-            spy = py_spy(service.popen.pid, profile, 120)
+            spy = common.py_spy(service.popen.pid, profile, 120, rate=50)
             started = time.perf_counter()
             first = 0
             while True:
-                done = await consumed(client, service.base_url)
+                done = await common.consumed(client, service.base_url, "segmentation")
                 if first == 0 and done:
                     first, started = done, time.perf_counter()
                 if done >= total:
@@ -274,7 +101,7 @@ async def _run_service(database: str, url: str, kafka: KafkaSettings, total: int
                     break
                 await asyncio.sleep(0.1)
             membership = time.perf_counter() - caught_up
-            stop_profile(spy)
+            common.stop_profile(spy)
             target = "met" if rate >= 20_000 else "not met"
             rows.append((f"(a) consumer throughput, {database}, {total:,} events already on the topic",
                          f"{rate:,.0f} events/s ({elapsed:.1f} s); membership caught up "
@@ -286,36 +113,16 @@ async def _run_service(database: str, url: str, kafka: KafkaSettings, total: int
         service.stop()
 
 
-async def _freshness(database: str, service: Process, kafka: KafkaSettings, args: argparse.Namespace,
+async def _freshness(database: str, service: common.Process, kafka: KafkaSettings, args: argparse.Namespace,
                      workdir: Path, rows: list[Row], client: httpx.AsyncClient) -> None:
-    port = free_port()
-    ingest = Process("services.ingest", {
-        "SHOPLOOP_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "SHOPLOOP_INGEST__PORT": str(port),
-        "SHOPLOOP_INGEST__WORKERS": "1", "SHOPLOOP_INGEST__DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/ingest.db",
-        "SHOPLOOP_LOG_LEVEL": "WARNING"}, port, workdir / f"ingest-{database}.log")
+    ingest = common.Process.service("ingest", kafka, workdir / f"ingest-{database}.log",
+                             f"sqlite+aiosqlite:///{workdir}/ingest-{database}.db", workers="1")
     try:
         await ingest.wait_ready(client)
+        bodies = common.ingest_bodies(10_000_000, int(args.freshness_seconds * 10) + 1,
+                                      max(args.background_rate // 10, 1), datetime.now(UTC), args.persons, detail=False)
         stop_at = time.perf_counter() + args.freshness_seconds
         latencies: list[float] = []
-        background_sent = 0
-        now = datetime.now(UTC)
-
-        async def background() -> None:
-            nonlocal background_sent
-            i = 10_000_000
-            per_tick = max(args.background_rate // 10, 1)
-            next_tick = time.perf_counter()
-            while time.perf_counter() < stop_at:
-                # identify calls come through /v1/identify, not the native route: leave them out here.
-                batch = [event for event in (make_event(i + k, now, args.persons) for k in range(per_tick))
-                         if event.pop("received_at") and event["type"] != "identify"]
-                i += per_tick
-                response = await client.post(f"{ingest.base_url}/v1/events", content=orjson.dumps({"events": batch}),
-                                             headers=INGEST | {"Content-Type": "application/json"})
-                assert response.status_code == 200, response.text
-                background_sent += len(batch)
-                next_tick += 0.1
-                await asyncio.sleep(max(next_tick - time.perf_counter(), 0))
 
         async def probe(k: int) -> None:
             person = f"probe-{database}-{k}"
@@ -323,29 +130,22 @@ async def _freshness(database: str, service: Process, kafka: KafkaSettings, args
                      "occurred_at": datetime.now(UTC).isoformat(),
                      "order": {"order_id": f"po-{database}-{k}", "status": "completed", "total": 199.0,
                                "items": [{"product_id": "sku-1", "quantity": 1, "unit_price": 199.0}]}}
-            response = await client.post(f"{ingest.base_url}/v1/events", json=event, headers=INGEST)
+            response = await client.post(f"{ingest.base_url}/v1/events", json=event, headers=common.INGEST)
             acked = time.perf_counter()
             assert response.status_code == 200, response.text
             while time.perf_counter() - acked < 30:
-                answer = await client.get(f"{service.base_url}/v1/customers/{person}", headers=READ)
+                answer = await client.get(f"{service.base_url}/v1/customers/{person}", headers=common.READ)
                 if answer.status_code == 200:
                     latencies.append(time.perf_counter() - acked)
                     return
                 await asyncio.sleep(args.poll_seconds)
 
-        async def probes() -> None:
-            tasks, k = [], 0
-            while time.perf_counter() < stop_at:
-                tasks.append(asyncio.create_task(probe(k)))
-                k += 1
-                await asyncio.sleep(1 / args.probes_per_second)
-            await asyncio.gather(*tasks)
-
         profile = args.py_spy and workdir / f"freshness-{database}.folded.txt"
-        spy = py_spy(service.popen.pid, profile, args.freshness_seconds)
-        await asyncio.gather(background(), probes())
-        stop_profile(spy)
-        p50, p95 = percentile(latencies, 0.5), percentile(latencies, 0.95)
+        spy = common.py_spy(service.popen.pid, profile, args.freshness_seconds, rate=50)
+        await asyncio.gather(common.steady_load(client, ingest.base_url, bodies, stop_at),
+                             common.probe_at_rate(probe, args.probes_per_second, stop_at))
+        common.stop_profile(spy)
+        p50, p95 = common.percentile(latencies, 0.5), common.percentile(latencies, 0.95)
         rows.append((f"(b) freshness, {database}: ingest 200 -> visible in GET /v1/customers/{{id}}",
                      f"p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms "
                      f"({len(latencies)} probes, {args.background_rate:,} background events/s)",
@@ -410,15 +210,10 @@ async def million_customers(args: argparse.Namespace, workdir: Path, rows: list[
     from services.segmentation.membership import sync_membership
     from services.segmentation.settings import SegmentationSettings
 
-    broker = EmbeddedBroker(log_path=workdir / "tansu-million.log")
-    broker.start()
-    await broker.wait_ready()
-    kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers)
     as_of = datetime(2026, 5, 1, tzinfo=UTC)
     clock_now = [as_of]
-    try:
-        await ensure_topics(kafka, ALL_TOPICS)
-        async with temporary_postgres("shoploop_bench_million") as url:
+    async with common.kafka_broker(workdir / "tansu-million.log") as kafka:
+        async with common.temporary_postgres("shoploop_bench_million") as url:
             settings = SegmentationSettings(database_url=url, common=CommonSettings(kafka=kafka, log_level="WARNING"))
             app = create_segmentation_app(settings, clock=lambda: clock_now[0])
             service = app.state.service
@@ -439,7 +234,7 @@ async def million_customers(args: argparse.Namespace, workdir: Path, rows: list[
                                              timeout=600) as client:
                     async def timed(path: str) -> float:
                         begun = time.perf_counter()
-                        response = await client.get(path, headers=READ)
+                        response = await client.get(path, headers=common.READ)
                         assert response.status_code == 200, response.text
                         return time.perf_counter() - begun
 
@@ -453,7 +248,7 @@ async def million_customers(args: argparse.Namespace, workdir: Path, rows: list[
                     rows.append((f"(c) GET /v1/customers/{{id}} among {args.customers:,}, PostgreSQL",
                                  f"{profile * 1000:.0f} ms (median of 5)", "", ""))
 
-                spy = py_spy(os.getpid(), args.py_spy and workdir / "million.folded.txt", 600)
+                spy = common.py_spy(os.getpid(), args.py_spy and workdir / "million.folded.txt", 600, rate=50)
                 # First evaluation: everyone enters their segments. Its records are dropped, not published
                 # (publishing millions of first-time entries is a one-off, not what this measures).
                 begun = time.perf_counter()
@@ -480,15 +275,13 @@ async def million_customers(args: argparse.Namespace, workdir: Path, rows: list[
                 begun = time.perf_counter()
                 published = await service.scheduler.run_once(full=True)
                 following = time.perf_counter() - begun
-                stop_profile(spy)
+                common.stop_profile(spy)
                 rows.append((f"(c) the scheduler's next round, {interval.total_seconds():.0f} s later (customers who "
                              "can have changed since the last)", f"{following:.2f} s ({published:,} changes)",
                              "< 10 s", "met" if following < 10 else "not met"))
             finally:
                 await service.publisher.stop()
                 await service.database.close()
-    finally:
-        broker.stop()
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -510,18 +303,15 @@ def main() -> None:
     rows = Rows()
     began = time.perf_counter()
     if args.events > 0:
-        records = published_records(args.events, datetime.now(UTC), args.persons)
+        records = common.published_records(args.events, datetime.now(UTC), args.persons, detail=False)
         for database in filter(None, args.databases.split(",")):
             asyncio.run(throughput_and_freshness(database, records, args, workdir, rows))
     if args.customers > 0:
         asyncio.run(million_customers(args, workdir, rows))
 
-    print(f"\nshoploop segmentation benchmark — {os.cpu_count()} cores, tansu broker, PostgreSQL 15 local, "
-          f"{time.perf_counter() - began:.0f} s in all (logs and profiles: {workdir})\n")
-    print("| measurement | result | target | |")
-    print("|---|---|---|---|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    common.print_table(f"shoploop segmentation benchmark — {os.cpu_count()} cores, tansu broker, PostgreSQL 15 "
+                       f"local, {time.perf_counter() - began:.0f} s in all (logs and profiles: {workdir})",
+                       ("measurement", "result", "target", ""), rows)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def broker(tmp_path) -> Iterator[EmbeddedBroker]:
 def common_settings(broker: EmbeddedBroker) -> CommonSettings:
     kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, topic_partitions=4,
                           session_timeout_ms=3000, heartbeat_interval_ms=300)
-    return CommonSettings(env="test", kafka=kafka)
+    return CommonSettings(env="local", kafka=kafka)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

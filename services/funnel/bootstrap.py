@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from libs.common.db import WRITE_HEAVY_SQLITE_PRAGMAS, Database
-from libs.common.kafka import EVENTS_TOPIC, PRIVACY_TOPIC, Subscription
-from libs.common.privacy import ErasureRequest
+from libs.common.kafka import EVENTS_TOPIC, Subscription
+from libs.common.privacy import erasure_subscription
 from libs.common.service import Service, create_app
-from services.funnel.adapters.tables import MIGRATIONS, metadata
+from services.funnel.adapters.tables import MIGRATIONS, events, metadata
 from services.funnel.api import router
 from services.funnel.decoding import decode_event
 from services.funnel.handlers import EventRecorder, erase_persons
@@ -22,7 +22,6 @@ DESCRIPTION = (
     "arrived in. Erasure requests on `shoploop.privacy.v1` replace the person's key by a pseudonym."
 )
 EVENTS_GROUP = "funnel"
-PRIVACY_GROUP = "funnel-privacy"
 
 
 def build_service(settings: FunnelSettings) -> Service:
@@ -39,10 +38,7 @@ def build_service(settings: FunnelSettings) -> Service:
         # consumer spends about 8 us less per event on the per-batch statements and commits (bench/funnel.py).
         Subscription(group=EVENTS_GROUP, topics=[EVENTS_TOPIC], handle=recorder.record_events, decode=decode_event,
                      claim_event_ids=False, max_batch=5000, after_commit=recorder.committed),
-        Subscription(
-            group=PRIVACY_GROUP, topics=[PRIVACY_TOPIC], handle=erase_persons,
-            decode=ErasureRequest.from_json, event_id=lambda request: request.request_id,
-        ),
+        erasure_subscription("funnel", erase_persons, erases_from=[events.name]),
     ]
     return service
 

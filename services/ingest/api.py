@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
-from libs.common.auth import require_scope
+from libs.common.auth import requires
 from libs.common.events import EventRejected, ValidationContext
 from libs.common.http import ApiError, JsonResponse
 from libs.common.kafka import BrokerUnavailable
@@ -23,7 +23,12 @@ from services.ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["ingest"])
-IngestKey = Annotated[str, Depends(require_scope("ingest"))]
+# ingest keys ship inside storefronts and SDKs: they post events and nothing else (SPEC.md "Auth").
+IngestKey = Annotated[str, requires("ingest")]
+# The Segment-compatible routes also take the key as the HTTP Basic user name (Segment's write key).
+WriteKey = Annotated[str, requires("ingest", basic=True)]
+# Rejected events hold raw personal data: listing and replaying them is an administrator's job.
+AdminKey = Annotated[str, requires("admin")]
 
 
 class RejectedItem(BaseModel):
@@ -67,7 +72,8 @@ class ReplayItem(BaseModel):
 
 
 class ReplayRequest(BaseModel):
-    items: list[ReplayItem] = Field(min_length=1, max_length=2500)
+    # The per-request event limit (a setting) applies too; this bound only stops parsing early.
+    items: list[ReplayItem] = Field(min_length=1, max_length=100_000)
 
 
 class ReplayRejected(BaseModel):
@@ -105,15 +111,26 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if len(body) > limit:
             raise ApiError(413, "request_too_large", f"request body exceeds the limit of {limit} bytes")
     if request.headers.get("content-encoding", "").lower() == "gzip":
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            plain = inflater.decompress(bytes(body), limit + 1)
-        except zlib.error as exc:
-            raise ApiError(400, "invalid_body", f"body is not valid gzip: {exc}") from None
-        if len(plain) > limit or inflater.unconsumed_tail:
-            raise ApiError(413, "request_too_large", f"uncompressed body exceeds the limit of {limit} bytes")
-        return plain
+        return _gunzip(bytes(body), limit)
     return bytes(body)
+
+
+def _gunzip(body: bytes, limit: int) -> bytes:
+    """One gzip member, whole, inflating to at most ``limit`` bytes; nothing may follow it."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        plain = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise ApiError(400, "invalid_body", f"body is not valid gzip: {exc}") from None
+    if len(plain) > limit or inflater.unconsumed_tail:
+        raise ApiError(413, "request_too_large", f"uncompressed body exceeds the limit of {limit} bytes")
+    if not inflater.eof:
+        raise ApiError(400, "invalid_body", "body is not valid gzip: the gzip member is truncated")
+    if inflater.unused_data:
+        # A second member or trailing garbage: what would read it is not what was checked.
+        raise ApiError(400, "invalid_body",
+                       f"body is not valid gzip: {len(inflater.unused_data)} bytes follow the gzip member")
+    return plain
 
 
 def _parse_json(body: bytes) -> Any:
@@ -123,7 +140,7 @@ def _parse_json(body: bytes) -> Any:
         raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
 
 
-def _check_limits(request: Request, raws: list[Any], key: str) -> None:
+async def _check_limits(request: Request, raws: list[Any], key: str) -> None:
     settings = _settings(request)
     limits = settings.limits
     if len(raws) > limits.max_events_per_request:
@@ -134,7 +151,7 @@ def _check_limits(request: Request, raws: list[Any], key: str) -> None:
         if size > limits.max_event_bytes:
             raise ApiError(413, "event_too_large",
                            f"event {index} is {size} bytes; the limit is {limits.max_event_bytes} bytes per event")
-    wait = request.app.state.rate_limiter.take(key, max(len(raws), 1))
+    wait = await request.app.state.rate_limiter.take(key, max(len(raws), 1))
     if wait:
         raise ApiError(429, "rate_limited", f"over this API key's rate limit; retry in {wait} s",
                        headers={"Retry-After": str(wait)})
@@ -144,7 +161,7 @@ async def _take_in(
     request: Request, raws: list[Any], *, key: str, fmt: Format, route: str, batch_sent_at: Any = None,
     segment_defaults: dict[str, Any] | None = None,
 ) -> JsonResponse:
-    _check_limits(request, raws, key)
+    await _check_limits(request, raws, key)
     service: Service = request.app.state.service
     settings = _settings(request)
     context = ValidationContext(received_at=datetime.now(UTC), currency=settings.common.currency)
@@ -165,8 +182,8 @@ async def _publish_or_503(outcome: Outcome, service: Service, settings: IngestSe
     except BrokerUnavailable as exc:
         log.warning("answering 503: the broker did not acknowledge", extra={"error": str(exc)})
         raise ApiError(503, "broker_unavailable",
-                       f"{exc}; nothing of this request was accepted, retry it (event ids make retries safe)",
-                       headers={"Retry-After": "1"}) from None
+                       "the broker did not acknowledge; nothing of this request was accepted, retry it "
+                       "(event ids make retries safe)", headers={"Retry-After": "1"}) from None
 
 
 async def _json_body(request: Request) -> Any:
@@ -191,7 +208,7 @@ async def post_events(request: Request, key: IngestKey) -> JsonResponse:
 
 @router.post("/v1/batch", response_model=IngestResult, summary="Segment-compatible batch",
              tags=["segment"])
-async def segment_batch(request: Request, key: IngestKey) -> JsonResponse:
+async def segment_batch(request: Request, key: WriteKey) -> JsonResponse:
     """Segment HTTP Tracking API `batch`: write key as the Basic user name (or Bearer)."""
     payload = await _json_body(request)
     if not isinstance(payload, dict) or not isinstance(payload.get("batch"), list):
@@ -210,18 +227,18 @@ async def _segment_single(request: Request, key: str, call: str) -> JsonResponse
 
 
 @router.post("/v1/track", response_model=IngestResult, summary="Segment-compatible track", tags=["segment"])
-async def segment_track(request: Request, key: IngestKey) -> JsonResponse:
+async def segment_track(request: Request, key: WriteKey) -> JsonResponse:
     return await _segment_single(request, key, "track")
 
 
 @router.post("/v1/identify", response_model=IngestResult, summary="Segment-compatible identify", tags=["segment"])
-async def segment_identify(request: Request, key: IngestKey) -> JsonResponse:
+async def segment_identify(request: Request, key: WriteKey) -> JsonResponse:
     return await _segment_single(request, key, "identify")
 
 
 @router.get("/v1/rejected", response_model=RejectedPage, summary="List rejected events with their reasons")
 async def get_rejected(
-    request: Request, _key: IngestKey,
+    request: Request, _key: AdminKey,
     status: Literal["pending", "replayed", "all"] = "pending",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: str | None = None,
@@ -232,14 +249,16 @@ async def get_rejected(
 
 
 @router.post("/v1/rejected/replay", response_model=ReplayResult, summary="Re-submit rejected events after correction")
-async def replay_rejected(request: Request, body: ReplayRequest, _key: IngestKey) -> dict[str, Any]:
+async def replay_rejected(request: Request, body: ReplayRequest, key: AdminKey) -> dict[str, Any]:
     """Each item names a rejection and optionally carries the corrected event; accepted ones are published
-    and marked replayed; the others stay listed, with the new reason in the answer."""
+    and marked replayed; the others stay listed, with the new reason in the answer. The limits of normal
+    intake hold: events per request, bytes per event, and the key's rate limit (413 / 429)."""
     service: Service = request.app.state.service
     settings = _settings(request)
     ids = [item.rejection_id for item in body.items]
     async with service.database.read() as connection:
         stored = await load_rejected(connection, ids)
+    await _check_limits(request, [_replayed_raw(item, stored.get(item.rejection_id)) for item in body.items], key)
     context = ValidationContext(received_at=datetime.now(UTC), currency=settings.common.currency)
     outcome = Outcome()
     replayed: dict[str, str] = {}
@@ -253,7 +272,7 @@ async def replay_rejected(request: Request, body: ReplayRequest, _key: IngestKey
         if error is not None:
             outcome.rejected.append({"index": position, "rejection_id": item.rejection_id, "error": error})
             continue
-        raw = item.event if item.event is not None else orjson.loads(row.raw)
+        raw = _replayed_raw(item, row)
         try:
             result = validate_one(raw, index=row.item_index, fmt=row.format, context=context)
         except EventRejected as exc:
@@ -270,3 +289,10 @@ async def replay_rejected(request: Request, body: ReplayRequest, _key: IngestKey
     return outcome.answer()
 
 
+
+
+def _replayed_raw(item: ReplayItem, row: Any) -> Any:
+    """What a replay item sends: its corrected event, else the stored raw body (None for an unknown id)."""
+    if item.event is not None:
+        return item.event
+    return None if row is None else orjson.loads(row.raw)

@@ -15,8 +15,10 @@ class Limits(BaseModel):
 class RateLimit(BaseModel):
     """Token bucket per API key, counted in events (a batch of 100 costs 100)."""
 
-    events_per_second: float = Field(default=50_000, gt=0)
-    burst: int = Field(default=100_000, ge=1)
+    # Shared by every worker and replica (kept in the ingest's database). Bounded so the whole-micro-token
+    # arithmetic of the rule stays far inside 64-bit integers.
+    events_per_second: float = Field(default=50_000, ge=0.001, le=10_000_000)
+    burst: int = Field(default=100_000, ge=1, le=10_000_000)
 
 
 class IngestSettings(ServiceSettings):

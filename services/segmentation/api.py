@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from libs.common.auth import require_scope
+from libs.common.auth import requires
 from libs.common.events import epoch_micros, format_timestamp
 from libs.common.http import ApiError, decode_cursor, encode_cursor, money, parse_as_of
 from libs.common.kafka import BrokerUnavailable
@@ -20,11 +21,13 @@ from services.segmentation.adapters.segments import (
     add_rule_segment,
     member_counts,
     rule_segment,
+    rule_segment_count,
     rule_segments,
 )
 from services.segmentation.domain.customers import LifecycleStage, MembershipTier
 from services.segmentation.domain.rfm import SCORES, RfmSegment
 from services.segmentation.domain.rules import RuleError, parse_rule
+from services.segmentation.membership import remove_rule_segment
 from services.segmentation.population import (
     builtin_memberships,
     evaluate_segments,
@@ -34,11 +37,15 @@ from services.segmentation.population import (
 from services.segmentation.runtime import SegmentationService
 from services.segmentation.segments import BUILTIN_BY_ID, BUILTIN_SEGMENTS, SegmentDefinition, SegmentKind
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["segmentation"])
-ReadKey = Annotated[str, Depends(require_scope("read"))]
+ReadKey = Annotated[str, requires("read")]
 # Defining segments is the marketing operator's job, like defining campaigns.
-CampaignsKey = Annotated[str, Depends(require_scope("campaigns"))]
-AdminKey = Annotated[str, Depends(require_scope("admin"))]
+CampaignsKey = Annotated[str, requires("campaigns")]
+# Erasure is irreversible and reaches every service (SPEC.md "Auth").
+AdminKey = Annotated[str, requires("admin")]
+# A person key may hold "/" (and end with one): the path form takes the rest of the path, the query form anything.
+QueryPersonKey = Annotated[str, Query(description="the person key, URL-encoded", min_length=1, max_length=300)]
 AsOf = Annotated[str | None, Query(description="RFC 3339 timestamp (default: now); encode + as %2B",
                                    examples=["2026-05-01T00:00:00Z"])]
 
@@ -162,8 +169,22 @@ def _ref(segment: SegmentDefinition) -> dict[str, Any]:
     return {"segment_id": segment.segment_id, "name": segment.name, "kind": segment.kind}
 
 
-@router.get("/v1/customers/{person_key}", response_model=CustomerPublic, summary="One customer's profile at as_of")
+@router.get("/v1/customers", response_model=CustomerPublic, summary="One customer's profile at as_of (key as a query)")
+async def get_customer_by_query(request: Request, person_key: QueryPersonKey, _key: ReadKey,
+                                as_of: AsOf = None) -> dict[str, Any]:
+    """The same as `GET /v1/customers/{person_key}`, for clients that cannot put any key in a path."""
+    return await _customer(request, person_key, as_of)
+
+
+@router.get("/v1/customers/{person_key:path}", response_model=CustomerPublic,
+            summary="One customer's profile at as_of")
 async def get_customer(request: Request, person_key: str, _key: ReadKey, as_of: AsOf = None) -> dict[str, Any]:
+    """The person key is the rest of the path, URL-decoded: it may hold "/" and end with one."""
+    return await _customer(request, person_key, as_of)
+
+
+async def _customer(request: Request, person_key: str, as_of: str | None) -> dict[str, Any]:
+    _check_person_key(person_key)
     service = _service(request)
     moment = _as_of(request, as_of)
     async with service.database.read() as connection:
@@ -208,19 +229,36 @@ async def get_customer(request: Request, person_key: str, _key: ReadKey, as_of: 
     }
 
 
-@router.delete("/v1/customers/{person_key}", status_code=202, response_model=ErasureAccepted,
+def _check_person_key(person_key: str) -> None:
+    if not 1 <= len(person_key) <= 300:
+        raise ApiError(422, "invalid_person_key", "person_key must have 1 to 300 characters")
+
+
+@router.delete("/v1/customers", status_code=202, response_model=ErasureAccepted,
+               summary="Erase a customer's personal data in every service (key as a query)")
+async def delete_customer_by_query(request: Request, person_key: QueryPersonKey, _key: AdminKey) -> dict[str, Any]:
+    """The same as `DELETE /v1/customers/{person_key}`, for clients that cannot put any key in a path."""
+    return await _erase(request, person_key)
+
+
+@router.delete("/v1/customers/{person_key:path}", status_code=202, response_model=ErasureAccepted,
                summary="Erase a customer's personal data in every service")
 async def delete_customer(request: Request, person_key: str, _key: AdminKey) -> dict[str, Any]:
     """Publishes an erasure request on `shoploop.privacy.v1`; every service (this one included) consumes it
-    and deletes the person's personal data. Aggregate counts already published stay."""
+    and deletes the person's personal data. Aggregate counts already published stay. The person key is the
+    rest of the path, URL-decoded: it may hold "/" and end with one."""
+    return await _erase(request, person_key)
+
+
+async def _erase(request: Request, person_key: str) -> dict[str, Any]:
     service = _service(request)
-    if not 1 <= len(person_key) <= 300:
-        raise ApiError(422, "invalid_person_key", "person_key must have 1 to 300 characters")
+    _check_person_key(person_key)
     erasure = ErasureRequest.new(person_key, service.clock())
     try:
         await publish_erasure(service.publisher, erasure)
     except BrokerUnavailable as exc:
-        raise ApiError(503, "broker_unavailable", f"{exc}; nothing was requested, retry",
+        log.warning("answering 503: the broker did not acknowledge the erasure request", extra={"error": str(exc)})
+        raise ApiError(503, "broker_unavailable", "the broker did not acknowledge; nothing was requested, retry",
                        headers={"Retry-After": "1"}) from None
     return {"person_key": person_key, "requested_at": format_timestamp(erasure.requested_at),
             "request_id": erasure.request_id}
@@ -289,8 +327,9 @@ async def create_segment(request: Request, body: SegmentCreate, _key: CampaignsK
     """The rule is validated (unknown field or operator: 422 with the reason) and kept as data; members
     enter (and later exit) through `shoploop.segments.v1` once the scheduler has evaluated it."""
     service = _service(request)
+    caps = service.settings.rule_segments
     try:
-        rule = parse_rule(body.rule)
+        rule = parse_rule(body.rule, caps.limits())
     except RuleError as exc:
         raise ApiError(422, "invalid_rule", str(exc)) from None
     if body.name in BUILTIN_BY_ID:
@@ -299,11 +338,30 @@ async def create_segment(request: Request, body: SegmentCreate, _key: CampaignsK
                                 rule=rule, created_at=service.clock(), rule_json=body.rule)
     try:
         async with service.database.begin() as connection:
+            # Every rule segment is evaluated for every customer in every round: their number is bounded.
+            if await rule_segment_count(connection) >= caps.max_segments:
+                raise ApiError(409, "too_many_segments",
+                               f"there are {caps.max_segments} rule segments, the limit; delete one first")
             await add_rule_segment(connection, segment)
     except DuplicateSegmentName:
         raise ApiError(409, "segment_name_taken", f"a segment named {body.name!r} exists") from None
     service.scheduler.request_full_evaluation()
     return _public(segment, {})
+
+
+@router.delete("/v1/segments/{segment_id}", status_code=204, summary="Delete a rule segment")
+async def delete_segment(request: Request, segment_id: str, _key: CampaignsKey) -> Response:
+    """Its members exit it (published on `shoploop.segments.v1` like any exit); built-in segments cannot be
+    deleted (409)."""
+    if segment_id in BUILTIN_BY_ID:
+        raise ApiError(409, "built_in", f"{segment_id!r} is a built-in segment and cannot be deleted")
+    service = _service(request)
+    async with service.database.begin() as connection:
+        segment = await rule_segment(connection, segment_id)
+        if segment is None or not await remove_rule_segment(connection, segment, service.clock()):
+            raise ApiError(404, "unknown_segment", f"no segment {segment_id!r}")
+    service.scheduler.request_full_evaluation()  # publishes the exits now, not at the next interval
+    return Response(status_code=204)
 
 
 @router.get("/v1/segments", response_model=SegmentPage, summary="Built-in and rule segments")

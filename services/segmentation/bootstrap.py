@@ -8,11 +8,11 @@ from datetime import datetime
 from fastapi import FastAPI
 
 from libs.common.db import WRITE_HEAVY_SQLITE_PRAGMAS, Database
-from libs.common.kafka import EVENTS_TOPIC, PRIVACY_TOPIC, Subscription
-from libs.common.privacy import ErasureRequest
+from libs.common.kafka import EVENTS_TOPIC, Subscription
+from libs.common.privacy import erasure_subscription
 from libs.common.service import create_app
 from services.segmentation.adapters.migrations import MIGRATIONS
-from services.segmentation.adapters.tables import metadata
+from services.segmentation.adapters.tables import PERSONAL_TABLES, metadata
 from services.segmentation.api import router
 from services.segmentation.handlers import erase_customers, record_customer_facts
 from services.segmentation.runtime import SegmentationService, system_clock
@@ -24,7 +24,6 @@ DESCRIPTION = (
     "erasure requests travel on `shoploop.privacy.v1`."
 )
 EVENTS_GROUP = "segmentation"
-PRIVACY_GROUP = "segmentation-privacy"
 
 
 def build_service(settings: SegmentationSettings, *, clock: Callable[[], datetime] = system_clock) -> SegmentationService:
@@ -34,13 +33,15 @@ def build_service(settings: SegmentationSettings, *, clock: Callable[[], datetim
     service.subscriptions = [
         Subscription(group=EVENTS_GROUP, topics=[EVENTS_TOPIC], handle=record_customer_facts,
                      claim_event_ids=False, max_batch=5000, after_commit=service.scheduler.facts_committed),
-        Subscription(group=PRIVACY_GROUP, topics=[PRIVACY_TOPIC], handle=erase_customers,
-                     decode=ErasureRequest.from_json, event_id=lambda request: request.request_id),
+        erasure_subscription("segmentation", erase_customers,
+                             erases_from=[table.name for table in PERSONAL_TABLES]),
     ]
     return service
 
 
 def create_segmentation_app(settings: SegmentationSettings | None = None, *,
                             clock: Callable[[], datetime] = system_clock) -> FastAPI:
-    service = build_service(settings or SegmentationSettings(), clock=clock)
-    return create_app(service, routers=[router], title="shoploop segmentation", description=DESCRIPTION)
+    settings = settings or SegmentationSettings()
+    service = build_service(settings, clock=clock)
+    return create_app(service, routers=[router], title="shoploop segmentation", description=DESCRIPTION,
+                      max_body_bytes=settings.rule_segments.max_body_bytes)

@@ -27,6 +27,7 @@ from libs.common.kafka import SEGMENTS_TOPIC, Publisher
 from libs.common.metrics import Metrics
 from services.segmentation.adapters.segments import (
     builtin_membership_changes,
+    delete_rule_segment,
     forget_changes,
     last_round,
     lock_membership,
@@ -186,6 +187,17 @@ async def _queue_changes(connection: AsyncConnection, as_of: datetime, rows: Seq
                               *((ENTERED, by_id[s], p) for p, s in sorted(entered))], as_of)
     await store_memberships(connection, changed, records)
     return len(records)
+
+
+async def remove_rule_segment(connection: AsyncConnection, segment: SegmentDefinition, as_of: datetime) -> bool:
+    """Delete a rule segment; its members exit it (records queued like any other change). False if unknown."""
+    await lock_membership(connection)
+    keys = await delete_rule_segment(connection, segment.segment_id)
+    if keys is None:
+        return False
+    records = change_records([(EXITED, segment, person) for person in sorted(keys)], as_of)
+    await store_memberships(connection, keys, records)
+    return True
 
 
 async def publish_queued_changes(database: Database, publisher: Publisher, *, batch: int) -> int:

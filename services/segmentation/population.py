@@ -9,6 +9,7 @@ every customer, the same definitions on integers (``FiguresAt``), which keeps a 
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -251,6 +252,16 @@ async def evaluate_segments(
     scope = list(population.customers) if persons is not None else None
     traits = await merged_traits(connection, epoch_micros(as_of), scope) if needs_traits else {}
     counts = await load_event_counts(connection, as_of, windows, scope) if windows else {}
+    # Rules over a million customers take seconds of CPU: in a worker thread, the event loop keeps serving
+    # HTTP and the consumer meanwhile (the data is only read, and nothing else touches it until it returns).
+    memberships = await asyncio.to_thread(decide_memberships, population, rule_segments, traits, counts)
+    return Evaluation(population=population, traits=traits, memberships=memberships)
+
+
+def decide_memberships(population: Population, rule_segments: Sequence[SegmentDefinition],
+                       traits: Mapping[str, Mapping[str, Any]],
+                       counts: Mapping[str, Mapping[EventWindow, int]]) -> dict[str, set[str]]:
+    """Built-in and rule segment ids of every customer of ``population``."""
     memberships = {}
     for person, customer in population.customers.items():
         score = population.rfm_scores.get(person)
@@ -261,7 +272,7 @@ async def evaluate_segments(
             members.update(segment.segment_id for segment in rule_segments
                            if segment.rule is not None and matches(segment.rule, figures, person_counts))
         memberships[person] = members
-    return Evaluation(population=population, traits=traits, memberships=memberships)
+    return memberships
 
 
 def rule_profile(customer: Customer, score: RfmScore | None, traits: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from pydantic_settings import SettingsConfigDict
 
 from libs.common.settings import ServiceSettings
 from services.segmentation.domain.customers import LifecycleThresholds, TierThresholds
+from services.segmentation.domain.rules import MAX_DEPTH, MAX_IN_VALUES, MAX_NODES, RuleLimits
 
 
 class LifecycleSettings(BaseModel):
@@ -58,6 +59,20 @@ class MembershipSettings(BaseModel):
     publish_batch: int = Field(default=5000, ge=1)
 
 
+class RuleSegmentSettings(BaseModel):
+    """Bounds on operators' rule segments: every one is evaluated for every customer in every round."""
+
+    max_segments: int = Field(default=100, ge=1, le=10_000)
+    max_rule_depth: int = Field(default=MAX_DEPTH, ge=1, le=50)
+    max_rule_nodes: int = Field(default=MAX_NODES, ge=1, le=10_000)
+    max_in_values: int = Field(default=MAX_IN_VALUES, ge=1, le=100_000)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+
+    def limits(self) -> RuleLimits:
+        return RuleLimits(max_depth=self.max_rule_depth, max_nodes=self.max_rule_nodes,
+                          max_in_values=self.max_in_values)
+
+
 class SegmentationSettings(ServiceSettings):
     model_config = SettingsConfigDict(
         env_prefix="SHOPLOOP_SEGMENTATION__", env_nested_delimiter="__", extra="ignore"
@@ -68,3 +83,4 @@ class SegmentationSettings(ServiceSettings):
     lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
     tiers: TierSettings = Field(default_factory=TierSettings)
     membership: MembershipSettings = Field(default_factory=MembershipSettings)
+    rule_segments: RuleSegmentSettings = Field(default_factory=RuleSegmentSettings)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from aiokafka.errors import CommitFailedError, KafkaConnectionError, RequestTimedOutError
-from sqlalchemy import Column, Integer, MetaData, String, Table, func, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, select, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db import PROCESSED_EVENTS, Database, Migration, create_all, service_metadata
@@ -57,11 +59,11 @@ class Harness:
     async def send(self, *events: Event) -> None:
         await self.publisher.publish_many(EVENTS_TOPIC, [(e.person_key.encode(), e.to_json()) for e in events])
 
-    async def start(self, handle=record, runtime_class=ConsumerRuntime, **options: Any) -> ConsumerRuntime:
+    async def start(self, handle=record, runtime_class=ConsumerRuntime, kafka=None, **options: Any) -> ConsumerRuntime:
         subscription = Subscription(group=GROUP, topics=[EVENTS_TOPIC], handle=handle,
                                     retry_backoff_seconds=0.01, **options)
-        runtime = runtime_class(subscription, kafka=self.kafka, database=self.database, publisher=self.publisher,
-                                metrics=Metrics("test"))
+        runtime = runtime_class(subscription, kafka=kafka or self.kafka, database=self.database,
+                                publisher=self.publisher, metrics=Metrics("test"))
         await runtime.start()
         self.runtimes.append(runtime)
         return runtime
@@ -126,11 +128,14 @@ async def test_a_record_that_keeps_failing_is_dead_lettered_and_the_partition_mo
     headers = dict(dead[0].headers)
     assert headers["x-error"] == b"ValueError: cannot digest this product"
     assert headers["x-attempts"] == b"3"
+    assert headers["x-error-kind"] == b"poison"
     assert headers["x-original-topic"] == EVENTS_TOPIC.encode()
-    assert attempts["bad"] == 3 + 1  # the whole-batch try, then three on its own
+    # The batch of three, then the half holding it (the batch is halved until the record at fault is alone),
+    # then three tries on its own.
+    assert attempts["bad"] == 1 + 1 + 3
     assert consumed(runtime, "shoploop_dead_letters_total") == 1
     assert runtime.status.dead_lettered == 1  # what /readyz reports per consumer group
-    assert consumed(runtime, "shoploop_processing_errors_total") == 3
+    assert consumed(runtime, "shoploop_processing_errors_total") == attempts["bad"]
 
 
 async def test_a_record_that_fails_then_succeeds_is_applied_once_and_not_dead_lettered(harness, broker):
@@ -286,3 +291,73 @@ async def test_without_claims_a_handler_returning_none_counts_every_event_as_app
     await harness.wait_applied({"n-1": 1})
     await eventually(lambda: consumed(runtime, "shoploop_events_consumed_total") == 2, what="both records read")
     assert consumed(runtime, "shoploop_duplicate_events_total") == 1  # the copy inside the batch
+
+
+async def parse_product_json(connection: AsyncConnection, events: Sequence[Event]) -> None:
+    """A handler whose database rejects some data: the product id must be JSON (SQLite's json(), PostgreSQL's
+    jsonb cast), so a record whose product id is not fails inside the database, whatever the retries."""
+    cast = "SELECT json(:value)" if connection.dialect.name == "sqlite" else "SELECT CAST(:value AS jsonb)"
+    for e in events:
+        await connection.execute(text(cast), {"value": e.product.product_id})
+    await record(connection, events)
+
+
+async def test_a_database_error_caused_by_the_data_is_dead_lettered_and_the_partition_moves_on(harness, broker):
+    # On SQLite this is an OperationalError ("malformed JSON"), the class that also means "database locked":
+    # it must end in the dead-letter topic, not in a retry that stalls the partition forever.
+    good = [event(f"j-{i}", product_id=f'"sku-{i}"') for i in range(40)]
+    bad = event("j-bad", product_id="{not json")
+    await harness.send(*good[:25], bad, *good[25:])
+    runtime = await harness.start(handle=parse_product_json)
+    await harness.wait_applied({e.event_id: 1 for e in good})
+    [dead] = await read_topic(broker.bootstrap_servers, dead_letter_topic(GROUP), count=1)
+    assert Event.from_json(dead.value).event_id == "j-bad"
+    headers = dict(dead.headers)
+    assert headers["x-error-kind"] == b"poison"
+    assert b"json" in headers["x-error"].lower()
+    assert consumed(runtime, "shoploop_dead_letters_total") == 1
+
+
+def _locked() -> OperationalError:
+    return OperationalError("INSERT ...", {}, sqlite3.OperationalError("database is locked"))
+
+
+async def test_a_lock_that_outlasts_the_bounded_retries_dead_letters_only_the_record_that_meets_it(harness, broker):
+    tries: dict[str, int] = {}
+
+    async def locked_on_one(connection, events):
+        for e in events:
+            if e.event_id == "l-bad":
+                tries["l-bad"] = tries.get("l-bad", 0) + 1
+                raise _locked()
+        await record(connection, events)
+
+    kafka = harness.kafka.model_copy(update={"transient_retries": 2})
+    await harness.send(event("l-1"), event("l-bad"), event("l-2"), event("l-3"))
+    runtime = await harness.start(handle=locked_on_one, kafka=kafka)
+    await harness.wait_applied({"l-1": 1, "l-2": 1, "l-3": 1})
+    [dead] = await read_topic(broker.bootstrap_servers, dead_letter_topic(GROUP), count=1)
+    assert Event.from_json(dead.value).event_id == "l-bad"
+    assert dict(dead.headers)["x-error-kind"] == b"busy"
+    assert dict(dead.headers)["x-attempts"] == b"3"  # the first try and transient_retries more
+    # Each group it was in (the batch of four, its half of two, itself) was tried 1 + transient_retries times.
+    assert tries["l-bad"] == 3 * 3
+    assert consumed(runtime, "shoploop_dead_letters_total") == 1
+
+
+async def test_an_outage_longer_than_every_retry_bound_dead_letters_nothing(harness, broker):
+    outage = {"left": 9}  # more failures than transient_retries (2) and max_attempts (3) together
+
+    async def database_away(connection, events):
+        if outage["left"]:
+            outage["left"] -= 1
+            raise OperationalError("INSERT ...", {}, sqlite3.OperationalError("unable to open database file"))
+        await record(connection, events)
+
+    kafka = harness.kafka.model_copy(update={"transient_retries": 2})
+    await harness.send(event("o-1"), event("o-2", person="p-2"))
+    runtime = await harness.start(handle=database_away, kafka=kafka)
+    await harness.wait_applied({"o-1": 1, "o-2": 1})
+    assert outage["left"] == 0
+    assert consumed(runtime, "shoploop_dead_letters_total") == 0
+    assert await read_topic(broker.bootstrap_servers, dead_letter_topic(GROUP), count=1, deadline_seconds=1) == []

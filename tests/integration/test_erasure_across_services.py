@@ -30,18 +30,16 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from libs.common.events import format_timestamp
+from libs.common.privacy import privacy_group
 from libs.common.settings import CommonSettings
 from services.funnel.bootstrap import EVENTS_GROUP as FUNNEL_EVENTS
-from services.funnel.bootstrap import PRIVACY_GROUP as FUNNEL_PRIVACY
 from services.funnel.bootstrap import create_funnel_app
 from services.funnel.settings import FunnelSettings
-from services.ingest.bootstrap import PRIVACY_GROUP as INGEST_PRIVACY
 from services.ingest.bootstrap import REJECTED_GROUP as INGEST_REJECTED
 from services.ingest.bootstrap import create_ingest_app
 from services.ingest.settings import IngestSettings
 from services.segmentation.adapters.tables import segment_changes
 from services.segmentation.bootstrap import EVENTS_GROUP as SEGMENTATION_EVENTS
-from services.segmentation.bootstrap import PRIVACY_GROUP as SEGMENTATION_PRIVACY
 from services.segmentation.bootstrap import create_segmentation_app
 from services.segmentation.settings import MembershipSettings, SegmentationSettings
 from tests.conftest import POSTGRES_DSN
@@ -276,11 +274,11 @@ async def test_erasure_leaves_no_personal_data_in_any_services_tables(stack, dat
 
     response = await stack.segmentation.delete(f"/v1/customers/{erased.key}", headers=ADMIN)
     assert response.status_code == 202, response.text
-    await eventually(lambda: stack.consumed("segmentation", SEGMENTATION_PRIVACY) >= 1,
+    await eventually(lambda: stack.consumed("segmentation", privacy_group("segmentation")) >= 1,
                      what="segmentation to apply the erasure request")
-    await eventually(lambda: stack.consumed("funnel", FUNNEL_PRIVACY) >= 1,
+    await eventually(lambda: stack.consumed("funnel", privacy_group("funnel")) >= 1,
                      what="the funnel to apply the erasure request")
-    await eventually(lambda: stack.consumed("ingest", INGEST_PRIVACY) >= 1,
+    await eventually(lambda: stack.consumed("ingest", privacy_group("ingest")) >= 1,
                      what="ingest to apply the erasure request")
     # Let a full membership evaluation run after the erasure (it must not store the person again).
     rounds = stack.apps["segmentation"].state.service.scheduler.full_evaluations

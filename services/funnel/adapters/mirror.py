@@ -297,7 +297,7 @@ class FactMirror:
         """The copy's state in words: ``ok``, still loading, or why the last sync failed."""
         if self.failure is not None:
             done = "loaded" if self.loaded.is_set() else f"not loaded ({self.rows} rows so far)"
-            return f"{done}; last sync failed, retrying: {self.failure}"
+            return f"{done}; last sync failed, retrying"  # why is in the log (unauthenticated answer)
         return "ok" if self.loaded.is_set() else f"loading ({self.rows} rows so far)"
 
     async def query(self, compute: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
@@ -313,7 +313,7 @@ class FactMirror:
         except Exception as exc:
             self.failure = _reason(exc)
             log.exception("fact copy catch-up before an answer failed")
-            raise FactCopyUnavailable(f"the fact copy could not catch up with the database: {_reason(exc)}") from exc
+            raise FactCopyUnavailable("the fact copy could not catch up with the database") from exc
 
         def run() -> T:
             cursor = self.duckdb.cursor()

@@ -40,8 +40,14 @@ from services.segmentation.adapters.tables import (
 from services.segmentation.domain.customers import FiguresAt, LifecycleStage, MembershipTier
 from services.segmentation.domain.rfm import SCORES, RfmCuts, rfm_segment
 from services.segmentation.domain.rounds import DAY_US, Round
-from services.segmentation.domain.rules import parse_rule
-from services.segmentation.segments import SegmentDefinition, SegmentKind, builtin_ids, membership_ids
+from services.segmentation.domain.rules import STORED_RULE_LIMITS, parse_rule
+from services.segmentation.segments import (
+    SegmentDefinition,
+    SegmentKind,
+    builtin_ids,
+    membership_ids,
+    membership_key,
+)
 
 _MEMBERSHIP_LOCK = 7461003  # PostgreSQL advisory lock key of this service's membership changes
 
@@ -60,7 +66,7 @@ def _definition(row: Any) -> SegmentDefinition:
     # Stored rules passed parse_rule on creation; parsing again rebuilds the immutable tree.
     raw_rule = orjson.loads(row.rule)
     return SegmentDefinition(segment_id=row.segment_id, name=row.name, kind=SegmentKind.RULE,
-                             rule=parse_rule(raw_rule), created_at=from_epoch_micros(row.created_us),
+                             rule=parse_rule(raw_rule, STORED_RULE_LIMITS), created_at=from_epoch_micros(row.created_us),
                              rule_json=raw_rule)
 
 
@@ -75,6 +81,28 @@ async def add_rule_segment(connection: AsyncConnection, segment: SegmentDefiniti
             ))
     except IntegrityError:
         raise DuplicateSegmentName(segment.name) from None
+
+
+async def rule_segment_count(connection: AsyncConnection) -> int:
+    return (await connection.execute(select(func.count()).select_from(segments))).scalar_one()
+
+
+async def delete_rule_segment(connection: AsyncConnection, segment_id: str) -> dict[str, str] | None:
+    """Delete a rule segment; None if there is none with this id, else its members' new membership keys
+    (person -> stored key without the segment), for the caller to store with their exit records."""
+    removed = await connection.execute(delete(segments).where(segments.c.segment_id == segment_id))
+    if not removed.rowcount:
+        return None
+    # Ids hold no spaces (membership_key joins them with spaces); the substring test only narrows the scan.
+    rows = await connection.execute(
+        select(customer_segments.c.person_key, customer_segments.c.segment_ids)
+        .where(customer_segments.c.segment_ids.contains(segment_id, autoescape=True)))
+    keys = {}
+    for person, key in rows:
+        ids = membership_ids(key)
+        if segment_id in ids:
+            keys[person] = membership_key(ids - {segment_id})
+    return keys
 
 
 async def rule_segments(connection: AsyncConnection) -> list[SegmentDefinition]:

@@ -31,6 +31,7 @@ from services.segmentation.domain.rfm import RfmScore, RfmSegment
 
 MAX_DEPTH = 10
 MAX_NODES = 100
+MAX_IN_VALUES = 1000
 # Counts reach back as far as the 365-day customer lookback, which bounds the history a service keeps.
 MAX_COUNT_DAYS = 365
 TRAIT_PREFIX = "traits."
@@ -88,6 +89,19 @@ class CountComparison(_Node):
 Rule = AllOf | AnyOf | Not | FieldComparison | CountComparison
 for _model in (AllOf, AnyOf, Not):
     _model.model_rebuild()
+
+
+@dataclass(frozen=True, slots=True)
+class RuleLimits:
+    """How big a rule may be: nesting depth, nodes, values of one ``in`` / ``not_in`` list (settings)."""
+
+    max_depth: int = MAX_DEPTH
+    max_nodes: int = MAX_NODES
+    max_in_values: int = MAX_IN_VALUES
+
+
+# Rules already stored passed the limits of their day; reading them back must not fail if the settings shrank.
+STORED_RULE_LIMITS = RuleLimits(max_depth=1_000, max_nodes=1_000_000, max_in_values=1_000_000)
 
 
 class RuleError(ValueError):
@@ -193,9 +207,9 @@ _RULE_KEYS = ("all", "any", "not", "field", "count")
 _NOT_A_RULE = "expected an object with one of 'all', 'any', 'not', 'field' or 'count'"
 
 
-def parse_rule(raw: object) -> Rule:
+def parse_rule(raw: object, limits: RuleLimits = RuleLimits()) -> Rule:
     """Validated, immutable rule tree from its JSON form, or RuleError (SPEC.md Customers, Rule segments)."""
-    return _RuleParser().rule(raw, "rule", depth=1)
+    return _RuleParser(limits).rule(raw, "rule", depth=1)
 
 
 # A rule field of an API body: pydantic turns a RuleError into a 422 entry with its message.
@@ -203,16 +217,17 @@ SegmentRule = Annotated[Rule, BeforeValidator(parse_rule)]
 
 
 class _RuleParser:
-    def __init__(self) -> None:
+    def __init__(self, limits: RuleLimits) -> None:
+        self.limits = limits
         self.nodes = 0
 
     def rule(self, raw: object, path: str, depth: int) -> Rule:
-        # Both limits are checked before descending, so an oversized input costs at most MAX_NODES steps.
+        # Both limits are checked before descending, so an oversized input costs at most max_nodes steps.
         self.nodes += 1
-        if self.nodes > MAX_NODES:
-            raise RuleError("rule", f"more than {MAX_NODES} nodes")
-        if depth > MAX_DEPTH:
-            raise RuleError(path, f"nested deeper than {MAX_DEPTH} levels")
+        if self.nodes > self.limits.max_nodes:
+            raise RuleError("rule", f"more than {self.limits.max_nodes} nodes")
+        if depth > self.limits.max_depth:
+            raise RuleError(path, f"nested deeper than {self.limits.max_depth} levels")
         if not isinstance(raw, dict):
             raise RuleError(path, _NOT_A_RULE)
         shapes = [key for key in _RULE_KEYS if key in raw]
@@ -231,12 +246,13 @@ class _RuleParser:
             case "field":
                 _only_keys(raw, {"field", "op", "value"}, path)
                 field = raw["field"]
-                op, operand = _operation(raw, _field_kind(field, f"{path}.field"), f"field {field!r}", path)
+                op, operand = _operation(raw, _field_kind(field, f"{path}.field"), f"field {field!r}", path,
+                                         self.limits)
                 return FieldComparison(field=field, op=op, value=operand)
             case _:
                 _only_keys(raw, {"count", "op", "value"}, path)
                 window = _event_window(raw["count"], f"{path}.count")
-                op, operand = _operation(raw, _EVENT_COUNT, "event counts", path)
+                op, operand = _operation(raw, _EVENT_COUNT, "event counts", path, self.limits)
                 return CountComparison(count=window, op=op, value=operand)
 
     def _rules(self, raw: dict[str, Any], key: str, path: str, depth: int) -> tuple[Rule, ...]:
@@ -279,7 +295,8 @@ def _event_window(raw: object, path: str) -> EventWindow:
     return EventWindow(type=event_type, days=days)
 
 
-def _operation(raw: dict[str, Any], kind: _Kind, subject: str, path: str) -> tuple[Operator, Any]:
+def _operation(raw: dict[str, Any], kind: _Kind, subject: str, path: str,
+               limits: RuleLimits) -> tuple[Operator, Any]:
     if "op" not in raw:
         raise RuleError(f"{path}.op", "required")
     try:
@@ -300,6 +317,8 @@ def _operation(raw: dict[str, Any], kind: _Kind, subject: str, path: str) -> tup
     if op in (Operator.IN, Operator.NOT_IN):
         if not isinstance(value, list) or not value:
             raise RuleError(f"{path}.value", f"{op} needs a non-empty list")
+        if len(value) > limits.max_in_values:
+            raise RuleError(f"{path}.value", f"{op} takes at most {limits.max_in_values} values")
         return op, tuple(_read(kind, item, f"{path}.value[{i}]") for i, item in enumerate(value))
     operand = _read(kind, value, f"{path}.value")
     if op in _ORDERINGS and isinstance(operand, bool):

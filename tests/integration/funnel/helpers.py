@@ -22,6 +22,8 @@ from services.funnel.settings import FunnelSettings
 from tests.support import eventually, serve_app
 
 READ = {"Authorization": "Bearer dev-read-key"}
+# Defining and deleting funnels needs the campaigns scope (SPEC.md "Auth").
+CAMPAIGNS = {"Authorization": "Bearer dev-campaigns-key"}
 _CENT = Decimal("0.01")
 
 

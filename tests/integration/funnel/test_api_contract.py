@@ -13,14 +13,14 @@ import pytest
 from libs.common.broker import free_port
 from libs.common.settings import CommonSettings, KafkaSettings
 from services.funnel.settings import FunnelSettings
-from tests.integration.funnel.helpers import Funnel, running_funnel
+from tests.integration.funnel.helpers import CAMPAIGNS, Funnel, running_funnel
 
 DAY = {"from": "2026-03-02", "to": "2026-03-03"}
 
 
 def _offline(database_url: str) -> FunnelSettings:
     kafka = KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}")
-    return FunnelSettings(database_url=database_url, common=CommonSettings(env="test", kafka=kafka), max_page_size=50)
+    return FunnelSettings(database_url=database_url, common=CommonSettings(env="local", kafka=kafka), max_page_size=50)
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ async def test_bad_parameters_are_422_with_the_reason(offline, path, params, fra
     ({"name": "x", "steps": [{"type": "view"}], "owner": "me"}, "body.owner: Extra inputs"),
 ])
 async def test_an_invalid_funnel_definition_is_422_with_the_reason(offline, definition, fragment):
-    response = await offline.client.post("/v1/funnels", json=definition)
+    response = await offline.client.post("/v1/funnels", json=definition, headers=CAMPAIGNS)
     assert response.status_code == 422
     assert fragment in response.json()["detail"], response.json()
 
@@ -95,7 +95,7 @@ async def test_defined_funnels_are_stored_listed_in_pages_and_unknown_ones_are_4
         definition = {"name": f"漏斗 {index}", "unit": "product", "window_seconds": 3600,
                       "steps": [{"type": "view", "where": {"category": "dresses", "source": "douyin"}},
                                 {"type": "order", "where": {"product_id": "p-1"}}]}
-        response = await client.post("/v1/funnels", json=definition)
+        response = await client.post("/v1/funnels", json=definition, headers=CAMPAIGNS)
         assert response.status_code == 201, response.text
         body = response.json()
         assert response.headers["location"] == f"/v1/funnels/{body['funnel_id']}"
@@ -123,13 +123,13 @@ async def test_defined_funnels_are_stored_listed_in_pages_and_unknown_ones_are_4
 
     one = created[1]["funnel_id"]
     assert await offline_on_both.get(f"/v1/funnels/{one}") == created[1]
-    assert (await client.delete(f"/v1/funnels/{one}")).status_code == 204
+    assert (await client.delete(f"/v1/funnels/{one}", headers=CAMPAIGNS)).status_code == 204
     assert (await client.get(f"/v1/funnels/{one}")).status_code == 404
     assert (await client.get(f"/v1/funnels/{one}/result", params=DAY)).status_code == 404
-    assert (await client.delete(f"/v1/funnels/{one}")).status_code == 404
+    assert (await client.delete(f"/v1/funnels/{one}", headers=CAMPAIGNS)).status_code == 404
     listed = [item["funnel_id"] for item in (await offline_on_both.get("/v1/funnels"))["items"]]
     assert listed == ["default", created[0]["funnel_id"], created[2]["funnel_id"]]
-    built_in = await client.delete("/v1/funnels/default")
+    built_in = await client.delete("/v1/funnels/default", headers=CAMPAIGNS)
     assert built_in.status_code == 409 and built_in.json()["code"] == "built_in"
 
 

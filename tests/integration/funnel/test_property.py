@@ -18,6 +18,7 @@ from services.funnel.domain.funnels import DEFAULT_FUNNEL, FunnelDefinition, Fun
 from services.funnel.settings import FunnelSettings
 from tests.integration.funnel import expected
 from tests.integration.funnel.helpers import (
+    CAMPAIGNS,
     cart,
     facts,
     inquiry,
@@ -136,7 +137,7 @@ async def shop(funnel, publisher):
             "steps": [{"type": step.type, "where": {f: getattr(step, f) for f in ("product_id", "category", "source")
                                                    if getattr(step, f) is not None}} for step in definition.steps],
         }
-        response = await funnel.client.post("/v1/funnels", json=body)
+        response = await funnel.client.post("/v1/funnels", json=body, headers=CAMPAIGNS)
         funnel.custom[name] = response.json()["funnel_id"]
     funnel.published = 0
     return funnel

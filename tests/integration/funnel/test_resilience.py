@@ -62,7 +62,7 @@ class ServiceProcess:
         self.port = free_port()
         self.log_path = log_path
         self.env = {
-            **os.environ, "PYTHONPATH": str(ROOT), "SHOPLOOP_ENV": "test", "SHOPLOOP_LOG_LEVEL": "WARNING",
+            **os.environ, "PYTHONPATH": str(ROOT), "SHOPLOOP_ENV": "local", "SHOPLOOP_LOG_LEVEL": "WARNING",
             "SHOPLOOP_FUNNEL__DATABASE_URL": database_url, "SHOPLOOP_FUNNEL__PORT": str(self.port),
             "SHOPLOOP_KAFKA__BOOTSTRAP_SERVERS": bootstrap_servers, "SHOPLOOP_KAFKA__TOPIC_PARTITIONS": "4",
             "SHOPLOOP_KAFKA__SESSION_TIMEOUT_MS": "1000", "SHOPLOOP_KAFKA__HEARTBEAT_INTERVAL_MS": "100",

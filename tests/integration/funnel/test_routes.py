@@ -12,6 +12,7 @@ from services.funnel.adapters.tables import events
 from services.funnel.domain.funnels import DEFAULT_FUNNEL
 from tests.integration.funnel import expected
 from tests.integration.funnel.helpers import (
+    CAMPAIGNS,
     cart,
     facts,
     inquiry,
@@ -132,7 +133,7 @@ async def test_a_day_of_the_shop_is_answered_exactly_by_every_route(funnel, publ
     # A funnel defined now answers over the history sent before it.
     definition = {"name": "inquiry path", "window_seconds": 86400,
                   "steps": [{"type": "view"}, {"type": "inquiry"}, {"type": "order", "where": {"category": "shoes"}}]}
-    created = (await funnel.client.post("/v1/funnels", json=definition)).json()
+    created = (await funnel.client.post("/v1/funnels", json=definition, headers=CAMPAIGNS)).json()
     result = await funnel.get(f"/v1/funnels/{created['funnel_id']}/result", **span, breakdown="category")
     assert result["counts"] == [3, 1, 1]  # bob: view -> inquiry -> order of shoes
     assert result["converted_value"] == 100.0

@@ -40,7 +40,7 @@ class ServiceProcess:
         self.port = free_port()
         kafka = settings.common.kafka
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("SHOPLOOP_")} | {
-            "SHOPLOOP_ENV": "test",
+            "SHOPLOOP_ENV": "local",
             "SHOPLOOP_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
             "SHOPLOOP_KAFKA__TOPIC_PARTITIONS": str(kafka.topic_partitions),
             "SHOPLOOP_KAFKA__SESSION_TIMEOUT_MS": str(kafka.session_timeout_ms),

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 from aiokafka.errors import (
     CommitFailedError,
@@ -8,9 +10,15 @@ from aiokafka.errors import (
     NotLeaderForPartitionError,
     RecordTooLargeError,
 )
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 
-from libs.common.kafka import BrokerUnavailable, _partition_of, dead_letter_topic, is_transient
+from libs.common.kafka import (
+    BrokerUnavailable,
+    _partition_of,
+    classify_error,
+    dead_letter_topic,
+    is_transient,
+)
 
 
 @pytest.mark.parametrize(
@@ -29,6 +37,40 @@ def test_unreachable_database_or_broker_is_transient(error):
 )
 def test_a_bad_record_or_a_lost_group_is_not_transient(error):
     assert not is_transient(error)
+
+
+class _PostgresError(Exception):
+    """Stands for a DB-API error carrying a SQLSTATE, as asyncpg's do."""
+
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(sqlstate)
+        self.sqlstate = sqlstate
+
+
+def _wrapped(orig: Exception, kind: type = OperationalError) -> Exception:
+    return kind("INSERT ...", {}, orig)
+
+
+@pytest.mark.parametrize(("error", "kind"), [
+    (_wrapped(sqlite3.OperationalError("database is locked")), "busy"),
+    (_wrapped(sqlite3.OperationalError("unable to open database file")), "outage"),
+    (_wrapped(sqlite3.OperationalError("disk I/O error")), "outage"),
+    # Caused by the data: retrying cannot help, so it must end in the dead-letter topic, not in endless retries.
+    (_wrapped(sqlite3.OperationalError("malformed JSON")), "poison"),
+    (_wrapped(sqlite3.OperationalError("string or blob too big")), "poison"),
+    (_wrapped(sqlite3.InterfaceError("Error binding parameter 1: type 'dict' is not supported"), InterfaceError),
+     "poison"),
+    (_wrapped(_PostgresError("40P01"), DBAPIError), "busy"),
+    (_wrapped(_PostgresError("40001"), DBAPIError), "busy"),
+    (_wrapped(_PostgresError("08006"), DBAPIError), "outage"),
+    (_wrapped(_PostgresError("57P01"), DBAPIError), "outage"),
+    (_wrapped(_PostgresError("22P02"), DBAPIError), "poison"),
+    (_wrapped(ConnectionResetError("reset by peer"), InterfaceError), "outage"),
+    (KafkaConnectionError(), "outage"),
+    (RecordTooLargeError(), "poison"),
+])
+def test_errors_are_told_apart_as_outage_lock_or_poison(error, kind):
+    assert classify_error(error) == kind
 
 
 # murmur2 values from Apache Kafka's own test vectors (clients UtilsTest), as signed Java ints.

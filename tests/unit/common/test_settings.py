@@ -62,13 +62,12 @@ def test_unknown_time_zone_is_refused(monkeypatch, zone):
     assert f"unknown IANA time zone {zone!r}" in str(error.value)
 
 
-@pytest.mark.parametrize("env", ["local", "test"])
-def test_dev_keys_are_allowed_in_local_and_test(monkeypatch, env):
-    monkeypatch.setenv("SHOPLOOP_ENV", env)
+def test_dev_keys_are_allowed_in_local_mode(monkeypatch):
+    monkeypatch.setenv("SHOPLOOP_ENV", "local")
     assert CommonSettings().api_keys == DEV_API_KEYS
 
 
-@pytest.mark.parametrize("env", ["staging", "production"])
+@pytest.mark.parametrize("env", ["test", "staging", "production"])
 def test_default_dev_keys_are_refused_outside_local_mode(monkeypatch, env):
     monkeypatch.setenv("SHOPLOOP_ENV", env)
     with pytest.raises(ValidationError) as error:
@@ -80,7 +79,7 @@ def test_default_dev_keys_are_refused_outside_local_mode(monkeypatch, env):
 
 
 @pytest.mark.parametrize("dev_key", ["dev-admin-key", "dev-ingest-key", "dev-read-key", "dev-campaigns-key"])
-@pytest.mark.parametrize("env", ["staging", "production"])
+@pytest.mark.parametrize("env", ["test", "staging", "production"])
 def test_any_single_dev_key_is_refused_outside_local_mode_and_named(monkeypatch, env, dev_key):
     monkeypatch.setenv("SHOPLOOP_ENV", env)
     # Even granted another scope, a published dev key is still a known secret.
