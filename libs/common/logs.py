@@ -61,3 +61,5 @@ def configure_served_process() -> None:
     if served_as and not any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers):
         service, _, level = served_as.partition(":")
         configure_logging(service, level or "INFO")
+        # As the runner's access_log=False does in the parent: the request-id middleware writes the access line.
+        logging.getLogger("uvicorn.access").propagate = False

@@ -11,10 +11,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, Response
 
-from libs.common.auth import require_scope
+from libs.common.auth import open_route, requires
 from libs.common.events import format_timestamp
 from libs.common.http import MOMENT_HELP, JsonResponse, money, parse_as_of, parse_span
 from services.gateway.adapters.backends import Backends, BackendUnavailable
@@ -25,7 +25,7 @@ from services.gateway.schemas import ChannelsPublic, HealthPublic, OverviewPubli
 from services.gateway.settings import GatewaySettings
 
 router = APIRouter(tags=["gateway"])
-ReadKey = Annotated[str, Depends(require_scope("read"))]
+ReadKey = Annotated[str, requires("read")]
 From = Annotated[str, Query(alias="from", description=f"range start, included: {MOMENT_HELP}")]
 To = Annotated[str, Query(alias="to", description=f"range end, excluded: {MOMENT_HELP}")]
 AsOf = Annotated[str | None, Query(description="RFC 3339 timestamp; only events up to it count (default: now)")]
@@ -170,7 +170,8 @@ async def get_health(request: Request, _key: ReadKey) -> JsonResponse:
     return JsonResponse(await _service(request).health())
 
 
-@router.get("/", response_class=HTMLResponse, summary="The dashboard (reads only this API, with your read key)")
+@router.get("/", response_class=HTMLResponse, dependencies=[open_route()],
+            summary="The dashboard (reads only this API, with your read key)")
 async def dashboard(request: Request) -> HTMLResponse:
     """The page; in local mode its key field starts with the development read key (when configured)."""
     settings = _settings(request)
@@ -179,3 +180,18 @@ async def dashboard(request: Request) -> HTMLResponse:
     default_key = DEV_READ_KEY if local and (keys.scopes_of(DEV_READ_KEY) or frozenset()) & {"read", "admin"} else ""
     page = (STATIC / "index.html").read_text(encoding="utf-8")
     return HTMLResponse(page.replace("{{DEFAULT_KEY}}", html.escape(default_key)))
+
+
+def _asset(name: str, media_type: str) -> Response:
+    # Small files: answered whole (a file response would also watch for the client's disconnect).
+    return Response((STATIC / name).read_bytes(), media_type=media_type, headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/dashboard/dashboard.js", dependencies=[open_route()], include_in_schema=False)
+async def dashboard_script() -> Response:
+    return _asset("dashboard.js", "text/javascript; charset=utf-8")
+
+
+@router.get("/dashboard/dashboard.css", dependencies=[open_route()], include_in_schema=False)
+async def dashboard_style() -> Response:
+    return _asset("dashboard.css", "text/css; charset=utf-8")

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import httpx
 from fastapi import FastAPI
-from fastapi.staticfiles import StaticFiles
 
 from libs.common.service import create_app
-from services.gateway.api import STATIC, router
+from services.gateway.api import router
 from services.gateway.proxy import add_proxied_routes, install_openapi
 from services.gateway.routes import service_routes
 from services.gateway.runtime import GatewayService
@@ -25,7 +24,6 @@ def create_gateway_app(settings: GatewaySettings | None = None, *,
     settings = settings or GatewaySettings()
     service = GatewayService("gateway", settings, None, transport=transport)
     app = create_app(service, routers=[router], title="shoploop gateway", description=DESCRIPTION)
-    app.mount("/dashboard", StaticFiles(directory=STATIC), name="dashboard")
     proxied = add_proxied_routes(app, [route for name in BACKENDS for route in service_routes(name)],
                                  answered_here=router.routes)
     app.state.proxied_routes = proxied

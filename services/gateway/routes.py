@@ -1,42 +1,40 @@
-"""The routes the gateway serves for the services behind it, each with the scopes its service requires.
+"""The routes the gateway serves for the services behind it, each with the access rule its service declares.
 
-The table is read from the services' own routers, so the gateway checks a key against exactly the scope
-table the service itself applies (SPEC.md "Auth"), and its OpenAPI document shows the services' own
-schemas. A service whose package is not installed (campaigns, while it is being built) is served from
-the SPEC.md route list below instead, without schemas.
+The table is read from each service's own app (its ``requires(...)`` declarations and body limits, as the
+guard of that service applies them, ``libs/common/auth.py`` ``route_rules``), so the gateway checks a key and
+bounds a body exactly as the service itself does, and its OpenAPI document shows the services' own schemas.
+A service whose package is not installed (campaigns, while it is being built) is served from the SPEC.md
+route list below instead, without schemas.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from fastapi.routing import APIRoute
 
-# Module holding each service's routes (a FastAPI ``router``).
-SERVICE_ROUTERS = {
-    "ingest": "services.ingest.api",
-    "funnel": "services.funnel.api",
-    "segmentation": "services.segmentation.api",
-    "campaigns": "services.campaigns.api",
-}
-# SPEC.md "API surface: campaigns": used only while services.campaigns.api cannot be imported.
+from libs.common.auth import RouteRule, route_rules
+from libs.common.guard import DEFAULT_MAX_BODY_BYTES
+from libs.common.settings import ServiceSettings
+
+# SPEC.md "API surface: campaigns": used only while services.campaigns cannot be imported.
 _SPEC_CAMPAIGNS_ROUTES = [
-    ("POST", "/v1/campaigns", {"campaigns"}),
-    ("GET", "/v1/campaigns", {"read"}),
-    ("GET", "/v1/campaigns/{campaign_id}", {"read"}),
-    ("PATCH", "/v1/campaigns/{campaign_id}", {"campaigns"}),
-    ("POST", "/v1/campaigns/{campaign_id}/activate", {"campaigns"}),
-    ("POST", "/v1/campaigns/{campaign_id}/pause", {"campaigns"}),
-    ("POST", "/v1/campaigns/{campaign_id}/complete", {"campaigns"}),
-    ("GET", "/v1/campaigns/{campaign_id}/report", {"read"}),
-    ("GET", "/v1/campaigns/{campaign_id}/assignments", {"read"}),
-    ("GET", "/v1/campaigns/{campaign_id}/touches", {"read"}),
-    ("POST", "/v1/coupons/validate", {"ingest", "campaigns"}),
-    ("POST", "/v1/spend", {"campaigns"}),
-    ("GET", "/v1/spend", {"read"}),
+    ("POST", "/v1/campaigns", ("campaigns",)),
+    ("GET", "/v1/campaigns", ("read",)),
+    ("GET", "/v1/campaigns/{campaign_id}", ("read",)),
+    ("PATCH", "/v1/campaigns/{campaign_id}", ("campaigns",)),
+    ("POST", "/v1/campaigns/{campaign_id}/activate", ("campaigns",)),
+    ("POST", "/v1/campaigns/{campaign_id}/pause", ("campaigns",)),
+    ("POST", "/v1/campaigns/{campaign_id}/complete", ("campaigns",)),
+    ("GET", "/v1/campaigns/{campaign_id}/report", ("read",)),
+    ("GET", "/v1/campaigns/{campaign_id}/assignments", ("read",)),
+    ("GET", "/v1/campaigns/{campaign_id}/touches", ("read",)),
+    ("POST", "/v1/coupons/validate", ("ingest", "campaigns")),
+    ("POST", "/v1/spend", ("campaigns",)),
+    ("GET", "/v1/spend", ("read",)),
 ]
 
 
@@ -45,43 +43,36 @@ class ProxiedRoute:
     service: str
     method: str
     path: str
-    # A key holding any of these (or admin) may call the route.
-    scopes: frozenset[str]
+    rule: RouteRule
     # The service's own route, for the OpenAPI document; None when taken from the SPEC list.
     route: APIRoute | None = None
 
 
-def required_scopes(route: APIRoute) -> frozenset[str]:
-    """The scopes a service route's ``require_scope`` dependencies name (any one of them suffices)."""
-    scopes: set[str] = set()
-    for dependant in _dependants(route.dependant):
-        call = dependant.call
-        if call is not None and getattr(call, "__qualname__", "").startswith("require_scope."):
-            scopes.add(inspect.getclosurevars(call).nonlocals["scope"])
-    return frozenset(scopes)
+def _settings_class(service: str) -> type[ServiceSettings]:
+    module = importlib.import_module(f"services.{service}.settings")
+    (found,) = [value for value in vars(module).values()
+                if inspect.isclass(value) and issubclass(value, ServiceSettings) and value is not ServiceSettings
+                and value.__module__ == module.__name__]
+    return found
 
 
-def _dependants(dependant) -> Iterator:  # type: ignore[no-untyped-def]
-    for child in dependant.dependencies:
-        yield child
-        yield from _dependants(child)
-
-
-def service_routes(service: str) -> list[ProxiedRoute]:
-    """Every route ``service`` serves, with its scopes; a route without any is refused (the gateway would
-    otherwise serve it to anyone)."""
+@functools.cache
+def service_routes(service: str) -> tuple[ProxiedRoute, ...]:
+    """Every keyed route ``service`` serves, with its rule: its app is built (not started) from its settings
+    as this process's environment gives them, and asked for the rules its guard applies."""
     try:
-        module = importlib.import_module(SERVICE_ROUTERS[service])
+        bootstrap = importlib.import_module(f"services.{service}.bootstrap")
     except ModuleNotFoundError:
         if service != "campaigns":
             raise
-        return [ProxiedRoute(service, method, path, frozenset(scopes)) for method, path, scopes in _SPEC_CAMPAIGNS_ROUTES]
+        return tuple(ProxiedRoute(service, method, path, RouteRule(scopes, DEFAULT_MAX_BODY_BYTES))
+                     for method, path, scopes in _SPEC_CAMPAIGNS_ROUTES)
+    factory = getattr(bootstrap, f"create_{service}_app")
+    app = factory(_settings_class(service)(database_url="sqlite+aiosqlite:///:memory:"))
     routes = []
-    for route in module.router.routes:
-        if not isinstance(route, APIRoute):
-            continue
-        scopes = required_scopes(route)
-        if not scopes:
-            raise RuntimeError(f"{service} {route.path}: no scope found; the gateway will not serve it unchecked")
-        routes.extend(ProxiedRoute(service, method, route.path, scopes, route) for method in sorted(route.methods))
-    return routes
+    for route, rule in route_rules(app, default_max_body_bytes=app.state.default_max_body_bytes):
+        if rule.scopes is None:
+            continue  # the operations and documentation routes: the gateway answers its own
+        for method in sorted(set(route.methods or ()) - {"HEAD"}):
+            routes.append(ProxiedRoute(service, method, route.path, rule, route.original_route))
+    return tuple(routes)

@@ -19,10 +19,15 @@ class GatewayService(Service):
     # Tests put the services behind an in-memory transport; by default they are reached over HTTP.
     transport: httpx.AsyncBaseTransport | None = None
     backends: Backends = field(init=False)
+    _started: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.backends = Backends(self.settings, transport=self.transport)
+
+    async def start(self) -> None:
+        await super().start()
+        self._started = True
 
     async def stop(self) -> None:
         await self.backends.close()
@@ -59,7 +64,10 @@ class GatewayService(Service):
         return entry
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Ready only when every deployed service is."""
+        """Ready only when every deployed service is (and never before this process has started)."""
+        if not self._started:
+            return False, {"service": self.name, "version": VERSION, "status": "unready",
+                           "checks": {"gateway": "not started"}, "services": []}
         health = await self.health()
         ready = health["status"] == "ready"
         return ready, {"service": self.name, "version": VERSION, "status": "ready" if ready else "unready",

@@ -30,8 +30,6 @@ class GatewaySettings(ServiceSettings):
     part_timeout_seconds: float = Field(default=10.0, gt=0)
     max_connections: int = Field(default=200, ge=1)
     max_keepalive_connections: int = Field(default=50, ge=0)
-    # Bodies are streamed to the service, which applies its own limits; this bounds what is forwarded at all.
-    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     # Campaign summaries in the overview: the most recently created ones.
     overview_campaigns: int = Field(default=20, ge=0, le=100)
 

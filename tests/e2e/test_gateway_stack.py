@@ -178,13 +178,13 @@ async def test_overview_answers_with_a_stopped_and_a_slow_service_marking_their_
                                campaigns_url=slow_url, part_timeout_seconds=1.0)
     app = create_gateway_app(settings)
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway",
-                                     headers=READ, timeout=30) as gateway:
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://gateway", headers=READ,
+                timeout=30) as gateway:
             overview = (await gateway.get("/v1/overview", params=RANGE))
             readyz = await gateway.get("/readyz")
             health = (await gateway.get("/v1/health")).json()
     finally:
-        await app.state.service.backends.close()
         silent.close()
 
     assert overview.status_code == 200

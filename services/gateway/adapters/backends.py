@@ -3,7 +3,7 @@ gateway's own answers, and streamed forwarding of every other route (SPEC.md "AP
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,10 +37,6 @@ class BackendUnavailable(Exception):
 
     def as_api_error(self) -> ApiError:
         return ApiError(self.status, self.code, f"{self.service}: {self.reason}", headers={"Retry-After": "1"})
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 @dataclass(frozen=True)
@@ -102,18 +98,18 @@ class Backends:
                                      code="service_error") from None
 
     async def forward(self, service: str, request: Request) -> StreamingResponse:
-        """Send ``request`` on to ``service`` as it came (body streamed) and stream the answer back."""
+        """Send ``request`` on to ``service`` as it came and stream the answer back.
+
+        The body is read first: the guard has bounded it by the route's own limit (at most the service's,
+        500 KB for ingest), so a body over it is refused with 413 before any service is asked, and a slow
+        client never holds a connection to a service."""
         backend = self._backend(service)
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.settings.max_body_bytes:
-            raise BodyTooLarge
-        has_body = length not in (None, "0") or "transfer-encoding" in request.headers
+        body = await request.body()
         query = request.scope.get("query_string", b"")
         url = f"{backend.url}{request.scope.get('raw_path', request.url.path.encode()).decode('latin-1')}"
         outgoing = self.client.build_request(
             request.method, url + (f"?{query.decode('latin-1')}" if query else ""),
-            headers=_outgoing_headers(request.headers, None),
-            content=self._bounded(request.stream()) if has_body else None,
+            headers=_outgoing_headers(request.headers, None), content=body or None,
             timeout=self._timeout(backend, None),
         )
         try:
@@ -124,14 +120,6 @@ class Backends:
             upstream.aiter_raw(), status_code=upstream.status_code,
             headers=_answer_headers(upstream.headers), background=BackgroundTask(upstream.aclose),
         )
-
-    async def _bounded(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        seen = 0
-        async for chunk in body:
-            seen += len(chunk)
-            if seen > self.settings.max_body_bytes:
-                raise BodyTooLarge
-            yield chunk
 
 
 def _outgoing_headers(incoming: Mapping[str, str], key: str | None) -> dict[str, str]:

@@ -42,7 +42,7 @@ def make_gateway(backends):
     clients: list[httpx.AsyncClient] = []
 
     def make(**overrides) -> httpx.AsyncClient:
-        settings = GatewaySettings(**{"max_body_bytes": 4096, **overrides})
+        settings = GatewaySettings(**overrides)
         app = create_gateway_app(settings, transport=httpx.MockTransport(backends.handle))
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway")
         clients.append(client)

@@ -108,7 +108,7 @@ def test_the_openapi_document_covers_every_route_served(make_gateway):
     app = create_gateway_app(GatewaySettings())
     paths = app.openapi()["paths"]
     for route in app.state.proxied_routes:
-        operation = paths[route.path][route.method.lower()]
+        operation = paths[route.path.replace(":path}", "}")][route.method.lower()]
         assert f"Served by **{route.service}**" in operation["description"]
     for own in ("/v1/overview", "/v1/channels", "/v1/health", "/", "/readyz", "/healthz", "/metrics"):
         assert own in paths
