@@ -36,7 +36,7 @@ async def start_once(service: str, database_url: str, bootstrap_servers: str) ->
     settings_class, create_app = APPS[service]
     kafka = KafkaSettings(bootstrap_servers=bootstrap_servers, topic_partitions=4, session_timeout_ms=1500,
                           heartbeat_interval_ms=150)
-    settings = settings_class(database_url=database_url, common=CommonSettings(env="test", kafka=kafka))
+    settings = settings_class(database_url=database_url, common=CommonSettings(env="local", kafka=kafka))
     started = time.monotonic()
     try:
         async with serve_app(create_app(settings)):  # returns once /readyz answered 200

@@ -2,7 +2,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from services.segmentation.domain.customers import (
     LifecycleStage,
@@ -17,7 +17,6 @@ from services.segmentation.domain.rules import (
     FieldComparison,
     Operator,
     RuleError,
-    SegmentRule,
     fields_used,
     matches,
     parse_rule,
@@ -93,6 +92,14 @@ def nested_nots(levels):
             f"rule.value: 'yesterday' is not an RFC 3339 timestamp with an offset, {EXAMPLE}",
         ),
         (
+            leaf("first_seen_at", "lt", "0001-01-01T00:00:00+01:00"),
+            "rule.value: '0001-01-01T00:00:00+01:00' is not a valid date and time: date value out of range",
+        ),
+        (
+            leaf("last_seen_at", "in", ["2026-01-01T00:00:00Z", "9999-12-31T23:59:59-01:00"]),
+            "rule.value[1]: '9999-12-31T23:59:59-01:00' is not a valid date and time: date value out of range",
+        ),
+        (
             leaf("first_seen_at", "lt", 1735689600),
             f"rule.value: must be an RFC 3339 timestamp string, {EXAMPLE}",
         ),
@@ -165,20 +172,6 @@ def test_invalid_rules_are_refused_naming_the_path_and_reason(raw, message):
 def test_rules_at_the_depth_and_size_limits_are_accepted():
     parse_rule(nested_nots(9))
     parse_rule({"any": [ORDERS_GT_1] * 99})
-
-
-def test_an_api_body_reports_a_bad_rule_as_a_validation_error():
-    class SegmentCreate(BaseModel):
-        name: str
-        rule: SegmentRule
-
-    with pytest.raises(ValidationError) as refused:
-        SegmentCreate.model_validate({"name": "vip", "rule": {"all": [leaf("gmv", "gte", "lots")]}})
-
-    [error] = refused.value.errors()
-    assert error["loc"] == ("rule",)
-    assert error["msg"] == "Value error, rule.all[0].value: expected a decimal number"
-    assert SegmentCreate(name="vip", rule=ORDERS_GT_1).rule == parse_rule(ORDERS_GT_1)
 
 
 def test_a_parsed_rule_is_immutable_and_round_trips_through_json():
