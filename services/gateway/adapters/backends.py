@@ -11,7 +11,7 @@ import httpx
 import orjson
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from libs.common.http import ApiError
 from libs.common.request_ids import HEADER as REQUEST_ID_HEADER
@@ -23,6 +23,10 @@ _HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
     "trailer", "transfer-encoding", "upgrade", "host",
 })
+
+
+# Answers up to this size are relayed whole; larger ones (and those of unknown length) are streamed.
+_SMALL_ANSWER_BYTES = 256 * 1024
 
 
 class BackendUnavailable(Exception):
@@ -97,7 +101,7 @@ class Backends:
             raise BackendUnavailable(service, "answered a body that is not JSON", status=502,
                                      code="service_error") from None
 
-    async def forward(self, service: str, request: Request) -> StreamingResponse:
+    async def forward(self, service: str, request: Request) -> Response:
         """Send ``request`` on to ``service`` as it came and stream the answer back.
 
         The body is read first: the guard has bounded it by the route's own limit (at most the service's,
@@ -114,6 +118,14 @@ class Backends:
         )
         try:
             upstream = await self.client.send(outgoing, stream=True)
+            length = upstream.headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) <= _SMALL_ANSWER_BYTES:
+                # A small answer in one piece: cheaper than a stream (no task watching for the disconnect).
+                try:
+                    content = await upstream.aread()
+                finally:
+                    await upstream.aclose()
+                return Response(content, status_code=upstream.status_code, headers=_answer_headers(upstream.headers))
         except httpx.TransportError as exc:
             raise _transport_failure(backend, exc) from None
         return StreamingResponse(
