@@ -68,7 +68,12 @@ def service_routes(service: str) -> tuple[ProxiedRoute, ...]:
         return tuple(ProxiedRoute(service, method, path, RouteRule(scopes, DEFAULT_MAX_BODY_BYTES))
                      for method, path, scopes in _SPEC_CAMPAIGNS_ROUTES)
     factory = getattr(bootstrap, f"create_{service}_app")
-    app = factory(_settings_class(service)(database_url="sqlite+aiosqlite:///:memory:"))
+    settings_class = _settings_class(service)
+    # Built only to read its route table (never started): nothing it keeps is given a place of its own, so
+    # the gateway cannot take a service's files (the funnel's copy directory, say) even when the environment
+    # names them.
+    no_storage = {name: None for name in settings_class.model_fields if name.endswith("_dir")}
+    app = factory(settings_class(database_url="sqlite+aiosqlite:///:memory:", **no_storage))
     routes = []
     for route, rule in route_rules(app, default_max_body_bytes=app.state.default_max_body_bytes):
         if rule.scopes is None:

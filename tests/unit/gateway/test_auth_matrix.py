@@ -57,3 +57,14 @@ async def test_a_key_is_refused_or_passed_on_by_the_scopes_of_the_route(make_gat
         assert response.status_code == expected, response.text
         assert response.json()["code"] == {401: "unauthorized", 403: "forbidden"}[expected]
         assert backends.requests == [], "a refused request never reaches a service"
+
+
+def test_reading_the_services_route_tables_takes_none_of_their_files(tmp_path, monkeypatch):
+    copy_dir = tmp_path / "funnel-copy"
+    monkeypatch.setenv("SHOPLOOP_FUNNEL__FACT_COPY_DIR", str(copy_dir))
+    service_routes.cache_clear()
+    try:
+        assert service_routes("funnel")
+    finally:
+        service_routes.cache_clear()
+    assert not copy_dir.exists()
