@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-unit test-integration bench lint clean
+.PHONY: install run demo test test-unit test-integration bench lint clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "shoploop needs Python 3.11 (found " + sys.version.split()[0] + "); set PYTHON=/path/to/python3.11")'
@@ -18,6 +18,10 @@ install: $(STAMP)
 
 run: install
 	$(PY) -m deploy.embedded
+
+# A seeded storefront posting through the gateway of a running `make run` (flags: DEMO_ARGS="--days 60").
+demo: install
+	$(PY) -m deploy.demo $(DEMO_ARGS)
 
 # Four workers on two cores: most test time is spent waiting on broker group joins, not computing.
 TEST_WORKERS ?= 4
@@ -37,6 +41,7 @@ bench: install
 	$(PY) bench/funnel.py
 	$(PY) bench/funnel_queries.py
 	$(PY) bench/campaigns.py
+	$(PY) bench/gateway.py
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -75,10 +75,17 @@ def available_services() -> list[tuple[str, int]]:
 
 
 def _service_env(name: str, port: int, bootstrap: str, data_dir: Path, control_dir: Path,
-                 broker: EmbeddedBroker | None) -> dict[str, str]:
+                 broker: EmbeddedBroker | None, running: list[Running]) -> dict[str, str]:
     env = dict(os.environ)
     prefix = f"SHOPLOOP_{name.upper()}__"
-    env.setdefault(f"{prefix}DATABASE_URL", f"sqlite+aiosqlite:///{data_dir / f'{name}.db'}")
+    if name == "gateway":
+        # The gateway starts last and reaches the services started before it; one not started is not deployed.
+        urls = {service.name: service.url for service in running}
+        for backend, _ in SERVICES:
+            if backend != "gateway":
+                env[f"{prefix}{backend.upper()}_URL"] = urls.get(backend, "")
+    else:
+        env.setdefault(f"{prefix}DATABASE_URL", f"sqlite+aiosqlite:///{data_dir / f'{name}.db'}")
     if name == "funnel":  # its DuckDB copy of the facts, kept across restarts
         env.setdefault(f"{prefix}FACT_COPY_DIR", str(data_dir / "funnel-copy"))
     env[f"{prefix}PORT"] = str(port)
@@ -282,7 +289,7 @@ def main() -> int:
             process = subprocess.Popen(
                 [sys.executable, "-m", f"services.{name}"], cwd=ROOT, stdin=subprocess.DEVNULL,
                 stdout=log_file, stderr=subprocess.STDOUT,
-                env=_service_env(name, port, bootstrap, args.data_dir, control_dir, broker),
+                env=_service_env(name, port, bootstrap, args.data_dir, control_dir, broker, running),
                 # Its own session: Ctrl-C reaches the launcher only, which drains before it stops anything.
                 start_new_session=True,
             )
@@ -319,6 +326,9 @@ def main() -> int:
 def _announce(bootstrap: str, running: list[Running], logs: Path, *, embedded: bool) -> None:
     width = max(len(s.name) for s in running)
     print("\nshoploop is running (Ctrl-C drains and stops it)\n")
+    gateway = next((s.url for s in running if s.name == "gateway"), None)
+    if gateway:
+        print(f"  dashboard: {gateway}/   (API key field: dev-read-key; every route: {gateway}/docs)\n")
     print(f"  {'broker':<{width}}  {bootstrap}   {'(tansu, memory only)' if embedded else '(external)'}")
     for service in running:
         print(f"  {service.name:<{width}}  {service.url}   docs: {service.url}/docs")
@@ -327,9 +337,11 @@ def _announce(bootstrap: str, running: list[Running], logs: Path, *, embedded: b
         key, _, scopes = entry.partition(":")
         print(f"    {key:<20} {scopes}")
     print(f"\n  logs: {logs}\n")
-    ingest = next((s.url for s in running if s.name == "ingest"), None)
+    # Every route is served by the gateway too: one host for users.
+    ingest = gateway or next((s.url for s in running if s.name == "ingest"), None)
     if ingest:
-        print("  try:")
+        print("  try:  make demo   (a simulated storefront posting a month of events; then reload the dashboard)")
+        print("  or:")
         print(f"    curl -s -X POST {ingest}/v1/events -H 'Authorization: Bearer dev-ingest-key' \\")
         print("      -d '{\"type\":\"view\",\"user_id\":\"u-1\",\"occurred_at\":\"2026-05-01T10:00:00+08:00\","
               "\"product\":{\"product_id\":\"sku-1\",\"name\":\"真丝连衣裙\"}}'\n", flush=True)

@@ -38,7 +38,11 @@ class ServiceApp:
               api_keys: str = TEST_API_KEYS) -> FastAPI:
         common = CommonSettings(env="local", api_keys=api_keys,
                                 kafka=KafkaSettings(bootstrap_servers=bootstrap_servers))
-        return self.factory(self.settings_class(database_url=database_url, common=common))
+        # The services a service calls (the gateway's backends) are not running here: a port nothing
+        # listens on, never the default ports another stack on this machine may be serving.
+        elsewhere = {name: "http://127.0.0.1:9" for name in self.settings_class.model_fields
+                     if name.endswith("_url") and name != "database_url"}
+        return self.factory(self.settings_class(database_url=database_url, common=common, **elsewhere))
 
 
 def service_apps() -> list[ServiceApp]:

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -93,3 +99,36 @@ async def write_older_schema(database_url: str, build: Callable[[Connection], No
             await connection.run_sync(build)
     finally:
         await empty.close()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def embedded_stack(directory: Path, *, deadline_seconds: float = 90.0) -> Iterator[dict[str, str]]:
+    """The stack as ``make run`` starts it (``python -m deploy.embedded``) on free ports, data under
+    ``directory``; yields the URLs by name (``broker``, ``gateway``, ``funnel``...) once every service is
+    ready, and ``logs``, the directory of their logs; stops it with Ctrl-C afterwards. ``SHOPLOOP_*`` settings of the caller are not passed on."""
+    state = directory / "state.json"
+    env = {name: value for name, value in os.environ.items() if not name.startswith("SHOPLOOP_")}
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "deploy.embedded", "--free-ports", "--data-dir", str(directory / "data"),
+         "--state-file", str(state)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + deadline_seconds
+        while not state.exists():
+            if launcher.poll() is not None:
+                raise AssertionError(f"the stack exited: {launcher.stdout.read().decode()}")  # type: ignore[union-attr]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the stack was not ready within {deadline_seconds:.0f}s")
+            time.sleep(0.1)
+        yield {**json.loads(state.read_text()), "logs": str(directory / "data" / "logs")}
+    finally:
+        launcher.send_signal(signal.SIGINT)
+        try:
+            launcher.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+            launcher.communicate()

@@ -371,6 +371,8 @@ class ConsumerStatus:
     lag: int | None = None
     last_event_occurred_at: datetime | None = None
     last_processed_at: datetime | None = None
+    # Records this process sent to the dead-letter topic (the /metrics counter, readable in /readyz).
+    dead_lettered: int = 0
     failed: str | None = None
 
 
@@ -656,6 +658,7 @@ class ConsumerRuntime:
             lambda: self.publisher.publish(self.dead_letter_topic, record.key, record.value, headers=headers)
         )
         self.metrics.dead_letters.labels(self.subscription.group).inc()
+        self.status.dead_lettered += 1
         log.error("record dead-lettered", extra={"consumer": self.subscription.group, "topic": record.topic,
                                                   "partition": record.partition, "offset": record.offset,
                                                   "error": repr(error)})

@@ -33,7 +33,9 @@ from libs.common.kafka import (
     dead_letter_topic,
     ensure_topics,
 )
+from libs.common.logs import configure_served_process
 from libs.common.metrics import Metrics, MetricsMiddleware
+from libs.common.request_ids import RequestIdMiddleware
 from libs.common.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,8 @@ class Service:
 
     name: str
     settings: ServiceSettings
-    database: Database
+    # None for a service without state of its own (the gateway): no database, no broker connection.
+    database: Database | None
     subscriptions: Sequence[Subscription] = ()
     metrics: Metrics = field(init=False)
     publisher: Publisher = field(init=False)
@@ -74,9 +77,10 @@ class Service:
             gauge.set_function(lambda: float(resident_bytes(broker_pid) or 0))
 
     async def start(self) -> None:
-        await self.database.start()
-        # The HTTP side comes up even while the broker is away; /readyz says so until it is connected.
-        self._connecting = asyncio.create_task(self._connect_kafka(), name=f"{self.name}-kafka-connect")
+        if self.database is not None:  # a service without state of its own needs no broker either
+            await self.database.start()
+            # The HTTP side comes up even while the broker is away; /readyz says so until it is connected.
+            self._connecting = asyncio.create_task(self._connect_kafka(), name=f"{self.name}-kafka-connect")
         if self._control_dir is not None:
             self._control_dir.mkdir(parents=True, exist_ok=True)
             self._control_file("serving").write_text(self.name)
@@ -144,7 +148,8 @@ class Service:
         for runtime in self.consumers:
             await runtime.stop()
         await self.publisher.stop()
-        await self.database.close()
+        if self.database is not None:
+            await self.database.close()
         if self._control_dir is not None:
             for state in ("serving", "drained"):
                 self._control_file(state).unlink(missing_ok=True)
@@ -186,6 +191,7 @@ class Service:
                 "last_event_occurred_at": status.last_event_occurred_at
                 and format_timestamp(status.last_event_occurred_at),
                 "last_processed_at": status.last_processed_at and format_timestamp(status.last_processed_at),
+                "dead_lettered": status.dead_lettered,
             }
         if self.draining:
             checks["draining"] = "stopping: writes are refused"
@@ -281,6 +287,7 @@ def create_app(service: Service, *, routers: Sequence[APIRouter], title: str, de
         finally:
             await service.stop()
 
+    configure_served_process()
     # redirect_slashes off: "/v1/customers/a/" names the person "a/", it is not a redirect to "a".
     app = FastAPI(title=title, description=description, version=VERSION, lifespan=lifespan,
                   default_response_class=JsonResponse, redirect_slashes=False)
@@ -289,6 +296,8 @@ def create_app(service: Service, *, routers: Sequence[APIRouter], title: str, de
     app.add_middleware(DrainMiddleware, service=service)  # inside the guard: a key is checked before a 503
     install_guard(app, app.state.api_keys, default_max_body_bytes=max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)  # outside the guard: 401s are counted too
+    # Outermost: the request id is set before anything else runs and is in every line logged for it.
+    app.add_middleware(RequestIdMiddleware)
     install_error_handler(app)
     app.include_router(_operations_router())
     for router in routers:

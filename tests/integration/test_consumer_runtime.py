@@ -134,6 +134,7 @@ async def test_a_record_that_keeps_failing_is_dead_lettered_and_the_partition_mo
     # then three tries on its own.
     assert attempts["bad"] == 1 + 1 + 3
     assert consumed(runtime, "shoploop_dead_letters_total") == 1
+    assert runtime.status.dead_lettered == 1  # what /readyz reports per consumer group
     assert consumed(runtime, "shoploop_processing_errors_total") == attempts["bad"]
 
 

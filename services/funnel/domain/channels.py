@@ -78,11 +78,21 @@ def channel_metrics(
                 uv_value=ratio(gmv, uv),
                 new_customers=new_customers[source],
                 spend=source_spend,
-                roas=None if source_spend is None else ratio(gmv, source_spend),
-                cac=None if source_spend is None else ratio(source_spend, new_customers[source]),
+                roas=None if source_spend is None else roas(gmv, source_spend),
+                cac=None if source_spend is None else cac(source_spend, new_customers[source]),
             )
         )
     return metrics
+
+
+def roas(gmv: Decimal, spend: Decimal) -> Decimal | None:
+    """Return on ad spend: the channel's gmv / its spend, None without spend (SPEC.md "Spend")."""
+    return ratio(gmv, spend)
+
+
+def cac(spend: Decimal, new_customers: int) -> Decimal | None:
+    """Customer acquisition cost: spend / new_customers, None without new customers (SPEC.md "Spend")."""
+    return ratio(spend, new_customers)
 
 
 def _order_channels(history: History) -> dict[str, str]:

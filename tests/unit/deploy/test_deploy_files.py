@@ -65,6 +65,15 @@ def test_compose_runs_outside_local_mode_with_idempotent_producer_and_no_dev_key
     assert env["SHOPLOOP_KAFKA__ENABLE_IDEMPOTENCE"] == "true"
 
 
+def test_compose_gateway_reaches_services_of_this_file_only():
+    env = SHOPLOOP_SERVICES["gateway"]["environment"]
+    for backend in ("ingest", "funnel", "segmentation", "campaigns"):
+        url = env[f"SHOPLOOP_GATEWAY__{backend.upper()}_URL"]
+        port = _service_settings(backend).model_fields["port"].default if url else None
+        assert url in ("", f"http://{backend}:{port}"), backend
+        assert bool(url) == (backend in SHOPLOOP_SERVICES), f"{backend}: URL set iff the service is in compose"
+
+
 def test_dockerfile_copies_what_exists_and_installs_pinned():
     dockerfile = (ROOT / "Dockerfile").read_text()
     for source in re.findall(r"^COPY (.+) \S+$", dockerfile, flags=re.MULTILINE):
