@@ -338,7 +338,7 @@ async def post_events(client: httpx.AsyncClient, events: list[dict[str, Any]], *
     return accepted
 
 
-async def post_campaigns_side(client: httpx.AsyncClient, storefront: Storefront, *, key: str) -> str:
+async def post_campaigns_side(client: httpx.AsyncClient, storefront: Storefront, *, key: str, read_key: str) -> str:
     """Spend per channel and day, and the win-back campaign (created once, then active)."""
     headers = {"Authorization": f"Bearer {key}"}
     spend = list(storefront.spend())
@@ -351,7 +351,9 @@ async def post_campaigns_side(client: httpx.AsyncClient, storefront: Storefront,
         response.raise_for_status()
         progress.advance(1)
     progress.close()
-    listing = await client.get("/v1/campaigns", headers=headers, params={"limit": 100})
+    # Writes need the campaigns scope, reads the read scope (SPEC.md "API surface: campaigns").
+    listing = await client.get("/v1/campaigns", headers={"Authorization": f"Bearer {read_key}"},
+                               params={"limit": 100})
     listing.raise_for_status()
     if any(c.get("name") == WIN_BACK["name"] for c in listing.json().get("items", [])):
         return "win-back campaign already running"
@@ -371,7 +373,7 @@ async def run(args: argparse.Namespace) -> int:
     async with httpx.AsyncClient(base_url=args.gateway, timeout=60) as client:
         started = time.monotonic()
         accepted = await post_events(client, events, key=args.ingest_key, rate=args.rate)
-        note = await post_campaigns_side(client, storefront, key=args.campaigns_key)
+        note = await post_campaigns_side(client, storefront, key=args.campaigns_key, read_key=args.read_key)
     print(f"  {accepted:,} events accepted in {time.monotonic() - started:.1f} s; {note}", file=sys.stderr)
     print(f"\n  open the dashboard: {args.gateway}/   (range {storefront.start.date()} .. {args.end})")
     return 0
@@ -388,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gateway", default="http://127.0.0.1:8000")
     parser.add_argument("--ingest-key", default="dev-ingest-key")
     parser.add_argument("--campaigns-key", default="dev-campaigns-key")
+    parser.add_argument("--read-key", default="dev-read-key")
     args = parser.parse_args(argv)
     if not (1 <= args.days <= 400 and 1 <= args.customers <= 1_000_000 and args.rate >= 0):
         parser.error("--days must be 1..400, --customers 1..1,000,000 and --rate >= 0")
