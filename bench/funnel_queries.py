@@ -45,6 +45,7 @@ from services.funnel.engine.kpis import kpis as engine_kpis  # noqa: E402
 
 Row = tuple[str, str, str, str]
 HEADERS = {"Authorization": "Bearer dev-read-key"}
+CAMPAIGNS = {"Authorization": "Bearer dev-campaigns-key"}  # defining a funnel needs the campaigns scope
 END = datetime(2026, 11, 1, tzinfo=UTC)
 STEPS = ("view", "add_to_cart", "inquiry", "order")
 FUNNEL = FunnelDefinition("bench 4-step", tuple(FunnelStep(step) for step in STEPS), window_seconds=7 * 86400)
@@ -210,7 +211,7 @@ async def query_latency(args: argparse.Namespace, workdir: Path, rows: list[Row]
                 if "funnel" in args.queries:
                     body = {"name": FUNNEL.name, "window_seconds": FUNNEL.window_seconds,
                             "steps": [{"type": step} for step in STEPS]}
-                    created = await client.post(f"{base}/v1/funnels", json=body)
+                    created = await client.post(f"{base}/v1/funnels", json=body, headers=CAMPAIGNS)
                     created.raise_for_status()
                     funnel_url = f"{base}/v1/funnels/{created.json()['funnel_id']}/result"
                     funnel = await timed_http(client, funnel_url, args.runs, span)

@@ -25,8 +25,9 @@ from fastapi.security.base import SecurityBase
 from libs.common.http import ApiError
 
 SCOPES = frozenset({"ingest", "read", "campaigns", "admin"})
-# Where the guard leaves the checked key for the route's dependency (an ASGI scope entry).
+# Where the guard leaves the checked key for the route's dependency, and the route it checked it for.
 API_KEY_SCOPE_FIELD = "shoploop.api_key"
+GUARDED_ROUTE_SCOPE_FIELD = "shoploop.guarded_route"
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="shoploop"'}
 SEGMENT_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="shoploop", Basic realm="shoploop"'}
 
@@ -136,7 +137,9 @@ class Access(SecurityBase):
 
     async def __call__(self, request: Request) -> str:
         key = request.scope.get(API_KEY_SCOPE_FIELD)
-        if key is None:  # the guard did not run: refuse rather than serve unchecked
+        # The guard did not run, or checked the key for another route than the router chose: refuse rather
+        # than serve unchecked.
+        if key is None or request.scope.get(GUARDED_ROUTE_SCOPE_FIELD) is not request.scope.get("route"):
             raise ApiError(401, "unauthorized", "missing or unknown API key", headers=CHALLENGE)
         return key
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import (
+    BigInteger,
     Column,
     DateTime,
     Integer,
@@ -23,9 +24,13 @@ from sqlalchemy import (
     Select,
     String,
     Table,
+    and_,
     bindparam,
+    cast,
     event,
     func,
+    literal,
+    or_,
     select,
     text,
     true,
@@ -299,3 +304,32 @@ async def claim_events(connection: AsyncConnection, consumer: str, event_ids: It
     # about 4x cheaper per event than compiling a multi-row VALUES statement per batch.
     result = await connection.execute(statement, [{"consumer": consumer, "event_id": i} for i in ids])
     return set(result.scalars())
+
+
+# Sums of money in integer cents. One amount fits 64 bits (SPEC.md "Events" caps it), a person's or a day's total
+# need not: SQLite's SUM fails past 2^63 ("integer overflow") and PostgreSQL's numeric sum no longer casts to
+# bigint. So each amount is split at bit 32 and the halves are summed apart (each sum stays far inside 64 bits
+# for any number of rows a table can hold), then the low sum's carry moves up: the pair (high, low), low < 2^32,
+# orders and compares exactly like the whole total, on both databases, and Python joins it (``wide_total``).
+_LOW_BITS = 32
+_LOW_MASK = (1 << _LOW_BITS) - 1
+
+
+def wide_sum(cents: Any) -> tuple[Any, Any]:
+    """``sum(cents)`` of non-negative integers as the exact pair ``(high, low)`` of SQL expressions (NULL over
+    no rows): the total is ``high * 2^32 + low``."""
+    mask = literal(_LOW_MASK, BigInteger)
+    shift = literal(_LOW_BITS, Integer)  # PostgreSQL shifts a bigint by an integer
+    high = cast(func.sum(cents.op(">>")(shift)), BigInteger)
+    low = cast(func.sum(cents.op("&")(mask)), BigInteger)
+    return high + low.op(">>")(shift), low.op("&")(mask)
+
+
+def wide_at_least(high: Any, low: Any, threshold: int) -> Any:
+    """SQL: the total of a ``wide_sum`` pair is >= ``threshold`` (an integer >= 0)."""
+    return or_(high > threshold >> _LOW_BITS, and_(high == threshold >> _LOW_BITS, low >= threshold & _LOW_MASK))
+
+
+def wide_total(high: int | None, low: int | None) -> int | None:
+    """The total a ``wide_sum`` pair stands for (None over no rows)."""
+    return None if high is None else (int(high) << _LOW_BITS) + int(low or 0)

@@ -61,8 +61,9 @@ def parse_rfc3339(value: Any) -> datetime:
     offset = "+00:00" if offset in ("Z", "z") else offset
     try:
         return datetime.fromisoformat(f"{date}T{clock}{fraction}{offset}").astimezone(UTC)
-    except ValueError as exc:
-        raise ValueError(f"{value!r} is not a valid date and time: {exc}") from exc
+    except (ValueError, OverflowError) as exc:
+        # OverflowError: a valid date whose offset takes it past year 1 or 9999 (e.g. 0001-01-01T00:00:00+01:00).
+        raise ValueError(f"{value!r} is not a valid date and time: {exc}") from None
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -84,11 +85,49 @@ def format_timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# SPEC.md "Events" bounds. They sit on the published models, so every consumer parses with the limits ingest
+# checked: whatever ingest accepts, a consumer can read, store on both databases and sum without overflow.
+EARLIEST = _EPOCH
+MAX_MONEY = Decimal("1000000000000.00")
+MAX_QUANTITY = 1_000_000
+MAX_LINE_AMOUNT = MAX_MONEY
+MAX_NESTING = 32
+MAX_RESPONSE_SECONDS = 100 * 366 * 86_400  # a century: keeps the median's sum of two finite
+# Identifiers: no control character (Unicode Cc). Free text: no NUL, which PostgreSQL text cannot hold (other
+# control characters, tabs and newlines included, are stored by both databases as sent).
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f-\x9f]*$"
+NO_NUL = r"^[^\x00]*$"
+_PATTERN_REASONS = {NO_CONTROL_CHARACTERS: "must not contain control characters (U+0000-U+001F, U+007F-U+009F)",
+                    NO_NUL: "must not contain the NUL character (U+0000)"}
+
 Timestamp = Annotated[datetime, BeforeValidator(parse_rfc3339)]
-Identifier = Annotated[str, Field(min_length=1, max_length=256)]
-Text = Annotated[str, Field(max_length=4096)]
-Money = Annotated[Decimal, Field(ge=0, decimal_places=2, max_digits=16)]
-Count = Annotated[int, Strict(), Field(ge=1, le=1_000_000)]
+Moment = Annotated[AwareDatetime, Field(ge=EARLIEST)]
+Identifier = Annotated[str, Field(min_length=1, max_length=256, pattern=NO_CONTROL_CHARACTERS)]
+Text = Annotated[str, Field(max_length=4096, pattern=NO_NUL)]
+Label = Annotated[str, Field(max_length=256, pattern=NO_NUL)]
+Money = Annotated[Decimal, Field(ge=0, le=MAX_MONEY, decimal_places=2)]
+Count = Annotated[int, Strict(), Field(ge=1, le=MAX_QUANTITY)]
+
+
+def nesting_depth(value: Any, limit: int) -> int:
+    """Levels of objects and arrays in a JSON value (a scalar is 0, ``{}`` 1), counted up to ``limit + 1``."""
+    depth, level = 0, [value]
+    while level and depth <= limit:
+        containers = [item for item in level if isinstance(item, dict | list)]
+        if not containers:
+            break
+        depth += 1
+        level = [child for item in containers for child in (item.values() if isinstance(item, dict) else item)]
+    return depth
+
+
+def _shallow(value: dict[str, Any]) -> dict[str, Any]:
+    if nesting_depth(value, MAX_NESTING) > MAX_NESTING:
+        raise ValueError(f"nests deeper than {MAX_NESTING} levels")
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_shallow)]
 
 
 def _money_not_bool(value: Any) -> Any:
@@ -127,7 +166,7 @@ def _check_currency(currency: str | None, info: ValidationInfo) -> str | None:
 
 
 Tier = Literal["flagship", "traffic_driver", "profit", "long_tail"]
-PlainMoney = Annotated[Decimal, Field(ge=0, decimal_places=2, max_digits=16)]
+PlainMoney = Money
 
 
 # Two layers: the *Data models are the published form, with only the constraints pydantic checks in
@@ -136,11 +175,11 @@ PlainMoney = Annotated[Decimal, Field(ge=0, decimal_places=2, max_digits=16)]
 
 
 class ChannelData(_Part):
-    source: str = Field(default=DIRECT, max_length=256)
-    medium: str | None = Field(default=None, max_length=256)
-    campaign: str | None = Field(default=None, max_length=256)
-    term: str | None = Field(default=None, max_length=256)
-    content: str | None = Field(default=None, max_length=256)
+    source: Label = DIRECT
+    medium: Label | None = None
+    campaign: Label | None = None
+    term: Label | None = None
+    content: Label | None = None
 
 
 class Channel(ChannelData):
@@ -170,7 +209,7 @@ class Product(ProductData):
 class Inquiry(_Part):
     inquiry_id: Identifier
     topic: Text | None = None
-    response_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    response_seconds: Annotated[float, Field(ge=0, le=MAX_RESPONSE_SECONDS, allow_inf_nan=False)] | None = None
 
 
 class OrderItemData(_Part):
@@ -178,6 +217,12 @@ class OrderItemData(_Part):
     category: Text | None = None
     quantity: Count
     unit_price: PlainMoney
+
+    @model_validator(mode="after")
+    def _line_amount(self) -> OrderItemData:
+        if self.quantity * self.unit_price > MAX_LINE_AMOUNT:
+            raise ValueError(f"quantity x unit_price is {self.quantity * self.unit_price}; the limit is {MAX_LINE_AMOUNT}")
+        return self
 
 
 class OrderItem(OrderItemData):
@@ -191,7 +236,7 @@ class OrderData(_Part):
     total: PlainMoney | None = None
     discount: PlainMoney | None = None
     coupon_code: Identifier | None = None
-    currency: str | None = None
+    currency: Annotated[str, Field(max_length=16)] | None = None
     refund_amount: PlainMoney | None = None
     refund_reason: Text | None = None
 
@@ -218,7 +263,7 @@ class Order(OrderData):
 
 class Review(_Part):
     rating: Annotated[int, Strict(), Field(ge=1, le=5)]
-    text: Annotated[str, Field(max_length=16_384)] | None = None
+    text: Annotated[str, Field(max_length=16_384, pattern=NO_NUL)] | None = None
     order_id: Identifier | None = None
 
 
@@ -233,11 +278,11 @@ class PublishedEvent(BaseModel):
 
     event_id: Identifier | None = None
     type: EventType
-    person_key: str = ""
+    person_key: Annotated[str, Field(max_length=len(ANONYMOUS_PREFIX) + 256)] = ""
     user_id: Identifier | None = None
     anonymous_id: Identifier | None = None
-    occurred_at: AwareDatetime
-    received_at: AwareDatetime | None = None
+    occurred_at: Moment
+    received_at: Moment | None = None
     session_id: Identifier | None = None
     channel: ChannelData = Field(default_factory=ChannelData)
     product: ProductData | None = None
@@ -245,8 +290,8 @@ class PublishedEvent(BaseModel):
     inquiry: Inquiry | None = None
     order: OrderData | None = None
     review: Review | None = None
-    traits: dict[str, Any] | None = None
-    properties: dict[str, Any] | None = None
+    traits: JsonObject | None = None
+    properties: JsonObject | None = None
 
     def to_json(self) -> bytes:
         """The published form: UTC timestamps, money as exact decimal strings, no nulls."""
@@ -261,8 +306,8 @@ class PublishedEvent(BaseModel):
 class Event(PublishedEvent):
     """A client's event validated at ingest by every rule of SPEC.md "Events"."""
 
-    occurred_at: Timestamp
-    received_at: Timestamp | None = None
+    occurred_at: Annotated[Moment, BeforeValidator(parse_rfc3339)]
+    received_at: Annotated[Moment, BeforeValidator(parse_rfc3339)] | None = None
     channel: Channel = Field(default_factory=Channel)
     product: Product | None = None
     order: Order | None = None
@@ -319,6 +364,8 @@ def describe_errors(error: ValidationError) -> str:
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown field (custom data goes under properties)"
+        elif item["type"] == "string_pattern_mismatch" and item.get("ctx", {}).get("pattern") in _PATTERN_REASONS:
+            message = _PATTERN_REASONS[item["ctx"]["pattern"]]
         elif item["type"] == "literal_error" and path == "type":
             message = f"type must be one of {', '.join(EVENT_TYPES)}"
         parts.append(f"{path}: {message}" if path else message)

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from libs.common.auth import (
     API_KEY_SCOPE_FIELD,
     CHALLENGE,
+    GUARDED_ROUTE_SCOPE_FIELD,
     SEGMENT_CHALLENGE,
     ApiKeys,
     RouteRule,
@@ -83,6 +84,7 @@ class GuardMiddleware:
             return
         route, rule = found
         scope["route"] = route.original_route  # metrics label the answer by route even when the guard gives it
+        scope[GUARDED_ROUTE_SCOPE_FIELD] = route.original_route
         headers = Headers(scope=scope)
         if rule.scopes is not None:
             key = key_from_authorization(headers.get("authorization", ""), basic=rule.basic)

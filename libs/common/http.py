@@ -14,13 +14,14 @@ from zoneinfo import ZoneInfo
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse
 
 from libs.common.events import parse_rfc3339
 
 
-class JsonResponse(Response):
-    """JSON via orjson (UTF-8 kept as is: Chinese product names round-trip byte for byte)."""
+class JsonResponse(JSONResponse):
+    """JSON via orjson (UTF-8 kept as is: Chinese product names round-trip byte for byte). A JSONResponse, so that
+    FastAPI documents each route's response model in the OpenAPI (for any other class it writes "a string")."""
 
     media_type = "application/json"
 
@@ -58,6 +59,24 @@ def install_error_handler(app: FastAPI) -> None:
     async def _invalid_request(_request: Request, error: RequestValidationError) -> JsonResponse:
         return JsonResponse({"code": "invalid_request", "detail": describe_validation_errors(error.errors())},
                             status_code=422)
+
+    # The 422 FastAPI documents on every route is its own list of problems; what is sent is this shape.
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schemas = generate().get("components", {}).get("schemas", {})
+            if "HTTPValidationError" in schemas:
+                schemas["HTTPValidationError"] = _ERROR_SCHEMA
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+_ERROR_SCHEMA = {
+    "title": "ApiError", "type": "object", "required": ["code", "detail"],
+    "properties": {"code": {"type": "string", "title": "Code"}, "detail": {"type": "string", "title": "Detail"}},
+}
 
 
 # --- Values every route parses or renders the same way (SPEC.md "API surface") ---------------------------

@@ -122,6 +122,10 @@ def message_timestamp(message: dict[str, Any], *, received_at: datetime, batch_s
         corrected = received_at - (parse_rfc3339(sent_at) - parse_rfc3339(original))
     except ValueError as exc:
         raise SegmentMessageError(f"timestamp/sentAt: {exc}") from None
+    except OverflowError:
+        raise SegmentMessageError(
+            f"timestamp/sentAt: the clock-skew correction receivedAt - (sentAt - timestamp) lies outside years"
+            f" 1-9999 (sentAt {sent_at!r}, timestamp {original!r})") from None
     return format_timestamp(corrected)
 
 

@@ -70,13 +70,15 @@ class CommonSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _no_dev_keys_outside_local(self) -> CommonSettings:
+        from libs.common.auth import parse_api_keys
+
+        # Parsed here, in every mode: a bad entry stops the process before any server (or worker) starts.
+        keys = set(parse_api_keys(self.api_keys))
         # Only the embedded stack on a developer's machine may run with the published keys; "test" may not.
         if self.env == "local":
             return self
-        from libs.common.auth import parse_api_keys
-
         dev_keys = set(parse_api_keys(DEV_API_KEYS))
-        used = sorted(dev_keys & set(parse_api_keys(self.api_keys)))
+        used = sorted(dev_keys & keys)
         if used:
             raise ValueError(
                 f"SHOPLOOP_ENV={self.env}: refusing to start with the embedded stack's development API keys "

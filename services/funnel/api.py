@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -21,6 +21,7 @@ from libs.common.http import (
     parse_span,
 )
 from services.funnel import reports
+from services.funnel.adapters.facts import TooManyFacts
 from services.funnel.adapters.funnels import (
     DEFAULT_FUNNEL_ID,
     add_funnel,
@@ -81,6 +82,19 @@ def _span(request: Request, start: str, end: str) -> tuple[datetime, datetime]:
 
 def _as_of(value: str | None) -> datetime:
     return parse_as_of(value, datetime.now(UTC))
+
+
+def _max_rows(request: Request) -> int:
+    return _settings(request).max_report_rows
+
+
+async def _bounded(request: Request, answer: Awaitable[T]) -> T:
+    """A report computed from loaded facts, or 422 when it would read more rows than the service allows."""
+    try:
+        return await answer
+    except TooManyFacts as exc:
+        raise ApiError(422, "range_too_large",
+                       f"from/to: {exc} (setting max_report_rows); ask for a shorter range") from None
 
 
 def _limit(request: Request, limit: int | None) -> int:
@@ -209,7 +223,8 @@ async def get_funnel_result(
     )
     if result is None:
         async with reports.snapshot(service.database) as connection:
-            result = await reports.funnel(connection, definition, start_at, end_at, moment, breakdown)
+            result = await _bounded(request, reports.funnel(connection, definition, start_at, end_at, moment,
+                                                            breakdown, max_rows=_max_rows(request)))
     return JsonResponse({
         **span_public(start_at, end_at, moment), "funnel_id": stored.funnel_id, "name": definition.name,
         "unit": definition.unit, "window_seconds": definition.window_seconds, "breakdown_by": breakdown,
@@ -227,7 +242,8 @@ async def get_products(
     moment = _as_of(as_of)
     limit = _limit(request, limit)
     async with reports.snapshot(_service(request).database) as connection:
-        metrics = await reports.products(connection, start_at, end_at, moment)
+        metrics = await _bounded(request, reports.products(connection, start_at, end_at, moment,
+                                                           max_rows=_max_rows(request)))
     page, next_cursor = _page(metrics, lambda product: product.product_id, limit, cursor)
     return JsonResponse({
         **span_public(start_at, end_at, moment), "items": [product_public(p) for p in page],
@@ -243,7 +259,7 @@ async def get_product_matrix(
     moment = _as_of(as_of)
     limit = _limit(request, limit)
     async with reports.snapshot(_service(request).database) as connection:
-        entries = await reports.matrix(connection, moment)
+        entries = await _bounded(request, reports.matrix(connection, moment, max_rows=_max_rows(request)))
     page, next_cursor = _page(entries, lambda entry: entry.product_id, limit, cursor)
     return JsonResponse({
         "as_of": format_timestamp(moment), "items": [matrix_entry_public(e) for e in page],
@@ -257,5 +273,6 @@ async def get_channels(request: Request, _key: ReadKey, start: From, end: To, as
     start_at, end_at = _span(request, start, end)
     moment = _as_of(as_of)
     async with reports.snapshot(_service(request).database) as connection:
-        metrics = await reports.channels(connection, start_at, end_at, moment)
+        metrics = await _bounded(request, reports.channels(connection, start_at, end_at, moment,
+                                                           max_rows=_max_rows(request)))
     return JsonResponse({**span_public(start_at, end_at, moment), "items": [channel_public(m) for m in metrics]})

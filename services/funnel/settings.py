@@ -16,5 +16,8 @@ class FunnelSettings(ServiceSettings):
     # granularity=day answers one entry per day: bound the answer's size.
     max_days: int = Field(default=366, ge=1)
     max_page_size: int = Field(default=1000, ge=1)
+    # Stored event rows one answer computed in Python (products, matrix, channels, funnels DuckDB cannot answer) may
+    # read; past it the request is refused with 422 (a shorter range answers), not the process's memory spent.
+    max_report_rows: int = Field(default=2_000_000, ge=1)
     # How long a KPI or funnel request waits for the DuckDB copy's first load before answering 503.
     fact_copy_wait_seconds: float = Field(default=5.0, gt=0)

@@ -9,10 +9,10 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from libs.common.auth import requires
-from libs.common.events import EventRejected, ValidationContext
+from libs.common.events import MAX_NESTING, EventRejected, ValidationContext, nesting_depth
 from libs.common.http import ApiError, JsonResponse
 from libs.common.kafka import BrokerUnavailable
 from libs.common.segment import Ignored
@@ -64,9 +64,15 @@ class RejectedPage(BaseModel):
     next_cursor: str | None
 
 
+def _readable_event(event: dict[str, Any]) -> dict[str, Any]:
+    if nesting_depth(event, _MAX_BODY_NESTING) > _MAX_BODY_NESTING:
+        raise ValueError(f"nests deeper than {_MAX_BODY_NESTING} levels")
+    return event
+
+
 class ReplayItem(BaseModel):
-    rejection_id: str
-    event: dict[str, Any] | None = Field(
+    rejection_id: str = Field(max_length=64)
+    event: Annotated[dict[str, Any], AfterValidator(_readable_event)] | None = Field(
         default=None, description="the corrected event (same format as the original); omit to resend it as it was"
     )
 
@@ -133,11 +139,20 @@ def _gunzip(body: bytes, limit: int) -> bytes:
     return plain
 
 
+# Deeper than any event can be (``properties`` nests at most MAX_NESTING levels inside an event inside a batch):
+# such a body is refused whole, before anything serialises it again (orjson and pydantic stop at a few hundred).
+_MAX_BODY_NESTING = MAX_NESTING + 16
+
+
 def _parse_json(body: bytes) -> Any:
     try:
-        return orjson.loads(body)
+        payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+    if nesting_depth(payload, _MAX_BODY_NESTING) > _MAX_BODY_NESTING:
+        raise ApiError(400, "invalid_json", f"body nests deeper than {_MAX_BODY_NESTING} levels of objects and"
+                       f" arrays (an event's properties may nest {MAX_NESTING})")
+    return payload
 
 
 async def _check_limits(request: Request, raws: list[Any], key: str) -> None:

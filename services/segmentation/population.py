@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.events import epoch_micros, from_epoch_micros
 from services.segmentation.adapters.facts import (
+    cents_total,
     customer_totals,
     event_type_counts,
     last_seen_at_or_before,
@@ -126,8 +127,9 @@ async def load_population(connection: AsyncConnection, as_of: datetime, threshol
     rfm_population = {}
     for row in rows:
         totals = OrderTotals(0, Decimal(0), None, None, 0, Decimal(0), 0) if row.orders is None else OrderTotals(
-            orders=row.orders, gmv=_money(row.gmv_cents), first_order_at=_moment(row.first_order_us),
-            last_order_at=_moment(row.last_order_us), frequency=row.frequency, monetary=_money(row.monetary_cents),
+            orders=row.orders, gmv=_money(cents_total(row.gmv_high, row.gmv_low)),
+            first_order_at=_moment(row.first_order_us), last_order_at=_moment(row.last_order_us),
+            frequency=row.frequency, monetary=_money(cents_total(row.monetary_high, row.monetary_low)),
             repeat_orders_90d=row.repeat_orders_90d,
         )
         figures = figures_from_totals(totals, as_of, thresholds.lifecycle, thresholds.tiers)
@@ -187,7 +189,7 @@ async def builtin_memberships(connection: AsyncConnection, as_of: datetime, thre
     frequencies: list[int] = []
     async for part in standing_sums(connection, figures_at.as_of_us, figures_at.lookback_start_us, persons,
                                     stored_segments=stored_segments):
-        for person, orders, last, frequency, monetary, known, stored in part:
+        for person, orders, last, frequency, monetary_high, monetary_low, known, stored in part:
             if not known:
                 unknown.append((person, (), stored))
                 continue
@@ -196,7 +198,8 @@ async def builtin_memberships(connection: AsyncConnection, as_of: datetime, thre
                 pair = (recency_days(last), frequency)
                 recencies.append(pair[0])
                 frequencies.append(frequency)
-            decided.append((person, lifecycle(orders or 0, last), pair, tier(monetary or 0), stored))
+            monetary = cents_total(monetary_high, monetary_low) or 0
+            decided.append((person, lifecycle(orders or 0, last), pair, tier(monetary), stored))
     if persons is None:
         cuts = cuts_of(recencies, frequencies, None)
     else:

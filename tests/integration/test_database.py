@@ -4,9 +4,22 @@ from __future__ import annotations
 
 import asyncio
 
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text, select, text
 
-from libs.common.db import SCHEMA_MIGRATIONS, BulkRows, Database, Migration, claim_events, create_all, insert
+from libs.common.db import (
+    SCHEMA_MIGRATIONS,
+    BulkRows,
+    Database,
+    Migration,
+    claim_events,
+    create_all,
+    insert,
+    wide_at_least,
+    wide_sum,
+    wide_total,
+)
 
 metadata = MetaData()
 profiles = Table("profiles", metadata, Column("person_key", String(50), primary_key=True),
@@ -124,3 +137,42 @@ async def test_bulk_rows_insert_a_batch_as_one_statement_and_return_only_new_key
         assert found == {*batch, ("e-new", 2**62, None, None)}  # types, NULLs, big integers and text kept as given
     finally:
         await database.close()
+
+
+amounts = Table("amounts", MetaData(), Column("line", Integer, primary_key=True), Column("cents", BigInteger))
+
+
+async def test_wide_sums_stay_exact_and_ordered_past_64_bits(database_url):
+    """A plain SUM of these fails on both databases (SQLite: integer overflow; PostgreSQL: bigint out of range)."""
+    database = Database(database_url, metadata=amounts.metadata, migrations=[Migration(1, "amounts",
+                                                                                         create_all(amounts.metadata))])
+    await database.start()
+    high, low = wide_sum(amounts.c.cents)
+    loop = asyncio.get_running_loop()
+    checked = []
+
+    async def check(values: list[int], threshold: int) -> None:
+        async with database.begin() as connection:
+            await connection.execute(amounts.delete())
+            if values:
+                await connection.execute(amounts.insert(), [{"line": n, "cents": v} for n, v in enumerate(values)])
+            row = (await connection.execute(select(high, low, wide_at_least(high, low, threshold)))).one()
+        total = wide_total(row[0], row[1])
+        assert total == (sum(values) if values else None)
+        assert bool(row[2]) == (values != [] and sum(values) >= threshold)
+        checked.append(total)
+
+    # Values up to 2^62 (the largest single amount is 10^14 cents), many of them near the top.
+    cents = st.one_of(st.integers(0, 2**62), st.integers(2**62 - 2**33, 2**62), st.integers(0, 2**32 + 1))
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @example(values=[2**62] * 5, threshold=2**64 + 1)
+    @given(values=st.lists(cents, max_size=12), threshold=st.one_of(st.integers(0, 2**66), st.just(2**64)))
+    def sums(values: list[int], threshold: int) -> None:
+        asyncio.run_coroutine_threadsafe(check(values, threshold), loop).result()
+
+    try:
+        await loop.run_in_executor(None, sums)
+    finally:
+        await database.close()
+    assert any(total is not None and total >= 2**63 for total in checked)

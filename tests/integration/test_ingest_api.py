@@ -261,7 +261,7 @@ async def test_limits_answer_413_and_accept_nothing(ingest, broker):
     (gzip.compress(b'{"events": []}', mtime=0), "bytes follow the gzip member"),
     (b"\x00", "1 bytes follow the gzip member"),
     (b"garbage after the member", "bytes follow the gzip member"),
-])
+], ids=["a second member", "one zero byte", "text"])
 async def test_bytes_after_the_gzip_member_are_400_with_the_reason(ingest, broker, tail, reason):
     body = gzip.compress(orjson.dumps({"events": [view("u-gz")]})) + tail
     response = await ingest.post("/v1/events", content=body, headers=INGEST | {"Content-Encoding": "gzip"})

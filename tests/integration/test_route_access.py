@@ -5,6 +5,7 @@ or a new service is covered without editing this file."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from libs.common.auth import SCOPES, RouteRule, requires, route_rules
 from libs.common.service import Service, create_app
 from libs.common.settings import CommonSettings, KafkaSettings, ServiceSettings
 from tests.service_apps import SCOPE_KEYS, TEST_API_KEYS, ServiceApp, service_apps
+from tests.support import serve_app
 
 TEN_MB = 10 * 1024 * 1024
 CHUNK = 64 * 1024
@@ -252,3 +254,23 @@ async def test_a_route_declaring_two_rules_refuses_to_start(tmp_path):
     with pytest.raises(ValueError, match=r"POST /v1/twice declares 2 access rules"):
         async with app.router.lifespan_context(app):
             pass
+
+
+# --- the same over a real socket: the 401 arrives while the client has sent only the headers ------------------
+
+
+@pytest.mark.parametrize("service", service_apps(), ids=lambda service: service.name)
+async def test_a_real_server_answers_401_to_headers_alone(service, tmp_path):
+    case = next(case for case in WITH_BODY if case.service.name == service.name)
+    app = service.build(f"sqlite+aiosqlite:///{tmp_path / 'service.db'}", api_keys=API_KEYS)
+    async with serve_app(app, ready_path="/healthz") as base_url:
+        host, port = base_url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(f"{case.method} {case.path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {TEN_MB}\r\n\r\n".encode())
+            await writer.drain()
+            status_line = await asyncio.wait_for(reader.readline(), 10)
+        finally:
+            writer.close()
+    assert status_line.startswith(b"HTTP/1.1 401"), status_line

@@ -199,13 +199,26 @@ async def pseudonymise_persons(connection: AsyncConnection, pseudonyms: Mapping[
         first += highest - lowest + 1
 
 
+class TooManyFacts(Exception):
+    """A report would read more stored rows than the service allows one answer (``max_rows``)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the answer would read more than {limit} stored event rows")
+        self.limit = limit
+
+
 class FactQuery:
     """The events of one span ``[start, end)`` known at ``as_of``, plus the facts beyond the span that
-    SPEC.md's rules reach (added with the ``with_*`` methods), plus every order's counting event."""
+    SPEC.md's rules reach (added with the ``with_*`` methods), plus every order's counting event.
+
+    With ``max_rows``, ``load`` reads at most that many rows (an order event counts once per line) and raises
+    ``TooManyFacts`` rather than read more: one request never loads the whole history into memory."""
 
     def __init__(
-        self, start: datetime, end: datetime, as_of: datetime, *, types: Collection[str] | None = None
+        self, start: datetime, end: datetime, as_of: datetime, *, types: Collection[str] | None = None,
+        max_rows: int | None = None,
     ) -> None:
+        self._budget = _RowBudget(max_rows)
         self.as_of_us = epoch_micros(as_of)
         self.start_us = epoch_micros(start)
         self.end_us = min(epoch_micros(end), self.as_of_us + 1)
@@ -331,23 +344,26 @@ class FactQuery:
         in_span = and_(self._in_span, self._known())
         outside_span = and_(not_(self._in_span), self._known())
         loaded: dict[str, FunnelEvent] = {}
-        await _fetch(connection, in_span, loaded)
+        await _fetch(self._budget, connection, in_span, loaded)
         beyond: dict[str, FunnelEvent] = {}
         if self._extras:
-            await _fetch(connection, and_(events.c.event_id.in_(union(*self._extras)), outside_span), beyond, loaded)
+            await _fetch(self._budget, connection, and_(events.c.event_id.in_(union(*self._extras)), outside_span),
+                         beyond, loaded)
         if self._product_extras:
             products = sorted({product for fact in loaded.values() for product in _products_of(fact)})
             for chunk in _chunks(products):
                 chosen = union(*(extra(chunk) for extra in self._product_extras))
-                await _fetch(connection, and_(events.c.event_id.in_(chosen), outside_span), beyond, loaded)
+                await _fetch(self._budget, connection, and_(events.c.event_id.in_(chosen), outside_span), beyond,
+                             loaded)
         loaded.update(beyond)
         # An order counts at its earliest completed event: load every completed event of each order seen.
         completed_elsewhere = and_(events.c.order_status == "completed", outside_span)
         span_orders = select(events.c.order_id).where(in_span, events.c.type == "order")
-        await _fetch(connection, and_(completed_elsewhere, events.c.order_id.in_(span_orders)), loaded)
+        await _fetch(self._budget, connection, and_(completed_elsewhere, events.c.order_id.in_(span_orders)),
+                     loaded)
         other_orders = sorted({fact.order.order_id for fact in beyond.values() if fact.order is not None})
         for chunk in _chunks(other_orders):
-            await _fetch(connection, and_(completed_elsewhere, events.c.order_id.in_(chunk)), loaded)
+            await _fetch(self._budget, connection, and_(completed_elsewhere, events.c.order_id.in_(chunk)), loaded)
         return list(loaded.values())
 
 
@@ -376,13 +392,32 @@ _ITEM_COLUMNS = (
 )
 
 
+class _RowBudget:
+    """The rows one ``FactQuery.load`` may still read (None: no limit)."""
+
+    def __init__(self, max_rows: int | None) -> None:
+        self.max_rows = max_rows
+        self.left = max_rows
+
+    def bound(self, statement: Select[Any]) -> Select[Any]:
+        # One row more than is left: reading it tells that the limit was passed.
+        return statement if self.left is None else statement.limit(self.left + 1)
+
+    def spend(self, rows: int) -> None:
+        if self.left is None or self.max_rows is None:
+            return
+        self.left -= rows
+        if self.left < 0:
+            raise TooManyFacts(self.max_rows)
+
+
 async def _fetch(
-    connection: AsyncConnection, condition: ColumnElement[bool], into: dict[str, FunnelEvent],
+    budget: _RowBudget, connection: AsyncConnection, condition: ColumnElement[bool], into: dict[str, FunnelEvent],
     known: Mapping[str, FunnelEvent] | None = None,
 ) -> None:
     """Load the events matching `condition`, with their order lines, that neither `into` nor `known` holds."""
     # One statement, so that `condition` is evaluated once; an order event comes once per line.
-    statement = (
+    statement = budget.bound(
         select(*_EVENT_COLUMNS, *_ITEM_COLUMNS)
         .select_from(events.outerjoin(order_items, order_items.c.event_id == events.c.event_id))
         .where(condition)
@@ -391,7 +426,9 @@ async def _fetch(
     skip = into.keys() | (known.keys() if known is not None else set())
     found: dict[str, Sequence[Any]] = {}
     lines: dict[str, list[tuple[int, OrderItem]]] = {}
-    for row in await connection.execute(statement):
+    rows = (await connection.execute(statement)).all()
+    budget.spend(len(rows))
+    for row in rows:
         event_id = row[0]
         if event_id in skip:
             continue

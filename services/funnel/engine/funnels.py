@@ -307,14 +307,14 @@ def _query(definition: FunnelDefinition, breakdown: Breakdown | None, *, hashed:
         if definition.unit == "product":
             ctes.append(
                 f"""worth AS (
-    SELECT {cols("c")}, sum(i.quantity * i.unit_price_cents) AS cents
+    SELECT {cols("c")}, sum(i.quantity::HUGEINT * i.unit_price_cents) AS cents
     FROM completing c JOIN order_items i ON i.event_id = c.eid AND i.product_id = c.pid GROUP BY {cols("c")}
 )"""
             )
         else:
             ctes.append(
                 f"""lines AS (
-    SELECT i.event_id, sum(i.quantity * i.unit_price_cents) AS cents
+    SELECT i.event_id, sum(i.quantity::HUGEINT * i.unit_price_cents) AS cents
     FROM order_items i SEMI JOIN completing c ON c.eid = i.event_id GROUP BY ALL
 ),
 worth AS (

@@ -64,7 +64,7 @@ counting AS (
     QUALIFY row_number() OVER (PARTITION BY k.order_id ORDER BY k.occurred_us, k.event_id) = 1
 ),
 lines AS (
-    SELECT i.event_id, sum(i.quantity * i.unit_price_cents) AS cents
+    SELECT i.event_id, sum(i.quantity::HUGEINT * i.unit_price_cents) AS cents
     FROM order_items i SEMI JOIN counting c ON i.event_id = c.event_id AND c.total_cents IS NULL
     GROUP BY i.event_id
 ),

@@ -11,11 +11,9 @@ from typing import Any
 
 import orjson
 from sqlalchemy import (
-    BigInteger,
     Select,
     and_,
     case,
-    cast,
     delete,
     func,
     literal,
@@ -29,7 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.common.db import BulkRows
+from libs.common.db import BulkRows, wide_sum, wide_total
 from libs.common.events import PublishedEvent, epoch_micros, from_epoch_micros
 from services.segmentation.adapters.tables import (
     PERSONAL_TABLES,
@@ -247,21 +245,27 @@ async def _in_chunks(connection: AsyncConnection, query: Select[Any], column: An
     return rows
 
 
-def _cents_sum(cents: Any) -> Any:
-    # PostgreSQL sums bigints as numeric: back to bigint (a total of cents fits), to sort and compare as integers.
-    return cast(func.sum(cents), BigInteger)
+def _cents_sum(cents: Any, name: str) -> list[Any]:
+    # A person's orders can total more than 64 bits hold: the exact pair name_high, name_low (libs/common/db.py).
+    high, low = wide_sum(cents)
+    return [high.label(f"{name}_high"), low.label(f"{name}_low")]
+
+
+def cents_total(high: int | None, low: int | None) -> int | None:
+    """The total in cents of a ``*_high``, ``*_low`` pair of columns."""
+    return wide_total(high, low)
 
 
 def _order_sums(as_of_us: int, lookback_start_us: int, persons: list[str] | None) -> Any:
-    """Per person with counted orders up to as_of: orders, gmv_cents, first_order_us, last_order_us,
-    and frequency and monetary_cents of those after lookback_start."""
+    """Per person with counted orders up to as_of: orders, gmv_high and gmv_low (``wide_sum``), first_order_us, last_order_us,
+    and frequency and monetary_high and monetary_low of those after lookback_start."""
     order = counted_orders.c
     in_lookback = order.occurred_us > lookback_start_us
     query = (
-        select(order.person_key, func.count().label("orders"), _cents_sum(order.total_cents).label("gmv_cents"),
+        select(order.person_key, func.count().label("orders"), *_cents_sum(order.total_cents, "gmv"),
                func.min(order.occurred_us).label("first_order_us"), func.max(order.occurred_us).label("last_order_us"),
                func.count(case((in_lookback, 1))).label("frequency"),
-               func.coalesce(_cents_sum(case((in_lookback, order.total_cents))), 0).label("monetary_cents"))
+               *_cents_sum(case((in_lookback, order.total_cents), else_=0), "monetary"))
         .where(order.occurred_us <= as_of_us)
         .group_by(order.person_key)
     )
@@ -278,9 +282,9 @@ async def customer_totals(
     """Per person with an event at or before as_of (the named ones, or all): the profile and the sums of
     their counted orders up to as_of.
 
-    Row fields: person_key, first_seen_us, acquisition_source, last_seen_us, orders, gmv_cents,
-    first_order_us, last_order_us, frequency, monetary_cents, repeat_orders_90d (the last four may be
-    NULL for a person without orders).
+    Row fields: person_key, first_seen_us, acquisition_source, last_seen_us, orders, gmv_high, gmv_low,
+    first_order_us, last_order_us, frequency, monetary_high, monetary_low, repeat_orders_90d (the order
+    fields are NULL for a person without orders; ``cents_total`` joins a high/low pair).
     """
     person = profiles.c
     rows: list[Any] = []
@@ -295,8 +299,9 @@ async def customer_totals(
         )
         query = (
             select(person.person_key, person.first_seen_us, person.acquisition_source, person.last_seen_us,
-                   sums.c.orders, sums.c.gmv_cents, sums.c.first_order_us, sums.c.last_order_us, sums.c.frequency,
-                   sums.c.monetary_cents, (within_window - 1).label("repeat_orders_90d"))
+                   sums.c.orders, sums.c.gmv_high, sums.c.gmv_low, sums.c.first_order_us, sums.c.last_order_us,
+                   sums.c.frequency, sums.c.monetary_high, sums.c.monetary_low,
+                   (within_window - 1).label("repeat_orders_90d"))
             .select_from(profiles.outerjoin(sums, sums.c.person_key == person.person_key))
             .where(person.first_seen_us <= as_of_us)
         )
@@ -311,7 +316,7 @@ async def standing_sums(
 ) -> AsyncIterator[Sequence[Any]]:
     """What the built-in segments are decided from, per person (the named ones, or all), one query,
     streamed in parts (a million rows are worked on while the database still sends):
-    ``(person_key, orders, last_order_us, frequency, monetary_cents, known, segment_ids)``.
+    ``(person_key, orders, last_order_us, frequency, monetary_high, monetary_low, known, segment_ids)``.
 
     ``known``: the person has an event at or before as_of; the sums are NULL without counted orders.
     With ``stored_segments``, also the persons with a stored membership who are not known at as_of, and
@@ -331,7 +336,8 @@ async def standing_sums(
             people = person.join(stored, stored.c.person_key == person.c.person_key, full=True)
             person_key = func.coalesce(person.c.person_key, stored.c.person_key)
         query = (
-            select(person_key, sums.c.orders, sums.c.last_order_us, sums.c.frequency, sums.c.monetary_cents,
+            select(person_key, sums.c.orders, sums.c.last_order_us, sums.c.frequency, sums.c.monetary_high,
+                   sums.c.monetary_low,
                    func.coalesce(known, False), stored.c.segment_ids if stored_segments else null())
             .select_from(people.outerjoin(sums, sums.c.person_key == person.c.person_key))
             .where(or_(known, stored.c.person_key.is_not(None)) if stored_segments else known)
@@ -345,7 +351,7 @@ def _rfm_figures(as_of_us: int, lookback_start_us: int) -> Select[Any]:
     order = counted_orders.c
     return (
         select(order.person_key, func.max(order.occurred_us).label("last_order_us"),
-               func.count().label("frequency"), _cents_sum(order.total_cents).label("monetary_cents"))
+               func.count().label("frequency"), *_cents_sum(order.total_cents, "monetary"))
         .where(order.occurred_us > lookback_start_us, order.occurred_us <= as_of_us)
         .group_by(order.person_key)
     )
@@ -362,11 +368,11 @@ async def rfm_cut_inputs(connection: AsyncConnection, as_of_us: int, lookback_st
     parts = [select(literal(0).label("part"), recency_days.label("a"), figures.c.frequency.label("b"),
                     func.count().label("c")).group_by(recency_days, figures.c.frequency)]
     if monetary:
-        ranked = select(figures.c.monetary_cents, func.row_number().over(order_by=figures.c.monetary_cents)
-                        .label("rank")).subquery()
+        high, low = figures.c.monetary_high, figures.c.monetary_low
+        ranked = select(high, low, func.row_number().over(order_by=(high, low)).label("rank")).subquery()
         population = select(func.count().label("customers")).select_from(figures).subquery()
         ranks = [(k * population.c.customers + 4) // 5 for k in range(1, 5)]  # ceil(kN / 5)
-        parts.append(select(literal(1), ranked.c.rank, ranked.c.monetary_cents, literal(0))
+        parts.append(select(literal(1), ranked.c.rank, ranked.c.monetary_high, ranked.c.monetary_low)
                      .select_from(ranked.join(population, true())).where(ranked.c.rank.in_(ranks)))
     histogram: list[tuple[int, int, int]] = []
     cut_values: dict[int, int] = {}
@@ -374,7 +380,7 @@ async def rfm_cut_inputs(connection: AsyncConnection, as_of_us: int, lookback_st
         if part == 0:
             histogram.append((a, b, c))
         else:
-            cut_values[a] = b
+            cut_values[a] = cents_total(b, c)
     return histogram, cut_values
 
 

@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.expression import SelectBase
 
-from libs.common.db import BulkRows
+from libs.common.db import BulkRows, wide_at_least
 from libs.common.events import epoch_micros, from_epoch_micros
 from services.segmentation.adapters.facts import _order_sums, chunks
 from services.segmentation.adapters.tables import (
@@ -227,11 +227,11 @@ _TIER_PARTS = {tier: " " + builtin_ids(LifecycleStage.PROSPECT, None, tier)[1] f
 def _tier_part(sums: Any, figures_at: FiguresAt) -> Any:
     """`` tier:<tier>`` of a customer (``FiguresAt.tier``), or "" without a tier, as a SQL expression."""
     *_, silver_cents, gold_cents, diamond_cents = figures_at.limits()
-    monetary = func.coalesce(sums.c.monetary_cents, 0)
+    high, low = func.coalesce(sums.c.monetary_high, 0), func.coalesce(sums.c.monetary_low, 0)
     return case(
-        (monetary >= diamond_cents, _TIER_PARTS[MembershipTier.DIAMOND]),
-        (monetary >= gold_cents, _TIER_PARTS[MembershipTier.GOLD]),
-        (monetary > silver_cents, _TIER_PARTS[MembershipTier.SILVER]),
+        (wide_at_least(high, low, diamond_cents), _TIER_PARTS[MembershipTier.DIAMOND]),
+        (wide_at_least(high, low, gold_cents), _TIER_PARTS[MembershipTier.GOLD]),
+        (wide_at_least(high, low, silver_cents + 1), _TIER_PARTS[MembershipTier.SILVER]),
         else_="",
     )
 

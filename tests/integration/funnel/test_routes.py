@@ -20,6 +20,7 @@ from tests.integration.funnel.helpers import (
     publish,
     refund,
     review,
+    running_funnel,
     view,
     wait_consumed,
 )
@@ -163,3 +164,19 @@ async def test_an_erasure_request_removes_the_persons_key_from_stored_events_and
 
 async def _without(keys_left, person: str) -> bool:
     return person not in await keys_left()
+
+
+async def test_reports_computed_in_python_refuse_to_read_more_rows_than_allowed(settings, publisher):
+    # Ten views over ten days, and room for five rows: a range of at most five days answers, a longer one is
+    # refused with the reason, never loaded whole.
+    views = [view(f"u{n}", at(days=n), "p1") for n in range(10)]
+    async with running_funnel(settings.model_copy(update={"max_report_rows": 5})) as funnel:
+        await wait_consumed(funnel.app, await publish(publisher, views))
+        narrow = {"from": format_timestamp(at()), "to": format_timestamp(at(days=5)), "as_of": format_timestamp(AS_OF)}
+        [product] = (await funnel.get("/v1/products", **narrow))["items"]
+        assert product["views"] == 5
+        wide = narrow | {"to": format_timestamp(at(days=10)), "as_of": format_timestamp(at(days=20))}
+        for path in ("/v1/products", "/v1/channels", "/v1/products/matrix"):
+            response = await funnel.client.get(path, params=wide)
+            assert response.status_code == 422, (path, response.text)
+            assert response.json()["code"] == "range_too_large" and "max_report_rows" in response.json()["detail"]

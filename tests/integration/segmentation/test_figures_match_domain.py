@@ -35,7 +35,8 @@ from services.segmentation.segments import builtin_segment_ids
 from tests.integration.segmentation.conftest import CAMPAIGNS, event
 
 BASE = datetime(2025, 1, 1, tzinfo=UTC)
-TOTALS = ["0.00", "9.90", "99.00", "1999.99", "2000.00", "5000.50", "10000.00"]
+# The largest amounts (SPEC.md "Events": at most 1,000,000,000,000.00) too: their sums must stay exact.
+TOTALS = ["0.00", "9.90", "99.00", "1999.99", "2000.00", "5000.50", "10000.00", "999999999999.99", "1000000000000.00"]
 RULE = {"any": [
     {"all": [{"field": "lifecycle", "op": "in", "value": ["new", "active"]},
              {"count": {"type": "view", "days": 30}, "op": "gte", "value": 1}]},

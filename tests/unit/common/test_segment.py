@@ -312,6 +312,17 @@ def test_an_unreadable_sent_at_is_an_error_naming_the_fields():
         map_message(message, received_at=RECEIVED_AT)
 
 
+@pytest.mark.parametrize(("timestamp", "sent_at"), [
+    ("1970-01-01T00:00:00Z", "9999-12-31T23:59:59Z"),  # corrected to before year 1
+    ("9999-12-31T23:59:59Z", "1970-01-01T00:00:00Z"),  # corrected to after year 9999
+    ("2026-05-01T10:00:00Z", "0001-01-01T00:00:00+01:00"),  # sentAt itself leaves the calendar
+])
+def test_a_correction_past_the_calendar_is_an_error_naming_the_fields(timestamp, sent_at):
+    message = track("Product Viewed", {"product_id": "p"}, timestamp=timestamp, sentAt=sent_at)
+    with pytest.raises(SegmentMessageError, match=r"^timestamp/sentAt: "):
+        map_message(message, received_at=RECEIVED_AT)
+
+
 def test_message_timestamp_is_rfc3339_utc_with_microseconds_when_corrected():
     message = {"timestamp": "2026-05-01T10:00:00Z", "sentAt": "2026-05-01T10:00:10Z"}
     assert message_timestamp(message, received_at=RECEIVED_AT, batch_sent_at=None) == "2026-05-01T11:59:50.000000Z"

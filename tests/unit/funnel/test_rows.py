@@ -30,7 +30,7 @@ PARTS: list[dict[str, Any]] = [
                                 "coupon_code": "C1", "items": [
                                     {"product_id": "p-1", "category": "裙装", "quantity": 2, "unit_price": "0.05"},
                                     {"product_id": "p-2", "quantity": 1, "unit_price": 99}]}},
-    {"type": "order", "order": {"order_id": "o-1", "status": "refunded", "refund_amount": "99999999999999.99"}},
+    {"type": "order", "order": {"order_id": "o-1", "status": "refunded", "refund_amount": "1000000000000.00"}},
     {"type": "order", "order": {"order_id": "o-2", "status": "refunded"}},
     {"type": "identify", "traits": {"email": "x@example.com"}},
 ]

@@ -93,6 +93,14 @@ def nested_nots(levels):
             f"rule.value: 'yesterday' is not an RFC 3339 timestamp with an offset, {EXAMPLE}",
         ),
         (
+            leaf("first_seen_at", "lt", "0001-01-01T00:00:00+01:00"),
+            "rule.value: '0001-01-01T00:00:00+01:00' is not a valid date and time: date value out of range",
+        ),
+        (
+            leaf("last_seen_at", "in", ["2026-01-01T00:00:00Z", "9999-12-31T23:59:59-01:00"]),
+            "rule.value[1]: '9999-12-31T23:59:59-01:00' is not a valid date and time: date value out of range",
+        ),
+        (
             leaf("first_seen_at", "lt", 1735689600),
             f"rule.value: must be an RFC 3339 timestamp string, {EXAMPLE}",
         ),
