@@ -9,7 +9,8 @@ COPY pyproject.toml requirements.lock README.md ./
 COPY libs ./libs
 COPY services ./services
 COPY deploy ./deploy
-RUN pip install -c requirements.lock . && useradd --uid 10001 --no-create-home shoploop
+RUN pip install -c requirements.lock . && useradd --uid 10001 --no-create-home shoploop \
+    && mkdir -p /var/lib/shoploop/funnel-copy && chown -R shoploop /var/lib/shoploop
 
 USER shoploop
 # Services bind 127.0.0.1 by default; in a container they must listen on every interface.

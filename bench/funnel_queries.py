@@ -5,12 +5,17 @@ bench/funnel.py measures) with ``--events`` events (default 10,000,000) of ``--p
 1,000,000) spread over ``--days`` days (default 90) in arrival order, as a shop's history is. Then
 ``python -m services.funnel`` is started on it, as ``make run`` starts it, and timed:
 
-- its start-up: until /readyz reports the DuckDB copy of the facts loaded;
-- GET /v1/kpis over the last 30 days (range, and granularity=day), and GET /v1/funnels/{id}/result of a
-  4-step person funnel view -> add_to_cart -> inquiry -> order over the same 30 days, each ``--runs`` times
-  after one warm-up: p50 and p95 of the HTTP round trip;
-- the same questions asked of DuckDB directly over the events exported to Parquet (the same SQL the service
-  runs, on ``read_parquet`` views), in one process, no HTTP.
+- its start-up: until /readyz reports the DuckDB copy of the facts loaded (kept in a file under a temporary
+  ``FACT_COPY_DIR``, as deployed), and its resident memory then;
+- GET /v1/kpis over the last 30 days (range, and granularity=day), GET /v1/funnels/{id}/result of a 4-step
+  person funnel view -> add_to_cart -> inquiry -> order and of a per-product funnel view -> add_to_cart ->
+  order over the same 30 days, GET /v1/products (the first page of 100, and a walk of every page of 1,000),
+  GET /v1/products/matrix (first page) and GET /v1/channels, each ``--runs`` times after one warm-up: p50
+  and p95 of the HTTP round trip;
+- its resident memory after those (and its peak), then a restart (SIGTERM, start again on the same file)
+  until /readyz, and the resident memory then;
+- the KPI and funnel questions asked of DuckDB directly over the events exported to Parquet (the same SQL the
+  service runs, on ``read_parquet`` views), in one process, no HTTP.
 
 Run alone: ``python bench/funnel_queries.py`` (about 5 minutes on 2 cores at the default size).
 """
@@ -49,6 +54,7 @@ CAMPAIGNS = {"Authorization": "Bearer dev-campaigns-key"}  # defining a funnel n
 END = datetime(2026, 11, 1, tzinfo=UTC)
 STEPS = ("view", "add_to_cart", "inquiry", "order")
 FUNNEL = FunnelDefinition("bench 4-step", tuple(FunnelStep(step) for step in STEPS), window_seconds=7 * 86400)
+PRODUCT_STEPS = ("view", "add_to_cart", "order")
 
 # Event kinds by g % 100: 0-7 completed order (one in 500 repeats the previous order_id), 8 refund of the
 # order 105 events earlier (amount left out one time in two), 9-13 inquiry, 14-19 review, 20-39 cart, 40-99 view.
@@ -145,12 +151,29 @@ async def export_parquet(url: str, directory: Path) -> dict[str, Path]:
     return paths
 
 
-def resident_megabytes(pid: int) -> float:
-    """The process's resident memory (Linux /proc)."""
+def resident_megabytes(pid: int, field: str = "VmRSS") -> float:
+    """The process's resident memory (Linux /proc; ``VmHWM`` for its peak)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+async def walk_products(client: httpx.AsyncClient, url: str, params: dict[str, str]) -> tuple[float, list[float], int]:
+    """Every page of /v1/products at 1,000 a page: total seconds, seconds per page, products seen."""
+    pages: list[float] = []
+    seen, cursor = 0, None
+    began = time.perf_counter()
+    while True:
+        page_began = time.perf_counter()
+        response = await client.get(url, params=params | {"limit": "1000"} | ({"cursor": cursor} if cursor else {}))
+        response.raise_for_status()
+        pages.append(time.perf_counter() - page_began)
+        body = response.json()
+        seen += len(body["items"])
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return time.perf_counter() - began, pages, seen
 
 
 def timed(call: Any, runs: int) -> list[float]:
@@ -189,7 +212,8 @@ async def query_latency(args: argparse.Namespace, workdir: Path, rows: list[Row]
         await broker.wait_ready()
         port = free_port()
         env = {"SHOPLOOP_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers, "SHOPLOOP_FUNNEL__PORT": str(port),
-               "SHOPLOOP_FUNNEL__DATABASE_URL": url, "SHOPLOOP_LOG_LEVEL": "WARNING"}
+               "SHOPLOOP_FUNNEL__DATABASE_URL": url, "SHOPLOOP_LOG_LEVEL": "WARNING",
+               "SHOPLOOP_FUNNEL__FACT_COPY_DIR": str(workdir / "funnel-copy")}
         began = time.perf_counter()
         service = Process("services.funnel", env, port, workdir / "funnel-queries.log")
         span = {"from": (END - timedelta(days=30)).date().isoformat(), "to": END.date().isoformat(),
@@ -215,6 +239,40 @@ async def query_latency(args: argparse.Namespace, workdir: Path, rows: list[Row]
                     created.raise_for_status()
                     funnel_url = f"{base}/v1/funnels/{created.json()['funnel_id']}/result"
                     funnel = await timed_http(client, funnel_url, args.runs, span)
+                if "products" in args.queries:
+                    body = {"name": "bench per product", "window_seconds": 7 * 86400, "unit": "product",
+                            "steps": [{"type": step} for step in PRODUCT_STEPS]}
+                    created = await client.post(f"{base}/v1/funnels", json=body, headers=CAMPAIGNS)
+                    created.raise_for_status()
+                    per_product = await timed_http(
+                        client, f"{base}/v1/funnels/{created.json()['funnel_id']}/result", args.runs, span)
+                    rows.append((f"GET per-product 3-step funnel result, 30 days ({size})", "", summary(per_product),
+                                 "p95 < 1 s"))
+                    first_page = await timed_http(client, f"{base}/v1/products", args.runs, span | {"limit": "100"})
+                    rows.append((f"GET /v1/products, first page of 100, 30 days ({size})", "", summary(first_page),
+                                 "p95 < 1 s"))
+                    walked, pages, seen = await walk_products(client, f"{base}/v1/products", span)
+                    rows.append((f"GET /v1/products, every page of 1,000 ({seen:,} products, {len(pages)} pages)", "",
+                                 f"{walked:.1f} s in all; per page {summary(pages)}", "p95 < 1 s"))
+                    matrix = await timed_http(client, f"{base}/v1/products/matrix", args.runs,
+                                              {"as_of": span["as_of"], "limit": "100"})
+                    rows.append((f"GET /v1/products/matrix, first page of 100 ({size})", "", summary(matrix),
+                                 "p95 < 1 s"))
+                    channels = await timed_http(client, f"{base}/v1/channels", args.runs, span)
+                    rows.append((f"GET /v1/channels, 30 days ({size})", "", summary(channels), "p95 < 1 s"))
+                pid = service.popen.pid
+                rows.append(("funnel resident memory after the queries (peak)", "",
+                             f"{resident_megabytes(pid):,.0f} MB ({resident_megabytes(pid, 'VmHWM'):,.0f} MB)",
+                             "< 1 GB"))
+                service.stop()
+                began = time.perf_counter()
+                service = Process("services.funnel", env, port, workdir / "funnel-restart.log")
+                await service.wait_ready(client, deadline_seconds=1200)
+                rows.append((f"funnel restart until ready, on its kept copy ({size})", "",
+                             f"{time.perf_counter() - began:.1f} s, then "
+                             f"{resident_megabytes(service.popen.pid):,.0f} MB resident", "< 10 s"))
+                copy_bytes = sum(path.stat().st_size for path in (workdir / "funnel-copy").rglob("*") if path.is_file())
+                rows.append(("the copy's files on disk", "", f"{copy_bytes / 1e6:,.0f} MB", ""))
         finally:
             service.stop()
             broker.stop()
@@ -252,7 +310,9 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--persons", type=int, default=1_000_000, help="persons (query phase)")
     parser.add_argument("--days", type=int, default=90, help="days of history the events span (query phase)")
     parser.add_argument("--runs", type=int, default=20, help="timed runs per query")
-    parser.add_argument("--queries", default="kpis,funnel", help="which routes to time (kpis, funnel)")
+    parser.add_argument("--queries", default="kpis,funnel,products",
+                        help="which routes to time besides kpis (funnel; products: products, matrix, channels and "
+                             "a per-product funnel)")
 
 
 async def main() -> None:

@@ -79,6 +79,8 @@ def _service_env(name: str, port: int, bootstrap: str, data_dir: Path, control_d
     env = dict(os.environ)
     prefix = f"SHOPLOOP_{name.upper()}__"
     env.setdefault(f"{prefix}DATABASE_URL", f"sqlite+aiosqlite:///{data_dir / f'{name}.db'}")
+    if name == "funnel":  # its DuckDB copy of the facts, kept across restarts
+        env.setdefault(f"{prefix}FACT_COPY_DIR", str(data_dir / "funnel-copy"))
     env[f"{prefix}PORT"] = str(port)
     env["SHOPLOOP_KAFKA__BOOTSTRAP_SERVERS"] = bootstrap
     env["SHOPLOOP_CONTROL_DIR"] = str(control_dir)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -31,8 +31,11 @@ from services.funnel.adapters.funnels import (
 )
 from services.funnel.adapters.mirror import FactCopyUnavailable
 from services.funnel.domain.funnels import FunnelDefinition, FunnelStep
+from services.funnel.engine import channels as engine_channels
 from services.funnel.engine import funnels as engine_funnels
 from services.funnel.engine import kpis as engine_kpis
+from services.funnel.engine import matrix as engine_matrix
+from services.funnel.engine import products as engine_products
 from services.funnel.runtime import FunnelService
 from services.funnel.schemas import (
     ChannelsPublic,
@@ -120,13 +123,10 @@ async def _on_copy(request: Request, compute: Callable[[Any], T]) -> T:
                        headers={"Retry-After": _COPY_RETRY_AFTER}) from None
 
 
-def _page(items: Sequence[T], key: Callable[[T], str], limit: int, cursor: str | None) -> tuple[list[T], str | None]:
-    """Items (sorted by ``key``) after the cursor; the cursor is the last key of a page, opaque to clients."""
+def _after(cursor: str | None) -> str | None:
+    """The last product_id of the previous page, from its opaque cursor (400 invalid_cursor if tampered)."""
     after = decode_cursor(cursor, 1)
-    if after is not None:
-        items = [item for item in items if key(item) > after[0]]
-    page = list(items[:limit])
-    return page, encode_cursor([key(page[-1])]) if len(items) > limit else None
+    return None if after is None else str(after[0])
 
 
 @router.get("/v1/kpis", response_model=KpisPublic, summary="Full-funnel KPIs over a range, optionally per day")
@@ -241,13 +241,13 @@ async def get_products(
     start_at, end_at = _span(request, start, end)
     moment = _as_of(as_of)
     limit = _limit(request, limit)
-    async with reports.snapshot(_service(request).database) as connection:
-        metrics = await _bounded(request, reports.products(connection, start_at, end_at, moment,
-                                                           max_rows=_max_rows(request)))
-    page, next_cursor = _page(metrics, lambda product: product.product_id, limit, cursor)
+    after = _after(cursor)
+    page, more = await _on_copy(
+        request, lambda duck: engine_products.product_page(duck, start_at, end_at, moment, after=after, limit=limit)
+    )
     return JsonResponse({
         **span_public(start_at, end_at, moment), "items": [product_public(p) for p in page],
-        "next_cursor": next_cursor,
+        "next_cursor": encode_cursor([page[-1].product_id]) if more else None,
     })
 
 
@@ -258,12 +258,11 @@ async def get_product_matrix(
     """Products viewed in the 30 days up to as_of, with suggested tier, declared tier and lifecycle stage."""
     moment = _as_of(as_of)
     limit = _limit(request, limit)
-    async with reports.snapshot(_service(request).database) as connection:
-        entries = await _bounded(request, reports.matrix(connection, moment, max_rows=_max_rows(request)))
-    page, next_cursor = _page(entries, lambda entry: entry.product_id, limit, cursor)
+    after = _after(cursor)
+    page, more = await _on_copy(request, lambda duck: engine_matrix.matrix_page(duck, moment, after=after, limit=limit))
     return JsonResponse({
         "as_of": format_timestamp(moment), "items": [matrix_entry_public(e) for e in page],
-        "next_cursor": next_cursor,
+        "next_cursor": encode_cursor([page[-1].product_id]) if more else None,
     })
 
 
@@ -272,7 +271,5 @@ async def get_channels(request: Request, _key: ReadKey, start: From, end: To, as
     """Sources by name; orders and gmv by the order's channel (SPEC.md "Channel of an order")."""
     start_at, end_at = _span(request, start, end)
     moment = _as_of(as_of)
-    async with reports.snapshot(_service(request).database) as connection:
-        metrics = await _bounded(request, reports.channels(connection, start_at, end_at, moment,
-                                                           max_rows=_max_rows(request)))
+    metrics = await _on_copy(request, lambda duck: engine_channels.channel_metrics(duck, start_at, end_at, moment))
     return JsonResponse({**span_public(start_at, end_at, moment), "items": [channel_public(m) for m in metrics]})

@@ -1,4 +1,5 @@
-"""The read side: each answer loads the facts it needs (``FactQuery``) and hands them to the pure domain."""
+"""The read side's fallback: a funnel the DuckDB engine declines (two steps one event could match) loads the
+facts it needs (``FactQuery``) and is answered by the pure domain."""
 
 from __future__ import annotations
 
@@ -10,18 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db import Database
 from services.funnel.adapters.facts import FactQuery
-from services.funnel.domain.channels import CHANNEL_LOOKBACK, ChannelMetrics, channel_metrics
 from services.funnel.domain.funnels import Breakdown, FunnelDefinition, FunnelResult, funnel_result
-from services.funnel.domain.products import (
-    LIFECYCLE_PERIOD,
-    MATRIX_PERIOD,
-    MatrixEntry,
-    ProductMetrics,
-    product_matrix,
-    product_metrics,
-)
-
-_MICROSECOND = timedelta(microseconds=1)
 
 
 @asynccontextmanager
@@ -46,40 +36,3 @@ async def funnel(
     if breakdown == "category" or any(step.category is not None for step in definition.steps):
         query.with_product_attributes()
     return funnel_result(definition, await query.load(connection), start, end, as_of, breakdown)
-
-
-async def products(
-    connection: AsyncConnection, start: datetime, end: datetime, as_of: datetime, *, max_rows: int | None = None,
-) -> list[ProductMetrics]:
-    """Per product metrics over [start, end) (SPEC.md "Product metrics")."""
-    facts = await (
-        FactQuery(start, end, as_of, max_rows=max_rows).with_refunds_of_orders_placed(start, end)
-        .with_product_attributes().load(connection)
-    )
-    return product_metrics(facts, start, end, as_of)
-
-
-async def matrix(connection: AsyncConnection, as_of: datetime, *, max_rows: int | None = None) -> list[MatrixEntry]:
-    """Suggested and declared tiers with lifecycle stages (SPEC.md "Product matrix", "Product lifecycle")."""
-    # The lifecycle compares the last 28 days with the 28 before; the matrix looks at the last 30.
-    period = max(MATRIX_PERIOD, 2 * LIFECYCLE_PERIOD)
-    facts = await (
-        FactQuery(as_of - period + _MICROSECOND, as_of + _MICROSECOND, as_of, max_rows=max_rows)
-        .with_product_attributes()
-        .with_first_events_of_products()
-        .load(connection)
-    )
-    return product_matrix(facts, as_of)
-
-
-async def channels(
-    connection: AsyncConnection, start: datetime, end: datetime, as_of: datetime, *, max_rows: int | None = None,
-) -> list[ChannelMetrics]:
-    """Per channel source over [start, end) (SPEC.md "Channel of an order", channel metrics)."""
-    facts = await (
-        FactQuery(start, end, as_of, max_rows=max_rows)
-        .with_earlier_orders_of_buyers(start, end)
-        .with_touches_before(start, end, CHANNEL_LOOKBACK)
-        .load(connection)
-    )
-    return channel_metrics(facts, start, end, as_of)

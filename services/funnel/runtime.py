@@ -19,7 +19,10 @@ class FunnelService(Service):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.mirror = FactMirror(self.database, load_wait_seconds=self.settings.fact_copy_wait_seconds)
+        settings = self.settings
+        self.mirror = FactMirror(self.database, load_wait_seconds=settings.fact_copy_wait_seconds,
+                                 directory=settings.fact_copy_dir, memory_limit=settings.fact_copy_memory_limit,
+                                 threads=settings.fact_copy_threads)
 
     async def start(self) -> None:
         await super().start()

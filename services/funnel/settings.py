@@ -16,8 +16,16 @@ class FunnelSettings(ServiceSettings):
     # granularity=day answers one entry per day: bound the answer's size.
     max_days: int = Field(default=366, ge=1)
     max_page_size: int = Field(default=1000, ge=1)
-    # Stored event rows one answer computed in Python (products, matrix, channels, funnels DuckDB cannot answer) may
-    # read; past it the request is refused with 422 (a shorter range answers), not the process's memory spent.
+    # Stored event rows one answer computed in Python (a funnel the DuckDB engine declines: two steps one event
+    # could match) may read; past it the request is refused with 422 (a shorter range answers), not the process's memory spent.
     max_report_rows: int = Field(default=2_000_000, ge=1)
     # How long a KPI or funnel request waits for the DuckDB copy's first load before answering 503.
     fact_copy_wait_seconds: float = Field(default=5.0, gt=0)
+    # Where the DuckDB copy of the facts keeps its file (a directory of the service's own); None keeps it in
+    # memory and rebuilds it from the database at every start. On disk its size is bounded by disk, not RAM,
+    # and a restart catches up from the seq it had reached.
+    fact_copy_dir: str | None = None
+    # DuckDB's buffer pool for the copy (e.g. "512MB"): on disk, the copy's memory stays within it (queries
+    # that need more spill to a temporary directory beside the file).
+    fact_copy_memory_limit: str = Field(default="512MB", pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
+    fact_copy_threads: int = Field(default=2, ge=1, le=64)

@@ -22,7 +22,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db import Database
-from libs.common.events import PublishedEvent, format_timestamp
+from libs.common.events import PublishedEvent, epoch_micros, format_timestamp
 from libs.common.kafka import SEGMENTS_TOPIC, Publisher
 from libs.common.metrics import Metrics
 from services.segmentation.adapters.segments import (
@@ -32,6 +32,7 @@ from services.segmentation.adapters.segments import (
     last_round,
     lock_membership,
     queued_changes,
+    remember_published_round,
     remember_round,
     round_candidates,
     rule_segments,
@@ -89,12 +90,6 @@ def change_records(changes: Sequence[tuple[str, SegmentDefinition, str]],
     return records
 
 
-def change_record(change: str, segment: SegmentDefinition, person_key: str,
-                  as_of: datetime | str) -> tuple[str, str, bytes]:
-    """``change_records`` of one change."""
-    return change_records([(change, segment, person_key)], as_of)[0]
-
-
 async def sync_membership(connection: AsyncConnection, as_of: datetime, thresholds: Thresholds,
                           persons: Collection[str] | None = None, *, changed: Collection[str] = (),
                           complete: bool = True, complete_every: timedelta = COMPLETE_ROUND_EVERY,
@@ -122,6 +117,8 @@ async def sync_membership(connection: AsyncConnection, as_of: datetime, threshol
         else:
             evaluated, rows = await _round_of_everyone(connection, figures_at, cuts, thresholds, changed=changed,
                                                        complete=complete, complete_every=complete_every)
+    if persons is None:
+        await remember_published_round(connection, epoch_micros(as_of))
     return evaluated, await _queue_changes(connection, as_of, rows, definitions)
 
 
@@ -232,8 +229,6 @@ class MembershipScheduler:
         self.settings = settings
         self.clock = clock
         self.events_lag = events_lag
-        self.last_full_evaluation: datetime | None = None
-        self.full_evaluations = 0
         self._pending: set[str] = set()
         self._changed: set[str] = set()  # persons with new facts since the last round of everyone
         self._looked_at_everyone = False
@@ -305,8 +300,6 @@ class MembershipScheduler:
                 self._waiting.set(len(self._pending))
             if full:
                 self._looked_at_everyone = True
-                self.last_full_evaluation = as_of
-                self.full_evaluations += 1
             self._duration.labels("all" if full else "pending").observe(time.monotonic() - started)
         published = await publish_queued_changes(self.database, self.publisher,
                                                  batch=self.settings.publish_batch)

@@ -29,7 +29,6 @@ from services.segmentation.adapters.facts import (
     rfm_cut_inputs,
     standing_sums,
 )
-from services.segmentation.adapters.segments import stage_and_tier_counts
 from services.segmentation.domain.customers import (
     CustomerFigures,
     FiguresAt,
@@ -116,8 +115,9 @@ async def population_cuts(connection: AsyncConnection, figures_at: FiguresAt, *,
 
 
 async def load_population(connection: AsyncConnection, as_of: datetime, thresholds: Thresholds,
-                          persons: Collection[str] | None = None) -> Population:
-    """Whole figures and RFM scores of the named persons (or everyone) at as_of."""
+                          persons: Collection[str] | None = None, *, cuts: RfmCuts | None = None) -> Population:
+    """Whole figures and RFM scores of the named persons (or everyone) at as_of; named persons are ranked by
+    ``cuts`` when given (the whole population's at as_of, monetary in cents)."""
     figures_at = thresholds.at(as_of)
     as_of_us = figures_at.as_of_us
     rows = await customer_totals(connection, as_of_us, figures_at.lookback_start_us, persons)
@@ -147,7 +147,8 @@ async def load_population(connection: AsyncConnection, as_of: datetime, threshol
         scores = {person: cuts.score(figures) for person, figures in rfm_population.items()}
     else:
         # The named persons are ranked against everyone: the database hands over counts and cut values.
-        cuts = await population_cuts(connection, figures_at, monetary=True)
+        if cuts is None:
+            cuts = await population_cuts(connection, figures_at, monetary=True)
         scores = {person: cuts.score_values(figures.recency_days, figures.frequency, _cents(figures.monetary))
                   for person, figures in rfm_population.items()}
     return Population(as_of=as_of, customers=customers, rfm_scores=scores)
@@ -160,12 +161,6 @@ async def load_rfm_counts(connection: AsyncConnection, as_of: datetime) -> RfmCo
     histogram, _ = await rfm_cut_inputs(connection, figures_at.as_of_us, figures_at.lookback_start_us,
                                         monetary=False)
     return rfm_counts(histogram)
-
-
-async def lifecycle_and_tiers(connection: AsyncConnection, as_of: datetime,
-                              thresholds: Thresholds) -> dict[tuple[LifecycleStage, MembershipTier | None], int]:
-    """How many persons known at as_of are in each (lifecycle stage, tier or None)."""
-    return await stage_and_tier_counts(connection, thresholds.at(as_of))
 
 
 # (person_key, built-in segment ids at as_of (none when unknown then), membership key as stored or None).
@@ -245,10 +240,10 @@ class Evaluation:
 
 async def evaluate_segments(
     connection: AsyncConnection, as_of: datetime, thresholds: Thresholds, rule_segments: Sequence[SegmentDefinition],
-    persons: Collection[str] | None = None, *, always_load_traits: bool = False,
+    persons: Collection[str] | None = None, *, always_load_traits: bool = False, cuts: RfmCuts | None = None,
 ) -> Evaluation:
     """Built-in and rule segment membership of the named persons (or everyone) at as_of, from whole figures."""
-    population = await load_population(connection, as_of, thresholds, persons)
+    population = await load_population(connection, as_of, thresholds, persons, cuts=cuts)
     used = frozenset().union(*(fields_used(segment.rule) for segment in rule_segments if segment.rule is not None))
     windows = [item for item in used if isinstance(item, EventWindow)]
     needs_traits = always_load_traits or any(isinstance(item, str) and item.startswith(TRAIT_PREFIX) for item in used)

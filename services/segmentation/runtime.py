@@ -10,7 +10,9 @@ from libs.common.kafka import EVENTS_TOPIC, Subscription
 from libs.common.service import Service
 from services.segmentation.membership import MembershipScheduler
 from services.segmentation.population import Thresholds
+from services.segmentation.rfm_cuts import RfmCutsCache
 from services.segmentation.settings import SegmentationSettings
+from services.segmentation.stage_counts import StageCountsCache
 
 
 def system_clock() -> datetime:
@@ -27,6 +29,8 @@ class SegmentationService(Service):
         super().__init__("segmentation", settings, database, subscriptions)
         self.clock = clock
         self.thresholds = Thresholds(settings.lifecycle.thresholds(), settings.tiers.thresholds())
+        self.rfm_cuts = RfmCutsCache(self.metrics.registry)
+        self.stage_counts = StageCountsCache()
         self.scheduler = MembershipScheduler(
             database, self.publisher, thresholds=self.thresholds, settings=settings.membership, clock=clock,
             metrics=self.metrics, events_lag=self._events_lag,

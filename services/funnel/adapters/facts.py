@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -35,7 +35,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from libs.common.events import epoch_micros, from_epoch_micros
 from services.funnel.adapters.mirror import next_seq
 from services.funnel.adapters.tables import events, order_items
-from services.funnel.domain.facts import DIRECT, FunnelEvent, OrderFacts, OrderItem
+from services.funnel.domain.facts import FunnelEvent, OrderFacts, OrderItem
 
 
 def cents(amount: Decimal | None) -> int | None:
@@ -45,10 +45,6 @@ def cents(amount: Decimal | None) -> int | None:
 
 def _money(cents_value: int | None) -> Decimal | None:
     return None if cents_value is None else Decimal(cents_value).scaleb(-2)
-
-
-def _micros(span: timedelta) -> int:
-    return span // timedelta(microseconds=1)
 
 
 async def store_facts(connection: AsyncConnection, facts: Sequence[FunnelEvent]) -> set[str]:
@@ -239,67 +235,17 @@ class FactQuery:
     def _between(self, start_us: int, end_us: int) -> ColumnElement[bool]:
         return and_(events.c.occurred_us >= start_us, events.c.occurred_us < end_us, self._known())
 
-    def _persons_with(self, start_us: int, end_us: int, condition: ColumnElement[bool]) -> Select[Any]:
-        return select(events.c.person_key).where(self._between(start_us, end_us), condition)
-
-    def with_refunds_of_orders_placed(self, start: datetime, end: datetime) -> FactQuery:
-        """Refunds, at any time up to as_of, of orders completed in [start, end) (``return_rate``)."""
-        placed = select(events.c.order_id).where(
-            self._between(epoch_micros(start), epoch_micros(end)), events.c.order_status == "completed"
-        )
-        self._extras.append(
-            select(events.c.event_id).where(events.c.order_id.in_(placed), events.c.order_status == "refunded")
-        )
-        return self
-
-    def with_earlier_orders_of_buyers(self, start: datetime, end: datetime) -> FactQuery:
-        """Completed orders before start of persons with a completed order in [start, end) (``new_customers``)."""
-        start_us = epoch_micros(start)
-        buyers = self._persons_with(start_us, epoch_micros(end), events.c.order_status == "completed")
-        self._extras.append(
-            select(events.c.event_id).where(
-                events.c.person_key.in_(buyers), events.c.order_status == "completed",
-                events.c.occurred_us < start_us,
-            )
-        )
-        return self
-
-    def with_touches_before(self, start: datetime, end: datetime, lookback: timedelta) -> FactQuery:
-        """Sourced events in [start - lookback, start) of persons with a completed order in [start, end)."""
-        start_us = epoch_micros(start)
-        buyers = self._persons_with(start_us, epoch_micros(end), events.c.order_status == "completed")
-        self._extras.append(
-            select(events.c.event_id).where(
-                events.c.person_key.in_(buyers), events.c.source != DIRECT,
-                self._between(start_us - _micros(lookback), start_us),
-            )
-        )
-        return self
-
     def with_product_attributes(self) -> FactQuery:
         """For every product in the span, the latest events (up to as_of) carrying each of its attributes."""
         for column in ("product_name", "category", "price_cents", "declared_tier"):
             self._product_extras.append(
-                lambda products, column=column: self._carriers(
-                    products, lambda table: table.c[column].is_not(None), latest=True
-                )
+                lambda products, column=column: self._carriers(products, lambda table: table.c[column].is_not(None))
             )
-        self._product_extras.append(lambda products: self._item_carriers(products, latest=True))
+        self._product_extras.append(self._item_carriers)
         return self
 
-    def with_first_events_of_products(self) -> FactQuery:
-        """For every product in the span, its first event of any type (``introduction`` in the lifecycle)."""
-        # An order is about its items' products, any other event about its product (FunnelEvent.product_ids).
-        self._product_extras.append(
-            lambda products: self._carriers(products, lambda table: table.c.type != "order", latest=False)
-        )
-        self._product_extras.append(lambda products: self._item_carriers(products, latest=False, carried=False))
-        return self
-
-    def _carriers(
-        self, products: Sequence[str], carries: Callable[[Table], ColumnElement[bool]], *, latest: bool
-    ) -> Select[Any]:
-        """Per product, the events at the latest (or first) instant up to as_of that satisfy `carries`.
+    def _carriers(self, products: Sequence[str], carries: Callable[[Table], ColumnElement[bool]]) -> Select[Any]:
+        """Per product, the events at the latest instant up to as_of that satisfy `carries`.
 
         The instant is found per product by walking the (product_id, occurred_us) index from one end; every
         event at it is selected, because the domain breaks ties by event_id in its own order.
@@ -309,7 +255,7 @@ class FactQuery:
             select(candidate.c.occurred_us)
             .where(candidate.c.product_id == events.c.product_id, carries(candidate),
                    candidate.c.occurred_us <= self.as_of_us)
-            .order_by(candidate.c.occurred_us.desc() if latest else candidate.c.occurred_us)
+            .order_by(candidate.c.occurred_us.desc())
             .limit(1)
             .scalar_subquery()
         )
@@ -317,16 +263,14 @@ class FactQuery:
             events.c.product_id.in_(products), carries(events), events.c.occurred_us == instant
         )
 
-    def _item_carriers(self, products: Sequence[str], *, latest: bool, carried: bool = True) -> Select[Any]:
-        """Like ``_carriers`` for order lines: the order events at the latest (first) instant up to as_of with a
-        line of the product (one carrying a category, when `carried`)."""
-        pick = func.max if latest else func.min
-        condition = [order_items.c.product_id.in_(products), events.c.occurred_us <= self.as_of_us]
-        if carried:
-            condition.append(order_items.c.category.is_not(None))
+    def _item_carriers(self, products: Sequence[str]) -> Select[Any]:
+        """Like ``_carriers`` for order lines: the order events at the latest instant up to as_of with a line of
+        the product carrying a category."""
+        condition = [order_items.c.product_id.in_(products), events.c.occurred_us <= self.as_of_us,
+                     order_items.c.category.is_not(None)]
         joined = order_items.join(events, events.c.event_id == order_items.c.event_id)
         chosen = (
-            select(order_items.c.product_id, pick(events.c.occurred_us).label("at"))
+            select(order_items.c.product_id, func.max(events.c.occurred_us).label("at"))
             .select_from(joined)
             .where(*condition)
             .group_by(order_items.c.product_id)

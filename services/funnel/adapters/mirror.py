@@ -16,12 +16,21 @@ persons per range, chains of funnel steps) are computed by DuckDB, a columnar en
   appended as they are when they continue the copy; anything else (another replica's rows, an erasure's) is
   read from the database by seq.
 
-The copy is rebuilt from the database at start-up (nothing of it is kept on disk).
+Where it lives: in memory (rebuilt from the database at every start), or, given a directory, in a DuckDB
+file there (``facts-<generation>.duckdb``) whose buffer pool is bounded by ``memory_limit``, so the copy's size
+is bounded by disk, not RAM. The file keeps, in the transaction of each change, the seq it reaches and the
+event_id at that seq (``copy_state``): a restart opens it and catches up from there. It is rebuilt from the
+database when it is missing, unreadable, of another ``COPY_SCHEMA_VERSION``, or not a prefix of this database
+(its last event_id is not at its seq, nor moved later by an erasure). After an erasure the file is compacted
+into a new generation (``COPY FROM DATABASE``) and the old file removed: DuckDB's checkpoint reclaims the
+space of deleted rows only in part, so the erased keys would otherwise linger in the file's blocks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import itertools
 import logging
 import tempfile
 import threading
@@ -73,6 +82,10 @@ _DUCKDB_TYPES = {pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.float64(): "DOU
                  pa.bool_(): "BOOLEAN"}
 
 
+# The copy's tables and what they hold: a file written under another version is rebuilt, not read.
+COPY_SCHEMA_VERSION = 1
+
+
 def create_tables(connection: duckdb.DuckDBPyConnection) -> None:
     """The copy's tables, named and typed as the service's own (times epoch micros, money integer cents)."""
     # order_events: the order events again (about a tenth of all), so that the order rules (earliest
@@ -80,6 +93,10 @@ def create_tables(connection: duckdb.DuckDBPyConnection) -> None:
     for name, schema in (("events", EVENTS_SCHEMA), ("order_events", EVENTS_SCHEMA), ("order_items", ITEMS_SCHEMA)):
         columns = ", ".join(f"{field.name} {_DUCKDB_TYPES[field.type]}" for field in schema)
         connection.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
+    # Where the copy stands: the last seq it holds, and the event_id stored at it then.
+    connection.execute("CREATE TABLE IF NOT EXISTS copy_state (version INTEGER, seq BIGINT, event_id VARCHAR)")
+    if connection.execute("SELECT count(*) FROM copy_state").fetchone()[0] == 0:  # type: ignore[index]
+        connection.execute("INSERT INTO copy_state VALUES (?, 0, NULL)", [COPY_SCHEMA_VERSION])
 
 
 def arrow_batch(schema: pa.Schema, rows: Sequence[Sequence[Any]] | Sequence[dict[str, Any]]) -> pa.Table:
@@ -140,15 +157,29 @@ class FactMirror:
     ``query`` waits at most ``load_wait_seconds`` for the first load, then raises ``FactCopyUnavailable``
     (an unreachable database or a missing table would otherwise hold every request for as long as it lasts)."""
 
-    def __init__(self, database: Database, *, load_wait_seconds: float = 5.0) -> None:
+    def __init__(self, database: Database, *, load_wait_seconds: float = 5.0, directory: str | Path | None = None,
+                 memory_limit: str | None = None, threads: int = 2) -> None:
         self.database = database
         self.load_wait_seconds = load_wait_seconds
         # Why the last sync failed; None once one succeeds.
         self.failure: str | None = None
-        self.duckdb = duckdb.connect(":memory:", config={"threads": 2})
-        create_tables(self.duckdb)
+        # A process's copy lives in its own slot of the directory (slot-0, slot-1, ...: one per worker or
+        # replica sharing the setting), held by an exclusive lock on the slot's lock file while it runs.
+        self._slot_lock: Any = None
+        self.directory = None if directory is None else self._claim_slot(Path(directory))
+        self._config: dict[str, Any] = {"threads": threads}
+        if memory_limit is not None:
+            self._config["memory_limit"] = memory_limit
+        self.generation = 0
         self.seq = 0
         self.rows = 0
+        # The (seq, event_id) a copy kept on disk ends at, to be checked against the database before use.
+        self._resumed: tuple[int, str] | None = None
+        self.duckdb = self._open()
+        # Queries running on the connection, and whether a compaction is waiting to swap it.
+        self._readers = 0
+        self._readers_changed = threading.Condition()
+        self._swapping = False
         self.loaded = asyncio.Event()
         self._lock = asyncio.Lock()
         self._write = threading.Lock()
@@ -157,8 +188,131 @@ class FactMirror:
         # What this process's consumer committed, not yet in the copy (``written``), and its row count.
         self._written: deque[_Written] = deque()
         self._written_rows = 0
-        self._bulk_loaded = False
+        self._bulk_loaded = self.seq > 0  # a copy kept on disk catches up from its seq
         self.rows_handed_over = 0  # of the rows applied, those the consumer handed over (not read back)
+
+    def _claim_slot(self, root: Path) -> Path:
+        """The first slot of ``root`` no other running copy holds, locked for this one."""
+        for number in itertools.count():
+            slot = root / f"slot-{number}"
+            slot.mkdir(parents=True, exist_ok=True)
+            handle = open(slot / "lock", "a+")  # held open, and locked, until stop
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            self._slot_lock = handle
+            return slot
+        raise AssertionError("unreachable")
+
+    def _path(self, generation: int) -> Path:
+        assert self.directory is not None
+        return self.directory / f"facts-{generation:06d}.duckdb"
+
+    def _generations(self) -> list[int]:
+        assert self.directory is not None
+        found = []
+        for path in self.directory.glob("facts-*.duckdb"):
+            try:
+                found.append(int(path.stem.removeprefix("facts-")))
+            except ValueError:
+                continue
+        return sorted(found)
+
+    def _remove(self, generation: int) -> None:
+        for suffix in ("", ".wal"):
+            Path(f"{self._path(generation)}{suffix}").unlink(missing_ok=True)
+
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        """The copy's connection: in memory; or the newest readable file of the directory, of this version
+        (its seq and rows taken up), older ones removed; or a new empty file."""
+        if self.directory is None:
+            connection = duckdb.connect(":memory:", config=self._config)
+            create_tables(connection)
+            return connection
+        self.directory.mkdir(parents=True, exist_ok=True)
+        generations = self._generations()
+        newest = generations[-1] if generations else 0
+        if generations:
+            try:
+                connection = duckdb.connect(str(self._path(newest)), config=self._config)
+                version, seq, event_id = connection.execute(
+                    "SELECT version, seq, event_id FROM copy_state").fetchone()  # type: ignore[misc]
+                if version == COPY_SCHEMA_VERSION:
+                    self.generation, self.seq = newest, seq
+                    self.rows = connection.execute("SELECT count(*) FROM events").fetchone()[0]  # type: ignore[index]
+                    self._resumed = (seq, event_id) if seq else None
+                    for older in generations[:-1]:
+                        self._remove(older)
+                    log.info("fact copy opened", extra={"path": str(self._path(newest)), "seq": seq, "rows": self.rows})
+                    return connection
+                connection.close()
+                log.warning("fact copy of another version: rebuilt", extra={"version": version})
+            except (duckdb.Error, TypeError) as exc:
+                log.warning("fact copy unreadable: rebuilt", extra={"reason": _reason(exc)})
+        for generation in generations:
+            self._remove(generation)
+        self.generation = newest + 1
+        connection = duckdb.connect(str(self._path(self.generation)), config=self._config)
+        create_tables(connection)
+        return connection
+
+    async def _check_resumed(self) -> None:
+        """A copy kept on disk continues only if it is a prefix of this database: the event_id it ends at is
+        at its seq, or was moved later by an erasure (then the copy reads it again). Else it starts over."""
+        if self._resumed is None:
+            return
+        seq, event_id = self._resumed
+        async with self.database.read() as connection:
+            found = (await connection.execute(
+                select(events.c.seq, events.c.revised).where(events.c.event_id == event_id)
+            )).first()
+        self._resumed = None
+        if found is not None and (found.seq == seq or (found.seq > seq and found.revised)):
+            return
+        log.warning("fact copy is not a prefix of this database: rebuilt", extra={"seq": seq})
+        await asyncio.to_thread(self._clear)
+        self.seq = self.rows = 0
+        self._bulk_loaded = False
+
+    def _clear(self) -> None:
+        """An empty copy: a new file (the old one removed), or emptied tables in memory."""
+        with self._write:
+            if self.directory is None:
+                for table in ("events", "order_events", "order_items"):
+                    self.duckdb.execute(f"DELETE FROM {table}")
+                self.duckdb.execute("UPDATE copy_state SET seq = 0, event_id = NULL")
+                return
+            self.duckdb.close()
+            self._remove(self.generation)
+            self.generation += 1
+            self.duckdb = duckdb.connect(str(self._path(self.generation)), config=self._config)
+            create_tables(self.duckdb)
+
+    def _compact(self) -> None:
+        """The file copied into a new generation and the old one removed, so that no block of the file holds
+        rows an erasure replaced (a checkpoint reclaims deleted rows' space only in part)."""
+        old, old_generation = self.duckdb, self.generation
+        path = self._path(old_generation + 1)
+        self._remove(old_generation + 1)
+        with self._write:
+            name = old.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
+            # ATTACH takes no parameters; the path is the service's own setting, quoted as an SQL string.
+            old.execute("ATTACH '{}' AS compacted".format(str(path).replace("'", "''")))
+            try:
+                old.execute(f'COPY FROM DATABASE "{name}" TO compacted')
+            finally:
+                old.execute("DETACH compacted")
+            fresh = duckdb.connect(str(path), config=self._config)
+            with self._readers_changed:
+                self._swapping = True
+                self._readers_changed.wait_for(lambda: self._readers == 0)
+                self.duckdb, self.generation = fresh, old_generation + 1
+                self._swapping = False
+                self._readers_changed.notify_all()
+        old.close()
+        self._remove(old_generation)
 
     async def _bulk_load(self) -> int:
         """PostgreSQL: the first load as two COPYs to CSV read by DuckDB (a per-row fetch of millions of rows
@@ -167,6 +321,7 @@ class FactMirror:
             top = (await connection.execute(select(func.max(events.c.seq)))).scalar()
             if top is None:
                 return 0
+            top_event = (await connection.execute(select(events.c.event_id).where(events.c.seq == top))).scalar_one()
             driver = (await connection.get_raw_connection()).driver_connection
             with tempfile.TemporaryDirectory(prefix="shoploop-funnel-copy-") as directory:
                 paths = {name: Path(directory, f"{name}.csv") for name in ("events", "order_items")}
@@ -177,12 +332,12 @@ class FactMirror:
                 await driver.copy_from_query(
                     f"SELECT {item_columns} FROM order_items i JOIN events e ON e.event_id = i.event_id "
                     f"WHERE e.seq <= {int(top)}", output=str(paths["order_items"]), format="csv")
-                await asyncio.to_thread(self._load_csv, paths)
+                await asyncio.to_thread(self._load_csv, paths, top, top_event)
         self.seq = top
         self.rows = self.duckdb.execute("SELECT count(*) FROM events").fetchone()[0]  # type: ignore[index]
         return self.rows
 
-    def _load_csv(self, paths: dict[str, Path]) -> None:
+    def _load_csv(self, paths: dict[str, Path], top: int, top_event: str) -> None:
         # One transaction: a load that fails half way leaves nothing behind for the retry to load again.
         with self._write:
             self.duckdb.execute("BEGIN")
@@ -198,6 +353,7 @@ class FactMirror:
                         [str(paths[name]), columns],
                     )
                 self.duckdb.execute("INSERT INTO order_events SELECT * FROM events WHERE order_status IS NOT NULL")
+                self.duckdb.execute("UPDATE copy_state SET seq = ?, event_id = ?", [top, top_event])
                 self.duckdb.execute("COMMIT")
             except BaseException:
                 self.duckdb.execute("ROLLBACK")
@@ -244,6 +400,7 @@ class FactMirror:
         """Apply every committed row with a higher seq than the copy's; the number of rows applied."""
         async with self._lock:
             applied = 0
+            await self._check_resumed()
             if not self._bulk_loaded and not self.database.is_sqlite:
                 applied = await self._bulk_load()
                 # Once, at start: later rows (an empty database's first ones too) are followed row by row.
@@ -251,7 +408,7 @@ class FactMirror:
             while True:
                 own, own_items, own_top = self._take_written()
                 if own:
-                    await asyncio.to_thread(self._apply, own, own_items, [])
+                    await asyncio.to_thread(self._apply, own, own_items, [], own_top)
                     self.seq = own_top
                     self.rows += len(own)
                     self.rows_handed_over += len(own)
@@ -269,13 +426,17 @@ class FactMirror:
                     )).all()
                 revised = [row.event_id for row in rows if row.revised]
                 await asyncio.to_thread(self._apply, [tuple(row[:-2]) for row in rows], [tuple(row) for row in items],
-                                        revised)
+                                        revised, top)
                 self.seq = top
                 self.rows += len(rows) - len(revised)
                 applied += len(rows)
+                if revised and self.directory is not None:
+                    await asyncio.to_thread(self._compact)
             return applied
 
-    def _apply(self, rows: Sequence[tuple[Any, ...]], items: Sequence[tuple[Any, ...]], revised: list[str]) -> None:
+    def _apply(self, rows: Sequence[tuple[Any, ...]], items: Sequence[tuple[Any, ...]], revised: list[str],
+               top: int) -> None:
+        """Append rows (replacing the revised ones), with the seq they reach: ``top``, the last row's."""
         batch, item_batch = arrow_batch(EVENTS_SCHEMA, rows), arrow_batch(ITEMS_SCHEMA, items)
         with self._write:
             connection = self.duckdb
@@ -288,6 +449,7 @@ class FactMirror:
                     connection.execute("DELETE FROM order_items WHERE event_id IN (SELECT unnest(?))", [revised])
                 append(connection, "events", batch)
                 append(connection, "order_items", item_batch)
+                connection.execute("UPDATE copy_state SET seq = ?, event_id = ?", [top, rows[-1][0]])
                 connection.execute("COMMIT")
             except BaseException:
                 connection.execute("ROLLBACK")
@@ -316,11 +478,17 @@ class FactMirror:
             raise FactCopyUnavailable("the fact copy could not catch up with the database") from exc
 
         def run() -> T:
-            cursor = self.duckdb.cursor()
+            with self._readers_changed:
+                self._readers_changed.wait_for(lambda: not self._swapping)
+                self._readers += 1
+                cursor = self.duckdb.cursor()
             try:
                 return compute(cursor)
             finally:
                 cursor.close()
+                with self._readers_changed:
+                    self._readers -= 1
+                    self._readers_changed.notify_all()
 
         return await asyncio.to_thread(run)
 
@@ -353,3 +521,6 @@ class FactMirror:
         if self._task is not None:
             await self._task
         self.duckdb.close()
+        if self._slot_lock is not None:
+            self._slot_lock.close()  # releases the slot for the next start
+            self._slot_lock = None

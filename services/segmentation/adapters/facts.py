@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db import BulkRows, wide_sum, wide_total
-from libs.common.events import PublishedEvent, epoch_micros, from_epoch_micros
+from libs.common.events import PublishedEvent, epoch_micros
 from services.segmentation.adapters.tables import (
     PERSONAL_TABLES,
     counted_orders,
@@ -38,7 +38,7 @@ from services.segmentation.adapters.tables import (
     customer_traits,
     profiles,
 )
-from services.segmentation.domain.customers import REPEAT_WINDOW, OrderFact, OrderStatus
+from services.segmentation.domain.customers import REPEAT_WINDOW, OrderStatus
 
 # Bounded IN lists keep every statement well under SQLite's bound-parameter limit.
 _CHUNK = 900
@@ -61,10 +61,6 @@ def chunks(values: Iterable[str], size: int = _CHUNK) -> Iterator[list[str]]:
 
 def _cents(amount: Decimal | None) -> int | None:
     return None if amount is None else int(amount.scaleb(2))
-
-
-def _money(cents: int | None) -> Decimal:
-    return Decimal(cents or 0).scaleb(-2)
 
 
 @dataclass(slots=True)
@@ -390,17 +386,6 @@ async def last_seen_at_or_before(connection: AsyncConnection, as_of_us: int,
     query = (select(customer_events.c.person_key, func.max(customer_events.c.occurred_us))
              .where(customer_events.c.occurred_us <= as_of_us).group_by(customer_events.c.person_key))
     return dict(await _in_chunks(connection, query, customer_events.c.person_key, persons))
-
-
-async def counted_orders_of(connection: AsyncConnection, person: str, as_of_us: int) -> list[OrderFact]:
-    """One person's counted orders up to as_of."""
-    order = counted_orders.c
-    rows = await connection.execute(
-        select(order.order_id, order.person_key, order.occurred_us, order.total_cents, order.event_id)
-        .where(order.person_key == person, order.occurred_us <= as_of_us)
-    )
-    return [OrderFact(row.order_id, row.person_key, from_epoch_micros(row.occurred_us), _money(row.total_cents),
-                      row.event_id) for row in rows]
 
 
 async def event_type_counts(

@@ -9,8 +9,14 @@ from sqlalchemy.engine import Connection
 
 from libs.common.db import Migration, create_all
 from services.segmentation.adapters.facts import earliest_completed_events
-from services.segmentation.adapters.segments import segment_rounds
-from services.segmentation.adapters.tables import counted_orders, customer_events, customer_segments, metadata
+from services.segmentation.adapters.segments import published_rounds, segment_rounds
+from services.segmentation.adapters.tables import (
+    counted_orders,
+    customer_events,
+    customer_segments,
+    fact_versions,
+    metadata,
+)
 from services.segmentation.segments import membership_key
 
 
@@ -61,6 +67,17 @@ def _last_round_kept_until_an_erasure(connection: Connection) -> None:
         connection.execute(text(statement))
 
 
+def _read_side_state(connection: Connection) -> None:
+    for table in (fact_versions, published_rounds):
+        table.create(connection, checkfirst=True)
+    for index in counted_orders.indexes:
+        index.create(connection, checkfirst=True)
+    if connection.dialect.name == "postgresql":
+        # Pages of stored members walk person keys in code-point order (adapters/segments.py stored_members).
+        connection.execute(text('CREATE INDEX IF NOT EXISTS ix_customer_segments_person_bytewise '
+                                'ON customer_segments (person_key COLLATE "C")'))
+
+
 # Step 1 creates the current tables on a new database; later steps bring an older database to the same.
 MIGRATIONS = [
     Migration(1, "customer facts, segments and membership", create_all(metadata)),
@@ -68,4 +85,6 @@ MIGRATIONS = [
                  "evaluations in memory", _derived_facts_and_membership_per_person),
     Migration(3, "customer events indexed by person and type", _events_indexed_by_person_and_type),
     Migration(4, "the last membership round, forgotten when a profile is erased", _last_round_kept_until_an_erasure),
+    Migration(5, "read side: fact versions for cached RFM cuts, counted orders by time, the last published "
+                 "round, stored members by person key in code-point order", _read_side_state),
 ]

@@ -18,6 +18,7 @@ from sqlalchemy import (
     case,
     delete,
     func,
+    literal,
     or_,
     select,
     text,
@@ -28,7 +29,7 @@ from sqlalchemy.sql.expression import SelectBase
 
 from libs.common.db import BulkRows, wide_at_least
 from libs.common.events import epoch_micros, from_epoch_micros
-from services.segmentation.adapters.facts import _order_sums, chunks
+from services.segmentation.adapters.facts import _bytewise, _order_sums, chunks
 from services.segmentation.adapters.tables import (
     counted_orders,
     customer_segments,
@@ -202,6 +203,43 @@ async def remember_round(connection: AsyncConnection, round_: Round | None) -> N
         ))
 
 
+# When the stored membership was last decided for every customer: the as_of of the last round of everyone
+# (built-in and rule segments alike). Unlike segment_rounds it survives erasures and rule segments: stored pages
+# of members (GET /v1/segments/{id}/members without as_of) are reported at it.
+published_rounds = Table(
+    "published_rounds",
+    metadata,
+    Column("scope", String(16), primary_key=True),
+    Column("as_of_us", BigInteger, nullable=False),
+)
+_EVERYONE = "everyone"
+
+
+async def remember_published_round(connection: AsyncConnection, as_of_us: int) -> None:
+    """Record that every customer's stored membership was decided at as_of (in this transaction)."""
+    await connection.execute(delete(published_rounds))
+    await connection.execute(published_rounds.insert().values(scope=_EVERYONE, as_of_us=as_of_us))
+
+
+async def last_published_round(connection: AsyncConnection) -> int | None:
+    """The as_of (epoch micros) of the last round of everyone whose membership is stored, if any."""
+    return (await connection.execute(select(published_rounds.c.as_of_us)
+                                     .where(published_rounds.c.scope == _EVERYONE))).scalar_one_or_none()
+
+
+async def stored_members(connection: AsyncConnection, segment_id: str, after: str | None, limit: int) -> list[str]:
+    """Up to ``limit`` persons whose stored membership holds the segment, by person key after ``after``: a walk
+    of the person-key index (migration 5 gives PostgreSQL one in code-point order), not an evaluation."""
+    person = _bytewise(connection.dialect.name, customer_segments.c.person_key)
+    # Ids hold no space: " id " within " key " is membership (autoescape: "_" in "rfm:at_risk" is no wildcard).
+    padded = literal(" ") + customer_segments.c.segment_ids + literal(" ")
+    query = (select(customer_segments.c.person_key).where(padded.contains(f" {segment_id} ", autoescape=True))
+             .order_by(person).limit(limit))
+    if after is not None:
+        query = query.where(person > after)
+    return list((await connection.execute(query)).scalars())
+
+
 def _lifecycle_id(sums: Any, figures_at: FiguresAt) -> Any:
     """The lifecycle segment id of a customer (``FiguresAt.lifecycle``) as a SQL expression over their order sums."""
     new_us, active_us, dormant_us, *_ = figures_at.limits()
@@ -268,6 +306,29 @@ async def stage_and_tier_counts(
     tiers: dict[str, MembershipTier | None] = {part: tier for tier, part in _TIER_PARTS.items()} | {"": None}
     return {(stages[stage_id], tiers[tier_part]): customers
             for stage_id, tier_part, customers in await connection.execute(query)}
+
+
+async def stages_of(connection: AsyncConnection, figures_at: FiguresAt,
+                    persons: Collection[str]) -> list[tuple[LifecycleStage, MembershipTier | None]]:
+    """(lifecycle stage, tier or None) at as_of of those of the persons known then, decided in the database as
+    ``stage_and_tier_counts`` decides them."""
+    stages = {builtin_ids(stage, None, None)[0]: stage for stage in LifecycleStage}
+    tiers: dict[str, MembershipTier | None] = {part: tier for tier, part in _TIER_PARTS.items()} | {"": None}
+    found: list[tuple[LifecycleStage, MembershipTier | None]] = []
+    for batch in chunks(persons):
+        sums = _order_sums(figures_at.as_of_us, figures_at.lookback_start_us, batch)
+        query = (select(_lifecycle_id(sums, figures_at), _tier_part(sums, figures_at))
+                 .select_from(profiles.outerjoin(sums, sums.c.person_key == profiles.c.person_key))
+                 .where(profiles.c.first_seen_us <= figures_at.as_of_us, profiles.c.person_key.in_(batch)))
+        found += [(stages[stage_id], tiers[tier_part]) for stage_id, tier_part in await connection.execute(query)]
+    return found
+
+
+async def persons_first_seen_in(connection: AsyncConnection, after_us: int, until_us: int) -> list[str]:
+    """Persons whose first event lies in ``(after, until]``."""
+    query = select(profiles.c.person_key).where(profiles.c.first_seen_us > after_us,
+                                                profiles.c.first_seen_us <= until_us)
+    return list((await connection.execute(query)).scalars())
 
 
 def round_candidates(windows: Sequence[tuple[int, int]], known_after_us: int, as_of_us: int) -> SelectBase:

@@ -64,6 +64,8 @@ counted_orders = Table(
     Column("occurred_us", BigInteger, nullable=False),
     Column("total_cents", BigInteger, nullable=False),
     Index("ix_counted_orders_person", "person_key", "occurred_us"),
+    # Persons with an order in a few narrow ranges: whose RFM figures moved between two moments (rfm_cuts.py).
+    Index("ix_counted_orders_time", "occurred_us"),
 )
 
 # identify traits, one row per call: merged in (occurred_at, event_id) order at query time.
@@ -102,6 +104,18 @@ segment_changes = Table(
     Column("change_id", String(64), nullable=False, unique=True),
     Column("person_key", String(_PERSON), nullable=False, index=True),
     Column("payload", Text, nullable=False),
+)
+
+# How often each consumer process has changed counted orders, and stored facts of any kind (one row per
+# process, so replicas never wait for each other's row): the read side's cached counts are keyed on the totals,
+# which only grow. Bumped in the transaction that changes the facts, so a reader that read the totals before
+# the facts cannot keep older facts under newer totals.
+fact_versions = Table(
+    "fact_versions",
+    metadata,
+    Column("writer", String(32), primary_key=True),
+    Column("orders", BigInteger, nullable=False),
+    Column("facts", BigInteger, nullable=False),
 )
 
 PERSONAL_TABLES = (profiles, customer_events, customer_orders, counted_orders, customer_traits, customer_segments,

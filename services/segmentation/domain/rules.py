@@ -21,9 +21,9 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from math import isfinite
 from types import MappingProxyType
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from libs.common.events import EVENT_TYPES, parse_rfc3339
 from services.segmentation.domain.customers import CustomerFigures, LifecycleStage, MembershipTier
@@ -210,10 +210,6 @@ _NOT_A_RULE = "expected an object with one of 'all', 'any', 'not', 'field' or 'c
 def parse_rule(raw: object, limits: RuleLimits = RuleLimits()) -> Rule:
     """Validated, immutable rule tree from its JSON form, or RuleError (SPEC.md Customers, Rule segments)."""
     return _RuleParser(limits).rule(raw, "rule", depth=1)
-
-
-# A rule field of an API body: pydantic turns a RuleError into a 422 entry with its message.
-SegmentRule = Annotated[Rule, BeforeValidator(parse_rule)]
 
 
 class _RuleParser:

@@ -19,8 +19,10 @@ def funnel_common(common_settings) -> CommonSettings:
 
 
 @pytest.fixture
-def settings(funnel_common, database_url) -> FunnelSettings:
-    return FunnelSettings(database_url=database_url, common=funnel_common, max_page_size=50)
+def settings(funnel_common, database_url, tmp_path) -> FunnelSettings:
+    # The copy on disk, as deployed (make run, compose): every route test exercises the file-backed copy.
+    return FunnelSettings(database_url=database_url, common=funnel_common, max_page_size=50,
+                          fact_copy_dir=str(tmp_path / "copy"))
 
 
 @pytest.fixture

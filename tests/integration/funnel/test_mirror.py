@@ -141,3 +141,115 @@ async def test_the_copy_fed_by_the_consumer_equals_the_stored_facts_with_other_w
     finally:
         await mirror.stop()
         await database.close()
+
+
+def _files(directory) -> list:
+    return sorted(str(path.relative_to(directory)) for path in directory.rglob("*.duckdb"))
+
+
+def _bytes(directory) -> bytes:
+    return b"".join(path.read_bytes() for path in directory.rglob("*") if path.is_file())
+
+
+async def test_a_restart_catches_up_from_its_seq_exactly_and_an_erasure_leaves_no_key_in_the_file(
+    database_url, tmp_path
+):
+    database = Database(database_url, metadata=metadata, migrations=MIGRATIONS)
+    await database.start()
+    directory = tmp_path / "copy"
+    try:
+        async with database.begin() as connection:
+            await store_facts(connection, _events(1))
+        mirror = FactMirror(database, directory=directory, memory_limit="64MB")
+        loaded = await mirror.refresh()
+        assert loaded == len(AWKWARD) + 3
+        mirror.duckdb.execute("CHECKPOINT")
+        assert b"u-1-0" in _bytes(directory), "the key is readable in the file, so its absence below means something"
+        await mirror.stop()
+
+        # While the copy is down: new rows, and an erasure that rewrites rows the file already holds.
+        async with database.begin() as connection:
+            await store_facts(connection, _events(2))
+        async with database.begin() as connection:
+            await pseudonymise_persons(connection, {"u-1-0": "erased:x"})
+
+        mirror = FactMirror(database, directory=directory, memory_limit="64MB")
+        assert (mirror.seq, mirror.rows) == (loaded, loaded)  # taken up from the file, not reloaded
+        # Only what was written while it was down: the new events and the three rewritten ones.
+        assert await mirror.refresh() == len(AWKWARD) + 3 + 3
+        copied = _copied(mirror)
+        assert copied == await _stored(database)
+        assert not any("u-1-0" in row for row in copied[0])
+        # The erasure compacted the file into a new generation: no block of the old one is left.
+        assert _files(directory) == ["slot-0/facts-000002.duckdb"]
+        mirror.duckdb.execute("CHECKPOINT")
+        assert b"u-1-0" not in _bytes(directory)
+        await mirror.stop()
+
+        mirror = FactMirror(database, directory=directory)
+        assert await mirror.refresh() == 0
+        assert _copied(mirror) == await _stored(database)
+        await mirror.stop()
+    finally:
+        await database.close()
+
+
+async def test_a_corrupt_foreign_or_older_copy_is_rebuilt_from_the_database(database_url, tmp_path):
+    database = Database(database_url, metadata=metadata, migrations=MIGRATIONS)
+    await database.start()
+    directory = tmp_path / "copy"
+    total = 2 * (len(AWKWARD) + 3)
+
+    async def reopened() -> FactMirror:
+        mirror = FactMirror(database, directory=directory)
+        assert await mirror.refresh() == total  # everything loaded again
+        assert _copied(mirror) == await _stored(database)
+        return mirror
+
+    try:
+        for offset in (1, 2):
+            async with database.begin() as connection:
+                await store_facts(connection, _events(offset))
+        mirror = FactMirror(database, directory=directory)
+        await mirror.refresh()
+        # Another database's copy: its last event_id is not at its seq here.
+        mirror.duckdb.execute("UPDATE copy_state SET event_id = 'elsewhere'")
+        await mirror.stop()
+        mirror = await reopened()
+        # A copy written by another version of the service.
+        mirror.duckdb.execute("UPDATE copy_state SET version = version + 1")
+        await mirror.stop()
+        mirror = await reopened()
+        await mirror.stop()
+        # A file that is not a DuckDB database at all.
+        (path,) = directory.rglob("*.duckdb")
+        path.write_bytes(b"not a database" * 1000)
+        mirror = await reopened()
+        await mirror.stop()
+        # No file.
+        for leftover in directory.rglob("*.duckdb*"):
+            leftover.unlink()
+        mirror = await reopened()
+        await mirror.stop()
+    finally:
+        await database.close()
+
+
+async def test_copies_running_at_once_on_one_directory_each_take_their_own_slot(database_url, tmp_path):
+    database = Database(database_url, metadata=metadata, migrations=MIGRATIONS)
+    await database.start()
+    directory = tmp_path / "copy"
+    try:
+        async with database.begin() as connection:
+            await store_facts(connection, _events(1))
+        one, other = FactMirror(database, directory=directory), FactMirror(database, directory=directory)
+        assert (one.directory, other.directory) == (directory / "slot-0", directory / "slot-1")
+        assert await one.refresh() == await other.refresh() == len(AWKWARD) + 3
+        assert _copied(one) == _copied(other) == await _stored(database)
+        await one.stop()
+        again = FactMirror(database, directory=directory)  # the slot freed by the stop, with its copy
+        assert again.directory == directory / "slot-0" and again.seq > 0
+        await other.stop()
+        await again.stop()
+    finally:
+        await database.close()

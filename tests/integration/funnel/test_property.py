@@ -123,8 +123,9 @@ _eras = itertools.count(1)
 
 
 @pytest.fixture(name="settings")
-def shanghai_settings(funnel_common, database_url) -> FunnelSettings:
-    return FunnelSettings(database_url=database_url, common=funnel_common.model_copy(update={"timezone": TIME_ZONE}))
+def shanghai_settings(funnel_common, database_url, tmp_path) -> FunnelSettings:
+    return FunnelSettings(database_url=database_url, common=funnel_common.model_copy(update={"timezone": TIME_ZONE}),
+                          fact_copy_dir=str(tmp_path / "copy"))
 
 
 @pytest.fixture

@@ -66,6 +66,12 @@ class Segmentation:
         return response.json()
 
 
+def rounds_of_everyone(service: SegmentationService) -> int:
+    """Membership rounds of everyone the service has completed (its evaluation-time histogram's count)."""
+    count = service.metrics.registry.get_sample_value("shoploop_segment_evaluation_seconds_count", {"scope": "all"})
+    return int(count or 0)
+
+
 async def segment_changes(broker, count: int, *, deadline_seconds: float = 15.0) -> list[dict[str, Any]]:
     """Records on shoploop.segments.v1 (up to ``count``), each with its Kafka key as ``key``."""
     records = await read_topic(broker.bootstrap_servers, SEGMENTS_TOPIC, count=count,

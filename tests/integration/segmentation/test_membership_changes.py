@@ -5,14 +5,21 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from tests.integration.segmentation.conftest import CAMPAIGNS, changes, event, order, segment_changes
+from tests.integration.segmentation.conftest import (
+    CAMPAIGNS,
+    changes,
+    event,
+    order,
+    rounds_of_everyone,
+    segment_changes,
+)
 from tests.support import eventually
 
 
 async def scheduler_rounds(segmentation, rounds: int) -> None:
-    scheduler = segmentation.service.scheduler
-    target = scheduler.full_evaluations + rounds
-    await eventually(lambda: scheduler.full_evaluations >= target, what=f"{rounds} more full evaluations")
+    service = segmentation.service
+    target = rounds_of_everyone(service) + rounds
+    await eventually(lambda: rounds_of_everyone(service) >= target, what=f"{rounds} more full evaluations")
 
 
 async def test_each_change_is_published_once_and_time_alone_makes_a_customer_dormant(segmentation, broker, clock):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from tests.integration.segmentation.conftest import CAMPAIGNS, READ, event
+from tests.support import eventually
 
 DORMANT_GOLD = {"all": [{"field": "lifecycle", "op": "eq", "value": "dormant"},
                         {"field": "tier", "op": "in", "value": ["gold", "diamond"]}]}
@@ -80,12 +81,20 @@ async def test_unknown_things_answer_404_and_as_of_is_validated(segmentation):
     plus = await client.get("/v1/lifecycle?as_of=2025-12-01T08:00:00+08:00", headers=READ)
     assert plus.json()["as_of"] == "2025-12-01T00:00:00.000000Z" and plus.json()["stages"]["prospect"] == 5
 
-    pages, cursor = [], None
-    while True:
-        page = await segmentation.get("/v1/segments/lifecycle:prospect/members", limit=2,
-                                      **({"cursor": cursor} if cursor else {}))
-        pages.append([item["person_key"] for item in page["items"]])
-        cursor = page["next_cursor"]
-        if cursor is None:
-            break
-    assert pages == [["u-0", "u-1"], ["u-2", "u-3"], ["u-4"]]
+    async def pages(**params: str) -> list[list[str]]:
+        found, cursor = [], None
+        while True:
+            page = await segmentation.get("/v1/segments/lifecycle:prospect/members", limit=2, **params,
+                                          **({"cursor": cursor} if cursor else {}))
+            found.append([item["person_key"] for item in page["items"]])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return found
+
+    walk = [["u-0", "u-1"], ["u-2", "u-3"], ["u-4"]]
+    # Evaluated at an as_of, and as published once the scheduler has evaluated the new persons.
+    assert await pages(as_of="2025-12-02T00:00:00Z") == walk
+
+    async def published() -> bool:
+        return await pages() == walk
+    await eventually(published, what="the new prospects published")

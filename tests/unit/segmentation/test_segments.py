@@ -7,7 +7,7 @@ import orjson
 from libs.common.events import format_timestamp
 from services.segmentation.domain.customers import LifecycleStage, MembershipTier, customer_figures
 from services.segmentation.domain.rfm import RfmScore, RfmSegment
-from services.segmentation.membership import change_record
+from services.segmentation.membership import change_records
 from services.segmentation.segments import BUILTIN_BY_ID, BUILTIN_SEGMENTS, SegmentKind, builtin_segment_ids
 
 AS_OF = datetime(2026, 1, 1, tzinfo=UTC)
@@ -36,8 +36,8 @@ def test_a_scored_customer_with_a_tier_is_in_one_segment_of_each_kind():
 def test_a_change_record_names_the_change_segment_and_person_and_carries_a_unique_id():
     segment = BUILTIN_BY_ID["lifecycle:dormant"]
 
-    first = change_record("entered", segment, "u-1", AS_OF)
-    second = change_record("entered", segment, "u-1", AS_OF)
+    first = change_records([("entered", segment, "u-1")], AS_OF)[0]
+    second = change_records([("entered", segment, "u-1")], AS_OF)[0]
 
     change_id, person, payload = first
     assert person == "u-1"
@@ -48,5 +48,5 @@ def test_a_change_record_names_the_change_segment_and_person_and_carries_a_uniqu
     }
     assert second[0] != change_id
     # An evaluation passes its moment formatted once: the same record.
-    _, _, preformatted = change_record("entered", segment, "u-1", format_timestamp(AS_OF))
+    _, _, preformatted = change_records([("entered", segment, "u-1")], format_timestamp(AS_OF))[0]
     assert orjson.loads(preformatted) | {"change_id": change_id} == orjson.loads(payload)

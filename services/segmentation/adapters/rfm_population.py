@@ -1,0 +1,62 @@
+"""The RFM population as counts and sorted values (what rfm_cuts.py keeps per moment), and the persons whose
+RFM figures can differ between two close moments."""
+
+from __future__ import annotations
+
+from array import array
+from collections import Counter
+from collections.abc import Collection, Sequence
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.segmentation.adapters.facts import _rfm_figures, cents_total, chunks
+from services.segmentation.adapters.tables import counted_orders
+from services.segmentation.domain.rounds import DAY_US
+
+_STREAMED_ROWS = 50_000
+
+
+async def rfm_population(connection: AsyncConnection, as_of_us: int,
+                         lookback_start_us: int) -> tuple[Counter[int], Counter[int], Sequence[int]]:
+    """The RFM population at as_of in one pass: customers per recency_days, per frequency, and every monetary
+    value (cents) in ascending order (packed 8 bytes each while they fit)."""
+    figures = _rfm_figures(as_of_us, lookback_start_us).subquery("figures")
+    high, low = figures.c.monetary_high, figures.c.monetary_low  # a wide sum (libs/common/db.py wide_sum)
+    query = select(figures.c.last_order_us, figures.c.frequency, high, low).order_by(high, low)
+    recency: Counter[int] = Counter()
+    frequency: Counter[int] = Counter()
+    monetary: array[int] | list[int] = array("q")
+    result = await connection.stream(query)
+    async for part in result.partitions(_STREAMED_ROWS):
+        for last_order_us, orders, cents_high, cents_low in part:
+            recency[(as_of_us - last_order_us) // DAY_US] += 1
+            frequency[orders] += 1
+            cents = cents_total(cents_high, cents_low) or 0
+            try:
+                monetary.append(cents)
+            except OverflowError:  # a sum of cents beyond 64 bits: keep Python integers
+                monetary = [*monetary, cents]
+    return recency, frequency, monetary
+
+
+async def persons_with_orders_in(connection: AsyncConnection, ranges: Sequence[tuple[int, int]]) -> list[str]:
+    """Persons with a counted order in one of the ranges ``(after, until]`` (by the index on order time)."""
+    if not ranges:
+        return []
+    order = counted_orders.c
+    query = select(order.person_key).distinct().where(
+        or_(*(and_(order.occurred_us > after, order.occurred_us <= until) for after, until in ranges)))
+    return list((await connection.execute(query)).scalars())
+
+
+async def rfm_figures_of(connection: AsyncConnection, as_of_us: int, lookback_start_us: int,
+                         persons: Collection[str]) -> list[tuple[int, int, int]]:
+    """``(recency_days, frequency, monetary_cents)`` at as_of of those of the persons in the RFM population."""
+    figures: list[tuple[int, int, int]] = []
+    query = _rfm_figures(as_of_us, lookback_start_us)
+    for batch in chunks(persons):
+        rows = await connection.execute(query.where(counted_orders.c.person_key.in_(batch)))
+        figures.extend(((as_of_us - last_order_us) // DAY_US, orders, cents_total(high, low) or 0)
+                       for _, last_order_us, orders, high, low in rows)
+    return figures

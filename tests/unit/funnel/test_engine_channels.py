@@ -1,0 +1,64 @@
+"""The DuckDB channel engine (services.funnel.engine.channels) gives exactly the reference domain's channel
+metrics (services.funnel.domain.channels.channel_metrics) on random histories, for every range and as_of;
+and at the edges of the 30-day lookback and of new customers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import HealthCheck, given, settings
+
+from services.funnel.domain.channels import channel_metrics
+from services.funnel.engine import channels as engine
+from tests.integration.funnel.helpers import cart, facts, order, view
+from tests.integration.funnel.test_property import FIRST_ERA, build, histories
+from tests.unit.funnel.duck import duck_of
+from tests.unit.funnel.test_engine_products import span_of
+
+
+@settings(max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=histories)
+def test_equal_to_the_domain_on_random_histories(raw):
+    known = facts(build(raw, 0))
+    start, end, as_of = span_of(raw)
+    inner = (start + timedelta(hours=5), end + timedelta(hours=7), start + timedelta(days=1, hours=3))
+    with duck_of(known) as duck:
+        assert engine.channel_metrics(duck.cursor(), start, end, as_of) == channel_metrics(known, start, end, as_of)
+        assert engine.channel_metrics(duck.cursor(), *inner) == channel_metrics(known, *inner)
+
+
+T = FIRST_ERA + timedelta(days=100)
+MONTH = timedelta(days=30)
+TICK = timedelta(microseconds=1)
+
+
+def test_lookback_ties_and_new_customers_match_the_domain():
+    events = facts([
+        # a: a sourced view exactly 30 days before the order counts; b's a microsecond earlier does not.
+        view("a", T - MONTH, source="ads"), order("a", T, "oa"),
+        view("b", T - MONTH - TICK, source="ads"), view("b", T, source="mail"), order("b", T, "ob"),
+        # c: two sourced events at one instant: the larger event_id's source.
+        view("c", T - timedelta(days=1), source="zeta", event_id="c-1"),
+        cart("c", T - timedelta(days=1), source="alpha", event_id="c-2"), order("c", T, "oc"),
+        # d bought before the range: not new. e's earlier completed event is of an order counted as f's.
+        order("d", T - timedelta(days=3), "od0"), order("d", T, "od1", source="shop"),
+        order("f", T - timedelta(days=5), "shared"), order("e", T - timedelta(days=4), "shared"),
+        order("e", T + timedelta(hours=1), "oe", source="shop"),
+    ])
+    start, end, as_of = T - timedelta(hours=1), T + timedelta(days=1), T + timedelta(days=2)
+    with duck_of(events) as duck:
+        got = engine.channel_metrics(duck.cursor(), start, end, as_of)
+    assert got == channel_metrics(events, start, end, as_of)
+    by_source = {metrics.source: metrics for metrics in got}
+    assert (by_source["ads"].orders, by_source["(direct)"].orders, by_source["alpha"].orders) == (1, 1, 1)
+    assert (by_source["shop"].orders, by_source["shop"].new_customers) == (2, 1)
+
+
+def test_a_range_over_a_clock_change_matches_the_domain():
+    # Berlin's 2026-03-29 has 23 hours: a range of its local days, orders around the change.
+    start, end = datetime(2026, 3, 28, 23, tzinfo=UTC), datetime(2026, 3, 29, 22, tzinfo=UTC)
+    events = facts([view(f"u{i}", start + timedelta(hours=i), source=("ads", None)[i % 2]) for i in range(26)] +
+                   [order(f"u{i}", start + timedelta(hours=i, minutes=30), f"o{i}") for i in range(0, 26, 3)])
+    with duck_of(events) as duck:
+        got = engine.channel_metrics(duck.cursor(), start, end, end)
+    assert got == channel_metrics(events, start, end, end)
