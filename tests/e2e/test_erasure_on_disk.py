@@ -58,6 +58,11 @@ class Person:
                             "products": [{"product_id": "sku-1", "quantity": 1, "price": 199}]}},
         ]}
 
+    def track(self) -> dict:
+        return {"userId": self.key, "event": "Product Viewed", "timestamp": format_timestamp(WHEN),
+                "messageId": f"m-{uuid.uuid4().hex}", "context": {"traits": {"email": self.email, "name": self.name}},
+                "properties": {"product_id": "sku-2", "name": "羊绒围巾"}}
+
     def identify(self) -> dict:
         return {"userId": self.key, "timestamp": format_timestamp(WHEN), "traits": {"email": self.email,
                                                                                  "name": self.name}}
@@ -90,8 +95,9 @@ async def test_an_erased_person_is_in_no_file_of_the_stack_after_a_clean_stop(tm
                                       headers=INGEST),
                     await client.post(f"{urls['ingest']}/v1/batch", json=person.segment_batch(), headers=INGEST),
                     await client.post(f"{urls['ingest']}/v1/identify", json=person.identify(), headers=INGEST),
+                    await client.post(f"{urls['ingest']}/v1/track", json=person.track(), headers=INGEST),
                 ]
-                assert [response.json()["accepted"] for response in posted] == [2, 2, 1], [r.text for r in posted]
+                assert [response.json()["accepted"] for response in posted] == [2, 2, 1, 1], [r.text for r in posted]
                 rejected = await client.post(f"{urls['ingest']}/v1/events", json=person.rejected(), headers=INGEST)
                 assert rejected.json()["rejected"], rejected.text
 
@@ -105,7 +111,7 @@ async def test_an_erased_person_is_in_no_file_of_the_stack_after_a_clean_stop(tm
                 kpis = (await client.get(f"{urls['funnel']}/v1/kpis", params=span, headers=READ)).json()
                 return (all(p.status_code == 200 and p.json()["orders"] == 2
                             and p.json()["traits"].get("name") for p in profiles)
-                        and len(listed) == 2 and kpis.get("orders") == 4)
+                        and len(listed) == 2 and kpis.get("orders") == 4 and kpis.get("pv") == 4)
 
             await eventually(applied_everywhere, deadline_seconds=60, what="every service to apply every event")
             # The search finds what it looks for: before the erasure every value is on disk somewhere.

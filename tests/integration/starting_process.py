@@ -34,11 +34,11 @@ APPS = {
 
 async def start_once(service: str, database_url: str, bootstrap_servers: str) -> dict:
     settings_class, create_app = APPS[service]
-    kafka = KafkaSettings(bootstrap_servers=bootstrap_servers, topic_partitions=4, session_timeout_ms=1500,
-                          heartbeat_interval_ms=150)
-    settings = settings_class(database_url=database_url, common=CommonSettings(env="local", kafka=kafka))
+    kafka = KafkaSettings(bootstrap_servers=bootstrap_servers, topic_partitions=4, session_timeout_ms=1000,
+                          heartbeat_interval_ms=100)
     started = time.monotonic()
     try:
+        settings = settings_class(database_url=database_url, common=CommonSettings(kafka=kafka))
         async with serve_app(create_app(settings)):  # returns once /readyz answered 200
             return {"ready": True, "seconds": round(time.monotonic() - started, 2)}
     except BaseException as exc:

@@ -32,10 +32,13 @@ async def _spawn(service: str, log_path: Path) -> asyncio.subprocess.Process:
     )
 
 
-async def _answer(process: asyncio.subprocess.Process, deadline_seconds: float) -> dict:
+async def _answer(process: asyncio.subprocess.Process, deadline_seconds: float, log_path: Path) -> dict:
     assert process.stdout is not None
     line = await asyncio.wait_for(process.stdout.readline(), deadline_seconds)
-    assert line, f"replica exited with status {await process.wait()}"
+    if not line:
+        status = await process.wait()
+        output = await asyncio.to_thread(log_path.read_text)
+        raise AssertionError(f"replica exited with status {status}: {output[-4000:]}")
     return orjson.loads(line)
 
 
@@ -52,11 +55,12 @@ async def test_every_replica_of_every_service_starts_when_all_start_at_once_on_f
         tmp_path, postgres_unavailable):
     if postgres_unavailable:
         pytest.skip(postgres_unavailable)
-    replicas = [(service, await _spawn(service, tmp_path / f"{service}-{n}.log"))
-                for service in APPS for n in range(REPLICAS)]
+    logs = [tmp_path / f"{service}-{n}.log" for service in APPS for n in range(REPLICAS)]
+    replicas = [(service, await _spawn(service, log)) for service, log in zip(
+        [service for service in APPS for _ in range(REPLICAS)], logs, strict=True)]
     try:
-        for _, process in replicas:
-            assert "hello" in await _answer(process, 60)  # imported: from here on only the start is timed
+        for (_, process), log in zip(replicas, logs, strict=True):
+            assert "hello" in await _answer(process, 60, log)  # imported: from here on only the start is timed
         for round_number in range(ROUNDS):
             broker = EmbeddedBroker(log_path=tmp_path / f"broker-{round_number}.log")
             broker.start()
@@ -69,7 +73,8 @@ async def test_every_replica_of_every_service_starts_when_all_start_at_once_on_f
                         "database_url": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{names[service]}",
                         "bootstrap_servers": broker.bootstrap_servers,
                     }) + b"\n")
-                answers = await asyncio.gather(*(_answer(process, 45) for _, process in replicas))
+                answers = await asyncio.gather(*(_answer(process, 45, log)
+                                                 for (_, process), log in zip(replicas, logs, strict=True)))
                 failed = {f"{service} replica {n % REPLICAS}": answer["error"]
                           for n, ((service, _), answer) in enumerate(zip(replicas, answers, strict=True))
                           if not answer["ready"]}

@@ -192,6 +192,11 @@ class Stack:
         registry = self.apps[service].state.service.metrics.registry
         return registry.get_sample_value("shoploop_events_consumed_total", {"consumer": group}) or 0.0
 
+    def erasure_subscriptions(self) -> dict[str, Any]:
+        """Each service's consumer of erasure requests."""
+        return {service: next(s for s in app.state.service.subscriptions if s.group == privacy_group(service))
+                for service, app in self.apps.items()}
+
     def pending_persons(self) -> float:
         registry = self.apps["segmentation"].state.service.metrics.registry
         return registry.get_sample_value("shoploop_segment_pending_persons") or 0.0
@@ -303,6 +308,24 @@ async def test_erasure_leaves_no_personal_data_in_any_services_tables(stack, dat
     assert gone.status_code == 404, gone.text
     assert _figures(await _get(stack.segmentation, f"/v1/customers/{kept.key}")) == _figures(kept_profile)
     assert {path: await _get(stack.funnel, path, **span) for path in aggregates} == aggregates
+    if make_url(databases["funnel"]).get_backend_name() == "postgresql":
+        # Dead row versions of the erased rows are vacuumed away after the erasure (docs/operations.md).
+        for service, subscription in stack.erasure_subscriptions().items():
+            vacuumed = await last_vacuums(databases[service], subscription.erases_from)
+            assert set(vacuumed) == set(subscription.erases_from) and all(vacuumed.values()), (service, vacuumed)
+
+
+async def last_vacuums(url: str, tables: Iterable[str]) -> dict[str, Any]:
+    """When each table was last vacuumed by hand (None: never), from PostgreSQL's statistics."""
+    parsed = make_url(url)
+    connection = await asyncpg.connect(host=parsed.host, port=parsed.port or 5432, user=parsed.username,
+                                       database=parsed.database)
+    try:
+        rows = await connection.fetch("SELECT relname, last_vacuum FROM pg_stat_user_tables "
+                                      "WHERE relname = ANY($1::text[])", list(tables))
+        return {row["relname"]: row["last_vacuum"] for row in rows}
+    finally:
+        await connection.close()
 
 
 def _figures(profile: dict[str, Any]) -> dict[str, Any]:
