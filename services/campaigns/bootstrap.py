@@ -8,13 +8,19 @@ from datetime import datetime
 from fastapi import FastAPI
 
 from libs.common.db import Database
-from libs.common.kafka import EVENTS_TOPIC, PRIVACY_TOPIC, SEGMENTS_TOPIC, Subscription
-from libs.common.privacy import ErasureRequest
+from libs.common.kafka import EVENTS_TOPIC, SEGMENTS_TOPIC, Subscription
+from libs.common.privacy import erasure_subscription
 from libs.common.service import create_app
 from services.campaigns.adapters.migrations import MIGRATIONS
-from services.campaigns.adapters.tables import metadata
+from services.campaigns.adapters.tables import coupons, metadata, touches
 from services.campaigns.api import router
-from services.campaigns.handlers import SegmentChange, erase_persons, follow_segments, record_events
+from services.campaigns.handlers import (
+    PERSONAL_TABLES,
+    SegmentChange,
+    erase_persons,
+    follow_segments,
+    record_events,
+)
 from services.campaigns.runtime import CampaignsService
 from services.campaigns.settings import CampaignsSettings
 
@@ -25,7 +31,6 @@ DESCRIPTION = (
 )
 EVENTS_GROUP = "campaigns"
 SEGMENTS_GROUP = "campaigns-segments"
-PRIVACY_GROUP = "campaigns-privacy"
 
 
 def build_service(settings: CampaignsSettings, *, clock: Callable[[], datetime] | None = None) -> CampaignsService:
@@ -38,8 +43,8 @@ def build_service(settings: CampaignsSettings, *, clock: Callable[[], datetime] 
         Subscription(group=SEGMENTS_GROUP, topics=[SEGMENTS_TOPIC],
                      handle=follow_segments(service.rules, service.clock), decode=SegmentChange.from_json,
                      event_id=lambda change: change.change_id, after_commit=wake),
-        Subscription(group=PRIVACY_GROUP, topics=[PRIVACY_TOPIC], handle=erase_persons,
-                     decode=ErasureRequest.from_json, event_id=lambda request: request.request_id),
+        erasure_subscription("campaigns", erase_persons,
+                             erases_from=sorted({table.name for table in (*PERSONAL_TABLES, coupons, touches)})),
     ]
     return service
 
