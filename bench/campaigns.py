@@ -143,6 +143,11 @@ async def delivery(members: int, bootstrap: str) -> tuple[str, str, str, str]:
                     break
                 await asyncio.sleep(0.2)
             elapsed = time.perf_counter() - started
+            async with service.database.read() as connection:
+                attempts = (await connection.execute(select(func.sum(touches.c.attempts)))).scalar_one()
+                errors = (await connection.execute(select(touches.c.last_error, func.count())
+                                                   .group_by(touches.c.last_error))).all()
+            print(f"attempts {attempts}, errors {errors}", file=sys.stderr)
         receiver.terminate()
         receiver.wait()
     rate = treated / elapsed

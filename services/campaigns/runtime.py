@@ -1,13 +1,11 @@
-"""The campaigns service process: the common ``Service`` plus its clock, one shared HTTP client for webhooks and
-the scheduler of due work."""
+"""The campaigns service process: the common ``Service`` plus its clock, the deliverer of webhooks (one shared HTTP
+session) and the scheduler of due work."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-
-import httpx
 
 from libs.common.db import Database
 from libs.common.kafka import Subscription
@@ -32,7 +30,7 @@ def offset_clock(seconds: float) -> Callable[[], datetime]:
 
 
 class CampaignsService(Service):
-    """Starts the scheduler once the broker is connected; stops it, then the HTTP client, before the database."""
+    """Starts the scheduler once the broker is connected; stops it, then the HTTP session, before the database."""
 
     settings: CampaignsSettings
 
@@ -43,12 +41,7 @@ class CampaignsService(Service):
         cap = settings.frequency_cap
         self.rules = EnrolmentRules(global_holdout_bp=settings.global_holdout_bp,
                                     cap=FrequencyCap(cap.max_touches, cap.per_days))
-        webhooks = settings.webhooks
-        # One client for every delivery: pooled connections, redirects never followed (SPEC.md Webhooks).
-        self.http = httpx.AsyncClient(follow_redirects=False, timeout=webhooks.timeout_seconds,
-                                      limits=httpx.Limits(max_connections=webhooks.concurrency,
-                                                          max_keepalive_connections=webhooks.concurrency))
-        self.deliverer = Deliverer(database, self.http, webhooks, clock=self.clock,
+        self.deliverer = Deliverer(database, settings.webhooks, clock=self.clock,
                                    local_mode=settings.common.env in ("local", "test"),
                                    owner=uuid.uuid4().hex)
         self.scheduler = CampaignScheduler(database, self.publisher, self.deliverer, rules=self.rules,
@@ -60,5 +53,5 @@ class CampaignsService(Service):
 
     async def stop(self) -> None:
         await self.scheduler.stop()
-        await self.http.aclose()
+        await self.deliverer.aclose()
         await super().stop()
