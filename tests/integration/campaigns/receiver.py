@@ -30,6 +30,9 @@ class Receiver:
     fail_status: int = 503
     retry_after: str | None = None
     delay_seconds: float = 0.0
+    # attempts being answered right now, and the most there ever were at once
+    in_flight: int = 0
+    most_in_flight: int = 0
     attempts: int = 0
     attempt_times: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     failed_attempts: int = 0
@@ -48,8 +51,13 @@ class Receiver:
         @app.post("/hook")
         async def hook(request: Request) -> Response:
             body = await request.body()
-            if self.delay_seconds:
-                await asyncio.sleep(self.delay_seconds)
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            try:
+                if self.delay_seconds:
+                    await asyncio.sleep(self.delay_seconds)
+            finally:
+                self.in_flight -= 1
             headers = {name: value for name, value in request.headers.items()}
             self.attempts += 1
             self.attempt_times[headers.get("webhook-id", "")].append(time.monotonic())
