@@ -1,8 +1,9 @@
 """Campaigns service benchmark (issue 11); prints a markdown table. Not a test.
 
   a. delivery: a segment_scheduled campaign over M mirrored segment members (seeded with bulk SQL), every
-     touch signed and POSTed to a local receiver; touches/s from activation until every touch is recorded
-     delivered (in-process service on SQLite, the real scheduler, deliverer and shared HTTP client).
+     touch signed and POSTed to a local receiver (a raw ASGI app answering 204, in its own uvicorn process);
+     touches/s from activation until every touch is recorded delivered (in-process service on SQLite, the real
+     scheduler, deliverer and shared HTTP session); prints the attempts made and the last errors seen.
   b. report: N assignments and N attributed orders seeded with bulk SQL on PostgreSQL (a temporary database,
      dropped afterwards); p50/p95 of GET /v1/campaigns/{id}/report over repeated calls.
 
@@ -122,6 +123,12 @@ async def delivery(members: int, bootstrap: str) -> tuple[str, str, str, str]:
                                      "--log-level", "warning", "--http", "httptools"], cwd=ROOT)
         receiver_url = f"http://127.0.0.1:{receiver_port}"
         async with serve(app, free_port()) as url, httpx.AsyncClient(base_url=url, timeout=60) as client:
+            for _ in range(600):  # the receiver answers before the campaign starts (no touch waits for a retry)
+                try:
+                    await client.get(receiver_url)
+                    break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.1)
             now = datetime.now(UTC)
             await _seed(service.database, segment_members, ("segment_id", "person_key", "entered_us"),
                         [("rfm:champion", f"m-{n}", epoch_micros(now)) for n in range(members)])
