@@ -358,6 +358,10 @@ async def get_report(request: Request, campaign_id: str, _key: ReadKey, as_of: A
     service = _service(request)
     moment = parse_as_of(as_of, service.clock())
     async with service.database.read() as connection:
+        if connection.dialect.name == "postgresql":
+            # One snapshot for the report's several statements (READ COMMITTED would let an order counted between
+            # them show as a redemption but not a conversion); SQLite's read transaction is one snapshot already.
+            connection = await connection.execution_options(isolation_level="REPEATABLE READ")
         record = await _campaign(request, campaign_id, connection=connection)
         totals = await arm_totals_sql(connection, campaign_id, record.window_days, epoch_micros(moment))
     report = attribution.report_from_totals(domain_campaign(record), totals, moment)

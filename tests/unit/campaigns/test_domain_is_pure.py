@@ -4,7 +4,7 @@ import sys
 
 import services.campaigns.domain
 
-IO_LIBRARIES = ["fastapi", "starlette", "sqlalchemy", "asyncpg", "aiosqlite", "aiokafka", "httpx"]
+IO_LIBRARIES = ["fastapi", "starlette", "sqlalchemy", "asyncpg", "aiosqlite", "aiokafka", "httpx", "aiohttp"]
 
 
 def test_importing_every_domain_module_loads_no_io_library():
