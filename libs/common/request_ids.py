@@ -54,8 +54,11 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            # The route's template, never the path itself: a path can hold a person key (erasure leaves no
+            # copy of it in the logs either).
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
             access_log.info("request answered", extra={
-                "method": scope["method"], "path": scope["path"], "status": status,
+                "method": scope["method"], "route": route, "status": status,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 2),
             })
             current_request_id.reset(token)

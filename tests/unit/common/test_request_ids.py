@@ -25,6 +25,10 @@ def _app() -> FastAPI:
         log.warning("working on it")
         return {}
 
+    @app.delete("/v1/customers/{person_key:path}")
+    async def erase(person_key: str) -> dict:
+        return {}
+
     return app
 
 
@@ -55,7 +59,17 @@ async def test_the_callers_id_is_echoed_and_in_every_log_line_of_the_request(lin
     assert {entry["message"] for entry in entries} >= {"working on it", "request answered"}
     assert all(entry["request_id"] == "order-42:retry.1" for entry in entries)
     access = next(entry for entry in entries if entry["message"] == "request answered")
-    assert (access["method"], access["path"], access["status"]) == ("GET", "/work", 200)
+    assert (access["method"], access["route"], access["status"]) == ("GET", "/work", 200)
+
+
+async def test_the_access_line_names_the_route_not_the_person_key_in_its_path(lines):
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=_app()), base_url="http://t") as client:
+        response = await client.delete("/v1/customers/erase-me@example.com")
+
+    assert response.status_code == 200
+    access = next(orjson.loads(line) for line in lines if b"request answered" in line.encode())
+    assert access["route"] == "/v1/customers/{person_key:path}"
+    assert not any("erase-me" in line for line in lines)
 
 
 async def test_a_request_without_an_id_gets_a_new_one_per_request(lines):
