@@ -65,12 +65,18 @@ def install_error_handler(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schemas = generate().get("components", {}).get("schemas", {})
-            if "HTTPValidationError" in schemas:
-                schemas["HTTPValidationError"] = _ERROR_SCHEMA
+            document_error_shape(generate())
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def document_error_shape(schema: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAPI document whose 422 body is the ``{code, detail}`` every service sends, not FastAPI's list."""
+    schemas = schema.get("components", {}).get("schemas", {})
+    if "HTTPValidationError" in schemas:
+        schemas["HTTPValidationError"] = _ERROR_SCHEMA
+    return schema
 
 
 _ERROR_SCHEMA = {

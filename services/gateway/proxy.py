@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from libs.common.auth import requires
+from libs.common.http import document_error_shape
 from services.gateway.adapters.backends import BackendUnavailable
 from services.gateway.routes import ProxiedRoute
 
@@ -71,7 +72,7 @@ def install_openapi(app: FastAPI, proxied: list[ProxiedRoute]) -> None:
                 operation["description"] = (operation.get("description", "") + "\n\n" +
                                             f"Served by **{route.service}**; key scope: "
                                             f"{' or '.join(scopes)} (admin implies all).").strip()
-        app.openapi_schema = schema
+        app.openapi_schema = document_error_shape(schema)
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]

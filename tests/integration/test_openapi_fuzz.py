@@ -9,7 +9,6 @@ which holds every scope, so that requests reach the handlers rather than stoppin
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 
 import pytest
@@ -33,9 +32,12 @@ EXAMPLES_PER_OPERATION = 15
 CHECKS = [not_a_server_error, response_schema_conformance]
 
 
-def fuzz(base_url: str, failures: list[str]) -> int:
-    """Every operation of the service at ``base_url``, in both generation modes; returns the calls made."""
+def fuzz(base_url: str, failures: list[str], *, paths: list[str] | None = None) -> int:
+    """Every operation (or those of ``paths``) of the service at ``base_url``, in both generation modes;
+    returns the calls made."""
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
+    if paths is not None:
+        schema = schema.include(path=paths)
     session = requests.Session()
     calls = 0
     for result in schema.get_all_operations():
@@ -69,11 +71,9 @@ def _described(failure: BaseException) -> str:
 async def test_every_operation_answers_without_5xx_and_as_its_schema_says(stack):  # noqa: F811
     loop = asyncio.get_running_loop()
     failures: list[str] = []
-    started = time.monotonic()
     calls = {}
     for name, client in (("ingest", stack.ingest), ("funnel", stack.funnel), ("segmentation", stack.segmentation)):
         run: Callable[[], int] = lambda url=str(client.base_url).rstrip("/"): fuzz(url, failures)  # noqa: E731
         calls[name] = await loop.run_in_executor(None, run)
     assert not failures, "\n".join(failures)
     assert all(count > 0 for count in calls.values()), calls
-    assert time.monotonic() - started < 120
