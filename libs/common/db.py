@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -333,3 +334,30 @@ def wide_at_least(high: Any, low: Any, threshold: int) -> Any:
 def wide_total(high: int | None, low: int | None) -> int | None:
     """The total a ``wide_sum`` pair stands for (None over no rows)."""
     return None if high is None else (int(high) << _LOW_BITS) + int(low or 0)
+
+
+# Bounded IN lists keep every statement well under SQLite's bound-parameter limit.
+CHUNK = 900
+
+
+def chunks(values: Iterable[Any], size: int = CHUNK) -> Iterator[list[Any]]:
+    """``values`` in lists of at most ``size``."""
+    batch: list[Any] = []
+    for value in values:
+        batch.append(value)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def cents(amount: Decimal | None) -> int | None:
+    """Money (at most 2 decimals, SPEC.md "Events") as exact integer cents: how every service stores it."""
+    return None if amount is None else int(amount.scaleb(2))
+
+
+def bytewise(dialect: str, column: Any) -> Any:
+    """``column`` compared in code-point order (SPEC ties are broken by event_id): PostgreSQL's default collation
+    is not that."""
+    return column.collate("C") if dialect == "postgresql" else column

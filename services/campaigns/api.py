@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import and_, select
 
 from libs.common.auth import requires
-from libs.common.db import insert
+from libs.common.db import cents, insert
 from libs.common.events import epoch_micros, format_timestamp, from_epoch_micros
 from libs.common.http import (
     ApiError,
@@ -30,7 +30,7 @@ from services.campaigns.adapters.campaigns import (
     load_campaign,
     save_campaign,
 )
-from services.campaigns.adapters.orders import cents, coupon_uses
+from services.campaigns.adapters.orders import coupon_uses
 from services.campaigns.adapters.report_totals import arm_totals_sql
 from services.campaigns.adapters.tables import assignments, coupons, spend, touches
 from services.campaigns.domain import attribution, webhooks

@@ -14,10 +14,9 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.common.db import BulkRows
+from libs.common.db import BulkRows, chunks
 from libs.common.events import format_timestamp, from_epoch_micros
 from services.campaigns.adapters.campaigns import CampaignRecord
-from services.campaigns.adapters.orders import chunks
 from services.campaigns.adapters.tables import assignments, coupons, touch_outbox, touches
 from services.campaigns.domain.assignment import HOLDOUT, Variant, arm_of, in_global_holdout
 from services.campaigns.domain.coupons import CouponOffer, expires_at, new_code

@@ -11,11 +11,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.common.db import BulkRows
+from libs.common.db import BulkRows, chunks
 from libs.common.events import PublishedEvent, epoch_micros
 from libs.common.privacy import ErasureRequest
 from services.campaigns.adapters.campaigns import campaigns_with
-from services.campaigns.adapters.orders import chunks, record_orders
+from services.campaigns.adapters.orders import record_orders
 from services.campaigns.adapters.tables import (
     PERSONAL_TABLES,
     counted_orders,

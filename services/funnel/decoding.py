@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from libs.common.db import cents
 from libs.common.events import PublishedEvent, epoch_micros
-from services.funnel.adapters.facts import cents
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,41 +3,15 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection, Iterable, Iterator, Sequence
-from decimal import Decimal
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.common.db import BulkRows
+from libs.common.db import BulkRows, bytewise, cents
 from libs.common.events import PublishedEvent, epoch_micros
 from services.campaigns.adapters.tables import counted_orders, order_events
-
-# Bounded IN lists keep every statement well under SQLite's bound-parameter limit.
-CHUNK = 900
-
-
-def chunks(values: Iterable[Any], size: int = CHUNK) -> Iterator[list[Any]]:
-    """``values`` in lists of at most ``size``."""
-    batch: list[Any] = []
-    for value in values:
-        batch.append(value)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def cents(amount: Decimal | None) -> int | None:
-    """Money as integer cents (SPEC.md: at most 2 decimals, every single amount fits 64 bits)."""
-    return None if amount is None else int(amount.scaleb(2))
-
-
-def bytewise(dialect: str, column: Any) -> Any:
-    """SPEC ties are broken by event_id in code-point order; PostgreSQL's default collation is not that."""
-    return column.collate("C") if dialect == "postgresql" else column
 
 
 def earlier(dialect: str, time: Any, event_id: Any, than_time: Any, than_event_id: Any) -> Any:

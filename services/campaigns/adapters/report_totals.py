@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Numeric, and_, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.campaigns.adapters.orders import bytewise
+from libs.common.db import bytewise
 from services.campaigns.adapters.tables import assignments, counted_orders, coupons, order_events, touches
 from services.campaigns.domain.attribution import ArmTotals
 

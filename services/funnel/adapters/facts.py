@@ -32,15 +32,11 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
+from libs.common.db import cents
 from libs.common.events import epoch_micros, from_epoch_micros
 from services.funnel.adapters.mirror import next_seq
 from services.funnel.adapters.tables import events, order_items
 from services.funnel.domain.facts import FunnelEvent, OrderFacts, OrderItem
-
-
-def cents(amount: Decimal | None) -> int | None:
-    """Money (at most 2 decimals, SPEC.md "Events") as exact integer cents."""
-    return None if amount is None else int(amount.scaleb(2))
 
 
 def _money(cents_value: int | None) -> Decimal | None:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -27,7 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.common.db import BulkRows, wide_sum, wide_total
+from libs.common.db import BulkRows, bytewise, cents, chunks, wide_sum, wide_total
 from libs.common.events import PublishedEvent, epoch_micros
 from services.segmentation.adapters.tables import (
     PERSONAL_TABLES,
@@ -40,27 +39,9 @@ from services.segmentation.adapters.tables import (
 )
 from services.segmentation.domain.customers import REPEAT_WINDOW, OrderStatus
 
-# Bounded IN lists keep every statement well under SQLite's bound-parameter limit.
-_CHUNK = 900
 _REPEAT_WINDOW_US = REPEAT_WINDOW // timedelta(microseconds=1)
 _STREAMED_ROWS = 20_000
 _DAY_US = 86_400_000_000
-
-
-def chunks(values: Iterable[str], size: int = _CHUNK) -> Iterator[list[str]]:
-    """``values`` in lists of at most ``size``."""
-    batch: list[str] = []
-    for value in values:
-        batch.append(value)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _cents(amount: Decimal | None) -> int | None:
-    return None if amount is None else int(amount.scaleb(2))
 
 
 @dataclass(slots=True)
@@ -78,15 +59,10 @@ class _Seen:
             self.last = moment
 
 
-def _bytewise(dialect: str, column: Any) -> Any:
-    # SPEC ties are broken by event_id in code-point order: PostgreSQL's default collation is not that.
-    return column.collate("C") if dialect == "postgresql" else column
-
-
 def _earlier(dialect: str, time: Any, event_id: Any, than_time: Any, than_event_id: Any) -> Any:
     """(time, event_id) < (than_time, than_event_id): SPEC's "first", ties by event_id."""
     return or_(time < than_time,
-               and_(time == than_time, _bytewise(dialect, event_id) < _bytewise(dialect, than_event_id)))
+               and_(time == than_time, bytewise(dialect, event_id) < bytewise(dialect, than_event_id)))
 
 
 _EVENT_ROWS = BulkRows(customer_events, ("event_id", "person_key", "type", "occurred_us"))
@@ -174,9 +150,9 @@ async def record_events(connection: AsyncConnection, events: Sequence[PublishedE
             known.see(moment, event.channel.source)
         order = event.order
         if order is not None:
-            total = _cents(order.total)
+            total = cents(order.total)
             order_rows.append((event_id, person, order.order_id, order.status, occurred_us, total,
-                               _cents(order.refund_amount)))
+                               cents(order.refund_amount)))
             if order.status == OrderStatus.COMPLETED:
                 # One row per order_id per statement (an upsert may not touch a row twice): the batch's earliest.
                 earliest = counted.get(order.order_id)

@@ -10,7 +10,8 @@ from collections.abc import Collection, Sequence
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.segmentation.adapters.facts import _rfm_figures, cents_total, chunks
+from libs.common.db import chunks
+from services.segmentation.adapters.facts import _rfm_figures, cents_total
 from services.segmentation.adapters.tables import counted_orders
 from services.segmentation.domain.rounds import DAY_US
 

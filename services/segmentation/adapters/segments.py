@@ -27,9 +27,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.expression import SelectBase
 
-from libs.common.db import BulkRows, wide_at_least
+from libs.common.db import BulkRows, bytewise, chunks, wide_at_least
 from libs.common.events import epoch_micros, from_epoch_micros
-from services.segmentation.adapters.facts import _bytewise, _order_sums, chunks
+from services.segmentation.adapters.facts import _order_sums
 from services.segmentation.adapters.tables import (
     counted_orders,
     customer_segments,
@@ -230,7 +230,7 @@ async def last_published_round(connection: AsyncConnection) -> int | None:
 async def stored_members(connection: AsyncConnection, segment_id: str, after: str | None, limit: int) -> list[str]:
     """Up to ``limit`` persons whose stored membership holds the segment, by person key after ``after``: a walk
     of the person-key index (migration 5 gives PostgreSQL one in code-point order), not an evaluation."""
-    person = _bytewise(connection.dialect.name, customer_segments.c.person_key)
+    person = bytewise(connection.dialect.name, customer_segments.c.person_key)
     # Ids hold no space: " id " within " key " is membership (autoescape: "_" in "rfm:at_risk" is no wildcard).
     padded = literal(" ") + customer_segments.c.segment_ids + literal(" ")
     query = (select(customer_segments.c.person_key).where(padded.contains(f" {segment_id} ", autoescape=True))

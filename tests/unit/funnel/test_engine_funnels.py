@@ -15,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.funnel.adapters.facts import cents, fact_rows
+from libs.common.db import cents
+from services.funnel.adapters.facts import fact_rows
 from services.funnel.adapters.mirror import EVENTS_SCHEMA, ITEMS_SCHEMA, append, arrow_batch, create_tables
 from services.funnel.domain.facts import DIRECT, EVENT_TYPES, FunnelEvent, History, OrderFacts, OrderItem
 from services.funnel.domain.funnels import (

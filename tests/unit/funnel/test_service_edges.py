@@ -7,9 +7,9 @@ from decimal import Decimal
 
 import pytest
 
+from libs.common.db import cents
 from libs.common.events import Event
 from libs.common.privacy import ErasureRequest
-from services.funnel.adapters.facts import cents
 from services.funnel.handlers import fact_of
 from services.funnel.schemas import money
 
