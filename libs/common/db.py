@@ -307,6 +307,14 @@ async def claim_events(connection: AsyncConnection, consumer: str, event_ids: It
     return set(result.scalars())
 
 
+async def hold_write_lock(connection: AsyncConnection, key: int) -> None:
+    """Serialise this transaction with every other that takes ``key``, until it ends: PostgreSQL takes a
+    transaction-scoped advisory lock (each later statement reads what the previous holder committed); SQLite's
+    writers already hold the database's write lock from BEGIN IMMEDIATE (``_sqlite_begin``)."""
+    if connection.dialect.name == "postgresql":
+        await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
 # Sums of money in integer cents. One amount fits 64 bits (SPEC.md "Events" caps it), a person's or a day's total
 # need not: SQLite's SUM fails past 2^63 ("integer overflow") and PostgreSQL's numeric sum no longer casts to
 # bigint. So each amount is split at bit 32 and the halves are summed apart (each sum stays far inside 64 bits

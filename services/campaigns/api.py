@@ -31,7 +31,7 @@ from services.campaigns.adapters.campaigns import (
     save_campaign,
 )
 from services.campaigns.adapters.orders import coupon_uses
-from services.campaigns.adapters.report_totals import arm_totals_sql
+from services.campaigns.adapters.report_state import arm_totals_as_of
 from services.campaigns.adapters.tables import assignments, coupons, spend, touches
 from services.campaigns.domain import attribution, webhooks
 from services.campaigns.domain.assignment import validate_splits
@@ -363,7 +363,7 @@ async def get_report(request: Request, campaign_id: str, _key: ReadKey, as_of: A
             # them show as a redemption but not a conversion); SQLite's read transaction is one snapshot already.
             connection = await connection.execution_options(isolation_level="REPEATABLE READ")
         record = await _campaign(request, campaign_id, connection=connection)
-        totals = await arm_totals_sql(connection, campaign_id, record.window_days, epoch_micros(moment))
+        totals = await arm_totals_as_of(connection, campaign_id, epoch_micros(moment))
     report = attribution.report_from_totals(domain_campaign(record), totals, moment)
     return {
         "campaign_id": campaign_id, "as_of": format_timestamp(moment), "control": report.control,

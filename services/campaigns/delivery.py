@@ -24,13 +24,13 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db import Database
 from libs.common.events import epoch_micros, format_timestamp
 from services.campaigns.adapters.campaigns import CampaignRecord, load_campaign
-from services.campaigns.adapters.report_totals import discount_cost_cents
+from services.campaigns.adapters.report_state import lock_report, refresh_persons, touched_and_discount
 from services.campaigns.adapters.tables import campaigns, touches
 from services.campaigns.domain import budget, webhooks
 from services.campaigns.enrolment import DELIVERED, FAILED, PENDING, queue_touch_records, touch_public
@@ -168,6 +168,7 @@ class Deliverer:
         disabled: dict[str, str] = {}
         delivered: list[Any] = []
         async with self.database.begin() as connection:
+            await lock_report(connection)  # delivered touches count in the report (touched)
             for (row, lease_us), outcome in zip(claimed, outcomes, strict=True):
                 attempts = row.attempts + 1
                 if outcome.verdict == "delivered":
@@ -205,6 +206,7 @@ class Deliverer:
                     .returning(t.touch_id))
                 recorded = set(result.scalars())
                 self.delivered += len(recorded)
+                await refresh_persons(connection, [row.person_key for row, _ in part if row.touch_id in recorded])
                 changed += [touch_public(row) | {"status": DELIVERED, "delivered_at": format_timestamp(now)}
                             for row, _ in part if row.touch_id in recorded]
             for campaign_id, reason in disabled.items():
@@ -250,12 +252,10 @@ async def _within_budgets(connection: AsyncConnection, rows: list[Any],
 
 
 async def spent_cents(connection: AsyncConnection, campaign: CampaignRecord) -> int:
-    """Delivered touches x per-touch cost + discount cost of the redemptions so far (SPEC.md "Lifecycle": budget)."""
-    delivered = (await connection.execute(
-        select(func.count()).select_from(touches)
-        .where(touches.c.campaign_id == campaign.campaign_id, touches.c.status == DELIVERED))).scalar_one()
-    return int(budget.spent(delivered, campaign.per_touch_cost_cents,
-                            await discount_cost_cents(connection, campaign.campaign_id)))
+    """Delivered touches x per-touch cost + discount cost of the redemptions so far (SPEC.md "Lifecycle": budget),
+    from the running report totals (every delivered touch and redemption is in them)."""
+    touched, discount = await touched_and_discount(connection, campaign.campaign_id)
+    return int(budget.spent(touched, campaign.per_touch_cost_cents, discount))
 
 
 async def fail_pending_of(connection: AsyncConnection, person_keys: Sequence[str]) -> None:

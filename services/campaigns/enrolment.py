@@ -1,6 +1,7 @@
 """Entering persons into a campaign (SPEC.md "Campaigns": Assignment, Touches, Coupons): the assignment, then for
 a non-holdout arm its one touch (suppressed over the frequency cap) with a unique coupon code, and the touch's
-record queued for shoploop.campaigns.v1, all in the caller's transaction."""
+record queued for shoploop.campaigns.v1, and the report shares of the new assignments, all in the caller's transaction. Enrolments are serialised by the
+report lock, so two campaigns entering one person at once both see the other's touch under the frequency cap."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from libs.common.db import BulkRows, chunks
 from libs.common.events import format_timestamp, from_epoch_micros
 from services.campaigns.adapters.campaigns import CampaignRecord
+from services.campaigns.adapters.report_state import lock_report, refresh_persons
 from services.campaigns.adapters.tables import assignments, coupons, touch_outbox, touches
 from services.campaigns.domain.assignment import HOLDOUT, Variant, arm_of, in_global_holdout
 from services.campaigns.domain.coupons import CouponOffer, expires_at, new_code
@@ -103,6 +105,7 @@ async def enrol(connection: AsyncConnection, campaign: CampaignRecord, entrants:
                 rules: EnrolmentRules, now_us: int) -> int:
     """Assign ``(person_key, assigned_us)`` entrants not in the campaign yet (nor in the global holdout); create
     their touches and coupons. Returns how many were assigned."""
+    await lock_report(connection)
     dialect = connection.dialect.name
     variants = variants_of(campaign)
     firsts: dict[str, int] = {}
@@ -121,9 +124,17 @@ async def enrol(connection: AsyncConnection, campaign: CampaignRecord, entrants:
         result = await connection.execute(statement, _ASSIGNMENT_ROWS.params(dialect, rows[start:start + _BULK]))
         new.update(result.scalars())
     treated = [(person, arm) for _, person, arm, _ in rows if person in new and arm != HOLDOUT]
-    if not treated:
-        return len(new)
-    cap = rules.cap
+    if treated:
+        await _touch(connection, campaign, treated, cap=rules.cap, now_us=now_us)
+    # Orders may already fall in a new assignment's window (an entry time before now).
+    await refresh_persons(connection, new)
+    return len(new)
+
+
+async def _touch(connection: AsyncConnection, campaign: CampaignRecord, treated: Sequence[tuple[str, str]], *,
+                 cap: FrequencyCap, now_us: int) -> None:
+    """One touch per treated person (suppressed over the frequency cap), each pending one with its coupon."""
+    dialect = connection.dialect.name
     now = from_epoch_micros(now_us)
     recent = await _recent_touch_times(connection, [person for person, _ in treated],
                                        now_us - cap.per_days * 86_400_000_000)
@@ -150,7 +161,6 @@ async def enrol(connection: AsyncConnection, campaign: CampaignRecord, entrants:
         await connection.execute(_COUPON_ROWS.insert(dialect),
                                  _COUPON_ROWS.params(dialect, coupon_rows[start:start + _BULK]))
     await queue_touch_records(connection, published)
-    return len(new)
 
 
 _MICROSECOND = from_epoch_micros(1) - from_epoch_micros(0)

@@ -16,6 +16,7 @@ from libs.common.events import PublishedEvent, epoch_micros
 from libs.common.privacy import ErasureRequest
 from services.campaigns.adapters.campaigns import campaigns_with
 from services.campaigns.adapters.orders import record_orders
+from services.campaigns.adapters.report_state import lock_report
 from services.campaigns.adapters.tables import (
     PERSONAL_TABLES,
     counted_orders,
@@ -61,6 +62,7 @@ def record_events(rules: EnrolmentRules) -> Callable[[AsyncConnection, Sequence[
     the deadline of every active cart_abandoned / inquiry_unanswered campaign (decided by the scheduler)."""
 
     async def handle(connection: AsyncConnection, events: Sequence[PublishedEvent]) -> None:
+        await lock_report(connection)
         await record_orders(connection, [event for event in events if event.type == "order" and event.order])
         triggers = [event for event in events if event.type in ("add_to_cart", "inquiry")]
         if not triggers:
@@ -92,6 +94,7 @@ def follow_segments(rules: EnrolmentRules, clock: Clock,
     segment_entered campaigns at the entry's time (entries from the activation instant on)."""
 
     async def handle(connection: AsyncConnection, changes: Sequence[SegmentChange]) -> None:
+        await lock_report(connection)  # before any row lock: enrolment below takes it
         dialect = connection.dialect.name
         # In topic order per person (one partition per person key): the last record of a pair decides.
         latest: dict[tuple[str, str], SegmentChange] = {}
@@ -135,6 +138,7 @@ def _erased_code(request: ErasureRequest, code: str) -> str:
 async def erase_persons(connection: AsyncConnection, requests: Sequence[ErasureRequest]) -> None:
     """SPEC.md "Erasure": the person's key and coupon codes leave every table; rows that carry counts stay under a
     pseudonym (and pseudonymous codes), so every report figure is unchanged. Pending touches are never sent."""
+    await lock_report(connection)  # a share being refreshed must not be renamed under it
     for request in requests:
         person, pseudonym = request.person_key, request.pseudonym
         await fail_pending_of(connection, [person])

@@ -23,6 +23,7 @@ from libs.common.events import epoch_micros, from_epoch_micros
 from libs.common.kafka import CAMPAIGNS_TOPIC, Publisher
 from services.campaigns.adapters.campaigns import campaigns_with, load_campaign, save_campaign
 from services.campaigns.adapters.orders import completed_order_times
+from services.campaigns.adapters.report_state import lock_report
 from services.campaigns.adapters.tables import (
     campaigns,
     pending_triggers,
@@ -124,6 +125,7 @@ class CampaignScheduler:
                .limit(1).with_for_update(skip_locked=True))
         while True:
             async with self.database.begin() as connection:
+                await lock_report(connection)  # enrolment takes it: first, before the campaign's row lock
                 campaign_id = (await connection.execute(due)).scalar()
                 if campaign_id is None:
                     return
@@ -148,6 +150,7 @@ class CampaignScheduler:
                  .order_by(p.deadline_us, p.event_id).limit(self.settings.batch)
                  .with_for_update(skip_locked=True))
         async with self.database.begin() as connection:
+            await lock_report(connection)  # enrolment takes it: first, before the triggers' row locks
             rows = list((await connection.execute(query)).all())
             if not rows:
                 return 0

@@ -9,8 +9,9 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.common.db import BulkRows, bytewise, cents
+from libs.common.db import BulkRows, bytewise, cents, chunks
 from libs.common.events import PublishedEvent, epoch_micros
+from services.campaigns.adapters.report_state import lock_report, refresh_persons
 from services.campaigns.adapters.tables import counted_orders, order_events
 
 
@@ -50,12 +51,19 @@ def order_row(event: PublishedEvent) -> tuple[Any, ...]:
 
 
 async def record_orders(connection: AsyncConnection, events: Sequence[PublishedEvent]) -> None:
-    """Store order events and keep each order_id's counted (earliest completed) event."""
+    """Store order events, keep each order_id's counted (earliest completed) event, and refresh the report shares
+    of every person whose orders these events may change: the events' persons and the persons the orders counted
+    for until now (a late earlier completed event can move an order to another person)."""
     if not events:
         return
+    await lock_report(connection)
     dialect = connection.dialect.name
     raw, counted = _writes(dialect)
     rows = [order_row(event) for event in events]
+    affected = {row[1] for row in rows}
+    for batch in chunks({row[2] for row in rows}):
+        query = select(counted_orders.c.person_key).where(counted_orders.c.order_id.in_(batch))
+        affected.update((await connection.execute(query)).scalars())
     await connection.execute(raw, _ORDER_ROWS.params(dialect, rows))
     completed: dict[str, tuple[Any, ...]] = {}
     for event_id, person, order_id, status, occurred_us, total, discount, code, _ in rows:
@@ -68,6 +76,7 @@ async def record_orders(connection: AsyncConnection, events: Sequence[PublishedE
             completed[order_id] = candidate
     if completed:
         await connection.execute(counted, _COUNTED_ROWS.params(dialect, list(completed.values())))
+    await refresh_persons(connection, affected)
 
 
 def earliest_completed_events(dialect: str, order_ids: Collection[str]) -> Any:

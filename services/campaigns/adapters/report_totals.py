@@ -1,130 +1,221 @@
-"""Each arm's sufficient statistics for a campaign's report, computed in the database: the SQL form of the domain's
-``attribution.arm_totals`` (SPEC.md "Campaigns", Attribution). A hypothesis test holds the two equal on SQLite and
-PostgreSQL (tests/integration/campaigns/test_report_totals_match_domain.py); everything after the totals is the
-domain's ``report_from_totals``.
+"""Each assigned person's share of a campaign report, computed in the database: the SQL form of the domain's
+``attribution.arm_totals`` (SPEC.md "Campaigns", Attribution), one row per (campaign, person) before the sum
+over an arm. Two readers use it:
 
-Money is integer cents. PostgreSQL sums bigints as numeric (exact, no overflow); SQLite's integer sum raises on
-overflow, so there the per-person sums come back and are added up in Python (exact integers).
+- ``arm_totals_sql`` adds the rows of one campaign up per arm as of any A (the report for an explicit ``as_of``);
+- ``report_state`` keeps the same rows, as of everything stored, for every assigned person, and running per-arm
+  totals beside them (the report for "now"), refreshed for the persons each write touches.
+
+A hypothesis test holds both equal to the domain on SQLite and PostgreSQL
+(tests/integration/campaigns/test_report_totals_match_domain.py); everything after the totals is the domain's
+``report_from_totals``.
+
+Money is integer cents; per-person sums are ``wide_sum`` pairs (exact past 64 bits on both databases), joined
+in Python.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Numeric, and_, cast, func, select
+from sqlalchemy import BigInteger, Numeric, and_, case, cast, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.common.db import bytewise
-from services.campaigns.adapters.tables import assignments, counted_orders, coupons, order_events, touches
+from libs.common.db import bytewise, wide_sum, wide_total
+from services.campaigns.adapters.tables import (
+    assignments,
+    campaigns,
+    counted_orders,
+    coupons,
+    order_events,
+    touches,
+)
 from services.campaigns.domain.attribution import ArmTotals
 
 _DAY_US = 86_400_000_000
 
 
-def _cents(value: Any) -> Decimal:
+@dataclass(frozen=True, slots=True)
+class PersonShare:
+    """One assigned person's contribution to their arm: touched (a touch delivered), attributed counted orders and
+    their revenue, refunds of those orders, redemptions of the person's code and their discount (cents), and
+    ``horizon_us``, the latest time among everything counted (the report at any A >= horizon counts all of it)."""
+
+    variant: str
+    touched: bool
+    orders: int
+    revenue: int
+    refunds: int
+    redemptions: int
+    discount: int
+    horizon_us: int
+
+
+def cents_decimal(value: Any) -> Decimal:
     # From a string: exact whatever the digits (scaleb would round to the context's 28 digits).
     return Decimal(f"{int(value or 0)}E-2")
 
 
-def _attributed_orders(campaign_id: str, window_days: int, as_of_us: int) -> Any:
-    """(variant, person_key, order_id, total_cents) of counted orders in [assigned_at, assigned_at + window] and
-    <= A, of assignments with assigned_at <= A."""
-    a, o = assignments.c, counted_orders.c
-    return (select(a.variant, a.person_key, o.order_id, o.total_cents)
-            .select_from(assignments.join(counted_orders, o.person_key == a.person_key))
-            .where(a.campaign_id == campaign_id, a.assigned_us <= as_of_us, o.occurred_us >= a.assigned_us,
-                   o.occurred_us <= a.assigned_us + window_days * _DAY_US, o.occurred_us <= as_of_us)
-            .subquery("attributed"))
+def arm_totals_of(sums: dict[str, int]) -> ArmTotals:
+    """Integer sums (cents; revenue_sq in cents squared) as the domain's ArmTotals."""
+    return ArmTotals(assigned=sums["assigned"], touched=sums["touched"], conversions=sums["conversions"],
+                     revenue=cents_decimal(sums["revenue"]), revenue_sq=Decimal(f"{sums['revenue_sq']}E-4"),
+                     refunds=cents_decimal(sums["refunds"]), redemptions=sums["redemptions"],
+                     discount_cost=cents_decimal(sums["discount_cost"]))
 
 
-def _redemptions(dialect: str, campaign_id: str, as_of_us: int | None) -> Any:
-    """(person_key, discount_cents) of each redemption of the campaign's codes: the code's person's first
-    ``per_person_limit`` counted orders carrying it, by (occurred_at, event_id), counted when they fall by A."""
-    cp, o = coupons.c, counted_orders.c
-    ranked = (select(cp.person_key, o.discount_cents, o.occurred_us, cp.per_person_limit,
+def empty_sums() -> dict[str, int]:
+    return {"assigned": 0, "touched": 0, "conversions": 0, "revenue": 0, "revenue_sq": 0, "refunds": 0,
+            "redemptions": 0, "discount_cost": 0}
+
+
+def add_share(sums: dict[str, int], share: PersonShare, sign: int = 1) -> None:
+    """Add (sign 1) or take away (sign -1) one person's share from an arm's integer sums."""
+    sums["assigned"] += sign
+    sums["touched"] += sign * int(share.touched)
+    sums["conversions"] += sign * int(share.orders > 0)
+    sums["revenue"] += sign * share.revenue
+    sums["revenue_sq"] += sign * share.revenue * share.revenue
+    sums["refunds"] += sign * share.refunds
+    sums["redemptions"] += sign * share.redemptions
+    sums["discount_cost"] += sign * share.discount
+
+
+def _scoped(campaign_column: Any, person_column: Any, campaign_id: str | None,
+            persons: Collection[str] | None) -> list[Any]:
+    conditions = []
+    if campaign_id is not None:
+        conditions.append(campaign_column == campaign_id)
+    if persons is not None:
+        conditions.append(person_column.in_(list(persons)))
+    return conditions
+
+
+def _by(as_of_us: int | None, column: Any) -> list[Any]:
+    return [] if as_of_us is None else [column <= as_of_us]
+
+
+def person_shares(dialect: str, *, campaign_id: str | None = None, persons: Collection[str] | None = None,
+                  as_of_us: int | None = None) -> Any:
+    """One row per assignment (of ``campaign_id`` / of ``persons`` when given; with assigned_at <= A when A is
+    given): the person's share as of A, or as of everything stored when A is None.
+
+    SPEC.md Attribution: a person's counted orders whose counting event lies in [assigned_at, assigned_at +
+    window_days x 24 h] (and <= A) count for the person's arm; refunds (by A) of those orders, refund_amount
+    defaulting to the order's total; touched = the person's touch delivered (by A); redemptions: the code's
+    person's first ``per_person_limit`` counted orders carrying it, by (occurred_at, event_id), counted when they
+    fall (by A), with their discount."""
+    a, c, o, t, r, cp = (assignments.c, campaigns.c, counted_orders.c, touches.c, order_events.c, coupons.c)
+    included = [*_scoped(a.campaign_id, a.person_key, campaign_id, persons), *_by(as_of_us, a.assigned_us)]
+    keys = (a.campaign_id, a.person_key)
+
+    attributed = (select(a.campaign_id, a.person_key, o.order_id, o.total_cents, o.occurred_us)
+                  .select_from(assignments.join(campaigns, c.campaign_id == a.campaign_id)
+                               .join(counted_orders, o.person_key == a.person_key))
+                  .where(*included, o.occurred_us >= a.assigned_us,
+                         o.occurred_us <= a.assigned_us + c.window_days * literal(_DAY_US, BigInteger), *_by(as_of_us, o.occurred_us))
+                  .subquery("attributed"))
+    revenue_high, revenue_low = wide_sum(attributed.c.total_cents)
+    orders = (select(attributed.c.campaign_id, attributed.c.person_key, func.count().label("orders"),
+                     revenue_high.label("revenue_high"), revenue_low.label("revenue_low"),
+                     func.max(attributed.c.occurred_us).label("orders_us"))
+              .group_by(attributed.c.campaign_id, attributed.c.person_key).subquery("orders"))
+
+    refund_high, refund_low = wide_sum(func.coalesce(r.refund_cents, attributed.c.total_cents))
+    refunds = (select(attributed.c.campaign_id, attributed.c.person_key, refund_high.label("refund_high"),
+                      refund_low.label("refund_low"), func.max(r.occurred_us).label("refunds_us"))
+               .select_from(attributed.join(order_events, r.order_id == attributed.c.order_id))
+               .where(r.status == "refunded", *_by(as_of_us, r.occurred_us))
+               .group_by(attributed.c.campaign_id, attributed.c.person_key).subquery("refunds"))
+
+    ranked = (select(cp.campaign_id, cp.person_key, o.discount_cents, o.occurred_us, cp.per_person_limit,
                      func.row_number().over(partition_by=cp.code,
                                             order_by=(o.occurred_us, bytewise(dialect, o.event_id))).label("n"))
               .select_from(coupons.join(counted_orders, and_(o.coupon_code == cp.code, o.person_key == cp.person_key)))
-              .where(cp.campaign_id == campaign_id)
+              .where(*_scoped(cp.campaign_id, cp.person_key, campaign_id, persons))
               .subquery("ranked"))
-    query = select(ranked.c.person_key, ranked.c.discount_cents).where(ranked.c.n <= ranked.c.per_person_limit)
-    if as_of_us is not None:
-        query = query.where(ranked.c.occurred_us <= as_of_us)
-    return query.subquery("redeemed")
+    discount_high, discount_low = wide_sum(func.coalesce(ranked.c.discount_cents, 0))
+    redeemed = (select(ranked.c.campaign_id, ranked.c.person_key, func.count().label("redemptions"),
+                       discount_high.label("discount_high"), discount_low.label("discount_low"),
+                       func.max(ranked.c.occurred_us).label("redeemed_us"))
+                .where(ranked.c.n <= ranked.c.per_person_limit, *_by(as_of_us, ranked.c.occurred_us))
+                .group_by(ranked.c.campaign_id, ranked.c.person_key).subquery("redeemed"))
+
+    delivered = (select(t.campaign_id, t.person_key, t.delivered_us)
+                 .where(*_scoped(t.campaign_id, t.person_key, campaign_id, persons), t.status == "delivered",
+                        *_by(as_of_us, t.delivered_us))
+                 .subquery("delivered"))
+
+    def on(sub: Any) -> Any:
+        return and_(sub.c.campaign_id == a.campaign_id, sub.c.person_key == a.person_key)
+
+    return (select(*keys, a.variant, a.assigned_us, delivered.c.delivered_us,
+                   func.coalesce(orders.c.orders, 0).label("orders"), orders.c.revenue_high, orders.c.revenue_low,
+                   orders.c.orders_us, refunds.c.refund_high, refunds.c.refund_low, refunds.c.refunds_us,
+                   func.coalesce(redeemed.c.redemptions, 0).label("redemptions"), redeemed.c.discount_high,
+                   redeemed.c.discount_low, redeemed.c.redeemed_us)
+            .select_from(assignments.outerjoin(delivered, on(delivered)).outerjoin(orders, on(orders))
+                         .outerjoin(refunds, on(refunds)).outerjoin(redeemed, on(redeemed)))
+            .where(*included))
 
 
-async def arm_totals_sql(connection: AsyncConnection, campaign_id: str, window_days: int,
-                         as_of_us: int) -> dict[str, ArmTotals]:
+def share_of(row: Any) -> PersonShare:
+    """A ``person_shares`` row as exact integers."""
+    times = (row.assigned_us, row.delivered_us, row.orders_us, row.refunds_us, row.redeemed_us)
+    return PersonShare(variant=row.variant, touched=row.delivered_us is not None, orders=int(row.orders),
+                       revenue=wide_total(row.revenue_high, row.revenue_low) or 0,
+                       refunds=wide_total(row.refund_high, row.refund_low) or 0,
+                       redemptions=int(row.redemptions),
+                       discount=wide_total(row.discount_high, row.discount_low) or 0,
+                       horizon_us=max(time for time in times if time is not None))
+
+
+def _sum_shares(rows: Iterable[Any]) -> dict[str, dict[str, int]]:
+    arms: dict[str, dict[str, int]] = defaultdict(empty_sums)
+    for row in rows:
+        add_share(arms[row.variant], share_of(row))
+    return arms
+
+
+async def arm_totals_sql(connection: AsyncConnection, campaign_id: str, as_of_us: int) -> dict[str, ArmTotals]:
     """Per arm: assigned, touched, conversions, revenue, revenue_sq, refunds, redemptions, discount_cost as of A."""
     dialect = connection.dialect.name
-    a, t = assignments.c, touches.c
-    sums: dict[str, dict[str, Any]] = defaultdict(lambda: {"assigned": 0, "touched": 0, "conversions": 0,
-                                                           "revenue": 0, "revenue_sq": 0, "refunds": 0,
-                                                           "redemptions": 0, "discount_cost": 0})
-    assigned = (select(a.variant, func.count()).where(a.campaign_id == campaign_id, a.assigned_us <= as_of_us)
-                .group_by(a.variant))
-    for variant, count in await connection.execute(assigned):
-        sums[variant]["assigned"] = count
-    touched = (select(t.variant, func.count())
-               .where(t.campaign_id == campaign_id, t.status == "delivered", t.delivered_us <= as_of_us)
-               .group_by(t.variant))
-    for variant, count in await connection.execute(touched):
-        sums[variant]["touched"] = count
-
-    attributed = _attributed_orders(campaign_id, window_days, as_of_us)
-    per_person = (select(attributed.c.variant, attributed.c.person_key,
-                         func.sum(attributed.c.total_cents).label("revenue"))
-                  .group_by(attributed.c.variant, attributed.c.person_key).subquery("per_person"))
+    shares = person_shares(dialect, campaign_id=campaign_id, as_of_us=as_of_us)
     if dialect == "postgresql":
-        revenue = cast(per_person.c.revenue, Numeric)
-        query = (select(per_person.c.variant, func.count(), func.sum(revenue), func.sum(revenue * revenue))
-                 .group_by(per_person.c.variant))
-        for variant, persons, total, total_sq in await connection.execute(query):
-            arm = sums[variant]
-            arm["conversions"], arm["revenue"], arm["revenue_sq"] = persons, int(total), int(total_sq)
+        arms = await _sum_in_numeric(connection, shares)
     else:
-        # One row per converting person; Python's integers do not overflow.
-        for variant, _person, person_revenue in await connection.execute(select(per_person)):
-            arm = sums[variant]
-            arm["conversions"] += 1
-            arm["revenue"] += person_revenue
-            arm["revenue_sq"] += person_revenue * person_revenue
-
-    r = order_events.c
-    refund_cents = func.coalesce(r.refund_cents, attributed.c.total_cents)
-    refunded = (attributed.join(order_events, r.order_id == attributed.c.order_id))
-    if dialect == "postgresql":
-        refunds = (select(attributed.c.variant, func.sum(cast(refund_cents, Numeric))).select_from(refunded)
-                   .where(r.status == "refunded", r.occurred_us <= as_of_us).group_by(attributed.c.variant))
-    else:
-        refunds = (select(attributed.c.variant, refund_cents).select_from(refunded)
-                   .where(r.status == "refunded", r.occurred_us <= as_of_us))
-    for variant, amount in await connection.execute(refunds):
-        sums[variant]["refunds"] += int(amount or 0)
-
-    redeemed = _redemptions(dialect, campaign_id, as_of_us)
-    discount = func.coalesce(redeemed.c.discount_cents, 0)
-    joined = redeemed.join(assignments, and_(a.campaign_id == campaign_id, a.person_key == redeemed.c.person_key))
-    if dialect == "postgresql":
-        redemption_rows = (select(a.variant, func.count(), func.sum(cast(discount, Numeric))).select_from(joined)
-                           .where(a.assigned_us <= as_of_us).group_by(a.variant))
-    else:
-        redemption_rows = select(a.variant, 1, discount).select_from(joined).where(a.assigned_us <= as_of_us)
-    for variant, count, amount in await connection.execute(redemption_rows):
-        sums[variant]["redemptions"] += count
-        sums[variant]["discount_cost"] += int(amount or 0)
-
-    return {variant: ArmTotals(assigned=s["assigned"], touched=s["touched"], conversions=s["conversions"],
-                               revenue=_cents(s["revenue"]), revenue_sq=Decimal(f"{s['revenue_sq']}E-4"),
-                               refunds=_cents(s["refunds"]), redemptions=s["redemptions"],
-                               discount_cost=_cents(s["discount_cost"]))
-            for variant, s in sums.items()}
+        arms = _sum_shares(await connection.execute(shares))
+    # touched: every touch delivered by A, whenever its assignment falls (the domain counts touches on their own).
+    t = touches.c
+    arms_touched = (select(t.variant, func.count())
+                    .where(t.campaign_id == campaign_id, t.status == "delivered", t.delivered_us <= as_of_us)
+                    .group_by(t.variant))
+    for sums in arms.values():
+        sums["touched"] = 0
+    for variant, count in await connection.execute(arms_touched):
+        arms[variant]["touched"] = count
+    return {variant: arm_totals_of(sums) for variant, sums in arms.items()}
 
 
-async def discount_cost_cents(connection: AsyncConnection, campaign_id: str) -> int:
-    """Discount cost of every redemption of the campaign's codes so far (the budget's share of discounts)."""
-    redeemed = _redemptions(connection.dialect.name, campaign_id, None)
-    rows = await connection.execute(select(redeemed.c.discount_cents))
-    return sum(int(cents or 0) for (cents,) in rows)
+async def _sum_in_numeric(connection: AsyncConnection, shares: Any) -> dict[str, dict[str, int]]:
+    # PostgreSQL adds up in numeric (exact at any size) rather than shipping a row per person.
+    per = shares.subquery("per")
+    shift = literal(2**32, Numeric)
+
+    def money(high: Any, low: Any) -> Any:
+        return func.coalesce(cast(high, Numeric) * shift + low, 0)
+
+    revenue = money(per.c.revenue_high, per.c.revenue_low)
+    query = (select(per.c.variant, func.count(), func.count(per.c.delivered_us),
+                    func.count(case((per.c.orders > 0, 1))), func.sum(revenue), func.sum(revenue * revenue),
+                    func.sum(money(per.c.refund_high, per.c.refund_low)), func.sum(per.c.redemptions),
+                    func.sum(money(per.c.discount_high, per.c.discount_low)))
+             .group_by(per.c.variant))
+    arms: dict[str, dict[str, int]] = defaultdict(empty_sums)
+    for variant, *values in await connection.execute(query):
+        arms[variant] = dict(zip(empty_sums(), (int(value or 0) for value in values), strict=True))
+    return arms

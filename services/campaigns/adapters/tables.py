@@ -160,6 +160,41 @@ spend = Table(
     Column("updated_us", BigInteger, nullable=False),
 )
 
+# The report kept running (adapters/report_state.py): each assigned person's share as of everything stored, and
+# per arm the sum of its persons' shares. Money sums are decimal integers in text: exact past 64 bits on both
+# databases (revenue_sq reaches ~40 digits).
+report_persons = Table(
+    "report_persons",
+    metadata,
+    Column("campaign_id", String(40), primary_key=True),
+    Column("person_key", String(_PERSON), primary_key=True),
+    Column("variant", String(100), nullable=False),
+    Column("touched", Boolean, nullable=False),
+    Column("orders", BigInteger, nullable=False),
+    Column("revenue", String(40), nullable=False),
+    Column("refunds", String(40), nullable=False),
+    Column("redemptions", BigInteger, nullable=False),
+    Column("discount", String(40), nullable=False),
+    Column("horizon_us", BigInteger, nullable=False),
+    Index("ix_report_persons_person", "person_key"),
+)
+
+report_arms = Table(
+    "report_arms",
+    metadata,
+    Column("campaign_id", String(40), primary_key=True),
+    Column("variant", String(100), primary_key=True),
+    Column("assigned", BigInteger, nullable=False),
+    Column("touched", BigInteger, nullable=False),
+    Column("conversions", BigInteger, nullable=False),
+    Column("revenue", String(60), nullable=False),
+    Column("revenue_sq", String(120), nullable=False),
+    Column("refunds", String(60), nullable=False),
+    Column("redemptions", BigInteger, nullable=False),
+    Column("discount_cost", String(60), nullable=False),
+    Column("horizon_us", BigInteger, nullable=False),
+)
+
 # Tables holding person keys or coupon codes, rewritten under a pseudonym on erasure (counts kept).
 PERSONAL_TABLES = (segment_members, assignments, touches, coupons, order_events, counted_orders, pending_triggers,
-                   touch_outbox)
+                   touch_outbox, report_persons)

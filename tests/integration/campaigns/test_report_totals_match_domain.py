@@ -1,5 +1,6 @@
-"""The report's SQL totals (adapters/report_totals.py) equal the domain's reference ``arm_totals`` over the same
-assignments, touches, coupons and raw order events sent shuffled and in pieces, on SQLite and PostgreSQL."""
+"""The report's SQL totals (adapters/report_totals.py) and its running totals (adapters/report_state.py) equal the
+domain's reference ``arm_totals`` over the same assignments, touches, coupons and raw order events sent shuffled
+and in pieces, on SQLite and PostgreSQL; rebuilding the running totals from the stored rows changes nothing."""
 
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ from hypothesis import strategies as st
 
 from libs.common.db import Database
 from libs.common.events import PublishedEvent, epoch_micros
+from services.campaigns.adapters import report_state
 from services.campaigns.adapters.migrations import MIGRATIONS
 from services.campaigns.adapters.orders import record_orders
 from services.campaigns.adapters.report_totals import arm_totals_sql
-from services.campaigns.adapters.tables import assignments, coupons, metadata, touches
+from services.campaigns.adapters.tables import assignments, campaigns, coupons, metadata, report_arms, touches
 from services.campaigns.domain.assignment import HOLDOUT, Variant
 from services.campaigns.domain.attribution import (
     ArmTotals,
@@ -31,6 +33,7 @@ from services.campaigns.domain.attribution import (
 )
 
 BASE = datetime(2026, 3, 1, tzinfo=UTC)
+LATER = BASE + timedelta(days=30)  # after every time a history here holds
 TOTALS = ["0.00", "0.01", "99.99", "150.00", "1000000000000.00"]
 _examples = itertools.count()
 
@@ -106,6 +109,10 @@ async def test_sql_totals_equal_the_domain_arm_totals(database, holdout_bp, two_
     raw = [_event(prefix, n, item, codes) for n, item in enumerate(orders)]
 
     async with database.begin() as connection:
+        await connection.execute(campaigns.insert().values(
+            campaign_id=campaign_id, name="c", status="active", audience="{}", audience_kind="segment_entered",
+            offer="{}", variants="[]", holdout_bp=holdout_bp, window_days=window_days, per_touch_cost_cents=0,
+            webhook_url="http://127.0.0.1:9/", webhook_secret="s", created_us=0))
         if assigned:
             await connection.execute(assignments.insert(), [
                 {"campaign_id": campaign_id, "person_key": a.person_key, "variant": a.arm,
@@ -117,6 +124,8 @@ async def test_sql_totals_equal_the_domain_arm_totals(database, holdout_bp, two_
                  "delivered_us": None if t.delivered_at is None else epoch_micros(t.delivered_at)} for t in touched])
         if coupon_rows:
             await connection.execute(coupons.insert(), coupon_rows)
+        # As enrolment and delivery do for the rows they write.
+        await report_state.refresh_persons(connection, [a.person_key for a in assigned])
     # Shuffled, in pieces, perhaps twice: arrival order and redelivery must not matter.
     shuffled = raw + (raw if resend else [])
     random.Random(seed).shuffle(shuffled)
@@ -125,7 +134,10 @@ async def test_sql_totals_equal_the_domain_arm_totals(database, holdout_bp, two_
             await record_orders(connection, [PublishedEvent.model_validate(e) for e in shuffled[start:start + 4]])
 
     async with database.read() as connection:
-        from_sql = await arm_totals_sql(connection, campaign_id, window_days, epoch_micros(as_of))
+        from_sql = await arm_totals_sql(connection, campaign_id, epoch_micros(as_of))
+        as_of_now = await report_state.arm_totals_as_of(connection, campaign_id, epoch_micros(as_of))
+        running = await report_state.running_totals(connection, campaign_id, epoch_micros(LATER))
+        arms_before = await _arms(connection, campaign_id)
     domain_orders = [OrderEvent(
         person_key=e["person_key"], order_id=e["order"]["order_id"], event_id=e["event_id"], occurred_at=e["occurred_at"],
         status=e["order"]["status"], total=Decimal(e["order"].get("total", "0")),
@@ -135,5 +147,25 @@ async def test_sql_totals_equal_the_domain_arm_totals(database, holdout_bp, two_
     ) for e in raw]
     limits = {row["code"]: (row["person_key"], row["per_person_limit"]) for row in coupon_rows}
     from_domain = arm_totals(campaign, assigned, touched, domain_orders, limits, as_of)
-    for name in set(from_sql) | set(from_domain):
-        assert from_sql.get(name, ArmTotals()) == from_domain.get(name, ArmTotals()), name
+    assert_same(from_sql, from_domain)
+    assert_same(as_of_now, from_domain)
+    assert running is not None
+    assert_same(running, arm_totals(campaign, assigned, touched, domain_orders, limits, LATER))
+
+    async with database.begin() as connection:
+        await connection.run_sync(report_state.rebuild, campaign_id)
+    async with database.read() as connection:
+        rebuilt = await _arms(connection, campaign_id)
+    # The same sums; a running horizon never goes back (an order moved earlier leaves it where it was).
+    assert {arm: sums for arm, (sums, _) in rebuilt.items()} == {arm: sums for arm, (sums, _) in arms_before.items()}
+    assert all(arms_before[arm][1] >= horizon for arm, (_, horizon) in rebuilt.items())
+
+
+async def _arms(connection: Any, campaign_id: str) -> dict[str, tuple[tuple[Any, ...], int]]:
+    query = report_arms.select().where(report_arms.c.campaign_id == campaign_id)
+    return {row.variant: (tuple(row)[:-1], row.horizon_us) for row in await connection.execute(query)}
+
+
+def assert_same(got: dict[str, ArmTotals], expected: dict[str, ArmTotals]) -> None:
+    for name in set(got) | set(expected):
+        assert got.get(name, ArmTotals()) == expected.get(name, ArmTotals()), name
