@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable
 from typing import Any
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, delete, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db import BulkRows, chunks, hold_write_lock
@@ -81,6 +81,9 @@ def rebuild(connection: Connection, campaign_id: str | None = None) -> None:
     if rows:
         connection.execute(statement, _PERSON_ROWS.params(dialect, rows))
     _write_arms(connection, {arm: (sums, horizons[arm]) for arm, sums in arms.items()})
+    # Statistics for the planner now, not at autovacuum's next pass: a table it believes empty is scanned whole
+    # on every refresh rather than looked up in its person index.
+    connection.execute(text(f"ANALYZE {report_persons.name}"))
 
 
 async def arm_totals_as_of(connection: AsyncConnection, campaign_id: str, as_of_us: int) -> dict[str, ArmTotals]:
