@@ -12,6 +12,7 @@ replica killed mid-send) recognises the retry.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import random
 import socket
@@ -20,17 +21,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db import Database
 from libs.common.events import epoch_micros, format_timestamp
 from services.campaigns.adapters.campaigns import CampaignRecord, load_campaign
-from services.campaigns.adapters.report_state import lock_report, refresh_persons, touched_and_discount
+from services.campaigns.adapters.report_state import lock_report, record_deliveries, touched_and_discount
 from services.campaigns.adapters.tables import campaigns, touches
 from services.campaigns.domain import budget, webhooks
 from services.campaigns.enrolment import DELIVERED, FAILED, PENDING, queue_touch_records, touch_public
@@ -60,9 +62,27 @@ def webhook_body(touch: dict[str, Any], campaign: CampaignRecord) -> bytes:
     return orjson.dumps({"type": "campaign.touch", "timestamp": touch["created_at"], "data": data})
 
 
-async def _resolved_addresses(host: str) -> list[str]:
-    infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    return sorted({info[4][0] for info in infos})
+class CheckedResolver(AbstractResolver):
+    """The webhook connections' resolver outside local mode: a name is resolved once for both the check and the
+    connection, and the connector dials only addresses that pass SPEC's rules. A DNS answer that changes between a
+    check and a connection (rebinding) therefore cannot reach a loopback or private address."""
+
+    def __init__(self, inner: AbstractResolver | None = None) -> None:
+        self._inner = inner or DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        for result in results:
+            reason = webhooks.address_refused(result["host"])
+            if reason is not None:
+                # strerror: the text aiohttp shows in its connection error (the touch's last_error)
+                raise OSError(errno.EPERM, f"webhook URL refused at send time: {host} resolves to "
+                                           f"{reason.removeprefix('address ')}")
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
 
 
 class Deliverer:
@@ -70,8 +90,9 @@ class Deliverer:
 
     def __init__(self, database: Database, settings: WebhookSettings, *,
                  clock: Callable[[], datetime], local_mode: bool, owner: str,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, resolver: AbstractResolver | None = None) -> None:
         self.database = database
+        self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
         self.settings = settings
         self.clock = clock
@@ -85,7 +106,8 @@ class Deliverer:
         """The shared session, made on first use (inside the running loop): ``concurrency`` pooled keep-alive
         connections, no proxy from the environment, redirects never followed (each call says so)."""
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self.settings.concurrency, limit_per_host=0)
+            resolver = None if self.local_mode else CheckedResolver(self._resolver)
+            connector = aiohttp.TCPConnector(limit=self.settings.concurrency, limit_per_host=0, resolver=resolver)
             self._session = aiohttp.ClientSession(
                 connector=connector, trust_env=False, auto_decompress=False,
                 timeout=aiohttp.ClientTimeout(total=self.settings.timeout_seconds))
@@ -139,12 +161,8 @@ class Deliverer:
         if campaign.webhook_disabled:
             return Outcome("disable", campaign.webhook_disabled)
         url = campaign.webhook_url
-        try:
-            host = urlsplit(url).hostname or ""
-            addresses = [] if self.local_mode else await _resolved_addresses(host)
-        except OSError as exc:
-            return Outcome("retry", f"cannot resolve the webhook host: {exc}")
-        refused = webhooks.url_allowed(url, addresses, self.local_mode)
+        # A name's addresses are checked by CheckedResolver, where the connection resolves it.
+        refused = webhooks.url_allowed(url, None, self.local_mode)
         if refused:
             return Outcome("retry", f"webhook URL refused at send time: {refused}")
         body = webhook_body(touch_public(row), campaign)
@@ -206,7 +224,8 @@ class Deliverer:
                     .returning(t.touch_id))
                 recorded = set(result.scalars())
                 self.delivered += len(recorded)
-                await refresh_persons(connection, [row.person_key for row, _ in part if row.touch_id in recorded])
+                await record_deliveries(connection, [(row.campaign_id, row.person_key, row.variant)
+                                                     for row, _ in part if row.touch_id in recorded], now_us)
                 changed += [touch_public(row) | {"status": DELIVERED, "delivered_at": format_timestamp(now)}
                             for row, _ in part if row.touch_id in recorded]
             for campaign_id, reason in disabled.items():

@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable
 from typing import Any
 
-from sqlalchemy import Connection, delete, select, text
+from sqlalchemy import Connection, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db import BulkRows, chunks, hold_write_lock
@@ -56,6 +56,32 @@ async def refresh_persons(connection: AsyncConnection, persons: Iterable[str]) -
     keys = sorted(set(persons))
     if keys:
         await connection.run_sync(_refresh, keys)
+
+
+async def record_deliveries(connection: AsyncConnection, delivered: Iterable[tuple[str, str, str]],
+                            delivered_us: int) -> None:
+    """Touches of these (campaign, person, variant) that have just become delivered at ``delivered_us`` (the
+    caller's status-guarded UPDATE moved each from pending once): their shares become touched, their arms count
+    them. The one change a delivery makes to a share, so no recomputation (caller holds the lock)."""
+    by_arm: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for campaign_id, person_key, variant in delivered:
+        by_arm[(campaign_id, variant)].append(person_key)
+    if by_arm:
+        await connection.run_sync(_record_deliveries, by_arm, delivered_us)
+
+
+def _record_deliveries(connection: Connection, by_arm: dict[tuple[str, str], list[str]], delivered_us: int) -> None:
+    p = report_persons.c
+    moved: dict[tuple[str, str], dict[str, int]] = defaultdict(empty_sums)
+    for (campaign_id, variant), persons in by_arm.items():
+        for batch in chunks(persons):
+            result = connection.execute(
+                update(report_persons)
+                .where(p.campaign_id == campaign_id, p.person_key.in_(batch), p.touched.is_(False))
+                .values(touched=True, horizon_us=func.max(p.horizon_us, delivered_us)
+                        if connection.dialect.name == "sqlite" else func.greatest(p.horizon_us, delivered_us)))
+            moved[(campaign_id, variant)]["touched"] += result.rowcount
+    _move_arms(connection, moved, defaultdict(lambda: delivered_us))
 
 
 def rebuild(connection: Connection, campaign_id: str | None = None) -> None:

@@ -113,9 +113,20 @@ def _address_reason(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> s
     return None
 
 
-def url_allowed(url: str, resolved_ips: Sequence[str], local_mode: bool) -> str | None:
+def address_refused(text: str) -> str | None:
+    """Why a webhook may not connect to this resolved address (outside local mode), or None."""
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return f"address {text} is not an IP address"
+    return _address_reason(address)
+
+
+def url_allowed(url: str, resolved_ips: Sequence[str] | None, local_mode: bool) -> str | None:
     """Why a webhook URL may not be called, or None: local mode allows any http(s) URL; outside it https only and no
-    resolved address may be loopback, private, link-local, CGNAT or unique-local (SPEC.md Webhooks)."""
+    resolved address may be loopback, private, link-local, CGNAT or unique-local (SPEC.md Webhooks).
+    ``resolved_ips`` None: the name's addresses are checked where the connection resolves it (a literal address
+    is checked here)."""
     if len(url) > MAX_URL_LENGTH:
         return f"webhook_url is longer than {MAX_URL_LENGTH} characters"
     try:
@@ -133,18 +144,10 @@ def url_allowed(url: str, resolved_ips: Sequence[str], local_mode: bool) -> str 
         return None
     if parts.scheme != "https":
         return "webhook_url must be https outside local mode"
-    addresses = list(resolved_ips)
+    addresses = list(resolved_ips or ())
     try:
         addresses.append(str(ipaddress.ip_address(parts.hostname)))
     except ValueError:
-        if not resolved_ips:
+        if resolved_ips is not None and not resolved_ips:
             return f"host {parts.hostname} did not resolve"
-    for text in addresses:
-        try:
-            address = ipaddress.ip_address(text.split("%", 1)[0])
-        except ValueError:
-            return f"address {text} is not an IP address"
-        reason = _address_reason(address)
-        if reason is not None:
-            return reason
-    return None
+    return next((reason for reason in map(address_refused, addresses) if reason is not None), None)

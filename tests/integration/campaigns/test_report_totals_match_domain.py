@@ -118,14 +118,22 @@ async def test_sql_totals_equal_the_domain_arm_totals(database, holdout_bp, two_
                 {"campaign_id": campaign_id, "person_key": a.person_key, "variant": a.arm,
                  "assigned_us": epoch_micros(a.assigned_at)} for a in assigned])
         if touched:
+            # Delivered ones start pending and are delivered below, as the deliverer records them.
             await connection.execute(touches.insert(), [
                 {"touch_id": f"{prefix}t{t.person_key}", "campaign_id": campaign_id, "person_key": t.person_key,
-                 "variant": t.arm, "status": t.status, "created_us": 0, "attempts": 0,
-                 "delivered_us": None if t.delivered_at is None else epoch_micros(t.delivered_at)} for t in touched])
+                 "variant": t.arm, "status": "pending" if t.status == "delivered" else t.status, "created_us": 0,
+                 "attempts": 0} for t in touched])
         if coupon_rows:
             await connection.execute(coupons.insert(), coupon_rows)
-        # As enrolment and delivery do for the rows they write.
+        # As enrolment does for the rows it writes.
         await report_state.refresh_persons(connection, [a.person_key for a in assigned])
+    for t in touched:
+        if t.status == "delivered":
+            async with database.begin() as connection:
+                delivered_us = epoch_micros(t.delivered_at)
+                await connection.execute(touches.update().where(touches.c.touch_id == f"{prefix}t{t.person_key}")
+                                         .values(status="delivered", delivered_us=delivered_us))
+                await report_state.record_deliveries(connection, [(campaign_id, t.person_key, t.arm)], delivered_us)
     # Shuffled, in pieces, perhaps twice: arrival order and redelivery must not matter.
     shuffled = raw + (raw if resend else [])
     random.Random(seed).shuffle(shuffled)

@@ -1,15 +1,18 @@
 """Webhook rules at the edges: Retry-After is honoured, and outside local mode loopback URLs are refused at
-creation (a literal address) and at send time (a name that resolves to one)."""
+creation (a literal address) and at send time (a name that resolves to one, checked where the connection
+resolves it, so a DNS answer that changes after a check is refused too)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
 
 from libs.common.settings import CommonSettings
 from services.campaigns.bootstrap import create_campaigns_app
+from services.campaigns.delivery import CheckedResolver
 from services.campaigns.settings import CampaignsSettings, SchedulerSettings, WebhookSettings
 from tests.integration.campaigns.conftest import TEST_RETRIES, Campaigns, campaign_body
 from tests.support import eventually, serve_app
@@ -73,3 +76,44 @@ class _FakeRow:
     status = "pending"
     created_us = 0
     delivered_us = None
+
+
+class _RebindingResolver:
+    """A DNS server that answers a public address first and a loopback one afterwards (DNS rebinding)."""
+
+    def __init__(self) -> None:
+        self.answers = iter(["93.184.216.34", "127.0.0.1", "127.0.0.1"])
+
+    async def resolve(self, host: str, port: int = 0, family: int = 2) -> list[dict[str, Any]]:
+        return [{"hostname": host, "host": next(self.answers), "port": port, "family": family, "proto": 0,
+                 "flags": 0}]
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_name_is_checked_where_the_connection_resolves_it_so_a_rebinding_answer_is_refused():
+    resolver = CheckedResolver(_RebindingResolver())  # type: ignore[arg-type]
+    first = await resolver.resolve("hooks.example.com", 443)
+    assert [result["host"] for result in first] == ["93.184.216.34"]
+    # The next connection resolves again, and that answer is checked before anything is dialled.
+    with pytest.raises(OSError, match="loopback"):
+        await resolver.resolve("hooks.example.com", 443)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_the_deliverer_dials_only_checked_addresses(production: httpx.AsyncClient):
+    service = production.app.state.service  # type: ignore[attr-defined]
+    deliverer = service.deliverer
+    deliverer._resolver = _RebindingResolver()
+    await deliverer.aclose()  # the next session is built with the resolver above
+    body = campaign_body("https://hooks.example.com:1/hook", holdout_bp=0, variants=EVERYONE,
+                         audience={"kind": "cart_abandoned", "hours": 1})
+    created = await production.post("/v1/campaigns", json=body, headers={"Authorization": "Bearer prod-write"})
+    assert created.status_code == 201, created.text
+    from services.campaigns.adapters.campaigns import load_campaign
+    async with service.database.read() as connection:
+        record = await load_campaign(connection, created.json()["campaign_id"])
+    deliverer._resolver.answers = iter(["127.0.0.1"])
+    outcome = await deliverer._send(_FakeRow(), record)
+    assert outcome.verdict == "retry" and "loopback" in outcome.detail, outcome
