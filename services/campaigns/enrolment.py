@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from libs.common.db import BulkRows, chunks
 from libs.common.events import format_timestamp, from_epoch_micros
 from services.campaigns.adapters.campaigns import CampaignRecord
-from services.campaigns.adapters.report_state import lock_report, refresh_persons
+from services.campaigns.adapters.report_state import add_assignments, lock_report
 from services.campaigns.adapters.tables import assignments, coupons, touch_outbox, touches
 from services.campaigns.domain.assignment import HOLDOUT, Variant, arm_of, in_global_holdout
 from services.campaigns.domain.coupons import CouponOffer, expires_at, new_code
@@ -127,7 +127,7 @@ async def enrol(connection: AsyncConnection, campaign: CampaignRecord, entrants:
     if treated:
         await _touch(connection, campaign, treated, cap=rules.cap, now_us=now_us)
     # Orders may already fall in a new assignment's window (an entry time before now).
-    await refresh_persons(connection, new)
+    await add_assignments(connection, campaign.campaign_id, new)
     return len(new)
 
 

@@ -58,6 +58,14 @@ async def refresh_persons(connection: AsyncConnection, persons: Iterable[str]) -
         await connection.run_sync(_refresh, keys)
 
 
+async def add_assignments(connection: AsyncConnection, campaign_id: str, persons: Iterable[str]) -> None:
+    """The shares of assignments just made (no share of theirs is stored yet): computed and added to their arms
+    (caller holds the lock)."""
+    keys = sorted(set(persons))
+    if keys:
+        await connection.run_sync(_refresh, keys, campaign_id)
+
+
 async def record_deliveries(connection: AsyncConnection, delivered: Iterable[tuple[str, str, str]],
                             delivered_us: int) -> None:
     """Touches of these (campaign, person, variant) that have just become delivered at ``delivered_us`` (the
@@ -95,7 +103,7 @@ def rebuild(connection: Connection, campaign_id: str | None = None) -> None:
     horizons: dict[tuple[str, str], int] = defaultdict(int)
     rows: list[tuple[Any, ...]] = []
     statement = _PERSON_ROWS.insert(dialect)
-    for row in connection.execution_options(yield_per=_STREAM).execute(person_shares(dialect, campaign_id=campaign_id)):
+    for row in connection.execution_options(yield_per=_STREAM).execute(*person_shares(dialect, campaign_id=campaign_id)):
         share = share_of(row)
         arm = (row.campaign_id, share.variant)
         add_share(arms[arm], share)
@@ -147,7 +155,8 @@ def _stored_share(row: Any) -> PersonShare:
                        discount=int(row.discount), horizon_us=int(row.horizon_us))
 
 
-def _refresh(connection: Connection, persons: Collection[str]) -> None:
+def _refresh(connection: Connection, persons: Collection[str], new_in: str | None = None) -> None:
+    # new_in: the persons' assignments to this campaign were just made; nothing else of theirs changed.
     dialect = connection.dialect.name
     p = report_persons.c
     moved: dict[tuple[str, str], dict[str, int]] = defaultdict(empty_sums)
@@ -157,9 +166,10 @@ def _refresh(connection: Connection, persons: Collection[str]) -> None:
                                           set_={name: upsert.excluded[name] for name in _PERSON_COLUMNS[2:]})
     for batch in chunks(persons):
         fresh = {(row.campaign_id, row.person_key): share_of(row)
-                 for row in connection.execute(person_shares(dialect, persons=batch))}
-        stored = {(row.campaign_id, row.person_key): _stored_share(row)
-                  for row in connection.execute(select(report_persons).where(p.person_key.in_(batch)))}
+                 for row in connection.execute(*person_shares(dialect, campaign_id=new_in, persons=batch))}
+        stored = {} if new_in is not None else {
+            (row.campaign_id, row.person_key): _stored_share(row)
+            for row in connection.execute(select(report_persons).where(p.person_key.in_(batch)))}
         changed = []
         for key in fresh.keys() | stored.keys():
             new, old = fresh.get(key), stored.get(key)
