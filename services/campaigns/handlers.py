@@ -34,7 +34,7 @@ from services.campaigns.enrolment import EnrolmentRules, enrol
 Clock = Callable[[], datetime]
 _HOUR_US = 3_600_000_000
 _TRIGGER_ROWS = BulkRows(pending_triggers, ("campaign_id", "event_id", "person_key", "occurred_us", "deadline_us"))
-_MEMBER_ROWS = BulkRows(segment_members, ("segment_id", "person_key", "entered_us"))
+_MEMBER_ROWS = BulkRows(segment_members, ("segment_id", "person_key", "entered_us", "exited_us"))
 
 
 class SegmentChange(BaseModel):
@@ -90,27 +90,36 @@ def record_events(rules: EnrolmentRules) -> Callable[[AsyncConnection, Sequence[
 
 def follow_segments(rules: EnrolmentRules, clock: Clock,
                     ) -> Callable[[AsyncConnection, Sequence[SegmentChange]], Awaitable[None]]:
-    """Keep this service's mirror of segment membership (for segment_scheduled) and enter persons into active
+    """Keep this service's mirror of segment membership, exits included (for segment_scheduled), and enter persons
+    into active
     segment_entered campaigns at the entry's time (entries from the activation instant on)."""
 
     async def handle(connection: AsyncConnection, changes: Sequence[SegmentChange]) -> None:
         await lock_report(connection)  # before any row lock: enrolment below takes it
         dialect = connection.dialect.name
-        # In topic order per person (one partition per person key): the last record of a pair decides.
-        latest: dict[tuple[str, str], SegmentChange] = {}
+        # In topic order per person (one partition per person key): per pair, the last entry of the batch and an
+        # exit after it.
+        spans: dict[tuple[str, str], list[int | None]] = {}
         for change in changes:
-            latest[(change.segment_id, change.person_key)] = change
-        entered = [c for c in latest.values() if c.change == "entered"]
-        exited = [c for c in latest.values() if c.change != "entered"]
-        if entered:
-            rows = [(c.segment_id, c.person_key, epoch_micros(c.as_of)) for c in entered]
+            span = spans.setdefault((change.segment_id, change.person_key), [None, None])
+            if change.change == "entered":
+                span[:] = [epoch_micros(change.as_of), None]
+            else:
+                span[1] = epoch_micros(change.as_of)
+        rows = [(segment_id, person, entered_us, exited_us)
+                for (segment_id, person), (entered_us, exited_us) in spans.items() if entered_us is not None]
+        if rows:
             statement = _MEMBER_ROWS.insert(dialect)
             statement = statement.on_conflict_do_update(index_elements=["segment_id", "person_key"],
-                                                        set_={"entered_us": statement.excluded.entered_us})
+                                                        set_={"entered_us": statement.excluded.entered_us,
+                                                              "exited_us": statement.excluded.exited_us})
             await connection.execute(statement, _MEMBER_ROWS.params(dialect, rows))
-        for change in exited:
-            await connection.execute(delete(segment_members).where(
-                segment_members.c.segment_id == change.segment_id, segment_members.c.person_key == change.person_key))
+        m = segment_members.c
+        for (segment_id, person), (entered_us, exited_us) in spans.items():
+            if entered_us is None:
+                await connection.execute(update(segment_members)
+                                         .where(m.segment_id == segment_id, m.person_key == person)
+                                         .values(exited_us=exited_us))
         entries = [c for c in changes if c.change == "entered"]
         if not entries:
             return

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, or_, select, update
 
 from libs.common.db import Database
 from libs.common.events import epoch_micros, from_epoch_micros
@@ -132,8 +132,11 @@ class CampaignScheduler:
                 campaign = await load_campaign(connection, campaign_id)
                 assert campaign is not None and campaign.send_us is not None
                 if campaign.assigns_at(campaign.send_us):
-                    members = select(segment_members.c.person_key).where(
-                        segment_members.c.segment_id == campaign.segment_id)
+                    # The members at send_at, whenever this pass runs (entered by then, not left by then).
+                    m = segment_members.c
+                    members = select(m.person_key).where(
+                        m.segment_id == campaign.segment_id, m.entered_us <= campaign.send_us,
+                        or_(m.exited_us.is_(None), m.exited_us > campaign.send_us))
                     persons = list((await connection.execute(members)).scalars())
                     assigned = await enrol(connection, campaign, [(p, campaign.send_us) for p in persons],
                                            rules=self.rules, now_us=now_us)

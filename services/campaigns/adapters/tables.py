@@ -44,13 +44,15 @@ campaigns = Table(
 )
 
 # Membership of each segment as published on shoploop.segments.v1 (this service's own mirror: no service
-# reads another's tables). Rows leave on an exit record.
+# reads another's tables): each person's latest entry and, once they left, the exit's time, so that the members
+# at a past moment (a segment_scheduled campaign's send_at) are known when the send runs later.
 segment_members = Table(
     "segment_members",
     metadata,
     Column("segment_id", String(_ID), primary_key=True),
     Column("person_key", String(_PERSON), primary_key=True),
     Column("entered_us", BigInteger, nullable=False),
+    Column("exited_us", BigInteger, nullable=True),
 )
 
 # SPEC.md "Assignment": one row per (campaign, person); a person enters a campaign at most once.

@@ -8,8 +8,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import MetaData, select
 
+from libs.common.events import format_timestamp
 from libs.common.kafka import PRIVACY_TOPIC
 from libs.common.privacy import ErasureRequest
+from services.campaigns.adapters.tables import segment_members
 from services.campaigns.settings import (
     CampaignsSettings,
     FrequencyCapSettings,
@@ -171,3 +173,28 @@ async def test_erasure_removes_the_key_and_codes_and_keeps_the_report(campaigns:
     validation = await campaigns.client.post("/v1/coupons/validate", headers=WRITE,
                                              json={"code": code, "person_key": "erase-me-7", "total": 150})
     assert validation.json()["reason"] == "unknown"
+
+
+async def test_a_scheduled_send_takes_the_members_at_send_at_even_when_it_runs_later(campaigns: Campaigns):
+    now = campaigns.clock.now
+    send_at = now + timedelta(hours=1)
+    campaign_id = (await campaigns.create(holdout_bp=0, variants=EVERYONE, audience={
+        "kind": "segment_scheduled", "segment_id": "tier:gold", "send_at": format_timestamp(send_at)}))["campaign_id"]
+    await campaigns.act(campaign_id, "activate")
+    before, after = send_at - timedelta(minutes=30), send_at + timedelta(minutes=30)
+    await campaigns.enter_segment("tier:gold", ["stays", "leaves-before", "leaves-after"], before)
+    await campaigns.enter_segment("tier:gold", ["leaves-before"], before + timedelta(minutes=10), change="exited")
+    await campaigns.enter_segment("tier:gold", ["leaves-after"], after, change="exited")
+    await campaigns.enter_segment("tier:gold", ["joins-after"], after)
+    async def mirrored() -> bool:
+        async with campaigns.service.database.read() as connection:
+            rows = (await connection.execute(select(segment_members.c.person_key, segment_members.c.exited_us))).all()
+        return len(rows) == 4 and sum(row.exited_us is not None for row in rows) == 2
+
+    await eventually(mirrored, what="every change in the mirror")
+    # The send runs after every change above was seen (as after a restart past send_at).
+    campaigns.clock.move(timedelta(hours=2))
+    campaigns.service.scheduler.wake()
+    assigned = await eventually(lambda: _assignments(campaigns, campaign_id), what="the scheduled send")
+    assert set(assigned) == {"stays", "leaves-after"}
+    assert {a["assigned_at"] for a in assigned.values()} == {format_timestamp(send_at)}
