@@ -159,6 +159,20 @@ def parse_moment(value: str, name: str, zone: ZoneInfo) -> datetime:
     return moment
 
 
+def days_starting_in(start: datetime, end: datetime, zone: ZoneInfo) -> tuple[date, date]:
+    """The first and last calendar day (in ``zone``) whose start lies in [start, end); first > last when none."""
+    def start_of(day: date) -> datetime:
+        return datetime.combine(day, time(), zone)
+
+    first = start.astimezone(zone).date()
+    if start_of(first) < start:
+        first += timedelta(days=1)
+    last = end.astimezone(zone).date()
+    if start_of(last) >= end:
+        last -= timedelta(days=1)
+    return first, last
+
+
 def parse_span(start: str, end: str, zone: ZoneInfo, max_days: int) -> tuple[datetime, datetime]:
     """A range ``[from, to)`` of at most ``max_days`` days (the setting that keeps one request bounded)."""
     start_at, end_at = parse_moment(start, "from", zone), parse_moment(end, "to", zone)

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
-from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from sqlalchemy import and_, select
+from sqlalchemy import and_, literal, select, tuple_
 
 from libs.common.auth import requires
-from libs.common.db import cents, insert
+from libs.common.db import cents, insert, wide_sum, wide_total
 from libs.common.events import epoch_micros, format_timestamp, from_epoch_micros
 from libs.common.http import (
     ApiError,
+    days_starting_in,
     decode_cursor,
     encode_cursor,
     money,
@@ -455,21 +455,27 @@ async def post_spend(request: Request, body: SpendIn, _key: WriteKey) -> dict[st
     return {"source": body.source, "day": body.day.isoformat(), "amount": money(body.amount)}
 
 
-@router.get("/v1/spend", response_model=SpendList, summary="Spend per (source, day) with day in [from, to)")
+@router.get("/v1/spend", response_model=SpendList,
+            summary="Spend per (source, day) with day in [from, to), by day then source; total over the whole range")
 async def get_spend(request: Request, _key: ReadKey, from_: Annotated[str, Query(alias="from", max_length=64)],
-                    to: Annotated[str, Query(max_length=64)]) -> dict[str, Any]:
+                    to: Annotated[str, Query(max_length=64)], limit: Limit = 100,
+                    cursor: Cursor = None) -> dict[str, Any]:
     common = _service(request).settings.common
     start, end = parse_span(from_, to, common.zone, common.max_range_days)
+    after = decode_cursor(cursor, 2)
+    first, last = days_starting_in(start, end, common.zone)
     s = spend.c
-    query = (select(s.source, s.day, s.amount_cents)
-             .where(s.day >= start.astimezone(common.zone).date().isoformat(),
-                    s.day <= end.astimezone(common.zone).date().isoformat())
-             .order_by(s.day, s.source))
+    in_range = (s.day >= first.isoformat(), s.day <= last.isoformat())
+    page = select(s.source, s.day, s.amount_cents).where(*in_range).order_by(s.day, s.source).limit(limit + 1)
+    if after is not None:
+        page = page.where(tuple_(s.day, s.source) > tuple_(literal(after[0]), literal(after[1])))
+    high, low = wide_sum(s.amount_cents)
     async with _service(request).database.read() as connection:
-        rows = list((await connection.execute(query)).all())
-    items = [{"source": source, "day": day, "amount": money(Decimal(amount_cents).scaleb(-2)), "cents": amount_cents}
-             for source, day, amount_cents in rows
-             # Days whose start (in the reporting time zone) lies in [from, to).
-             if start <= datetime.combine(date.fromisoformat(day), time(), common.zone) < end]
-    total = money(Decimal(sum(item.pop("cents") for item in items)).scaleb(-2))
-    return {"items": items, "total": total}
+        rows = list((await connection.execute(page)).all())
+        total_cents = wide_total(*(await connection.execute(select(high, low).where(*in_range))).one()) or 0
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {"items": [{"source": source, "day": day, "amount": money(Decimal(amount_cents).scaleb(-2))}
+                      for source, day, amount_cents in rows],
+            "total": money(Decimal(total_cents).scaleb(-2)),
+            "next_cursor": encode_cursor([rows[-1].day, rows[-1].source]) if more else None}

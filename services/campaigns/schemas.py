@@ -153,4 +153,5 @@ class SpendPublic(BaseModel):
 
 class SpendList(BaseModel):
     items: list[SpendPublic]
-    total: float
+    total: float  # of every entry in the range, not only this page's
+    next_cursor: str | None

@@ -120,10 +120,26 @@ async def test_spend_is_replaced_on_resend_and_listed_by_day(campaigns: Campaign
         assert response.status_code == 200, response.text
     await campaigns.client.post("/v1/spend", headers=WRITE, json={"source": "douyin", "day": "2026-05-02",
                                                                   "amount": 7})
+    await campaigns.client.post("/v1/spend", headers=WRITE, json={"source": "baidu", "day": "2026-05-02",
+                                                                  "amount": 0.25})
     listed = await campaigns.get("/v1/spend", **{"from": "2026-05-01", "to": "2026-05-02"})
-    assert listed == {"items": [{"source": "douyin", "day": "2026-05-01", "amount": 250.5}], "total": 250.5}
+    assert listed == {"items": [{"source": "douyin", "day": "2026-05-01", "amount": 250.5}], "total": 250.5,
+                      "next_cursor": None}
     both = await campaigns.get("/v1/spend", **{"from": "2026-05-01", "to": "2026-05-03"})
-    assert both["total"] == 257.5
+    assert both["total"] == 257.75
+    assert [(item["day"], item["source"]) for item in both["items"]] == [
+        ("2026-05-01", "douyin"), ("2026-05-02", "baidu"), ("2026-05-02", "douyin")]
+    # Page by page: the same entries in the same order, each page with the whole range's total.
+    walked, cursor = [], None
+    while True:
+        page = await campaigns.get("/v1/spend", **{"from": "2026-05-01", "to": "2026-05-03", "limit": 1},
+                                   **({"cursor": cursor} if cursor else {}))
+        assert page["total"] == 257.75 and len(page["items"]) <= 1
+        walked += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert walked == both["items"]
     bad = await campaigns.client.post("/v1/spend", headers=WRITE, json={"source": "douyin", "day": "May 1",
                                                                         "amount": 1})
     assert bad.status_code == 422 and "day" in bad.json()["detail"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from libs.common.http import (
     ApiError,
+    days_starting_in,
     decode_cursor,
     encode_cursor,
     money,
@@ -88,3 +89,20 @@ def test_any_as_of_text_is_a_timestamp_or_a_422(text):
         parse_as_of(text, datetime.now(UTC))
     except ApiError as error:
         assert error.status == 422 and error.detail.startswith("as_of: ")
+
+
+_ZONES = ["UTC", "Asia/Shanghai", "America/New_York", "America/Sao_Paulo", "America/Havana", "Pacific/Apia"]
+
+
+@given(zone_name=st.sampled_from(_ZONES),
+       start=st.datetimes(min_value=datetime(2010, 1, 1), max_value=datetime(2030, 1, 1), timezones=st.just(UTC)),
+       length=st.timedeltas(min_value=timedelta(seconds=1), max_value=timedelta(days=5)))
+def test_days_starting_in_a_range_are_those_whose_midnight_falls_in_it(zone_name, start, length):
+    # Zones whose clocks jumped at midnight (Sao Paulo, Havana) or skipped a whole day (Apia, 2011-12-30) included.
+    zone = ZoneInfo(zone_name)
+    end = start + length
+    first, last = days_starting_in(start, end, zone)
+    around = [start.astimezone(zone).date() + timedelta(days=n) for n in range(-2, 9)]
+    expected = [day for day in around if start <= datetime.combine(day, time(), zone) < end]
+    got = [day for day in around if first <= day <= last]
+    assert got == expected
