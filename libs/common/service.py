@@ -158,18 +158,20 @@ class Service:
         """Database and broker reachable, every consumer assigned and running."""
         checks: dict[str, str] = {}
         # The answer is unauthenticated: it names the failing check, the log holds the exception.
-        try:
-            await asyncio.wait_for(self.database.ping(), 2.0)
-            checks["database"] = "ok"
-        except Exception as exc:
-            checks["database"] = "unreachable"
-            log.warning("readiness: database unreachable", extra={"error": repr(exc)})
-        try:
-            await self.publisher.ping()
-            checks["broker"] = "ok"
-        except Exception as exc:
-            checks["broker"] = "unreachable"
-            log.warning("readiness: broker unreachable", extra={"error": repr(exc)})
+        # A service without state of its own has neither a database nor a broker connection to check (start()).
+        if self.database is not None:
+            try:
+                await asyncio.wait_for(self.database.ping(), 2.0)
+                checks["database"] = "ok"
+            except Exception as exc:
+                checks["database"] = "unreachable"
+                log.warning("readiness: database unreachable", extra={"error": repr(exc)})
+            try:
+                await self.publisher.ping()
+                checks["broker"] = "ok"
+            except Exception as exc:
+                checks["broker"] = "unreachable"
+                log.warning("readiness: broker unreachable", extra={"error": repr(exc)})
         consumers: dict[str, Any] = {}
         for subscription in self.subscriptions:
             runtime = next((c for c in self.consumers if c.subscription is subscription), None)

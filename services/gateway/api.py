@@ -26,9 +26,10 @@ from services.gateway.settings import GatewaySettings
 
 router = APIRouter(tags=["gateway"])
 ReadKey = Annotated[str, requires("read")]
-From = Annotated[str, Query(alias="from", description=f"range start, included: {MOMENT_HELP}")]
-To = Annotated[str, Query(alias="to", description=f"range end, excluded: {MOMENT_HELP}")]
-AsOf = Annotated[str | None, Query(description="RFC 3339 timestamp; only events up to it count (default: now)")]
+From = Annotated[str, Query(alias="from", max_length=64, description=f"range start, included: {MOMENT_HELP}")]
+To = Annotated[str, Query(alias="to", max_length=64, description=f"range end, excluded: {MOMENT_HELP}")]
+AsOf = Annotated[str | None, Query(max_length=64,
+                                   description="RFC 3339 timestamp; only events up to it count (default: now)")]
 
 DEV_READ_KEY = "dev-read-key"
 STATIC = Path(__file__).resolve().parent / "static"
