@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -17,6 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from libs.common.events import parse_rfc3339
+
+T = TypeVar("T")
 
 
 class JsonResponse(JSONResponse):
@@ -101,6 +103,13 @@ def money(amount: Decimal | int | str | None) -> float | None:
 def encode_cursor(values: Sequence[str | int]) -> str:
     """An opaque page cursor holding the sort key of a page's last item."""
     return base64.urlsafe_b64encode(orjson.dumps(list(values))).decode().rstrip("=")
+
+
+def page_of(rows: Sequence[T], limit: int, sort_key: Callable[[T], Sequence[str | int]]) -> tuple[list[T], str | None]:
+    """A keyset page fetched as ``limit + 1`` rows: its first ``limit`` rows and the cursor after the last of them,
+    or None when no row follows."""
+    page = list(rows[:limit])
+    return page, encode_cursor(sort_key(page[-1])) if len(rows) > limit else None
 
 
 def decode_cursor(cursor: str | None, arity: int) -> tuple[str | int, ...] | None:

@@ -17,8 +17,8 @@ from libs.common.http import (
     ApiError,
     days_starting_in,
     decode_cursor,
-    encode_cursor,
     money,
+    page_of,
     parse_as_of,
     parse_span,
     parse_timestamp,
@@ -215,9 +215,7 @@ async def get_campaigns(request: Request, _key: ReadKey, limit: Limit = 100, cur
     after = decode_cursor(cursor, 2)
     async with _service(request).database.read() as connection:
         records = await list_campaigns(connection, after=after, limit=limit + 1, status=status)  # type: ignore[arg-type]
-    more = len(records) > limit
-    records = records[:limit]
-    next_cursor = encode_cursor([records[-1].created_us, records[-1].campaign_id]) if more else None
+    records, next_cursor = page_of(records, limit, lambda r: (r.created_us, r.campaign_id))
     return {"items": [_public(r) for r in records], "next_cursor": next_cursor}
 
 
@@ -388,12 +386,11 @@ async def get_assignments(request: Request, campaign_id: str, _key: ReadKey, lim
     async with _service(request).database.read() as connection:
         await _campaign(request, campaign_id, connection=connection)
         rows = list((await connection.execute(query)).all())
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows, next_cursor = page_of(rows, limit, lambda r: (r.assigned_us, r.person_key))
     return {
         "items": [{"person_key": r.person_key, "variant": r.variant, "assigned_at": _moment(r.assigned_us),
                    "touch_status": r.status} for r in rows],
-        "next_cursor": encode_cursor([rows[-1].assigned_us, rows[-1].person_key]) if more else None,
+        "next_cursor": next_cursor,
     }
 
 
@@ -411,14 +408,13 @@ async def get_touches(request: Request, campaign_id: str, _key: ReadKey, limit: 
     async with _service(request).database.read() as connection:
         await _campaign(request, campaign_id, connection=connection)
         rows = list((await connection.execute(query)).all())
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows, next_cursor = page_of(rows, limit, lambda r: (r.touch_id,))
     return {
         "items": [{"touch_id": r.touch_id, "campaign_id": r.campaign_id, "variant": r.variant,
                    "person_key": r.person_key, "coupon_code": r.coupon_code, "status": r.status,
                    "created_at": _moment(r.created_us), "delivered_at": _moment(r.delivered_us),
                    "attempts": r.attempts, "last_error": r.last_error} for r in rows],
-        "next_cursor": encode_cursor([rows[-1].touch_id]) if more else None,
+        "next_cursor": next_cursor,
     }
 
 
@@ -473,9 +469,7 @@ async def get_spend(request: Request, _key: ReadKey, from_: Annotated[str, Query
     async with _service(request).database.read() as connection:
         rows = list((await connection.execute(page)).all())
         total_cents = wide_total(*(await connection.execute(select(high, low).where(*in_range))).one()) or 0
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows, next_cursor = page_of(rows, limit, lambda r: (r.day, r.source))
     return {"items": [{"source": source, "day": day, "amount": money(Decimal(amount_cents).scaleb(-2))}
                       for source, day, amount_cents in rows],
-            "total": money(Decimal(total_cents).scaleb(-2)),
-            "next_cursor": encode_cursor([rows[-1].day, rows[-1].source]) if more else None}
+            "total": money(Decimal(total_cents).scaleb(-2)), "next_cursor": next_cursor}

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db import Migration, create_all, insert
 from libs.common.events import epoch_micros, format_timestamp, from_epoch_micros
-from libs.common.http import decode_cursor, encode_cursor
+from libs.common.http import decode_cursor, page_of
 from services.ingest.person_keys import person_key_of, person_key_of_stored
 
 metadata = MetaData()
@@ -146,11 +146,8 @@ async def list_rejected(
             )
         )
     rows = (await connection.execute(query.limit(limit + 1))).all()
-    page = rows[:limit]
-    return {
-        "items": [_public(row) for row in page],
-        "next_cursor": encode_cursor([page[-1].received_us, page[-1].rejection_id]) if len(rows) > limit else None,
-    }
+    page, next_cursor = page_of(rows, limit, lambda row: (row.received_us, row.rejection_id))
+    return {"items": [_public(row) for row in page], "next_cursor": next_cursor}
 
 
 async def load_rejected(connection: AsyncConnection, rejection_ids: Sequence[str]) -> dict[str, Any]:
