@@ -363,6 +363,11 @@ class Subscription:
     # Tables the handler deletes or overwrites personal data in (erasure requests): once a batch that applied
     # something has committed, the database is scrubbed of older copies (``Database.scrub``).
     erases_from: Sequence[str] = ()
+    # Other groups of the service {group: topics} that must have applied every record already published under a
+    # batch's keys before the batch is applied (set by Service for erasure: nothing orders one topic against
+    # another, so a person's earlier events could otherwise arrive after their erasure and store them again).
+    settles_first: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    settle_seconds: float = 60.0
 
 
 @dataclass
@@ -374,6 +379,8 @@ class ConsumerStatus:
     # Records this process sent to the dead-letter topic (the /metrics counter, readable in /readyz).
     dead_lettered: int = 0
     failed: str | None = None
+    # Waiting for other groups to apply a batch's keys first (Subscription.settles_first).
+    settling: bool = False
 
 
 class _FinishBatchBeforeRevoke(ConsumerRebalanceListener):
@@ -537,7 +544,52 @@ class ConsumerRuntime:
         for record, error in fetched.undecodable:
             await self._dead_letter(record, error, attempts=1)
         if fetched.decoded:
+            if self.subscription.settles_first:
+                await self._settle([record.key for record, _ in fetched.decoded if record.key is not None])
             await self._apply_or_split(fetched.decoded)
+
+    async def _settle(self, keys: Sequence[bytes]) -> None:
+        """Wait (outside any transaction) until every group in ``settles_first`` has committed past the end its
+        topics had now in the partitions these keys go to: every record published under these keys before this
+        batch was read is applied first. Bounded by ``settle_seconds``; past it the batch goes ahead (logged)."""
+        bootstrap = self.kafka.bootstrap_servers
+        # A reader of no group sees every topic's partitions and end offsets (this group's consumer only its own).
+        reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                  client_id=f"{self.kafka.client_id_prefix}-{self.subscription.group}-settle")
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap,
+                                    client_id=f"{self.kafka.client_id_prefix}-{self.subscription.group}-settle")
+        self.status.settling = True
+        await reader.start()
+        await admin.start()
+        try:
+            await reader.topics()
+            wanted: dict[str, set[TopicPartition]] = {}
+            for group, topics in self.subscription.settles_first.items():
+                for topic in topics:
+                    partitions = sorted(reader.partitions_for_topic(topic) or ())
+                    if partitions:
+                        wanted.setdefault(group, set()).update(
+                            TopicPartition(topic, partitions[_partition_of(key, len(partitions))]) for key in set(keys))
+            every = [tp for tps in wanted.values() for tp in tps]
+            ends = await reader.end_offsets(every) if every else {}
+            deadline = time.monotonic() + self.subscription.settle_seconds
+            while True:
+                behind = []
+                for group, tps in wanted.items():
+                    committed = await admin.list_consumer_group_offsets(group, partitions=sorted(tps))
+                    behind += [f"{group} {tp.topic}[{tp.partition}]" for tp in tps
+                               if ends[tp] > max(committed[tp].offset if tp in committed else 0, 0)]
+                if not behind:
+                    return
+                if time.monotonic() > deadline or self._stopping.is_set():
+                    log.warning("applying before other groups caught up", extra={
+                        "group": self.subscription.group, "behind": behind[:10]})
+                    return
+                await asyncio.sleep(0.1)
+        finally:
+            self.status.settling = False
+            await reader.stop()
+            await admin.close()
 
     async def _apply_or_split(self, items: Sequence[tuple[ConsumerRecord, Any]]) -> None:
         """Apply ``items`` in one transaction. When that fails for a reason other than an outage, halve them

@@ -9,7 +9,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -126,9 +126,12 @@ class Service:
                 log.warning("waiting for the broker", extra={"error": str(exc) or type(exc).__name__})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        # An erasure is applied once the service's other groups have applied what was published for the person
+        # before it (Subscription.settles_first).
+        others = {s.group: tuple(s.topics) for s in self.subscriptions if not s.erases_from}
         runtimes = [
-            ConsumerRuntime(subscription, kafka=kafka, database=self.database, publisher=self.publisher,
-                            metrics=self.metrics)
+            ConsumerRuntime(replace(subscription, settles_first=others) if subscription.erases_from else subscription,
+                            kafka=kafka, database=self.database, publisher=self.publisher, metrics=self.metrics)
             for subscription in self.subscriptions
         ]
         # Groups join concurrently: a join waits on the broker's rebalance delay, once for all of them.
@@ -174,7 +177,7 @@ class Service:
                 log.warning("readiness: broker unreachable", extra={"error": repr(exc)})
         consumers: dict[str, Any] = {}
         for subscription in self.subscriptions:
-            runtime = next((c for c in self.consumers if c.subscription is subscription), None)
+            runtime = next((c for c in self.consumers if c.subscription.group == subscription.group), None)
             key = f"consumer:{subscription.group}"
             if runtime is None:
                 checks[key] = "not started"
@@ -194,6 +197,7 @@ class Service:
                 and format_timestamp(status.last_event_occurred_at),
                 "last_processed_at": status.last_processed_at and format_timestamp(status.last_processed_at),
                 "dead_lettered": status.dead_lettered,
+                "settling": status.settling,  # an erasure waiting for the service's other groups
             }
         if self.draining:
             checks["draining"] = "stopping: writes are refused"
