@@ -36,11 +36,8 @@ async def database(database_url: str) -> AsyncIterator[Database]:
     await db.close()
 
 
-@pytest.fixture
-def concurrent(database: Database) -> Database:
-    if database.is_sqlite:
-        pytest.skip("SQLite serialises every writer at BEGIN IMMEDIATE; the race needs PostgreSQL's concurrency")
-    return database
+# The races need PostgreSQL's concurrency: SQLite serialises every writer at BEGIN IMMEDIATE.
+on_postgresql = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
 
 def _campaign(campaign_id: str) -> CampaignRecord:
@@ -74,8 +71,8 @@ async def _in_transaction(database: Database, work) -> None:
         await work(connection)
 
 
-async def test_two_campaigns_entering_one_person_at_once_respect_the_frequency_cap(concurrent: Database):
-    database = concurrent
+@on_postgresql
+async def test_two_campaigns_entering_one_person_at_once_respect_the_frequency_cap(database: Database):
     async with database.begin() as connection:
         for campaign_id in ("first", "second"):
             await insert_campaign(connection, _campaign(campaign_id))
@@ -92,8 +89,8 @@ async def test_two_campaigns_entering_one_person_at_once_respect_the_frequency_c
     assert statuses == {"first": PENDING, "second": SUPPRESSED}
 
 
-async def test_an_assignment_and_an_order_written_at_once_both_reach_the_running_report(concurrent: Database):
-    database = concurrent
+@on_postgresql
+async def test_an_assignment_and_an_order_written_at_once_both_reach_the_running_report(database: Database):
     async with database.begin() as connection:
         await insert_campaign(connection, _campaign("winback"))
     order = PublishedEvent.model_validate({
