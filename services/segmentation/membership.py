@@ -25,6 +25,8 @@ from libs.common.db import Database
 from libs.common.events import PublishedEvent, epoch_micros, format_timestamp
 from libs.common.kafka import SEGMENTS_TOPIC, Publisher
 from libs.common.metrics import Metrics
+from services.segmentation.adapters.fact_changes import log_position
+from services.segmentation.adapters.fact_changes import prune as prune_fact_changes
 from services.segmentation.adapters.segments import (
     builtin_membership_changes,
     delete_rule_segment,
@@ -232,6 +234,7 @@ class MembershipScheduler:
         self._pending: set[str] = set()
         self._changed: set[str] = set()  # persons with new facts since the last round of everyone
         self._looked_at_everyone = False
+        self._prune_below: int | None = None
         self._in_flight = 0
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -301,10 +304,20 @@ class MembershipScheduler:
             if full:
                 self._looked_at_everyone = True
             self._duration.labels("all" if full else "pending").observe(time.monotonic() - started)
+        if full:
+            await self._prune_fact_changes()
         published = await publish_queued_changes(self.database, self.publisher,
                                                  batch=self.settings.publish_batch)
         self._changes.inc(published)
         return published
+
+    async def _prune_fact_changes(self) -> None:
+        """Delete the change log's rows older than the last round of everyone: readers that have not followed them
+        since (population_state.py) count the population again."""
+        async with self.database.begin() as connection:
+            if self._prune_below is not None:
+                await prune_fact_changes(connection, self._prune_below)
+            self._prune_below = await log_position(connection)
 
     async def _run(self, ready: Callable[[], Awaitable[None]]) -> None:
         await ready()

@@ -2,10 +2,10 @@
 declared model (schemas.py). Routes (api.py) only parse, call one of these and render the result.
 
 Where an answer comes from:
-- a profile: the person's own rows by index, ranked against the RFM population with quintile cuts kept per
-  (as_of, fact version) (rfm_cuts.py);
-- /v1/rfm: counts per (recency, frequency) the database makes (population.py);
-- /v1/lifecycle, /v1/tiers: counts per (stage, tier) kept per minute and moved to the as_of (stage_counts.py);
+- a profile: the person's own rows by index, ranked against the RFM population's quintile cuts;
+- /v1/rfm: customers per (recency, frequency); /v1/lifecycle, /v1/tiers: customers per (stage, tier);
+  the cuts and these counts are the population counts kept in memory and moved to the as_of and to the
+  facts as they are (population_state.py);
 - members without as_of: the stored membership as last published, a keyset walk by person key; members at an
   explicit as_of: an evaluation at that moment (exact for any as_of, and as costly as evaluating everyone).
 """
@@ -36,11 +36,7 @@ from services.segmentation.domain.customers import LifecycleStage, MembershipTie
 from services.segmentation.domain.rfm import SCORES, RfmSegment
 from services.segmentation.domain.rules import Rule
 from services.segmentation.membership import remove_rule_segment
-from services.segmentation.population import (
-    builtin_memberships,
-    evaluate_segments,
-    load_rfm_counts,
-)
+from services.segmentation.population import builtin_memberships, evaluate_segments
 from services.segmentation.schemas import (
     CustomerPublic,
     ErasureAccepted,
@@ -74,9 +70,9 @@ def _ref(segment: SegmentDefinition) -> SegmentRef:
 async def customer_profile(service: SegmentationService, person_key: str, as_of: datetime) -> CustomerPublic:
     """One customer at as_of (SPEC.md "Customers"); 404 unknown_customer without an event at or before it."""
     thresholds = service.thresholds
+    cuts = (await service.population.at(as_of)).cuts()
     async with service.database.read() as connection:
         definitions = await rule_segments(connection)
-        cuts = await service.rfm_cuts.cuts(connection, thresholds.at(as_of))
         evaluation = await evaluate_segments(connection, as_of, thresholds, definitions, [person_key],
                                              always_load_traits=True, cuts=cuts)
         customer = evaluation.population.customers.get(person_key)
@@ -131,8 +127,7 @@ async def request_erasure(service: SegmentationService, person_key: str) -> Eras
 
 async def rfm_summary(service: SegmentationService, as_of: datetime) -> RfmSummary:
     """Customers per RFM segment and per (R, F) cell at as_of."""
-    async with service.database.read() as connection:
-        report = await load_rfm_counts(connection, as_of)
+    report = (await service.population.at(as_of)).rfm_counts()
     return RfmSummary(
         as_of=format_timestamp(as_of),
         customers=report.customers,
@@ -143,8 +138,7 @@ async def rfm_summary(service: SegmentationService, as_of: datetime) -> RfmSumma
 
 async def lifecycle_summary(service: SegmentationService, as_of: datetime) -> LifecycleSummary:
     """Customers per lifecycle stage at as_of."""
-    async with service.database.read() as connection:
-        customers = await service.stage_counts.counts(connection, as_of, service.thresholds)
+    customers = (await service.population.at(as_of)).standings
     stages = dict.fromkeys(LifecycleStage, 0)
     for (stage, _), count in customers.items():
         stages[stage] += count
@@ -158,8 +152,7 @@ async def lifecycle_summary(service: SegmentationService, as_of: datetime) -> Li
 
 async def tier_summary(service: SegmentationService, as_of: datetime) -> TierSummary:
     """Customers per membership tier at as_of."""
-    async with service.database.read() as connection:
-        customers = await service.stage_counts.counts(connection, as_of, service.thresholds)
+    customers = (await service.population.at(as_of)).standings
     tiers = dict.fromkeys(MembershipTier, 0)
     no_tier = 0
     for (_, tier), count in customers.items():

@@ -10,9 +10,8 @@ from libs.common.kafka import EVENTS_TOPIC, Subscription
 from libs.common.service import Service
 from services.segmentation.membership import MembershipScheduler
 from services.segmentation.population import Thresholds
-from services.segmentation.rfm_cuts import RfmCutsCache
+from services.segmentation.population_state import PopulationStates
 from services.segmentation.settings import SegmentationSettings
-from services.segmentation.stage_counts import StageCountsCache
 
 
 def system_clock() -> datetime:
@@ -29,8 +28,7 @@ class SegmentationService(Service):
         super().__init__("segmentation", settings, database, subscriptions)
         self.clock = clock
         self.thresholds = Thresholds(settings.lifecycle.thresholds(), settings.tiers.thresholds())
-        self.rfm_cuts = RfmCutsCache(self.metrics.registry)
-        self.stage_counts = StageCountsCache()
+        self.population = PopulationStates(database, self.thresholds, self.metrics.registry)
         self.scheduler = MembershipScheduler(
             database, self.publisher, thresholds=self.thresholds, settings=settings.membership, clock=clock,
             metrics=self.metrics, events_lag=self._events_lag,

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db import BulkRows, bytewise, cents, chunks, wide_sum, wide_total
 from libs.common.events import PublishedEvent, epoch_micros
+from services.segmentation.adapters.fact_changes import pseudonymize_changes
 from services.segmentation.adapters.tables import (
     PERSONAL_TABLES,
     counted_orders,
@@ -205,6 +206,8 @@ async def erase_persons(connection: AsyncConnection, pseudonyms: Mapping[str, st
             await connection.execute(counted_orders.insert().from_select(
                 columns, earliest_completed_events(connection, orders)
             ))
+        # Last: the deletes above were logged under the person's key too.
+        await pseudonymize_changes(connection, {person: pseudonyms[person] for person in batch})
 
 
 async def _in_chunks(connection: AsyncConnection, query: Select[Any], column: Any,
