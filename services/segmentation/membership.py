@@ -64,6 +64,8 @@ _MICROSECOND = timedelta(microseconds=1)
 # With more persons with new facts than this, looking at everyone costs less (a million customers on
 # PostgreSQL: 100,000 named persons about 2 s, everyone about 4 s).
 _CHANGED_AT_MOST = 200_000
+# How long the log of changed facts keeps a row (at least; pruned on rounds of everyone).
+FACT_CHANGES_KEPT = timedelta(minutes=10)
 
 
 def change_records(changes: Sequence[tuple[str, SegmentDefinition, str]],
@@ -234,7 +236,7 @@ class MembershipScheduler:
         self._pending: set[str] = set()
         self._changed: set[str] = set()  # persons with new facts since the last round of everyone
         self._looked_at_everyone = False
-        self._prune_below: int | None = None
+        self._log_marks: list[tuple[float, int]] = []  # (monotonic time, log position then), oldest first
         self._in_flight = 0
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -312,12 +314,15 @@ class MembershipScheduler:
         return published
 
     async def _prune_fact_changes(self) -> None:
-        """Delete the change log's rows older than the last round of everyone: readers that have not followed them
-        since (population_state.py) count the population again."""
+        """Delete the change log's rows older than ``FACT_CHANGES_KEPT``: a reader that has not followed them since
+        (population_state.py) counts the population again."""
         async with self.database.begin() as connection:
-            if self._prune_below is not None:
-                await prune_fact_changes(connection, self._prune_below)
-            self._prune_below = await log_position(connection)
+            now = time.monotonic()
+            old = [position for at, position in self._log_marks if now - at >= FACT_CHANGES_KEPT.total_seconds()]
+            if old:
+                await prune_fact_changes(connection, old[-1])
+                self._log_marks = self._log_marks[len(old):]
+            self._log_marks.append((now, await log_position(connection)))
 
     async def _run(self, ready: Callable[[], Awaitable[None]]) -> None:
         await ready()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
@@ -12,6 +15,8 @@ from services.segmentation.membership import MembershipScheduler
 from services.segmentation.population import Thresholds
 from services.segmentation.population_state import PopulationStates
 from services.segmentation.settings import SegmentationSettings
+
+log = logging.getLogger(__name__)
 
 
 def system_clock() -> datetime:
@@ -29,6 +34,7 @@ class SegmentationService(Service):
         self.clock = clock
         self.thresholds = Thresholds(settings.lifecycle.thresholds(), settings.tiers.thresholds())
         self.population = PopulationStates(database, self.thresholds, self.metrics.registry)
+        self._counting: asyncio.Task[None] | None = None
         self.scheduler = MembershipScheduler(
             database, self.publisher, thresholds=self.thresholds, settings=settings.membership, clock=clock,
             metrics=self.metrics, events_lag=self._events_lag,
@@ -41,7 +47,19 @@ class SegmentationService(Service):
     async def start(self) -> None:
         await super().start()
         self.scheduler.start(self.wait_connected)
+        # The population counts are made once now, not by the first request; requests then move them.
+        self._counting = asyncio.create_task(self._count_population(), name="segmentation-population")
+
+    async def _count_population(self) -> None:
+        try:
+            await self.population.at(self.clock())
+        except Exception:
+            log.exception("counting the customer population at start-up failed; the first request counts it")
 
     async def stop(self) -> None:
+        if self._counting is not None:
+            self._counting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._counting
         await self.scheduler.stop()
         await super().stop()

@@ -138,6 +138,13 @@ def _fact_changes_logged(connection: Connection) -> None:
         connection.execute(text(statement))
 
 
+def _stored_members_by_key(connection: Connection) -> None:
+    # Pages of a segment's stored members merge the person ranges of the keys holding it (segments.stored_members).
+    person = 'person_key COLLATE "C"' if connection.dialect.name == "postgresql" else "person_key"
+    connection.execute(text(f"CREATE INDEX IF NOT EXISTS ix_customer_segments_key_person "
+                            f"ON customer_segments (segment_ids, {person})"))
+
+
 # Step 1 creates the current tables on a new database; later steps bring an older database to the same.
 MIGRATIONS = [
     Migration(1, "customer facts, segments and membership", create_all(metadata)),
@@ -148,4 +155,5 @@ MIGRATIONS = [
     Migration(5, "read side: fact versions for cached RFM cuts, counted orders by time, the last published "
                  "round, stored members by person key in code-point order", _read_side_state),
     Migration(6, "the log of changed facts the read side's counts follow", _fact_changes_logged),
+    Migration(7, "stored members by membership key and person key", _stored_members_by_key),
 ]
