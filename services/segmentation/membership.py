@@ -74,13 +74,15 @@ def change_records(changes: Sequence[tuple[str, SegmentDefinition, str]],
     ``(change, segment, person_key)``, in order.
 
     A first evaluation of a million customers makes millions of them, so each payload is put together from
-    parts made once per evaluation and (change, segment), and the ids (128 random bits in hex, like a uuid4's
-    122) come from one read of the OS's random source.
+    parts made once per evaluation and (change, segment). An id is 64 random bits drawn once per call (two calls
+    never share them) followed by the record's number in the call, 32 hex digits in all: within a call the ids
+    ascend, so the outbox's unique index on them grows at one end instead of taking millions of random
+    insertions (about half the time of writing the outbox).
     """
     moment = as_of if isinstance(as_of, str) else format_timestamp(as_of)
     tail = b',"as_of":' + orjson.dumps(moment) + b"}"
     middles: dict[tuple[str, str], bytes] = {}
-    ids = os.urandom(16 * len(changes)).hex()
+    prefix = os.urandom(8).hex()
     records = []
     for n, (change, segment, person_key) in enumerate(changes):
         middle = middles.get((change, segment.segment_id))
@@ -88,7 +90,7 @@ def change_records(changes: Sequence[tuple[str, SegmentDefinition, str]],
             fields = orjson.dumps({"change": change, "segment_id": segment.segment_id, "segment_name": segment.name,
                                    "segment_kind": segment.kind.value})
             middle = middles[change, segment.segment_id] = b'",' + fields[1:-1] + b',"person_key":'
-        change_id = ids[32 * n:32 * n + 32]
+        change_id = f"{prefix}{n:016x}"
         records.append((change_id, person_key, b"".join((b'{"change_id":"', change_id.encode(), middle,
                                                           orjson.dumps(person_key), tail))))
     return records

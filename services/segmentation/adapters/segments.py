@@ -139,7 +139,8 @@ async def store_memberships(connection: AsyncConnection, memberships: Mapping[st
     """Store persons' new membership keys (``""``: in no segment any more) and queue their change records
     ``(change_id, person_key, payload)``, in order."""
     dialect = connection.dialect.name
-    kept = [(person, key) for person, key in memberships.items() if key]
+    # In person order: the indexes on person keys grow mostly at one end (a first evaluation writes a million).
+    kept = sorted((person, key) for person, key in memberships.items() if key)
     if kept:
         statement = _MEMBERSHIP_ROWS.insert(dialect)
         statement = statement.on_conflict_do_update(index_elements=["person_key"],
