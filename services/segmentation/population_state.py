@@ -50,6 +50,7 @@ from services.segmentation.population import Thresholds
 # Beyond this distance in time, or this many persons to move, counting again costs less than moving.
 MAX_MOVE_US = 3_600_000_000
 MAX_MOVERS = 50_000
+PREFER_LATEST_WITHIN_US = 300_000_000  # five minutes: a time move that far costs a few thousand persons at most
 KEPT_STATES = 4  # the latest few, so that requests at a few as_ofs (now, and an explicit one) each move little
 
 StageTier = tuple[LifecycleStage, MembershipTier | None]
@@ -184,7 +185,10 @@ class PopulationStates:
                       and abs(state.as_of_us - figures_at.as_of_us) <= MAX_MOVE_US]
             state = None
             if usable:
-                base = min(usable, key=lambda kept: abs(kept.as_of_us - figures_at.as_of_us))
+                # The latest state has followed the log furthest (an older one would take every change since): it
+                # is the base unless another is much nearer in time.
+                near = [kept for kept in usable if abs(kept.as_of_us - figures_at.as_of_us) <= PREFER_LATEST_WITHIN_US]
+                base = near[0] if near else min(usable, key=lambda kept: abs(kept.as_of_us - figures_at.as_of_us))
                 state = await self._moved(connection, base, figures_at)
             if state is None:
                 _, cursor = await changes_since(connection, None)

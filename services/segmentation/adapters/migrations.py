@@ -81,7 +81,8 @@ def _read_side_state(connection: Connection) -> None:
 
 
 # The log of changed facts (tables.fact_changes): PostgreSQL statement triggers read the transition tables (one
-# INSERT per statement, however many rows it changed); SQLite row triggers. Kind 0: a counted order, 1: a first_seen.
+# INSERT per statement, however many rows it changed), but for a first_seen moved by an update; SQLite row
+# triggers. Kind 0: a counted order, 1: a first_seen.
 _LOG = "INSERT INTO fact_changes (xid, person_key, kind, sign, occurred_us, total_cents) "
 _XID = "pg_current_xact_id()::text::bigint"
 _FACT_CHANGES_POSTGRESQL = (
@@ -94,21 +95,23 @@ _FACT_CHANGES_POSTGRESQL = (
     BEGIN {_LOG} SELECT {_XID}, person_key, 0, -1, occurred_us, total_cents FROM old_rows; RETURN NULL; END $$""",
     f"""CREATE OR REPLACE FUNCTION fact_changes_profiles_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN {_LOG} SELECT {_XID}, person_key, 1, 1, first_seen_us, NULL FROM new_rows; RETURN NULL; END $$""",
+    # Row-level, with WHEN: the consumer updates profiles in almost every batch (last seen), their first event
+    # seldom; a statement trigger would capture every updated row to find the few.
     f"""CREATE OR REPLACE FUNCTION fact_changes_profiles_updated() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-    {_LOG} SELECT {_XID}, o.person_key, 1, -1, o.first_seen_us, NULL FROM old_rows o JOIN new_rows n
-        ON n.person_key = o.person_key WHERE n.first_seen_us <> o.first_seen_us;
-    {_LOG} SELECT {_XID}, n.person_key, 1, 1, n.first_seen_us, NULL FROM old_rows o JOIN new_rows n
-        ON n.person_key = o.person_key WHERE n.first_seen_us <> o.first_seen_us;
-    RETURN NULL; END $$""",
+    BEGIN {_LOG} VALUES ({_XID}, OLD.person_key, 1, -1, OLD.first_seen_us, NULL),
+                        ({_XID}, NEW.person_key, 1, 1, NEW.first_seen_us, NULL); RETURN NULL; END $$""",
+    """CREATE TRIGGER fact_changes_profiles_updated AFTER UPDATE ON profiles FOR EACH ROW
+    WHEN (OLD.first_seen_us IS DISTINCT FROM NEW.first_seen_us) EXECUTE FUNCTION fact_changes_profiles_updated()""",
     f"""CREATE OR REPLACE FUNCTION fact_changes_profiles_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN {_LOG} SELECT {_XID}, person_key, 1, -1, first_seen_us, NULL FROM old_rows; RETURN NULL; END $$""",
     *(f"""CREATE TRIGGER fact_changes_{name}_{change} AFTER {verb} ON {table}
     REFERENCING {tables} FOR EACH STATEMENT EXECUTE FUNCTION fact_changes_{name}_{change}()"""
-      for name, table in (("orders", "counted_orders"), ("profiles", "profiles"))
-      for change, verb, tables in (("inserted", "INSERT", "NEW TABLE AS new_rows"),
-                                   ("updated", "UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
-                                   ("deleted", "DELETE", "OLD TABLE AS old_rows"))),
+      for name, table, change, verb, tables in (
+          ("orders", "counted_orders", "inserted", "INSERT", "NEW TABLE AS new_rows"),
+          ("orders", "counted_orders", "updated", "UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
+          ("orders", "counted_orders", "deleted", "DELETE", "OLD TABLE AS old_rows"),
+          ("profiles", "profiles", "inserted", "INSERT", "NEW TABLE AS new_rows"),
+          ("profiles", "profiles", "deleted", "DELETE", "OLD TABLE AS old_rows"))),
 )
 _SQLITE_LOG = "INSERT INTO fact_changes (person_key, kind, sign, occurred_us, total_cents) VALUES "
 _FACT_CHANGES_SQLITE = (
