@@ -17,6 +17,7 @@ from services.segmentation.population_state import PopulationStates
 from services.segmentation.settings import SegmentationSettings
 
 log = logging.getLogger(__name__)
+KEEP_POPULATION_SECONDS = 60.0  # well within membership.FACT_CHANGES_KEPT
 
 
 def system_clock() -> datetime:
@@ -48,13 +49,17 @@ class SegmentationService(Service):
         await super().start()
         self.scheduler.start(self.wait_connected)
         # The population counts are made once now, not by the first request; requests then move them.
-        self._counting = asyncio.create_task(self._count_population(), name="segmentation-population")
+        self._counting = asyncio.create_task(self._keep_population(), name="segmentation-population")
 
-    async def _count_population(self) -> None:
-        try:
-            await self.population.at(self.clock())
-        except Exception:
-            log.exception("counting the customer population at start-up failed; the first request counts it")
+    async def _keep_population(self) -> None:
+        """Count the population at start-up, then move it to now every minute: without requests for longer than
+        the change log keeps its rows, the next request would have to count it again."""
+        while True:
+            try:
+                await self.population.at(self.clock())
+            except Exception:
+                log.exception("keeping the customer population counts failed; the next request counts them")
+            await asyncio.sleep(KEEP_POPULATION_SECONDS)
 
     async def stop(self) -> None:
         if self._counting is not None:
