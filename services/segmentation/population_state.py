@@ -34,14 +34,15 @@ from libs.common.events import from_epoch_micros
 from services.segmentation.adapters.fact_changes import (
     ChangeCursor,
     FactChange,
+    LogSnapshot,
     changes_since,
     facts_before,
+    log_snapshot,
     person_facts,
-    pruned_below,
 )
 from services.segmentation.adapters.facts import rfm_cut_inputs
-from services.segmentation.adapters.rfm_population import persons_with_orders_in, rfm_population
-from services.segmentation.adapters.segments import persons_first_seen_in, stage_and_tier_counts
+from services.segmentation.adapters.rfm_population import persons_moved, rfm_population
+from services.segmentation.adapters.segments import stage_and_tier_counts
 from services.segmentation.domain.customers import FiguresAt, LifecycleStage, MembershipTier, Standing
 from services.segmentation.domain.rfm import RfmCounts, RfmCuts, cuts_of_counts, quintile_ranks, rfm_counts
 from services.segmentation.domain.rounds import LOOKBACK_US, merged, moved_ranges, stage_moved_ranges
@@ -180,8 +181,8 @@ class PopulationStates:
         """The population at as_of under the facts as they are now, exact."""
         figures_at = self.thresholds.at(as_of)
         async with self._computing, self.database.read(snapshot=True) as connection:
-            pruned = await pruned_below(connection)
-            usable = [state for state in self._states if state.cursor.low >= pruned
+            snapshot = await log_snapshot(connection)
+            usable = [state for state in self._states if state.cursor.low >= snapshot.pruned
                       and abs(state.as_of_us - figures_at.as_of_us) <= MAX_MOVE_US]
             state = None
             if usable:
@@ -189,17 +190,17 @@ class PopulationStates:
                 # is the base unless another is much nearer in time.
                 near = [kept for kept in usable if abs(kept.as_of_us - figures_at.as_of_us) <= PREFER_LATEST_WITHIN_US]
                 base = near[0] if near else min(usable, key=lambda kept: abs(kept.as_of_us - figures_at.as_of_us))
-                state = await self._moved(connection, base, figures_at)
+                state = await self._moved(connection, base, figures_at, snapshot)
             if state is None:
-                _, cursor = await changes_since(connection, None)
+                _, cursor = await changes_since(connection, None, snapshot)
                 state = await count_population(connection, figures_at, cursor)
                 self._counted.inc()
         self._states = [state, *(kept for kept in self._states if kept.as_of_us != state.as_of_us)][:KEPT_STATES]
         return state
 
-    async def _moved(self, connection: AsyncConnection, base: PopulationCounts,
-                     figures_at: FiguresAt) -> PopulationCounts | None:
-        changes, cursor = await changes_since(connection, base.cursor)
+    async def _moved(self, connection: AsyncConnection, base: PopulationCounts, figures_at: FiguresAt,
+                     snapshot: LogSnapshot) -> PopulationCounts | None:
+        changes, cursor = await changes_since(connection, base.cursor, snapshot)
         if not changes and base.as_of_us == figures_at.as_of_us:
             return base
         changed: dict[str, list[FactChange]] = {}
@@ -207,10 +208,9 @@ class PopulationStates:
             changed.setdefault(change.person_key, []).append(change)
         movers = set(changed)
         if base.as_of_us != figures_at.as_of_us:
-            movers.update(await persons_with_orders_in(
-                connection, time_moved_ranges(base.as_of_us, figures_at.as_of_us, self.thresholds)))
             low, high = sorted((base.as_of_us, figures_at.as_of_us))
-            movers.update(await persons_first_seen_in(connection, low, high))
+            movers.update(await persons_moved(
+                connection, time_moved_ranges(low, high, self.thresholds), low, high))
         if len(movers) > MAX_MOVERS:
             return None
         facts = await person_facts(connection, movers)

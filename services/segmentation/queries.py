@@ -21,7 +21,7 @@ from libs.common.events import epoch_micros, format_timestamp, from_epoch_micros
 from libs.common.http import ApiError, encode_cursor, money
 from libs.common.kafka import BrokerUnavailable
 from libs.common.privacy import ErasureRequest, publish_erasure
-from services.segmentation.adapters.facts import event_type_counts
+from services.segmentation.adapters.facts import event_counts_of
 from services.segmentation.adapters.segments import (
     DuplicateSegmentName,
     add_rule_segment,
@@ -78,9 +78,7 @@ async def customer_profile(service: SegmentationService, person_key: str, as_of:
         customer = evaluation.population.customers.get(person_key)
         if customer is None:
             raise ApiError(404, "unknown_customer", f"no customer {person_key!r} with events at or before as_of")
-        as_of_us = epoch_micros(as_of)
-        inquiries = await event_type_counts(connection, "inquiry", None, as_of_us, [person_key])
-        reviews = await event_type_counts(connection, "review", None, as_of_us, [person_key])
+        counts = await event_counts_of(connection, person_key, ("inquiry", "review"), epoch_micros(as_of))
     figures = customer.figures
     score = evaluation.population.rfm_scores.get(person_key)
     by_id = {**BUILTIN_BY_ID, **{segment.segment_id: segment for segment in definitions}}
@@ -105,8 +103,8 @@ async def customer_profile(service: SegmentationService, person_key: str, as_of:
         tier=figures.tier,
         repeat_orders_90d=figures.repeat_orders_90d,
         loyalty_milestone=figures.loyalty_milestone,
-        inquiries=inquiries.get(person_key, 0),
-        reviews=reviews.get(person_key, 0),
+        inquiries=counts.get("inquiry", 0),
+        reviews=counts.get("review", 0),
         traits=evaluation.traits.get(person_key, {}),
         segments=[_ref(by_id[segment_id]) for segment_id in member_of],
     )

@@ -8,7 +8,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, func, literal_column, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db import chunks, insert
@@ -50,16 +50,37 @@ def _position(connection: AsyncConnection) -> Any:
     return fact_changes.c.xid if connection.dialect.name == "postgresql" else fact_changes.c.seq
 
 
-async def changes_since(connection: AsyncConnection,
-                        cursor: ChangeCursor | None) -> tuple[list[FactChange], ChangeCursor]:
+@dataclass(frozen=True, slots=True)
+class LogSnapshot:
+    """Where the log stands for a snapshot read: its cursor position, and below which rows may be pruned."""
+
+    low: int
+    pruned: int
+
+
+async def log_snapshot(connection: AsyncConnection) -> LogSnapshot:
+    """The first statement of a snapshot read that follows the log (``Database.read(snapshot=True)``). On PostgreSQL
+    it also turns JIT off for the transaction: the moves' join of hundreds of ranges with the order-time index is
+    estimated at millions of rows and would be compiled (about 60 ms) to find a few in 2 ms."""
+    pruned = (select(fact_changes_pruned.c.position).where(fact_changes_pruned.c.scope == _PRUNED)
+              .scalar_subquery())
+    if connection.dialect.name == "postgresql":
+        query = select(literal_column("pg_snapshot_xmin(pg_current_snapshot())::text::bigint"),
+                       func.set_config("jit", "off", True), pruned)
+        low, _, pruned_below = (await connection.execute(query)).one()
+        return LogSnapshot(int(low), int(pruned_below or 0))
+    # AUTOINCREMENT's high-water mark: the next row's seq is above it even when every row was pruned.
+    used = literal_column("(SELECT seq FROM sqlite_sequence WHERE name = 'fact_changes')")
+    used_seq, pruned_below = (await connection.execute(select(used, pruned))).one()
+    return LogSnapshot(int(used_seq or 0) + 1, int(pruned_below or 0))
+
+
+async def changes_since(connection: AsyncConnection, cursor: ChangeCursor | None,
+                        snapshot: LogSnapshot) -> tuple[list[FactChange], ChangeCursor]:
     """The rows committed after ``cursor`` (None: none, only the cursor of this snapshot), in seq order, and the
     cursor of this transaction's snapshot (PostgreSQL: REPEATABLE READ, so that the facts read next agree)."""
     position = _position(connection)
-    if connection.dialect.name == "postgresql":
-        low = int((await connection.execute(
-            text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"))).scalar_one())
-    else:
-        low = await _next_sqlite_seq(connection)
+    low = snapshot.low
     since = low if cursor is None else min(cursor.low, low)
     query = (select(fact_changes.c.seq, fact_changes.c.person_key, fact_changes.c.kind, fact_changes.c.sign,
                     fact_changes.c.occurred_us, fact_changes.c.total_cents, position.label("position"))
@@ -74,24 +95,11 @@ async def changes_since(connection: AsyncConnection,
     return new, ChangeCursor(low, frozenset(applied))
 
 
-async def pruned_below(connection: AsyncConnection) -> int:
-    """The position below which log rows may have been deleted (0: none were)."""
-    found = (await connection.execute(select(fact_changes_pruned.c.position)
-                                      .where(fact_changes_pruned.c.scope == _PRUNED))).scalar_one_or_none()
-    return found or 0
-
-
 async def log_position(connection: AsyncConnection) -> int:
     """A position every row written from now on is at or above (what ``prune`` later takes)."""
     if connection.dialect.name == "postgresql":
         return int((await connection.execute(text("SELECT pg_current_xact_id()::text::bigint"))).scalar_one())
-    return await _next_sqlite_seq(connection)
-
-
-async def _next_sqlite_seq(connection: AsyncConnection) -> int:
-    # AUTOINCREMENT's high-water mark: the next row's seq is above it even when every row was pruned.
-    used = (await connection.execute(text("SELECT seq FROM sqlite_sequence WHERE name = 'fact_changes'"))).scalar()
-    return int(used or 0) + 1
+    return (await log_snapshot(connection)).low
 
 
 async def prune(connection: AsyncConnection, below: int) -> None:

@@ -388,6 +388,16 @@ async def event_type_counts(
     return dict(await _in_chunks(connection, query, rows.person_key, persons))
 
 
+async def event_counts_of(connection: AsyncConnection, person: str, event_types: Collection[str],
+                          as_of_us: int) -> dict[str, int]:
+    """One person's events of these types up to as_of, per type (types without any are absent)."""
+    rows = customer_events.c
+    query = (select(rows.type, func.count())
+             .where(rows.person_key == person, rows.type.in_(list(event_types)), rows.occurred_us <= as_of_us)
+             .group_by(rows.type))
+    return {event_type: count for event_type, count in await connection.execute(query)}
+
+
 async def merged_traits(connection: AsyncConnection, as_of_us: int,
                         persons: Collection[str] | None = None) -> dict[str, dict[str, Any]]:
     """identify traits up to as_of, later calls overriding earlier ones key by key (Segment semantics)."""

@@ -356,13 +356,6 @@ async def stages_of(connection: AsyncConnection, figures_at: FiguresAt,
     return found
 
 
-async def persons_first_seen_in(connection: AsyncConnection, after_us: int, until_us: int) -> list[str]:
-    """Persons whose first event lies in ``(after, until]``."""
-    query = select(profiles.c.person_key).where(profiles.c.first_seen_us > after_us,
-                                                profiles.c.first_seen_us <= until_us)
-    return list((await connection.execute(query)).scalars())
-
-
 def round_candidates(windows: Sequence[tuple[int, int]], known_after_us: int, as_of_us: int) -> SelectBase:
     """Persons with a counted order in one of the ranges ``(after, until]`` or first seen in
     (known_after, as_of]: whose built-in segments can have changed (domain/rounds.py)."""

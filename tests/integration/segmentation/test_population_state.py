@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from libs.common.events import format_timestamp
 from libs.common.privacy import ErasureRequest, publish_erasure
-from services.segmentation.adapters.fact_changes import changes_since
+from services.segmentation.adapters.fact_changes import changes_since, log_snapshot
 from services.segmentation.population_state import count_population
 from tests.integration.segmentation.conftest import READ
 from tests.integration.segmentation.test_figures_match_domain import BASE, Expected, build_events, histories
@@ -64,7 +64,7 @@ async def test_kept_counts_equal_the_domain_and_a_count_by_the_database(segmenta
     at = format_timestamp(as_of)
     kept = await segmentation.service.population.at(as_of)
     async with segmentation.service.database.read(snapshot=True) as connection:
-        _, cursor = await changes_since(connection, None)
+        _, cursor = await changes_since(connection, None, await log_snapshot(connection))
         counted = await count_population(connection, segmentation.service.thresholds.at(as_of), cursor)
     assert (kept.rfm_pairs, list(kept.monetary), kept.standings) == (
         counted.rfm_pairs, list(counted.monetary), counted.standings)
