@@ -130,7 +130,7 @@ async def count_population(connection: AsyncConnection, figures_at: FiguresAt, c
     )
 
 
-def moved_population(base: PopulationCounts, at: FiguresAt, base_at: FiguresAt, cursor: ChangeCursor,
+def moved_population(base: PopulationCounts, at: FiguresAt, cursor: ChangeCursor,
                      before: Iterable[Standing], after: Iterable[Standing]) -> PopulationCounts:
     """``base`` with some persons' standings taken out (``before``, as counted in it) and put back (``after``)."""
     pairs = Counter(base.rfm_pairs)
@@ -222,4 +222,4 @@ class PopulationStates:
             if person in changed:
                 first_seen_us, orders = facts_before(changed[person], first_seen_us, orders)
             before.append(base_at.standing(first_seen_us, orders))
-        return moved_population(base, figures_at, base_at, cursor, before, after)
+        return moved_population(base, figures_at, cursor, before, after)

@@ -96,7 +96,7 @@ def test_counts_moved_to_another_as_of_through_the_movers_equal_the_domain_there
     movers |= {person for person, seen in first_seen.items() if low < seen <= high}
     everyone = set(by_person) | set(first_seen)
 
-    moved = moved_population(_counts(at_grid.values(), GRID), FiguresAt(as_of), FiguresAt(GRID), ChangeCursor(0),
+    moved = moved_population(_counts(at_grid.values(), GRID), FiguresAt(as_of), ChangeCursor(0),
                              [at_grid[p] for p in movers if p in at_grid], [at_as_of[p] for p in movers if p in at_as_of])
 
     expected = _counts((at_as_of[p] for p in everyone if p in at_as_of), as_of)
