@@ -139,6 +139,8 @@ def _fact_changes_logged(connection: Connection) -> None:
     postgresql = connection.dialect.name == "postgresql"
     for statement in _FACT_CHANGES_POSTGRESQL if postgresql else _FACT_CHANGES_SQLITE:
         connection.execute(text(statement))
+    if postgresql:  # readers look rows up by the writing transaction's id (adapters/fact_changes.py)
+        connection.execute(text("CREATE INDEX IF NOT EXISTS ix_fact_changes_xid ON fact_changes (xid)"))
 
 
 def _stored_members_by_key(connection: Connection) -> None:

@@ -129,7 +129,7 @@ fact_changes = Table(
     "fact_changes",
     metadata,
     Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
-    Column("xid", BigInteger, nullable=True, index=True),
+    Column("xid", BigInteger, nullable=True),  # indexed on PostgreSQL only (migration 6): NULL on SQLite
     Column("person_key", String(_PERSON), nullable=False),  # no index: only an erasure looks rows up by person
     Column("kind", SmallInteger, nullable=False),
     Column("sign", SmallInteger, nullable=False),
