@@ -231,10 +231,14 @@ class Database:
             yield connection
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for queries (SQLite reads do not take the write lock)."""
+    async def read(self, *, snapshot: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A connection for queries (SQLite reads do not take the write lock). With ``snapshot``, every query sees
+        the database as the first one did (PostgreSQL: REPEATABLE READ; a SQLite read transaction always does)."""
         async with self.engine.connect() as connection:
-            yield await connection.execution_options(**{_READ_ONLY: True})
+            options: dict[str, Any] = {_READ_ONLY: True}
+            if snapshot and not self.is_sqlite:
+                options["isolation_level"] = "REPEATABLE READ"
+            yield await connection.execution_options(**options)
 
     async def ping(self) -> None:
         async with self.engine.connect() as connection:

@@ -12,7 +12,7 @@ from libs.common.kafka import EVENTS_TOPIC, Subscription
 from libs.common.privacy import erasure_subscription
 from libs.common.service import create_app
 from services.segmentation.adapters.migrations import MIGRATIONS
-from services.segmentation.adapters.tables import PERSONAL_TABLES, metadata
+from services.segmentation.adapters.tables import PERSONAL_TABLES, fact_changes, metadata
 from services.segmentation.api import router
 from services.segmentation.handlers import erase_customers, record_customer_facts
 from services.segmentation.runtime import SegmentationService, system_clock
@@ -34,7 +34,7 @@ def build_service(settings: SegmentationSettings, *, clock: Callable[[], datetim
         Subscription(group=EVENTS_GROUP, topics=[EVENTS_TOPIC], handle=record_customer_facts,
                      claim_event_ids=False, max_batch=5000, after_commit=service.scheduler.facts_committed),
         erasure_subscription("segmentation", erase_customers,
-                             erases_from=[table.name for table in PERSONAL_TABLES]),
+                             erases_from=[table.name for table in (*PERSONAL_TABLES, fact_changes)]),
     ]
     return service
 

@@ -25,6 +25,8 @@ from libs.common.db import Database
 from libs.common.events import PublishedEvent, epoch_micros, format_timestamp
 from libs.common.kafka import SEGMENTS_TOPIC, Publisher
 from libs.common.metrics import Metrics
+from services.segmentation.adapters.fact_changes import log_position
+from services.segmentation.adapters.fact_changes import prune as prune_fact_changes
 from services.segmentation.adapters.segments import (
     builtin_membership_changes,
     delete_rule_segment,
@@ -62,6 +64,8 @@ _MICROSECOND = timedelta(microseconds=1)
 # With more persons with new facts than this, looking at everyone costs less (a million customers on
 # PostgreSQL: 100,000 named persons about 2 s, everyone about 4 s).
 _CHANGED_AT_MOST = 200_000
+# How long the log of changed facts keeps a row (at least; pruned on rounds of everyone).
+FACT_CHANGES_KEPT = timedelta(minutes=10)
 
 
 def change_records(changes: Sequence[tuple[str, SegmentDefinition, str]],
@@ -70,13 +74,15 @@ def change_records(changes: Sequence[tuple[str, SegmentDefinition, str]],
     ``(change, segment, person_key)``, in order.
 
     A first evaluation of a million customers makes millions of them, so each payload is put together from
-    parts made once per evaluation and (change, segment), and the ids (128 random bits in hex, like a uuid4's
-    122) come from one read of the OS's random source.
+    parts made once per evaluation and (change, segment). An id is 64 random bits drawn once per call (two calls
+    never share them) followed by the record's number in the call, 32 hex digits in all: within a call the ids
+    ascend, so the outbox's unique index on them grows at one end instead of taking millions of random
+    insertions (about half the time of writing the outbox).
     """
     moment = as_of if isinstance(as_of, str) else format_timestamp(as_of)
     tail = b',"as_of":' + orjson.dumps(moment) + b"}"
     middles: dict[tuple[str, str], bytes] = {}
-    ids = os.urandom(16 * len(changes)).hex()
+    prefix = os.urandom(8).hex()
     records = []
     for n, (change, segment, person_key) in enumerate(changes):
         middle = middles.get((change, segment.segment_id))
@@ -84,7 +90,7 @@ def change_records(changes: Sequence[tuple[str, SegmentDefinition, str]],
             fields = orjson.dumps({"change": change, "segment_id": segment.segment_id, "segment_name": segment.name,
                                    "segment_kind": segment.kind.value})
             middle = middles[change, segment.segment_id] = b'",' + fields[1:-1] + b',"person_key":'
-        change_id = ids[32 * n:32 * n + 32]
+        change_id = f"{prefix}{n:016x}"
         records.append((change_id, person_key, b"".join((b'{"change_id":"', change_id.encode(), middle,
                                                           orjson.dumps(person_key), tail))))
     return records
@@ -232,6 +238,7 @@ class MembershipScheduler:
         self._pending: set[str] = set()
         self._changed: set[str] = set()  # persons with new facts since the last round of everyone
         self._looked_at_everyone = False
+        self._log_marks: list[tuple[float, int]] = []  # (monotonic time, log position then), oldest first
         self._in_flight = 0
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -301,10 +308,23 @@ class MembershipScheduler:
             if full:
                 self._looked_at_everyone = True
             self._duration.labels("all" if full else "pending").observe(time.monotonic() - started)
+        if full:
+            await self._prune_fact_changes()
         published = await publish_queued_changes(self.database, self.publisher,
                                                  batch=self.settings.publish_batch)
         self._changes.inc(published)
         return published
+
+    async def _prune_fact_changes(self) -> None:
+        """Delete the change log's rows older than ``FACT_CHANGES_KEPT``: a reader that has not followed them since
+        (population_state.py) counts the population again."""
+        async with self.database.begin() as connection:
+            now = time.monotonic()
+            old = [position for at, position in self._log_marks if now - at >= FACT_CHANGES_KEPT.total_seconds()]
+            if old:
+                await prune_fact_changes(connection, old[-1])
+                self._log_marks = self._log_marks[len(old):]
+            self._log_marks.append((now, await log_position(connection)))
 
     async def _run(self, ready: Callable[[], Awaitable[None]]) -> None:
         await ready()

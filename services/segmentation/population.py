@@ -40,14 +40,12 @@ from services.segmentation.domain.customers import (
     figures_from_totals,
 )
 from services.segmentation.domain.rfm import (
-    RfmCounts,
     RfmCuts,
     RfmScore,
     RfmSegment,
     cuts_of,
     cuts_of_counts,
     quintile_ranks,
-    rfm_counts,
     rfm_cuts,
 )
 from services.segmentation.domain.rules import TRAIT_PREFIX, EventWindow, fields_used, matches, rule_figures
@@ -152,15 +150,6 @@ async def load_population(connection: AsyncConnection, as_of: datetime, threshol
         scores = {person: cuts.score_values(figures.recency_days, figures.frequency, _cents(figures.monetary))
                   for person, figures in rfm_population.items()}
     return Population(as_of=as_of, customers=customers, rfm_scores=scores)
-
-
-async def load_rfm_counts(connection: AsyncConnection, as_of: datetime) -> RfmCounts:
-    """Customers of the RFM population at as_of per segment and per (R, F) cell, from the counts per
-    (recency_days, frequency) pair the database makes in one pass (nobody is scored one by one)."""
-    figures_at = FiguresAt(as_of)
-    histogram, _ = await rfm_cut_inputs(connection, figures_at.as_of_us, figures_at.lookback_start_us,
-                                        monetary=False)
-    return rfm_counts(histogram)
 
 
 # (person_key, built-in segment ids at as_of (none when unknown then), membership key as stored or None).

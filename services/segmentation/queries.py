@@ -2,10 +2,10 @@
 declared model (schemas.py). Routes (api.py) only parse, call one of these and render the result.
 
 Where an answer comes from:
-- a profile: the person's own rows by index, ranked against the RFM population with quintile cuts kept per
-  (as_of, fact version) (rfm_cuts.py);
-- /v1/rfm: counts per (recency, frequency) the database makes (population.py);
-- /v1/lifecycle, /v1/tiers: counts per (stage, tier) kept per minute and moved to the as_of (stage_counts.py);
+- a profile: the person's own rows by index, ranked against the RFM population's quintile cuts;
+- /v1/rfm: customers per (recency, frequency); /v1/lifecycle, /v1/tiers: customers per (stage, tier);
+  the cuts and these counts are the population counts kept in memory and moved to the as_of and to the
+  facts as they are (population_state.py);
 - members without as_of: the stored membership as last published, a keyset walk by person key; members at an
   explicit as_of: an evaluation at that moment (exact for any as_of, and as costly as evaluating everyone).
 """
@@ -21,7 +21,7 @@ from libs.common.events import epoch_micros, format_timestamp, from_epoch_micros
 from libs.common.http import ApiError, encode_cursor, money
 from libs.common.kafka import BrokerUnavailable
 from libs.common.privacy import ErasureRequest, publish_erasure
-from services.segmentation.adapters.facts import event_type_counts
+from services.segmentation.adapters.facts import event_counts_of
 from services.segmentation.adapters.segments import (
     DuplicateSegmentName,
     add_rule_segment,
@@ -36,11 +36,7 @@ from services.segmentation.domain.customers import LifecycleStage, MembershipTie
 from services.segmentation.domain.rfm import SCORES, RfmSegment
 from services.segmentation.domain.rules import Rule
 from services.segmentation.membership import remove_rule_segment
-from services.segmentation.population import (
-    builtin_memberships,
-    evaluate_segments,
-    load_rfm_counts,
-)
+from services.segmentation.population import builtin_memberships, evaluate_segments
 from services.segmentation.schemas import (
     CustomerPublic,
     ErasureAccepted,
@@ -74,17 +70,15 @@ def _ref(segment: SegmentDefinition) -> SegmentRef:
 async def customer_profile(service: SegmentationService, person_key: str, as_of: datetime) -> CustomerPublic:
     """One customer at as_of (SPEC.md "Customers"); 404 unknown_customer without an event at or before it."""
     thresholds = service.thresholds
+    cuts = (await service.population.at(as_of)).cuts()
     async with service.database.read() as connection:
         definitions = await rule_segments(connection)
-        cuts = await service.rfm_cuts.cuts(connection, thresholds.at(as_of))
         evaluation = await evaluate_segments(connection, as_of, thresholds, definitions, [person_key],
                                              always_load_traits=True, cuts=cuts)
         customer = evaluation.population.customers.get(person_key)
         if customer is None:
             raise ApiError(404, "unknown_customer", f"no customer {person_key!r} with events at or before as_of")
-        as_of_us = epoch_micros(as_of)
-        inquiries = await event_type_counts(connection, "inquiry", None, as_of_us, [person_key])
-        reviews = await event_type_counts(connection, "review", None, as_of_us, [person_key])
+        counts = await event_counts_of(connection, person_key, ("inquiry", "review"), epoch_micros(as_of))
     figures = customer.figures
     score = evaluation.population.rfm_scores.get(person_key)
     by_id = {**BUILTIN_BY_ID, **{segment.segment_id: segment for segment in definitions}}
@@ -109,8 +103,8 @@ async def customer_profile(service: SegmentationService, person_key: str, as_of:
         tier=figures.tier,
         repeat_orders_90d=figures.repeat_orders_90d,
         loyalty_milestone=figures.loyalty_milestone,
-        inquiries=inquiries.get(person_key, 0),
-        reviews=reviews.get(person_key, 0),
+        inquiries=counts.get("inquiry", 0),
+        reviews=counts.get("review", 0),
         traits=evaluation.traits.get(person_key, {}),
         segments=[_ref(by_id[segment_id]) for segment_id in member_of],
     )
@@ -131,8 +125,7 @@ async def request_erasure(service: SegmentationService, person_key: str) -> Eras
 
 async def rfm_summary(service: SegmentationService, as_of: datetime) -> RfmSummary:
     """Customers per RFM segment and per (R, F) cell at as_of."""
-    async with service.database.read() as connection:
-        report = await load_rfm_counts(connection, as_of)
+    report = (await service.population.at(as_of)).rfm_counts()
     return RfmSummary(
         as_of=format_timestamp(as_of),
         customers=report.customers,
@@ -143,8 +136,7 @@ async def rfm_summary(service: SegmentationService, as_of: datetime) -> RfmSumma
 
 async def lifecycle_summary(service: SegmentationService, as_of: datetime) -> LifecycleSummary:
     """Customers per lifecycle stage at as_of."""
-    async with service.database.read() as connection:
-        customers = await service.stage_counts.counts(connection, as_of, service.thresholds)
+    customers = (await service.population.at(as_of)).standings
     stages = dict.fromkeys(LifecycleStage, 0)
     for (stage, _), count in customers.items():
         stages[stage] += count
@@ -158,8 +150,7 @@ async def lifecycle_summary(service: SegmentationService, as_of: datetime) -> Li
 
 async def tier_summary(service: SegmentationService, as_of: datetime) -> TierSummary:
     """Customers per membership tier at as_of."""
-    async with service.database.read() as connection:
-        customers = await service.stage_counts.counts(connection, as_of, service.thresholds)
+    customers = (await service.population.at(as_of)).standings
     tiers = dict.fromkeys(MembershipTier, 0)
     no_tier = 0
     for (_, tier), count in customers.items():

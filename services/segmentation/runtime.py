@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
@@ -10,9 +13,11 @@ from libs.common.kafka import EVENTS_TOPIC, Subscription
 from libs.common.service import Service
 from services.segmentation.membership import MembershipScheduler
 from services.segmentation.population import Thresholds
-from services.segmentation.rfm_cuts import RfmCutsCache
+from services.segmentation.population_state import PopulationStates
 from services.segmentation.settings import SegmentationSettings
-from services.segmentation.stage_counts import StageCountsCache
+
+log = logging.getLogger(__name__)
+KEEP_POPULATION_SECONDS = 60.0  # well within membership.FACT_CHANGES_KEPT
 
 
 def system_clock() -> datetime:
@@ -29,8 +34,8 @@ class SegmentationService(Service):
         super().__init__("segmentation", settings, database, subscriptions)
         self.clock = clock
         self.thresholds = Thresholds(settings.lifecycle.thresholds(), settings.tiers.thresholds())
-        self.rfm_cuts = RfmCutsCache(self.metrics.registry)
-        self.stage_counts = StageCountsCache()
+        self.population = PopulationStates(database, self.thresholds, self.metrics.registry)
+        self._counting: asyncio.Task[None] | None = None
         self.scheduler = MembershipScheduler(
             database, self.publisher, thresholds=self.thresholds, settings=settings.membership, clock=clock,
             metrics=self.metrics, events_lag=self._events_lag,
@@ -43,7 +48,23 @@ class SegmentationService(Service):
     async def start(self) -> None:
         await super().start()
         self.scheduler.start(self.wait_connected)
+        # The population counts are made once now, not by the first request; requests then move them.
+        self._counting = asyncio.create_task(self._keep_population(), name="segmentation-population")
+
+    async def _keep_population(self) -> None:
+        """Count the population at start-up, then move it to now every minute: without requests for longer than
+        the change log keeps its rows, the next request would have to count it again."""
+        while True:
+            try:
+                await self.population.at(self.clock())
+            except Exception:
+                log.exception("keeping the customer population counts failed; the next request counts them")
+            await asyncio.sleep(KEEP_POPULATION_SECONDS)
 
     async def stop(self) -> None:
+        if self._counting is not None:
+            self._counting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._counting
         await self.scheduler.stop()
         await super().stop()

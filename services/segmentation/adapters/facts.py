@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db import BulkRows, bytewise, cents, chunks, wide_sum, wide_total
 from libs.common.events import PublishedEvent, epoch_micros
+from services.segmentation.adapters.fact_changes import pseudonymize_changes
 from services.segmentation.adapters.tables import (
     PERSONAL_TABLES,
     counted_orders,
@@ -205,6 +206,8 @@ async def erase_persons(connection: AsyncConnection, pseudonyms: Mapping[str, st
             await connection.execute(counted_orders.insert().from_select(
                 columns, earliest_completed_events(connection, orders)
             ))
+        # Last: the deletes above were logged under the person's key too.
+        await pseudonymize_changes(connection, {person: pseudonyms[person] for person in batch})
 
 
 async def _in_chunks(connection: AsyncConnection, query: Select[Any], column: Any,
@@ -383,6 +386,16 @@ async def event_type_counts(
         query = query.where(rows.occurred_us > after_us)
     query = query.group_by(rows.person_key)
     return dict(await _in_chunks(connection, query, rows.person_key, persons))
+
+
+async def event_counts_of(connection: AsyncConnection, person: str, event_types: Collection[str],
+                          as_of_us: int) -> dict[str, int]:
+    """One person's events of these types up to as_of, per type (types without any are absent)."""
+    rows = customer_events.c
+    query = (select(rows.type, func.count())
+             .where(rows.person_key == person, rows.type.in_(list(event_types)), rows.occurred_us <= as_of_us)
+             .group_by(rows.type))
+    return {event_type: count for event_type, count in await connection.execute(query)}
 
 
 async def merged_traits(connection: AsyncConnection, as_of_us: int,

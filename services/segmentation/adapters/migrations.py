@@ -14,6 +14,8 @@ from services.segmentation.adapters.tables import (
     counted_orders,
     customer_events,
     customer_segments,
+    fact_changes,
+    fact_changes_pruned,
     fact_versions,
     metadata,
 )
@@ -78,6 +80,78 @@ def _read_side_state(connection: Connection) -> None:
                                 'ON customer_segments (person_key COLLATE "C")'))
 
 
+# The log of changed facts (tables.fact_changes): PostgreSQL statement triggers read the transition tables (one
+# INSERT per statement, however many rows it changed), but for a first_seen moved by an update; SQLite row
+# triggers. Kind 0: a counted order, 1: a first_seen.
+_LOG = "INSERT INTO fact_changes (xid, person_key, kind, sign, occurred_us, total_cents) "
+_XID = "pg_current_xact_id()::text::bigint"
+_FACT_CHANGES_POSTGRESQL = (
+    f"""CREATE OR REPLACE FUNCTION fact_changes_orders_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN {_LOG} SELECT {_XID}, person_key, 0, 1, occurred_us, total_cents FROM new_rows; RETURN NULL; END $$""",
+    f"""CREATE OR REPLACE FUNCTION fact_changes_orders_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN {_LOG} SELECT {_XID}, person_key, 0, -1, occurred_us, total_cents FROM old_rows;
+    {_LOG} SELECT {_XID}, person_key, 0, 1, occurred_us, total_cents FROM new_rows; RETURN NULL; END $$""",
+    f"""CREATE OR REPLACE FUNCTION fact_changes_orders_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN {_LOG} SELECT {_XID}, person_key, 0, -1, occurred_us, total_cents FROM old_rows; RETURN NULL; END $$""",
+    f"""CREATE OR REPLACE FUNCTION fact_changes_profiles_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN {_LOG} SELECT {_XID}, person_key, 1, 1, first_seen_us, NULL FROM new_rows; RETURN NULL; END $$""",
+    # Row-level, with WHEN: the consumer updates profiles in almost every batch (last seen), their first event
+    # seldom; a statement trigger would capture every updated row to find the few.
+    f"""CREATE OR REPLACE FUNCTION fact_changes_profiles_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN {_LOG} VALUES ({_XID}, OLD.person_key, 1, -1, OLD.first_seen_us, NULL),
+                        ({_XID}, NEW.person_key, 1, 1, NEW.first_seen_us, NULL); RETURN NULL; END $$""",
+    """CREATE TRIGGER fact_changes_profiles_updated AFTER UPDATE ON profiles FOR EACH ROW
+    WHEN (OLD.first_seen_us IS DISTINCT FROM NEW.first_seen_us) EXECUTE FUNCTION fact_changes_profiles_updated()""",
+    f"""CREATE OR REPLACE FUNCTION fact_changes_profiles_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN {_LOG} SELECT {_XID}, person_key, 1, -1, first_seen_us, NULL FROM old_rows; RETURN NULL; END $$""",
+    *(f"""CREATE TRIGGER fact_changes_{name}_{change} AFTER {verb} ON {table}
+    REFERENCING {tables} FOR EACH STATEMENT EXECUTE FUNCTION fact_changes_{name}_{change}()"""
+      for name, table, change, verb, tables in (
+          ("orders", "counted_orders", "inserted", "INSERT", "NEW TABLE AS new_rows"),
+          ("orders", "counted_orders", "updated", "UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
+          ("orders", "counted_orders", "deleted", "DELETE", "OLD TABLE AS old_rows"),
+          ("profiles", "profiles", "inserted", "INSERT", "NEW TABLE AS new_rows"),
+          ("profiles", "profiles", "deleted", "DELETE", "OLD TABLE AS old_rows"))),
+)
+_SQLITE_LOG = "INSERT INTO fact_changes (person_key, kind, sign, occurred_us, total_cents) VALUES "
+_FACT_CHANGES_SQLITE = (
+    f"""CREATE TRIGGER fact_changes_orders_inserted AFTER INSERT ON counted_orders BEGIN
+    {_SQLITE_LOG} (NEW.person_key, 0, 1, NEW.occurred_us, NEW.total_cents); END""",
+    f"""CREATE TRIGGER fact_changes_orders_updated AFTER UPDATE ON counted_orders BEGIN
+    {_SQLITE_LOG} (OLD.person_key, 0, -1, OLD.occurred_us, OLD.total_cents);
+    {_SQLITE_LOG} (NEW.person_key, 0, 1, NEW.occurred_us, NEW.total_cents); END""",
+    f"""CREATE TRIGGER fact_changes_orders_deleted AFTER DELETE ON counted_orders BEGIN
+    {_SQLITE_LOG} (OLD.person_key, 0, -1, OLD.occurred_us, OLD.total_cents); END""",
+    f"""CREATE TRIGGER fact_changes_profiles_inserted AFTER INSERT ON profiles BEGIN
+    {_SQLITE_LOG} (NEW.person_key, 1, 1, NEW.first_seen_us, NULL); END""",
+    f"""CREATE TRIGGER fact_changes_profiles_updated AFTER UPDATE OF first_seen_us ON profiles
+    WHEN NEW.first_seen_us <> OLD.first_seen_us BEGIN
+    {_SQLITE_LOG} (OLD.person_key, 1, -1, OLD.first_seen_us, NULL);
+    {_SQLITE_LOG} (NEW.person_key, 1, 1, NEW.first_seen_us, NULL); END""",
+    f"""CREATE TRIGGER fact_changes_profiles_deleted AFTER DELETE ON profiles BEGIN
+    {_SQLITE_LOG} (OLD.person_key, 1, -1, OLD.first_seen_us, NULL); END""",
+)
+
+
+def _fact_changes_logged(connection: Connection) -> None:
+    for table in (fact_changes, fact_changes_pruned):
+        table.create(connection, checkfirst=True)
+    postgresql = connection.dialect.name == "postgresql"
+    for statement in _FACT_CHANGES_POSTGRESQL if postgresql else _FACT_CHANGES_SQLITE:
+        connection.execute(text(statement))
+    if postgresql:  # readers look rows up by the writing transaction's id (adapters/fact_changes.py)
+        connection.execute(text("CREATE INDEX IF NOT EXISTS ix_fact_changes_xid ON fact_changes (xid)"))
+
+
+def _stored_members_by_key(connection: Connection) -> None:
+    # Pages of a segment's stored members merge the person ranges of the keys holding it (segments.stored_members).
+    person = 'person_key COLLATE "C"' if connection.dialect.name == "postgresql" else "person_key"
+    connection.execute(text(f"CREATE INDEX IF NOT EXISTS ix_customer_segments_key_person "
+                            f"ON customer_segments (segment_ids, {person})"))
+    # The walk along person keys alone (migration 5) is no longer how pages are read: one index less to write.
+    connection.execute(text("DROP INDEX IF EXISTS ix_customer_segments_person_bytewise"))
+
+
 # Step 1 creates the current tables on a new database; later steps bring an older database to the same.
 MIGRATIONS = [
     Migration(1, "customer facts, segments and membership", create_all(metadata)),
@@ -87,4 +161,6 @@ MIGRATIONS = [
     Migration(4, "the last membership round, forgotten when a profile is erased", _last_round_kept_until_an_erasure),
     Migration(5, "read side: fact versions for cached RFM cuts, counted orders by time, the last published "
                  "round, stored members by person key in code-point order", _read_side_state),
+    Migration(6, "the log of changed facts the read side's counts follow", _fact_changes_logged),
+    Migration(7, "stored members by membership key and person key", _stored_members_by_key),
 ]

@@ -3,16 +3,18 @@ RFM figures can differ between two close moments."""
 
 from __future__ import annotations
 
+import functools
 from array import array
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import BigInteger, Column, MetaData, Table, and_, bindparam, select, union
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.common.db import chunks
+from libs.common.db import BulkRows
 from services.segmentation.adapters.facts import _rfm_figures, cents_total
-from services.segmentation.adapters.tables import counted_orders
+from services.segmentation.adapters.tables import counted_orders, profiles
 from services.segmentation.domain.rounds import DAY_US
 
 _STREAMED_ROWS = 50_000
@@ -41,23 +43,29 @@ async def rfm_population(connection: AsyncConnection, as_of_us: int,
     return recency, frequency, monetary
 
 
-async def persons_with_orders_in(connection: AsyncConnection, ranges: Sequence[tuple[int, int]]) -> list[str]:
-    """Persons with a counted order in one of the ranges ``(after, until]`` (by the index on order time)."""
-    if not ranges:
-        return []
+# The ranges bound as one value (two arrays, or one JSON array): one statement, compiled and prepared once, for
+# any number of ranges (hundreds: one per day of the lookback), each an index range scan of counted order times.
+_RANGES = BulkRows(Table("ranges", MetaData(), Column("after_us", BigInteger), Column("until_us", BigInteger)),
+                   ("after_us", "until_us"))
+
+
+@functools.cache
+def _persons_moved(dialect: str) -> Any:
+    ranges = _RANGES.select(dialect).subquery("ranges")
+    after, until = ranges.c[0], ranges.c[1]
     order = counted_orders.c
-    query = select(order.person_key).distinct().where(
-        or_(*(and_(order.occurred_us > after, order.occurred_us <= until) for after, until in ranges)))
-    return list((await connection.execute(query)).scalars())
+    with_orders = (select(order.person_key)
+                   .select_from(ranges.join(counted_orders, and_(order.occurred_us > after, order.occurred_us <= until))))
+    first_seen = profiles.c.first_seen_us
+    newly_known = select(profiles.c.person_key).where(first_seen > bindparam("seen_after", type_=BigInteger),
+                                                      first_seen <= bindparam("seen_until", type_=BigInteger))
+    return union(with_orders, newly_known)
 
 
-async def rfm_figures_of(connection: AsyncConnection, as_of_us: int, lookback_start_us: int,
-                         persons: Collection[str]) -> list[tuple[int, int, int]]:
-    """``(recency_days, frequency, monetary_cents)`` at as_of of those of the persons in the RFM population."""
-    figures: list[tuple[int, int, int]] = []
-    query = _rfm_figures(as_of_us, lookback_start_us)
-    for batch in chunks(persons):
-        rows = await connection.execute(query.where(counted_orders.c.person_key.in_(batch)))
-        figures.extend(((as_of_us - last_order_us) // DAY_US, orders, cents_total(high, low) or 0)
-                       for _, last_order_us, orders, high, low in rows)
-    return figures
+async def persons_moved(connection: AsyncConnection, ranges: Sequence[tuple[int, int]], seen_after_us: int,
+                        seen_until_us: int) -> list[str]:
+    """Persons with a counted order in one of the ranges ``(after, until]`` (by the index on order time), and
+    persons first seen in ``(seen_after, seen_until]``, in one statement compiled once."""
+    dialect = connection.dialect.name
+    params = _RANGES.params(dialect, ranges or [(0, 0)]) | {"seen_after": seen_after_us, "seen_until": seen_until_us}
+    return list((await connection.execute(_persons_moved(dialect), params)).scalars())

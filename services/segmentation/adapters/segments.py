@@ -22,6 +22,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    union_all,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -138,7 +139,8 @@ async def store_memberships(connection: AsyncConnection, memberships: Mapping[st
     """Store persons' new membership keys (``""``: in no segment any more) and queue their change records
     ``(change_id, person_key, payload)``, in order."""
     dialect = connection.dialect.name
-    kept = [(person, key) for person, key in memberships.items() if key]
+    # In person order: the indexes on person keys grow mostly at one end (a first evaluation writes a million).
+    kept = sorted((person, key) for person, key in memberships.items() if key)
     if kept:
         statement = _MEMBERSHIP_ROWS.insert(dialect)
         statement = statement.on_conflict_do_update(index_elements=["person_key"],
@@ -227,16 +229,46 @@ async def last_published_round(connection: AsyncConnection) -> int | None:
                                      .where(published_rounds.c.scope == _EVERYONE))).scalar_one_or_none()
 
 
+# The distinct stored membership keys, by a walk of the (segment_ids, person_key) index that jumps from one key to
+# the next (a few hundred keys among a million rows: a few hundred index probes).
+_DISTINCT_KEYS = text("""
+    WITH RECURSIVE stored_keys(segment_ids) AS (
+        SELECT min(segment_ids) FROM customer_segments
+        UNION ALL
+        SELECT (SELECT min(segment_ids) FROM customer_segments WHERE segment_ids > stored_keys.segment_ids)
+        FROM stored_keys WHERE stored_keys.segment_ids IS NOT NULL
+    )
+    SELECT segment_ids FROM stored_keys WHERE segment_ids IS NOT NULL""")
+# Beyond this many keys holding the segment (many rule segments in many combinations), walk the person index.
+_MERGED_KEYS_AT_MOST = 400
+
+
 async def stored_members(connection: AsyncConnection, segment_id: str, after: str | None, limit: int) -> list[str]:
-    """Up to ``limit`` persons whose stored membership holds the segment, by person key after ``after``: a walk
-    of the person-key index (migration 5 gives PostgreSQL one in code-point order), not an evaluation."""
-    person = bytewise(connection.dialect.name, customer_segments.c.person_key)
-    # Ids hold no space: " id " within " key " is membership (autoescape: "_" in "rfm:at_risk" is no wildcard).
-    padded = literal(" ") + customer_segments.c.segment_ids + literal(" ")
-    query = (select(customer_segments.c.person_key).where(padded.contains(f" {segment_id} ", autoescape=True))
-             .order_by(person).limit(limit))
-    if after is not None:
-        query = query.where(person > after)
+    """Up to ``limit`` persons whose stored membership holds the segment, by person key after ``after``, from the
+    (segment_ids, person_key) index (migration 7): each membership key holding the segment is one ordered range
+    of persons, and the page is the first ``limit`` of their merge. Not an evaluation."""
+    dialect = connection.dialect.name
+    keys = [key for (key,) in await connection.execute(_DISTINCT_KEYS) if segment_id in membership_ids(key)]
+    if not keys:
+        return []
+    person = bytewise(dialect, customer_segments.c.person_key)
+    if len(keys) > _MERGED_KEYS_AT_MOST:
+        # Ids hold no space: " id " within " key " is membership (autoescape: "_" in "rfm:at_risk" is no wildcard).
+        padded = literal(" ") + customer_segments.c.segment_ids + literal(" ")
+        query = (select(customer_segments.c.person_key).where(padded.contains(f" {segment_id} ", autoescape=True))
+                 .order_by(person).limit(limit))
+        if after is not None:
+            query = query.where(person > after)
+        return list((await connection.execute(query)).scalars())
+    parts = []
+    for key in keys:
+        part = (select(customer_segments.c.person_key.label("person_key"))
+                .where(customer_segments.c.segment_ids == key).order_by(person).limit(limit))
+        if after is not None:
+            part = part.where(person > after)
+        parts.append(select(part.subquery().c.person_key))
+    merged = union_all(*parts).subquery("members")
+    query = select(merged.c.person_key).order_by(bytewise(dialect, merged.c.person_key)).limit(limit)
     return list((await connection.execute(query)).scalars())
 
 
@@ -322,13 +354,6 @@ async def stages_of(connection: AsyncConnection, figures_at: FiguresAt,
                  .where(profiles.c.first_seen_us <= figures_at.as_of_us, profiles.c.person_key.in_(batch)))
         found += [(stages[stage_id], tiers[tier_part]) for stage_id, tier_part in await connection.execute(query)]
     return found
-
-
-async def persons_first_seen_in(connection: AsyncConnection, after_us: int, until_us: int) -> list[str]:
-    """Persons whose first event lies in ``(after, until]``."""
-    query = select(profiles.c.person_key).where(profiles.c.first_seen_us > after_us,
-                                                profiles.c.first_seen_us <= until_us)
-    return list((await connection.execute(query)).scalars())
 
 
 def round_candidates(windows: Sequence[tuple[int, int]], known_after_us: int, as_of_us: int) -> SelectBase:

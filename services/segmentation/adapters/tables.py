@@ -6,7 +6,7 @@ arrival order of events never changes a number.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, SmallInteger, String, Table, Text
 
 metadata = MetaData()
 
@@ -116,6 +116,35 @@ fact_versions = Table(
     Column("writer", String(32), primary_key=True),
     Column("orders", BigInteger, nullable=False),
     Column("facts", BigInteger, nullable=False),
+)
+
+# What changed in the facts the read side counts from, written by triggers (migration 6) whatever changes them (the
+# consumer, an erasure): per counted order inserted, replaced or deleted, the row as it was (sign -1) and as it is
+# (+1); likewise a profile's first_seen_us. The read side's counts at a moment move through these rows instead of
+# being counted again (population_state.py). ``xid`` (PostgreSQL: the writing transaction) tells a reader which rows
+# were not yet visible to its last snapshot; SQLite commits one writer at a time, so there seq order is commit order.
+# Erasure puts the person's pseudonym in place of the key; the scheduler deletes rows older than a few rounds.
+FACT_CHANGE_ORDER, FACT_CHANGE_FIRST_SEEN = 0, 1
+fact_changes = Table(
+    "fact_changes",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("xid", BigInteger, nullable=True),  # indexed on PostgreSQL only (migration 6): NULL on SQLite
+    Column("person_key", String(_PERSON), nullable=False),  # no index: only an erasure looks rows up by person
+    Column("kind", SmallInteger, nullable=False),
+    Column("sign", SmallInteger, nullable=False),
+    Column("occurred_us", BigInteger, nullable=False),
+    Column("total_cents", BigInteger, nullable=True),
+    sqlite_autoincrement=True,  # seq never reused after a prune: a reader's position stays meaningful
+)
+
+# Up to where fact_changes rows may have been deleted (one row): a reader whose last position is below must count
+# again.
+fact_changes_pruned = Table(
+    "fact_changes_pruned",
+    metadata,
+    Column("scope", String(16), primary_key=True),
+    Column("position", BigInteger, nullable=False),
 )
 
 PERSONAL_TABLES = (profiles, customer_events, customer_orders, counted_orders, customer_traits, customer_segments,

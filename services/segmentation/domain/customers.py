@@ -260,6 +260,39 @@ class FiguresAt:
     def recency_days(self, last_order_us: int) -> int:
         return (self.as_of_us - last_order_us) // _DAY_US
 
+    def standing(self, first_seen_us: int | None, orders: Iterable[tuple[int, int]]) -> "Standing":
+        """A person's lifecycle stage and tier (None when not known at as_of: no event at or before it) and RFM
+        figures ``(recency_days, frequency, monetary cents)`` (None outside the RFM population), from the time of
+        their first event and their counted orders ``(occurred_us, total_cents)``: ``customer_figures`` on
+        integers."""
+        count = frequency = monetary = 0
+        last = None
+        for occurred_us, cents in orders:
+            if occurred_us > self.as_of_us:
+                continue
+            count += 1
+            if last is None or occurred_us > last:
+                last = occurred_us
+            if occurred_us > self.lookback_start_us:
+                frequency += 1
+                monetary += cents
+        stage_and_tier = None
+        if first_seen_us is not None and first_seen_us <= self.as_of_us:
+            stage_and_tier = (self.lifecycle(count, last), self.tier(monetary))
+        rfm = None
+        if frequency:
+            assert last is not None
+            rfm = (self.recency_days(last), frequency, monetary)
+        return Standing(stage_and_tier, rfm)
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """What the population counts take from one person at an as_of (``FiguresAt.standing``)."""
+
+    stage_and_tier: tuple[LifecycleStage, MembershipTier | None] | None
+    rfm: tuple[int, int, int] | None
+
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DAY_US = _DAY // _MICROSECOND

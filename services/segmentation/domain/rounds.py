@@ -70,3 +70,31 @@ def merged(windows: list[tuple[int, int]]) -> list[tuple[int, int]]:
         else:
             joined.append((after, until))
     return joined
+
+
+def moved_ranges(base_us: int, as_of_us: int, lookback_us: int) -> list[tuple[int, int]]:
+    """The ranges ``(after, until]`` holding a counted order of every person whose RFM figures at as_of can
+    differ from those at base (base <= as_of, facts alike): an order between the two moments (enters), one leaving
+    the lookback between them, and a last order that turns one day older: recency_days = (t - last) // day
+    differs at base and as_of exactly when base - k days < last <= as_of - k days for some k >= 1."""
+    if as_of_us <= base_us:
+        return []
+    ranges = [(base_us, as_of_us), (base_us - lookback_us, as_of_us - lookback_us)]
+    ranges += [(base_us - k * DAY_US, as_of_us - k * DAY_US) for k in range(1, lookback_us // DAY_US + 2)]
+    return ranges
+
+
+def stage_moved_ranges(base_us: int, as_of_us: int, lookback_us: int,
+                       lifecycle: LifecycleThresholds) -> list[tuple[int, int]]:
+    """The ranges ``(after, until]`` holding a counted order of every known person whose stage or tier at as_of
+    can differ from base (base <= as_of, facts alike; persons first seen in between aside): an order in between
+    (orders, last order, gmv), one leaving the lookback (gmv), and a last order that passes one of the stage
+    thresholds N days: "within N days" is as_of - t <= N days, which differs at base and as_of for
+    base - N <= t < as_of - N."""
+    if as_of_us <= base_us:
+        return []
+    ranges = [(base_us, as_of_us), (base_us - lookback_us, as_of_us - lookback_us)]
+    for days in (lifecycle.new_days, lifecycle.active_days, lifecycle.dormant_days):
+        threshold = days * DAY_US
+        ranges.append((base_us - threshold - 1, as_of_us - threshold))
+    return ranges
