@@ -42,8 +42,8 @@ def load(connection: duckdb.DuckDBPyConnection, facts: Sequence[FunnelEvent]) ->
     create_tables(connection)
     for table in ("events", "order_events", "order_items"):
         connection.execute(f"DELETE FROM {table}")
-    append(connection, "events", arrow_batch(EVENTS_SCHEMA, event_rows))
-    append(connection, "order_items", arrow_batch(ITEMS_SCHEMA, item_rows))
+    append(connection, "events", arrow_batch(EVENTS_SCHEMA, event_rows), 1)
+    append(connection, "order_items", arrow_batch(ITEMS_SCHEMA, item_rows), 1)
     return connection
 
 
