@@ -28,7 +28,9 @@ from services.funnel.domain.products import LIFECYCLE_PERIOD, MATRIX_PERIOD, Mat
 from services.funnel.engine import product_state
 from services.funnel.engine.facts import counted_orders, decimal_of, fetch, micros, optional_decimal_of
 
+
 def _query(recent: bool) -> str:
+    """The query; ``recent``: as_of is at or after product_state's horizon, so the state gives the attributes."""
     return f"""
 WITH {counted_orders()},
 viewed AS (
@@ -107,8 +109,7 @@ def matrix_page(
     period = max(micros(MATRIX_PERIOD), 2 * micros(LIFECYCLE_PERIOD))
     params = {"since": as_of_us - period + 1, "until": as_of_us + 1, "as_of": as_of_us,
               "matrix": micros(MATRIX_PERIOD), "lifecycle": micros(LIFECYCLE_PERIOD),
-              "after": after if after is not None else "", "take": limit + 1,
-}
+              "after": after if after is not None else "", "take": limit + 1}
     with product_state.snapshot(cursor):
         params["folded"], params["horizon"] = product_state.standing(cursor)
         rows = fetch(cursor, _MATRIX[params["as_of"] >= params["horizon"]], params)

@@ -19,7 +19,9 @@ from services.funnel.domain.stats import ratio
 from services.funnel.engine import product_state
 from services.funnel.engine.facts import counted_orders, decimal_of, fetch
 
+
 def _query(recent: bool) -> str:
+    """The query; ``recent``: as_of is at or after product_state's horizon, so the state gives the attributes."""
     return f"""
 WITH {counted_orders()},
 activity AS (
@@ -81,8 +83,7 @@ def product_page(
     """``product_metrics`` of the products after ``after`` (all when None), at most ``limit`` of them in
     product_id order, and whether more follow."""
     params = {"since": epoch_micros(start), "until": epoch_micros(end), "as_of": epoch_micros(as_of),
-              "after": after if after is not None else "", "take": limit + 1,
-}
+              "after": after if after is not None else "", "take": limit + 1}
     with product_state.snapshot(cursor):
         params["folded"], params["horizon"] = product_state.standing(cursor)
         rows = fetch(cursor, _PRODUCTS[params["as_of"] >= params["horizon"]], params)

@@ -12,8 +12,8 @@ from libs.common.db import Database
 from services.funnel.adapters.facts import pseudonymise_persons, store_facts
 from services.funnel.adapters.mirror import EVENTS_SCHEMA, ITEMS_SCHEMA, FactMirror
 from services.funnel.adapters.tables import MIGRATIONS, events, metadata, order_items
-from services.funnel.engine import product_state
 from services.funnel.decoding import decode_event
+from services.funnel.engine import product_state
 from services.funnel.handlers import EventRecorder
 from tests.integration.funnel.helpers import facts, order, refund, review, view
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Collection, Sequence
 from dataclasses import replace
 
@@ -34,7 +35,7 @@ def duck_of(facts: Sequence[FunnelEvent], *, cuts: Sequence[int] = (), folds: Co
     create_tables(connection)
     bounds = sorted({0, len(first), *(cut % (len(first) + 1) for cut in cuts)})
     applied = 0
-    for number, (low, high) in enumerate(zip(bounds, bounds[1:], strict=False)):
+    for number, (low, high) in enumerate(itertools.pairwise(bounds)):
         applied += high - low
         _append(connection, first[low:high], applied)
         if number in folds:
