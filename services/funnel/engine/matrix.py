@@ -111,8 +111,8 @@ def matrix_page(
               "matrix": micros(MATRIX_PERIOD), "lifecycle": micros(LIFECYCLE_PERIOD),
               "after": after if after is not None else "", "take": limit + 1}
     with product_state.snapshot(cursor):
-        params["folded"], params["horizon"] = product_state.standing(cursor)
-        rows = fetch(cursor, _MATRIX[params["as_of"] >= params["horizon"]], params)
+        params["folded"], params["state_horizon"] = product_state.standing(cursor)
+        rows = fetch(cursor, _MATRIX[params["as_of"] >= params["state_horizon"]], params)
     entries = [
         MatrixEntry(
             product_id=product_id, name=name, category=category, price=optional_decimal_of(price), uv=uv,

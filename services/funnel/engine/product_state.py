@@ -118,21 +118,28 @@ def snapshot(cursor: duckdb.DuckDBPyConnection) -> Iterator[None]:
 
 
 def standing(cursor: duckdb.DuckDBPyConnection) -> tuple[int, int]:
-    """``copy_state``'s (folded, horizon): the $folded and $horizon of ``attributes``, within one ``snapshot``
+    """``copy_state``'s (folded, horizon): the $folded and $state_horizon of ``attributes``, within one ``snapshot``
     with the query; the state answers for an as_of at or after the horizon."""
     folded, horizon = cursor.execute("SELECT folded, horizon FROM copy_state").fetchone()  # type: ignore[misc]
     return int(folded), int(horizon)
 
 
+def latest_categories() -> str:
+    """CTE ``categories``: (product_id, category) of every product with a category carried up to $as_of, the
+    latest, from the state: for an as_of at or after $state_horizon only (see ``attributes``)."""
+    state = _folded("SELECT * FROM product_state UNION ALL " + _unfolded("$folded", "$state_horizon", "$as_of"))
+    return f"categories AS (SELECT s.product_id, s.category FROM ({state}) s WHERE s.category IS NOT NULL)"
+
+
 def attributes(wanted: str, fields: tuple[str, ...] = ATTRIBUTES, *, first: bool = False, recent: bool) -> str:
     """CTE ``attributes``: (product_id, each of ``fields``, and ``first_us`` when ``first``) of the products in the
     CTE ``wanted`` as of $as_of; the same values as ``facts.product_attributes``. ``recent``: $as_of is at or
-    after $horizon (``standing``), so the state answers; otherwise the attributes come from the events.
+    after $state_horizon (``standing``), so the state answers; otherwise the attributes come from the events.
 
     A product missing here has carried no attribute and had no event up to as_of: a LEFT JOIN gives it NULLs."""
     stored = f"SELECT * FROM product_state WHERE product_id IN (SELECT product_id FROM {wanted}) UNION ALL "
     if recent:
-        state = _folded(stored + _unfolded("$folded", "$horizon", "$as_of", wanted))
+        state = _folded(stored + _unfolded("$folded", "$state_horizon", "$as_of", wanted))
         return f"""
 attributes AS (
     SELECT s.product_id, {", ".join(f"s.{name}" for name in fields)}{", s.first_us" if first else ""}
@@ -141,7 +148,7 @@ attributes AS (
     carried = product_attributes(wanted, fields)[1:].replace("attributes AS (", "carried_attributes AS (", 1)
     if not first:
         return f"{carried},\nattributes AS (SELECT * FROM carried_attributes)"
-    firsts = f"SELECT product_id, min(first_us) AS first_us FROM ({stored + _unfolded('$folded', '$horizon', None, wanted)}) GROUP BY product_id"
+    firsts = f"SELECT product_id, min(first_us) AS first_us FROM ({stored + _unfolded('$folded', '$state_horizon', None, wanted)}) GROUP BY product_id"
     return f"""{carried},
 attributes AS (
     SELECT w.product_id, {", ".join(f"c.{name}" for name in fields)}, f.first_us
@@ -150,4 +157,4 @@ attributes AS (
 )"""
 
 
-__all__ = ("ATTRIBUTES", "FOLD_ROWS", "attributes", "create_state", "fold", "snapshot", "standing")
+__all__ = ("ATTRIBUTES", "FOLD_ROWS", "attributes", "create_state", "fold", "latest_categories", "snapshot", "standing")

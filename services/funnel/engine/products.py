@@ -85,8 +85,8 @@ def product_page(
     params = {"since": epoch_micros(start), "until": epoch_micros(end), "as_of": epoch_micros(as_of),
               "after": after if after is not None else "", "take": limit + 1}
     with product_state.snapshot(cursor):
-        params["folded"], params["horizon"] = product_state.standing(cursor)
-        rows = fetch(cursor, _PRODUCTS[params["as_of"] >= params["horizon"]], params)
+        params["folded"], params["state_horizon"] = product_state.standing(cursor)
+        rows = fetch(cursor, _PRODUCTS[params["as_of"] >= params["state_horizon"]], params)
     metrics = []
     for row in rows[:limit]:
         (product_id, name, category, views, uv, cart_users, buyers, units, gmv_cents, review_count, ratings,
