@@ -63,7 +63,8 @@ SELECT
         AS order_status,
     CASE WHEN r >= 0.78 AND r < 0.90 AND r3 < 0.8 THEN 1000 + product END AS total_cents,
     NULL AS discount_cents, NULL AS coupon_code, NULL AS refund_cents,
-    CASE WHEN r >= 0.90 THEN 1 + (product % 5) END AS rating
+    CASE WHEN r >= 0.90 THEN 1 + (product % 5) END AS rating,
+    1 AS applied  -- one batch
 FROM (
     SELECT i, random() AS r, random() AS r2, random() AS r3, (random() * $persons)::BIGINT AS person,
            (random() * 10000)::BIGINT AS product
@@ -76,7 +77,7 @@ ORDER BY occurred_us
 _ITEMS = """
 INSERT INTO order_items
 SELECT event_id, line, CASE WHEN line = 0 THEN product_id0 ELSE 'sku' || ((hash(event_id) % 10000)) END,
-       CASE WHEN line = 1 THEN 'c' || (hash(event_id) % 40) END, 1 + line, 1000 + line * 250
+       CASE WHEN line = 1 THEN 'c' || (hash(event_id) % 40) END, 1 + line, 1000 + line * 250, 1
 FROM (SELECT event_id, 'sku' || (hash(event_id || 'p') % 10000) AS product_id0, (hash(event_id) % 2)::INT AS two
       FROM events WHERE type = 'order') o, range(2) l(line)
 WHERE line = 0 OR two = 1

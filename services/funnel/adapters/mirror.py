@@ -49,6 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db import Database
 from services.funnel.adapters.tables import events, order_items
+from services.funnel.engine import product_state
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -83,20 +84,25 @@ _DUCKDB_TYPES = {pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.float64(): "DOU
 
 
 # The copy's tables and what they hold: a file written under another version is rebuilt, not read.
-COPY_SCHEMA_VERSION = 1
+COPY_SCHEMA_VERSION = 2
 
 
 def create_tables(connection: duckdb.DuckDBPyConnection) -> None:
     """The copy's tables, named and typed as the service's own (times epoch micros, money integer cents)."""
     # order_events: the order events again (about a tenth of all), so that the order rules (earliest
     # completed event, refunds) scan them rather than every event.
+    # applied: the seq the copy reached with the batch that brought the row (product_state folds up to one).
     for name, schema in (("events", EVENTS_SCHEMA), ("order_events", EVENTS_SCHEMA), ("order_items", ITEMS_SCHEMA)):
         columns = ", ".join(f"{field.name} {_DUCKDB_TYPES[field.type]}" for field in schema)
-        connection.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
-    # Where the copy stands: the last seq it holds, and the event_id stored at it then.
-    connection.execute("CREATE TABLE IF NOT EXISTS copy_state (version INTEGER, seq BIGINT, event_id VARCHAR)")
+        connection.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns}, applied BIGINT)")
+    # Where the copy stands: the last seq it holds, the event_id stored at it then, and the `applied` and time up
+    # to which product_state holds the rows (times are >= 0: a horizon of -1 holds none).
+    connection.execute(
+        "CREATE TABLE IF NOT EXISTS copy_state (version INTEGER, seq BIGINT, event_id VARCHAR, folded BIGINT, "
+        "horizon BIGINT)")
     if connection.execute("SELECT count(*) FROM copy_state").fetchone()[0] == 0:  # type: ignore[index]
-        connection.execute("INSERT INTO copy_state VALUES (?, 0, NULL)", [COPY_SCHEMA_VERSION])
+        connection.execute("INSERT INTO copy_state VALUES (?, 0, NULL, 0, -1)", [COPY_SCHEMA_VERSION])
+    product_state.create_state(connection)
 
 
 def arrow_batch(schema: pa.Schema, rows: Sequence[Sequence[Any]] | Sequence[dict[str, Any]]) -> pa.Table:
@@ -108,16 +114,24 @@ def arrow_batch(schema: pa.Schema, rows: Sequence[Sequence[Any]] | Sequence[dict
                                 schema=schema)
 
 
-def append(connection: duckdb.DuckDBPyConnection, table: str, batch: pa.Table) -> None:
-    """Append an Arrow batch to one of the copy's tables (events: order events to order_events too)."""
+def append(connection: duckdb.DuckDBPyConnection, table: str, batch: pa.Table, applied: int) -> None:
+    """Append an Arrow batch to one of the copy's tables (events: order events to order_events too), its rows
+    marked as ``applied`` at that seq."""
     if not batch.num_rows:
         return
+    marked = batch.append_column("applied", pa.array(itertools.repeat(applied, batch.num_rows), pa.int64()))
     # A relation's insert_into: half the CPU of INSERT ... SELECT from a registered view (which runs the scan
     # on both of DuckDB's threads for a few thousand rows).
-    connection.from_arrow(batch).insert_into(table)
+    connection.from_arrow(marked).insert_into(table)
     if table == "events":
         # Filtered in Arrow, not by a second scan of the whole batch in DuckDB (about 3 us per row).
-        append(connection, "order_events", batch.filter(pc.is_valid(batch.column("order_status"))))
+        append(connection, "order_events", batch.filter(pc.is_valid(batch.column("order_status"))), applied)
+
+
+def fold_products(connection: duckdb.DuckDBPyConnection, top: int) -> None:
+    """Fold the rows applied since the last fold, up to ``top``, into ``product_state`` (in the caller's
+    transaction)."""
+    product_state.fold(connection, top)
 
 
 async def next_seq(connection: AsyncConnection, is_sqlite: bool) -> int:
@@ -172,6 +186,7 @@ class FactMirror:
             self._config["memory_limit"] = memory_limit
         self.generation = 0
         self.seq = 0
+        self.folded = 0  # the seq up to which product_state holds the rows
         self.rows = 0
         # The (seq, event_id) a copy kept on disk ends at, to be checked against the database before use.
         self._resumed: tuple[int, str] | None = None
@@ -237,10 +252,10 @@ class FactMirror:
         if generations:
             try:
                 connection = duckdb.connect(str(self._path(newest)), config=self._config)
-                version, seq, event_id = connection.execute(
-                    "SELECT version, seq, event_id FROM copy_state").fetchone()  # type: ignore[misc]
+                version, seq, event_id, folded = connection.execute(
+                    "SELECT version, seq, event_id, folded FROM copy_state").fetchone()  # type: ignore[misc]
                 if version == COPY_SCHEMA_VERSION:
-                    self.generation, self.seq = newest, seq
+                    self.generation, self.seq, self.folded = newest, seq, folded
                     self.rows = connection.execute("SELECT count(*) FROM events").fetchone()[0]  # type: ignore[index]
                     self._resumed = (seq, event_id) if seq else None
                     for older in generations[:-1]:
@@ -249,7 +264,7 @@ class FactMirror:
                     return connection
                 connection.close()
                 log.warning("fact copy of another version: rebuilt", extra={"version": version})
-            except (duckdb.Error, TypeError) as exc:
+            except (duckdb.Error, TypeError, ValueError) as exc:
                 log.warning("fact copy unreadable: rebuilt", extra={"reason": _reason(exc)})
         for generation in generations:
             self._remove(generation)
@@ -280,15 +295,17 @@ class FactMirror:
         """An empty copy: a new file (the old one removed), or emptied tables in memory."""
         with self._write:
             if self.directory is None:
-                for table in ("events", "order_events", "order_items"):
+                for table in ("events", "order_events", "order_items", "product_state"):
                     self.duckdb.execute(f"DELETE FROM {table}")
-                self.duckdb.execute("UPDATE copy_state SET seq = 0, event_id = NULL")
+                self.duckdb.execute("UPDATE copy_state SET seq = 0, event_id = NULL, folded = 0, horizon = -1")
+                self.folded = 0
                 return
             self.duckdb.close()
             self._remove(self.generation)
             self.generation += 1
             self.duckdb = duckdb.connect(str(self._path(self.generation)), config=self._config)
             create_tables(self.duckdb)
+            self.folded = 0
 
     def _compact(self) -> None:
         """The file copied into a new generation and the old one removed, so that no block of the file holds
@@ -333,7 +350,7 @@ class FactMirror:
                     f"SELECT {item_columns} FROM order_items i JOIN events e ON e.event_id = i.event_id "
                     f"WHERE e.seq <= {int(top)}", output=str(paths["order_items"]), format="csv")
                 await asyncio.to_thread(self._load_csv, paths, top, top_event)
-        self.seq = top
+        self.seq = self.folded = top
         self.rows = self.duckdb.execute("SELECT count(*) FROM events").fetchone()[0]  # type: ignore[index]
         return self.rows
 
@@ -348,12 +365,13 @@ class FactMirror:
                     columns = {field.name: _DUCKDB_TYPES[field.type] for field in schema}
                     # PostgreSQL's CSV: NULL is an empty unquoted field, an empty string is "".
                     self.duckdb.execute(
-                        f"INSERT INTO {name} SELECT * FROM read_csv(?, columns = ?, header = false, quote = '\"', "
+                        f"INSERT INTO {name} SELECT *, ? FROM read_csv(?, columns = ?, header = false, quote = '\"', "
                         "escape = '\"', allow_quoted_nulls = false, nullstr = '')",
-                        [str(paths[name]), columns],
+                        [top, str(paths[name]), columns],
                     )
                 self.duckdb.execute("INSERT INTO order_events SELECT * FROM events WHERE order_status IS NOT NULL")
                 self.duckdb.execute("UPDATE copy_state SET seq = ?, event_id = ?", [top, top_event])
+                fold_products(self.duckdb, top)
                 self.duckdb.execute("COMMIT")
             except BaseException:
                 self.duckdb.execute("ROLLBACK")
@@ -447,13 +465,19 @@ class FactMirror:
                     for table in ("events", "order_events"):
                         connection.execute(f"DELETE FROM {table} WHERE event_id IN (SELECT unnest(?))", [revised])
                     connection.execute("DELETE FROM order_items WHERE event_id IN (SELECT unnest(?))", [revised])
-                append(connection, "events", batch)
-                append(connection, "order_items", item_batch)
+                append(connection, "events", batch, top)
+                append(connection, "order_items", item_batch, top)
                 connection.execute("UPDATE copy_state SET seq = ?, event_id = ?", [top, rows[-1][0]])
+                # Queries read the rows applied since the last fold beside product_state: fold them now and then.
+                fold = top - self.folded >= product_state.FOLD_ROWS
+                if fold:
+                    fold_products(connection, top)
                 connection.execute("COMMIT")
             except BaseException:
                 connection.execute("ROLLBACK")
                 raise
+            if fold:
+                self.folded = top
 
     def state(self) -> str:
         """The copy's state in words: ``ok``, still loading, or why the last sync failed."""

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from contextlib import nullcontext
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -54,6 +55,7 @@ from services.funnel.domain.funnels import (
     Unit,
 )
 from services.funnel.domain.stats import median, ratio
+from services.funnel.engine import product_state
 
 _MAX_BIGINT = 2**63 - 1
 # How units are numbered for joins and groups, from their keys (a collision is detected, and the answer is then
@@ -88,13 +90,20 @@ def funnel_result_sql(
         return None
     bounds = {"start": start_us, "first_end": first_end, "horizon": horizon, "as_of": as_of_us,
               "window": window_us, "span": span}
-    for hashed in (True, False):
-        sql, params = _query(definition, breakdown, hashed=hashed)
-        params.update(bounds)
-        used = set(re.findall(r"\$(\w+)", sql))  # DuckDB refuses parameters a statement does not use
-        rows = cursor.execute(sql, {name: value for name, value in params.items() if name in used}).fetchall()
-        if not any(row[-1] for row in rows):  # no two units shared a hash
-            break
+    categorised = breakdown == "category" or any(step.category is not None for step in definition.steps)
+    with product_state.snapshot(cursor) if categorised else nullcontext():
+        # Products' categories (breakdown, step filters) from product_state when as_of is not before its horizon.
+        recent = False
+        if categorised:
+            bounds["folded"], bounds["state_horizon"] = product_state.standing(cursor)
+            recent = as_of_us >= bounds["state_horizon"]
+        for hashed in (True, False):
+            sql, params = _query(definition, breakdown, hashed=hashed, recent=recent)
+            params.update(bounds)
+            used = set(re.findall(r"\$(\w+)", sql))  # DuckDB refuses parameters a statement does not use
+            rows = cursor.execute(sql, {name: value for name, value in params.items() if name in used}).fetchall()
+            if not any(row[-1] for row in rows):  # no two units shared a hash
+                break
     groups: dict[str | None, _Group] = {}
     for kind, group, level, count, converting, value, scaled, _ in rows:
         figures = groups.setdefault(group, _Group(step_count))
@@ -176,7 +185,9 @@ def _summary(definition: FunnelDefinition, step_count: int, group: _Group) -> Fu
     )
 
 
-def _query(definition: FunnelDefinition, breakdown: Breakdown | None, *, hashed: bool) -> tuple[str, dict[str, Any]]:
+def _query(
+    definition: FunnelDefinition, breakdown: Breakdown | None, *, hashed: bool, recent: bool
+) -> tuple[str, dict[str, Any]]:
     steps = definition.steps
     step_count = len(steps)
     unit = _UnitColumns(definition.unit, hashed)
@@ -192,7 +203,7 @@ def _query(definition: FunnelDefinition, breakdown: Breakdown | None, *, hashed:
         return " AND ".join(f"{left}.{key} = {right}.{key}" for key in keys)
 
     if breakdown == "category" or any(step.category is not None for step in steps):
-        ctes.append(_CATEGORIES)
+        ctes.append(product_state.latest_categories() if recent else _CATEGORIES)
     # Per unit, from its step-1 events in range: the latest start, the first one (k = 1), the entry (breakdown);
     # for units numbered by a hash, their keys (the one pair of them, unless two units shared the hash).
     first_columns = ["max(t) AS s", f"{unit.mixed()} AS clash"]

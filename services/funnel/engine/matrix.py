@@ -25,16 +25,13 @@ import duckdb
 
 from libs.common.events import epoch_micros
 from services.funnel.domain.products import LIFECYCLE_PERIOD, MATRIX_PERIOD, MatrixEntry
-from services.funnel.engine.facts import (
-    counted_orders,
-    decimal_of,
-    fetch,
-    micros,
-    optional_decimal_of,
-    product_attributes,
-)
+from services.funnel.engine import product_state
+from services.funnel.engine.facts import counted_orders, decimal_of, fetch, micros, optional_decimal_of
 
-_MATRIX = f"""
+
+def _query(recent: bool) -> str:
+    """The query; ``recent``: as_of is at or after product_state's horizon, so the state gives the attributes."""
+    return f"""
 WITH {counted_orders()},
 viewed AS (
     SELECT product_id, count(DISTINCT person_key) AS uv FROM events
@@ -52,19 +49,13 @@ sold AS (
     WHERE l.product_id IN (SELECT product_id FROM viewed)
     GROUP BY l.product_id
 ),
--- A product's first event of any type: an order is about its lines' products, another event its own.
-seen_before AS (
-    SELECT product_id FROM events
-    WHERE type <> 'order' AND occurred_us <= $as_of - $lifecycle AND product_id IN (SELECT product_id FROM viewed)
-    UNION
-    SELECT i.product_id FROM order_items i JOIN order_events e ON e.event_id = i.event_id
-    WHERE e.occurred_us <= $as_of - $lifecycle AND i.product_id IN (SELECT product_id FROM viewed)
-),
-{product_attributes("viewed")},
+{product_state.attributes("viewed", first=True, recent=recent)},
 standing AS (
     SELECT v.product_id, a.name, a.category, a.price, a.tier, v.uv, coalesce(s.units, 0) AS units,
            coalesce(s.gmv, 0) AS gmv, coalesce(s.last, 0) AS last, coalesce(s.previous, 0) AS previous,
-           v.product_id NOT IN (SELECT product_id FROM seen_before) AS introduced,
+           -- A product's first event of any type (product_state: an order is about its lines' products, another
+           -- event its own), not before the lifecycle's 28 days.
+           NOT coalesce(a.first_us <= $as_of - $lifecycle, FALSE) AS introduced,
            count(*) OVER () AS n,
            rank() OVER (ORDER BY v.uv DESC) - 1 AS uv_above,
            rank() OVER (ORDER BY coalesce(s.gmv, 0) DESC) - 1 AS gmv_above
@@ -105,6 +96,9 @@ LIMIT $take
 """
 
 
+_MATRIX = {recent: _query(recent) for recent in (False, True)}
+
+
 def matrix_page(
     cursor: duckdb.DuckDBPyConnection, as_of: datetime, *, after: str | None, limit: int
 ) -> tuple[list[MatrixEntry], bool]:
@@ -116,7 +110,9 @@ def matrix_page(
     params = {"since": as_of_us - period + 1, "until": as_of_us + 1, "as_of": as_of_us,
               "matrix": micros(MATRIX_PERIOD), "lifecycle": micros(LIFECYCLE_PERIOD),
               "after": after if after is not None else "", "take": limit + 1}
-    rows = fetch(cursor, _MATRIX, params)
+    with product_state.snapshot(cursor):
+        params["folded"], params["state_horizon"] = product_state.standing(cursor)
+        rows = fetch(cursor, _MATRIX[params["as_of"] >= params["state_horizon"]], params)
     entries = [
         MatrixEntry(
             product_id=product_id, name=name, category=category, price=optional_decimal_of(price), uv=uv,

@@ -4,7 +4,7 @@ The compiled form of ``services.funnel.domain.products.product_metrics`` (the re
 tests/unit/funnel/test_engine_products.py on random histories): the same ``ProductMetrics``, to the Decimal
 and the float. One page at a time: the page's products are chosen first (keyset on product_id: those after
 the cursor, in order, one more than the page to tell whether another follows), and only they are counted and
-given their attributes.
+given their attributes (from ``product_state``, not from every product's history).
 """
 
 from __future__ import annotations
@@ -16,9 +16,13 @@ import duckdb
 from libs.common.events import epoch_micros
 from services.funnel.domain.products import ProductMetrics
 from services.funnel.domain.stats import ratio
-from services.funnel.engine.facts import counted_orders, decimal_of, fetch, product_attributes
+from services.funnel.engine import product_state
+from services.funnel.engine.facts import counted_orders, decimal_of, fetch
 
-_PRODUCTS = f"""
+
+def _query(recent: bool) -> str:
+    """The query; ``recent``: as_of is at or after product_state's horizon, so the state gives the attributes."""
+    return f"""
 WITH {counted_orders()},
 activity AS (
     SELECT product_id, type, person_key, rating FROM events
@@ -57,7 +61,7 @@ sales AS (
            count(DISTINCT order_id) FILTER (WHERE order_id IN (SELECT order_id FROM refunded)) AS returned
     FROM bought GROUP BY product_id
 ),
-{product_attributes("page", ("name", "category"))}
+{product_state.attributes("page", ("name", "category"), recent=recent)}
 SELECT g.product_id, a.name, a.category,
        coalesce(t.views, 0), coalesce(t.uv, 0), coalesce(t.cart_users, 0), coalesce(s.buyers, 0),
        coalesce(s.units, 0), coalesce(s.gmv, 0), coalesce(t.review_count, 0), coalesce(t.ratings, 0),
@@ -69,6 +73,9 @@ ORDER BY g.product_id
 """
 
 
+_PRODUCTS = {recent: _query(recent) for recent in (False, True)}
+
+
 def product_page(
     cursor: duckdb.DuckDBPyConnection, start: datetime, end: datetime, as_of: datetime, *, after: str | None,
     limit: int,
@@ -77,7 +84,9 @@ def product_page(
     product_id order, and whether more follow."""
     params = {"since": epoch_micros(start), "until": epoch_micros(end), "as_of": epoch_micros(as_of),
               "after": after if after is not None else "", "take": limit + 1}
-    rows = fetch(cursor, _PRODUCTS, params)
+    with product_state.snapshot(cursor):
+        params["folded"], params["state_horizon"] = product_state.standing(cursor)
+        rows = fetch(cursor, _PRODUCTS[params["as_of"] >= params["state_horizon"]], params)
     metrics = []
     for row in rows[:limit]:
         (product_id, name, category, views, uv, cart_users, buyers, units, gmv_cents, review_count, ratings,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import select
 
 from libs.common.db import Database
@@ -12,6 +13,7 @@ from services.funnel.adapters.facts import pseudonymise_persons, store_facts
 from services.funnel.adapters.mirror import EVENTS_SCHEMA, ITEMS_SCHEMA, FactMirror
 from services.funnel.adapters.tables import MIGRATIONS, events, metadata, order_items
 from services.funnel.decoding import decode_event
+from services.funnel.engine import product_state
 from services.funnel.handlers import EventRecorder
 from tests.integration.funnel.helpers import facts, order, refund, review, view
 
@@ -49,7 +51,20 @@ def _copied(mirror: FactMirror) -> tuple[list[tuple], list[tuple]]:
             sorted(mirror.duckdb.execute(f"SELECT {items} FROM order_items").fetchall()))
 
 
-async def test_the_copy_equals_the_stored_facts_through_load_follow_and_erasure(database_url):
+def _state_is_the_fold_of_its_rows(mirror: FactMirror) -> None:
+    """product_state holds exactly the fold of the copy's rows up to its horizon (every row applied is folded
+    when FOLD_ROWS is 1)."""
+    connection = mirror.duckdb
+    horizon = connection.execute("SELECT horizon FROM copy_state").fetchone()[0]
+    # The reference fold, from scratch, of the rows the state should hold (private SQL of the module under test).
+    every_row = product_state._folded(product_state._rows(f"e.occurred_us <= {horizon}"))
+    want = connection.execute(f"SELECT * FROM ({every_row}) ORDER BY product_id").fetchall()
+    assert connection.execute("SELECT * FROM product_state ORDER BY product_id").fetchall() == want
+
+
+@pytest.mark.parametrize("fold_rows", [product_state.FOLD_ROWS, 1])
+async def test_the_copy_equals_the_stored_facts_through_load_follow_and_erasure(database_url, fold_rows, monkeypatch):
+    monkeypatch.setattr(product_state, "FOLD_ROWS", fold_rows)
     database = Database(database_url, metadata=metadata, migrations=MIGRATIONS)
     await database.start()
     mirror = FactMirror(database)
@@ -74,6 +89,16 @@ async def test_the_copy_equals_the_stored_facts_through_load_follow_and_erasure(
         assert not any("u-1-0" in row for row in copied[0])
         assert len(copied[1]) == 4  # the order's lines replaced, not doubled
         assert await mirror.refresh() == 0
+        if fold_rows == 1:
+            # Events a month later move the horizon past the others: the state then holds them all, the erased
+            # person's rewritten rows included.
+            async with database.begin() as connection:
+                await store_facts(connection, facts([view("u-3-0", T + timedelta(days=30), "p-9", name="later")]))
+            assert await mirror.refresh() == 1
+            assert mirror.duckdb.execute("SELECT horizon FROM copy_state").fetchone()[0] > 0
+            _state_is_the_fold_of_its_rows(mirror)
+            # p-0 .. p-5 (the later p-9 is past the horizon, a day before it: read beside the state).
+            assert mirror.duckdb.execute("SELECT count(*) FROM product_state").fetchone()[0] == len(AWKWARD)
     finally:
         await mirror.stop()
         await database.close()

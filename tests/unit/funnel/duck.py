@@ -2,21 +2,70 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Collection, Sequence
+from dataclasses import replace
 
 import duckdb
+from hypothesis import strategies as st
 
 from services.funnel.adapters.facts import fact_rows
-from services.funnel.adapters.mirror import EVENTS_SCHEMA, ITEMS_SCHEMA, append, arrow_batch, create_tables
+from services.funnel.adapters.mirror import (
+    EVENTS_SCHEMA,
+    ITEMS_SCHEMA,
+    append,
+    arrow_batch,
+    create_tables,
+    fold_products,
+)
 from services.funnel.domain.facts import FunnelEvent
 
+ERASED = "erased:pseudonym"
 
-def duck_of(facts: Sequence[FunnelEvent]) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB database holding these facts (first arrival of an event_id, as the consumer keeps)."""
+
+def duck_of(facts: Sequence[FunnelEvent], *, cuts: Sequence[int] = (), folds: Collection[int] = (),
+            erase: str | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB database holding these facts (first arrival of an event_id, as the consumer keeps),
+    applied as the copy applies them: in batches split at ``cuts`` (positions in the facts, in their order),
+    ``product_state`` folded after the batches numbered in ``folds``; then, with ``erase``, that person's rows
+    rewritten under ``ERASED`` as an erasure does (deleted, appended again as a later batch, folded when
+    ``folds`` holds -1). Whatever the batches and folds, every answer must be the same."""
     first = list({fact.event_id: fact for fact in reversed(facts)}.values())
-    event_rows, item_rows = fact_rows(first)
     connection = duckdb.connect(":memory:")
     create_tables(connection)
-    append(connection, "events", arrow_batch(EVENTS_SCHEMA, event_rows))
-    append(connection, "order_items", arrow_batch(ITEMS_SCHEMA, item_rows))
+    bounds = sorted({0, len(first), *(cut % (len(first) + 1) for cut in cuts)})
+    applied = 0
+    for number, (low, high) in enumerate(itertools.pairwise(bounds)):
+        applied += high - low
+        _append(connection, first[low:high], applied)
+        if number in folds:
+            fold_products(connection, applied)
+    if erase is not None:
+        revised = [fact for fact in first if fact.person_key == erase]
+        for table in ("events", "order_events", "order_items"):
+            connection.execute(f"DELETE FROM {table} WHERE event_id IN (SELECT unnest(?))",
+                               [[fact.event_id for fact in revised]])
+        applied += len(revised) + 1
+        _append(connection, [replace(fact, person_key=ERASED) for fact in revised], applied)
+        if -1 in folds:
+            fold_products(connection, applied)
     return connection
+
+
+def erased(facts: Sequence[FunnelEvent], person_key: str | None) -> list[FunnelEvent]:
+    """The facts after an erasure of ``person_key`` (as ``duck_of(..., erase=person_key)`` holds them)."""
+    return [replace(fact, person_key=ERASED) if fact.person_key == person_key else fact for fact in facts]
+
+
+def _append(connection: duckdb.DuckDBPyConnection, facts: Sequence[FunnelEvent], applied: int) -> None:
+    event_rows, item_rows = fact_rows(facts)
+    append(connection, "events", arrow_batch(EVENTS_SCHEMA, event_rows), applied)
+    append(connection, "order_items", arrow_batch(ITEMS_SCHEMA, item_rows), applied)
+
+
+# How a test copy is applied: batch cuts, folds after some batches (-1: after the erasure), an erased person.
+applications = st.fixed_dictionaries({
+    "cuts": st.lists(st.integers(0, 100), max_size=4),
+    "folds": st.sets(st.integers(-1, 4), max_size=3),
+    "erase": st.sampled_from((None, None, "x0-ann", "x0-bob")),  # build(raw, 0)'s persons
+})

@@ -13,7 +13,7 @@ from services.funnel.domain.products import product_matrix
 from services.funnel.engine import matrix as engine
 from tests.integration.funnel.helpers import facts, order, view
 from tests.integration.funnel.test_property import FIRST_ERA, build, histories
-from tests.unit.funnel.duck import duck_of
+from tests.unit.funnel.duck import applications, duck_of, erased
 
 
 def whole_matrix(cursor, as_of):
@@ -32,13 +32,15 @@ def walk(cursor, as_of, limit):
 
 
 @settings(max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
-@given(raw=histories, limit=st.integers(1, 5), weeks_later=st.integers(0, 8))
-def test_equal_to_the_domain_on_random_histories_page_by_page(raw, limit, weeks_later):
-    known = facts(build(raw, 0))
+@given(raw=histories, limit=st.integers(1, 5), weeks_later=st.integers(0, 8), applied=applications)
+def test_equal_to_the_domain_on_random_histories_page_by_page(raw, limit, weeks_later, applied):
+    # The copy applied in random batches with product_state folded at random points, a person erased or not.
+    arrived = facts(build(raw, 0))
+    known = erased(arrived, applied["erase"])
     # From inside the busy weeks to weeks after them, where the 56 days looked back reach past the history.
     as_of = FIRST_ERA + timedelta(hours=raw["as_of_hours"], weeks=weeks_later)
     want = product_matrix(known, as_of)
-    with duck_of(known) as duck:
+    with duck_of(arrived, **applied) as duck:
         assert whole_matrix(duck.cursor(), as_of) == want
         pages = walk(duck.cursor(), as_of, limit)
     assert [entry for page in pages for entry in page] == want

@@ -13,7 +13,7 @@ from services.funnel.domain.products import product_metrics
 from services.funnel.engine import products as engine
 from tests.integration.funnel.helpers import facts, order, refund, review, view
 from tests.integration.funnel.test_property import FIRST_ERA, ZONE, build, histories
-from tests.unit.funnel.duck import duck_of
+from tests.unit.funnel.duck import applications, duck_of, erased
 
 
 def span_of(raw: dict) -> tuple[datetime, datetime, datetime]:
@@ -43,12 +43,14 @@ def walk(cursor, start, end, as_of, limit):
 
 
 @settings(max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
-@given(raw=histories, limit=st.integers(1, 5))
-def test_equal_to_the_domain_on_random_histories_page_by_page(raw, limit):
-    known = facts(build(raw, 0))
+@given(raw=histories, limit=st.integers(1, 5), applied=applications)
+def test_equal_to_the_domain_on_random_histories_page_by_page(raw, limit, applied):
+    # The copy applied in random batches with product_state folded at random points, a person erased or not.
+    arrived = facts(build(raw, 0))
+    known = erased(arrived, applied["erase"])
     start, end, as_of = span_of(raw)
     want = product_metrics(known, start, end, as_of)
-    with duck_of(known) as duck:
+    with duck_of(arrived, **applied) as duck:
         assert all_products(duck.cursor(), start, end, as_of) == want
         pages = walk(duck.cursor(), start, end, as_of, limit)
         # A range inside days, with as_of inside it: late events are not yet known.
