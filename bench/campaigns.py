@@ -134,7 +134,7 @@ async def delivery(members: int, bootstrap: str) -> tuple[str, str, str, str]:
                     await asyncio.sleep(0.1)
             now = datetime.now(UTC)
             await _seed(service.database, segment_members, ("segment_id", "person_key", "entered_us"),
-                        [("rfm:champion", f"m-{n}", epoch_micros(now)) for n in range(members)])
+                        [("rfm:champion", f"m-{n}", epoch_micros(now - timedelta(hours=1))) for n in range(members)])
             created = (await client.post("/v1/campaigns", headers=WRITE, json={
                 "name": "bench", "audience": {"kind": "segment_scheduled", "segment_id": "rfm:champion",
                                               "send_at": format_timestamp(now - timedelta(seconds=1))},
@@ -151,6 +151,8 @@ async def delivery(members: int, bootstrap: str) -> tuple[str, str, str, str]:
                                                      .where(touches.c.status == "delivered"))).scalar_one()
                 if treated and done >= treated:
                     break
+                if time.perf_counter() - started > 600:
+                    raise RuntimeError(f"after 600 s: {treated} touches, {done} delivered")
                 await asyncio.sleep(0.2)
             elapsed = time.perf_counter() - started
             async with service.database.read() as connection:
