@@ -93,3 +93,30 @@ async def test_an_erasure_waits_for_the_persons_earlier_events(common_settings, 
     else:
         # The race the setting closes: the earlier event stored the erased key again.
         assert stored == [person.person_key]
+
+
+async def test_an_erasure_goes_ahead_after_the_bounded_wait_and_says_so(common_settings, database: Database, caplog):
+    kafka = common_settings.kafka
+    await ensure_topics(kafka, [EVENTS_TOPIC, PRIVACY_TOPIC])
+    publisher = Publisher(kafka, client_id="settle-test")
+    await publisher.start()
+    handlers = Handlers()
+    # The events group never runs: the erasure must not wait for it forever.
+    privacy = ConsumerRuntime(
+        Subscription(group=PRIVACY_GROUP, topics=[PRIVACY_TOPIC], handle=handlers.erase,
+                     decode=ErasureRequest.from_json, event_id=lambda request: request.request_id,
+                     erases_from=("persons",), settles_first={EVENTS_GROUP: [EVENTS_TOPIC]}, settle_seconds=0.5),
+        kafka=kafka, database=database, publisher=publisher, metrics=Metrics("t"))
+    try:
+        person = Event(event_id="e-1", type="view", user_id="han-mei", occurred_at=datetime(2026, 5, 1, tzinfo=UTC),
+                       product={"product_id": "sku"})
+        await publisher.publish(EVENTS_TOPIC, person.person_key.encode(), person.to_json())
+        await publish_erasure(publisher, ErasureRequest.new(person.person_key, datetime.now(UTC)))
+        with caplog.at_level("WARNING", logger="libs.common.kafka"):
+            await privacy.start()
+            await eventually(handlers.erased.is_set, what="the erasure applied after the wait")
+        assert not privacy.status.settling
+        assert any(record.getMessage() == "applying before other groups caught up" for record in caplog.records)
+    finally:
+        await privacy.stop()
+        await publisher.stop()

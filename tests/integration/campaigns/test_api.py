@@ -140,6 +140,9 @@ async def test_spend_is_replaced_on_resend_and_listed_by_day(campaigns: Campaign
         if cursor is None:
             break
     assert walked == both["items"]
+    forged = await campaigns.client.get("/v1/spend", headers=READ,
+                                        params={"from": "2026-05-01", "to": "2026-05-03", "cursor": "not-a-cursor"})
+    assert forged.status_code == 400 and forged.json()["code"] == "invalid_cursor", forged.text
     bad = await campaigns.client.post("/v1/spend", headers=WRITE, json={"source": "douyin", "day": "May 1",
                                                                         "amount": 1})
     assert bad.status_code == 422 and "day" in bad.json()["detail"]
