@@ -167,25 +167,23 @@ def _refresh(connection: Connection, persons: Collection[str], new_in: str | Non
     for batch in chunks(persons):
         fresh = {(row.campaign_id, row.person_key): share_of(row)
                  for row in connection.execute(*person_shares(dialect, campaign_id=new_in, persons=batch))}
-        stored = {} if new_in is not None else {
+        # An assignment is never deleted (erasure renames it and its share alike), so a stored share has a fresh
+        # one: only the persons with an assignment are looked up (most order batches are mostly of others).
+        assigned = sorted({person_key for _, person_key in fresh})
+        stored = {} if new_in is not None or not assigned else {
             (row.campaign_id, row.person_key): _stored_share(row)
-            for row in connection.execute(select(report_persons).where(p.person_key.in_(batch)))}
+            for row in connection.execute(select(report_persons).where(p.person_key.in_(assigned)))}
         changed = []
-        for key in fresh.keys() | stored.keys():
-            new, old = fresh.get(key), stored.get(key)
+        for key, new in fresh.items():
+            old = stored.get(key)
             if new == old:
                 continue
             campaign_id, person_key = key
             if old is not None:
                 add_share(moved[(campaign_id, old.variant)], old, -1)
-            if new is not None:
-                add_share(moved[(campaign_id, new.variant)], new)
-                horizons[(campaign_id, new.variant)] = max(horizons[(campaign_id, new.variant)], new.horizon_us)
-                changed.append(_person_row(campaign_id, person_key, new))
-            else:
-                # The assignment is gone (a campaign deleted with its rows); its share leaves the arm.
-                connection.execute(delete(report_persons).where(p.campaign_id == campaign_id,
-                                                                p.person_key == person_key))
+            add_share(moved[(campaign_id, new.variant)], new)
+            horizons[(campaign_id, new.variant)] = max(horizons[(campaign_id, new.variant)], new.horizon_us)
+            changed.append(_person_row(campaign_id, person_key, new))
         if changed:
             connection.execute(upsert, _PERSON_ROWS.params(dialect, changed))
     if moved:
