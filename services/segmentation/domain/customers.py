@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
+from typing import TypeVar
 
 from services.segmentation.domain.rfm import RfmFigures
 
@@ -13,6 +14,8 @@ LOOKBACK = timedelta(days=365)
 REPEAT_WINDOW = timedelta(days=90)
 LOYALTY_MILESTONE_ORDERS = 3
 _DAY = timedelta(days=1)
+# A rule written once for its two forms: datetimes/Decimals (the reference) and integers (FiguresAt).
+_Ordered = TypeVar("_Ordered", int, timedelta, Decimal)
 
 
 class OrderStatus(StrEnum):
@@ -131,25 +134,38 @@ def lifecycle_stage(
     orders: int, last_order_at: datetime | None, as_of: datetime, thresholds: LifecycleThresholds
 ) -> LifecycleStage:
     """Lifecycle stage from the completed orders up to as_of (SPEC.md Customers, lifecycle)."""
-    if orders == 0 or last_order_at is None:
+    if last_order_at is None:
         return LifecycleStage.PROSPECT
-    since_last = as_of - last_order_at
-    if orders == 1 and since_last <= timedelta(days=thresholds.new_days):
+    return stage_by_recency(orders, as_of - last_order_at, timedelta(days=thresholds.new_days),
+                            timedelta(days=thresholds.active_days), timedelta(days=thresholds.dormant_days))
+
+
+def stage_by_recency(orders: int, since_last: _Ordered, new: _Ordered, active: _Ordered,
+                     dormant: _Ordered) -> LifecycleStage:
+    """The lifecycle rule on any one unit of time (timedeltas here, epoch microseconds in ``FiguresAt``)."""
+    if orders == 0:
+        return LifecycleStage.PROSPECT
+    if orders == 1 and since_last <= new:
         return LifecycleStage.NEW
-    if since_last <= timedelta(days=thresholds.active_days):
+    if since_last <= active:
         return LifecycleStage.ACTIVE
-    if since_last <= timedelta(days=thresholds.dormant_days):
+    if since_last <= dormant:
         return LifecycleStage.DORMANT
     return LifecycleStage.CHURNED
 
 
 def membership_tier(lookback_gmv: Decimal, thresholds: TierThresholds) -> MembershipTier | None:
     """Membership tier from the gmv in the 365-day lookback (SPEC.md Customers, membership tier)."""
-    if lookback_gmv >= thresholds.diamond:
+    return tier_by_gmv(lookback_gmv, thresholds.silver, thresholds.gold, thresholds.diamond)
+
+
+def tier_by_gmv(gmv: _Ordered, silver: _Ordered, gold: _Ordered, diamond: _Ordered) -> MembershipTier | None:
+    """The tier rule on any one unit of money (Decimal here, whole cents in ``FiguresAt``)."""
+    if gmv >= diamond:
         return MembershipTier.DIAMOND
-    if lookback_gmv >= thresholds.gold:
+    if gmv >= gold:
         return MembershipTier.GOLD
-    if lookback_gmv > thresholds.silver:
+    if gmv > silver:
         return MembershipTier.SILVER
     return None
 
@@ -237,25 +253,13 @@ class FiguresAt:
                 self._diamond_cents)
 
     def lifecycle(self, orders: int, last_order_us: int | None) -> LifecycleStage:
-        if orders == 0 or last_order_us is None:
+        if last_order_us is None:
             return LifecycleStage.PROSPECT
-        since_last = self.as_of_us - last_order_us
-        if orders == 1 and since_last <= self._new_us:
-            return LifecycleStage.NEW
-        if since_last <= self._active_us:
-            return LifecycleStage.ACTIVE
-        if since_last <= self._dormant_us:
-            return LifecycleStage.DORMANT
-        return LifecycleStage.CHURNED
+        return stage_by_recency(orders, self.as_of_us - last_order_us, self._new_us, self._active_us,
+                                self._dormant_us)
 
     def tier(self, lookback_gmv_cents: int) -> MembershipTier | None:
-        if lookback_gmv_cents >= self._diamond_cents:
-            return MembershipTier.DIAMOND
-        if lookback_gmv_cents >= self._gold_cents:
-            return MembershipTier.GOLD
-        if lookback_gmv_cents > self._silver_cents:
-            return MembershipTier.SILVER
-        return None
+        return tier_by_gmv(lookback_gmv_cents, self._silver_cents, self._gold_cents, self._diamond_cents)
 
     def recency_days(self, last_order_us: int) -> int:
         return (self.as_of_us - last_order_us) // _DAY_US
