@@ -35,7 +35,7 @@ from services.campaigns.adapters.tables import (
     order_events,
     touches,
 )
-from services.campaigns.domain.attribution import ArmTotals
+from services.campaigns.domain.attribution import ArmTotals, arm_sums
 
 _DAY_US = 86_400_000_000
 
@@ -70,8 +70,8 @@ def arm_totals_of(sums: dict[str, int]) -> ArmTotals:
 
 
 def empty_sums() -> dict[str, int]:
-    return {"assigned": 0, "touched": 0, "conversions": 0, "revenue": 0, "revenue_sq": 0, "refunds": 0,
-            "redemptions": 0, "discount_cost": 0}
+    """The domain's arm sums at zero, in integers (cents; revenue_sq in cents squared)."""
+    return {name: 0 for name in arm_sums()}
 
 
 def add_share(sums: dict[str, int], share: PersonShare, sign: int = 1) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from decimal import Decimal, localcontext
 from fractions import Fraction
+from typing import Any
 
 from services.campaigns.domain import statistics
 from services.campaigns.domain.assignment import HOLDOUT, Variant, arms
@@ -128,28 +129,9 @@ class CampaignReport:
     srm_chi2: float | None = field(default=None)
 
 
-@dataclass(slots=True)
-class _ArmSums:
-    assigned: int = 0
-    touched: int = 0
-    conversions: int = 0
-    revenue: Decimal = ZERO
-    revenue_sq: Decimal = ZERO
-    refunds: Decimal = ZERO
-    redemptions: int = 0
-    discount_cost: Decimal = ZERO
-
-    def frozen(self) -> ArmTotals:
-        return ArmTotals(
-            self.assigned,
-            self.touched,
-            self.conversions,
-            self.revenue,
-            self.revenue_sq,
-            self.refunds,
-            self.redemptions,
-            self.discount_cost,
-        )
+def arm_sums() -> dict[str, Any]:
+    """ArmTotals' fields at their zero, to add to (the report's accumulators; ``ArmTotals(**sums)`` freezes them)."""
+    return {f.name: f.default for f in fields(ArmTotals)}
 
 
 def _decimal(value: Fraction) -> Decimal:
@@ -249,10 +231,10 @@ def _arm_totals(
     window = timedelta(days=campaign.window_days)
 
     names = [name for name, _ in arms(campaign.holdout_bp, campaign.variants)]
-    sums: dict[str, _ArmSums] = {name: _ArmSums() for name in names}
+    sums: dict[str, dict[str, Any]] = {name: arm_sums() for name in names}
     for assignment in included.values():
-        arm = sums.setdefault(assignment.arm, _ArmSums())
-        arm.assigned += 1
+        arm = sums.setdefault(assignment.arm, arm_sums())
+        arm["assigned"] += 1
         end = assignment.assigned_at + window
         attributed = [
             event
@@ -262,14 +244,14 @@ def _arm_totals(
         if not attributed:
             continue
         person_revenue = sum((event.total for event in attributed), ZERO)
-        arm.conversions += 1
-        arm.revenue += person_revenue
-        arm.revenue_sq += person_revenue * person_revenue
-        arm.refunds += sum((refunded.get(event.order_id, ZERO) for event in attributed), ZERO)
+        arm["conversions"] += 1
+        arm["revenue"] += person_revenue
+        arm["revenue_sq"] += person_revenue * person_revenue
+        arm["refunds"] += sum((refunded.get(event.order_id, ZERO) for event in attributed), ZERO)
 
     for touch in touches:
         if touch.status == DELIVERED and touch.delivered_at is not None and touch.delivered_at <= as_of:
-            sums.setdefault(touch.arm, _ArmSums()).touched += 1
+            sums.setdefault(touch.arm, arm_sums())["touched"] += 1
 
     for code, (code_person, limit) in coupons.items():
         assignment = included.get(code_person)
@@ -288,11 +270,11 @@ def _arm_totals(
             if event.coupon_code == code
         ]
         redeemed = redemptions(carrying, limit)
-        arm = sums.setdefault(assignment.arm, _ArmSums())
-        arm.redemptions += len(redeemed)
-        arm.discount_cost += sum((order.discount for order in redeemed), ZERO)
+        arm = sums.setdefault(assignment.arm, arm_sums())
+        arm["redemptions"] += len(redeemed)
+        arm["discount_cost"] += sum((order.discount for order in redeemed), ZERO)
 
-    return {name: arm.frozen() for name, arm in sums.items()}
+    return {name: ArmTotals(**arm) for name, arm in sums.items()}
 
 
 def arm_figures(totals: ArmTotals, per_touch_cost: Decimal) -> ArmFigures:
