@@ -383,28 +383,6 @@ class ConsumerStatus:
     settling: bool = False
 
 
-def _leave_group_on_stop(consumer: AIOKafkaConsumer) -> None:
-    """Make ``consumer.stop()`` leave its group whatever its generation.
-
-    aiokafka sends LeaveGroup on stop only when the member's generation is > 0, as Apache Kafka numbers them from 1;
-    tansu (the embedded broker) numbers a group's first generation 0. Without the leave, the group keeps the stopped
-    member until its session times out, and a restarted process waits for that and a second rebalance (12 s instead
-    of 4 s to ready, docs/funnel.md "Restart"). The generation is raised only inside the coordinator's close, after
-    its heartbeat and coordination tasks have ended, where nothing else reads it: LeaveGroup names the member, not
-    the generation."""
-    coordinator = consumer._coordinator  # private, aiokafka pinned in requirements.lock
-    if coordinator is None:
-        return
-    leave = coordinator._maybe_leave_group
-
-    async def leave_even_first_generation() -> None:
-        if coordinator.generation == 0:
-            coordinator.generation = 1
-        await leave()
-
-    coordinator._maybe_leave_group = leave_even_first_generation
-
-
 class _FinishBatchBeforeRevoke(ConsumerRebalanceListener):
     def __init__(self, runtime: ConsumerRuntime) -> None:
         self.runtime = runtime
@@ -489,7 +467,6 @@ class ConsumerRuntime:
         )
         self._consumer.subscribe(list(self.subscription.topics), listener=_FinishBatchBeforeRevoke(self))
         await self._consumer.start()
-        _leave_group_on_stop(self._consumer)
         self._task = asyncio.create_task(self._run(), name=f"consumer-{group}")
 
     async def stop(self) -> None:

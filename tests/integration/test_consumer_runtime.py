@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CommitFailedError, KafkaConnectionError, RequestTimedOutError
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, select, text
 from sqlalchemy.exc import OperationalError
@@ -195,27 +194,6 @@ async def test_graceful_stop_commits_the_batch_in_hand(harness):
     await harness.wait_applied({**{f"g-{i}": 1 for i in range(10)}, "g-new": 1})
     assert consumed(second, "shoploop_duplicate_events_total") == 0  # nothing re-read: offsets were committed
 
-
-async def test_a_stopped_consumer_leaves_its_group_at_once(harness):
-    """A restarted process joins without waiting a session timeout for its predecessor (the embedded broker numbers
-    a group's first generation 0, where aiokafka alone would not send LeaveGroup)."""
-    await harness.send(event("l-1"))
-    runtime = await harness.start()
-    await harness.wait_applied({"l-1": 1})
-    assert len(await group_members(harness.kafka)) == 1
-    await runtime.stop()
-    assert await group_members(harness.kafka) == []
-
-
-async def group_members(kafka) -> list[Any]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
-    await admin.start()
-    try:
-        (described,) = await admin.describe_consumer_groups([GROUP])
-        (group,) = described.groups
-        return list(group[-1])  # (error_code, group, state, protocol_type, protocol, members)
-    finally:
-        await admin.close()
 
 
 async def test_offset_commit_survives_broker_blips_and_lost_rebalances(harness):
