@@ -41,7 +41,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from libs.common.broker import EmbeddedBroker, free_port
+from libs.common.broker import EmbeddedBroker, client_env, free_port
 from libs.common.events import Event
 from libs.common.kafka import ALL_TOPICS, EVENTS_TOPIC, Publisher, ensure_topics
 from libs.common.settings import KafkaSettings
@@ -140,7 +140,7 @@ async def kafka_broker(log_path: Path) -> AsyncIterator[KafkaSettings]:
     broker.start()
     try:
         await broker.wait_ready()
-        kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers)
+        kafka = broker.kafka_settings()
         await ensure_topics(kafka, ALL_TOPICS)
         yield kafka
     finally:
@@ -207,8 +207,7 @@ class Process:
         Call ``wait_ready`` next, and ``stop`` in any case."""
         prefix = f"SHOPLOOP_{name.upper()}__"
         port = free_port()
-        env = {"SHOPLOOP_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "SHOPLOOP_LOG_LEVEL": "WARNING",
-               f"{prefix}PORT": str(port)}
+        env = client_env(kafka) | {"SHOPLOOP_LOG_LEVEL": "WARNING", f"{prefix}PORT": str(port)}
         if database_url is not None:
             env[f"{prefix}DATABASE_URL"] = database_url
         env |= {f"{prefix}{key.upper()}": value for key, value in settings.items()}

@@ -31,6 +31,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from libs.common.broker import (
     EmbeddedBroker,
+    client_env,
     free_port,
     machine_memory_bytes,
     resident_bytes,
@@ -91,6 +92,8 @@ def _service_env(name: str, port: int, bootstrap: str, data_dir: Path, control_d
     env[f"{prefix}PORT"] = str(port)
     env["SHOPLOOP_KAFKA__BOOTSTRAP_SERVERS"] = bootstrap
     env["SHOPLOOP_CONTROL_DIR"] = str(control_dir)
+    if broker is not None:  # tansu's consumer sessions, unless set
+        env = client_env(broker.kafka_settings()) | env
     if broker is not None and broker.process is not None:
         env["SHOPLOOP_EMBEDDED_BROKER_PID"] = str(broker.process.pid)
     env.setdefault("SHOPLOOP_API_KEYS", DEV_API_KEYS)

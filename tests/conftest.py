@@ -14,7 +14,7 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 
 from libs.common.broker import EmbeddedBroker
-from libs.common.settings import CommonSettings, KafkaSettings
+from libs.common.settings import CommonSettings
 
 # Hypothesis's per-example deadline measures the machine, not the behaviour: on two shared cores a slow
 # example is not a failure (the brief's speed targets are measured by bench/, not by tests).
@@ -55,8 +55,7 @@ def broker(tmp_path) -> Iterator[EmbeddedBroker]:
 
 @pytest.fixture
 def common_settings(broker: EmbeddedBroker) -> CommonSettings:
-    kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, topic_partitions=4,
-                          session_timeout_ms=3000, heartbeat_interval_ms=300)
+    kafka = broker.kafka_settings(topic_partitions=4)
     return CommonSettings(env="local", kafka=kafka)
 
 

@@ -16,6 +16,7 @@ import traceback
 
 import orjson
 
+from libs.common.broker import SESSION_TIMEOUT_MS
 from libs.common.settings import CommonSettings, KafkaSettings
 from services.funnel.bootstrap import create_funnel_app
 from services.funnel.settings import FunnelSettings
@@ -34,8 +35,10 @@ APPS = {
 
 async def start_once(service: str, database_url: str, bootstrap_servers: str) -> dict:
     settings_class, create_app = APPS[service]
-    kafka = KafkaSettings(bootstrap_servers=bootstrap_servers, topic_partitions=4, session_timeout_ms=1000,
-                          heartbeat_interval_ms=100)
+    # The embedded broker's sessions, as everywhere else: with 15 processes starting on two cores, a shorter one
+    # lets a member that missed a beat under load be evicted and the group rebalance again and again.
+    kafka = KafkaSettings(bootstrap_servers=bootstrap_servers, topic_partitions=4, session_timeout_ms=SESSION_TIMEOUT_MS,
+                          heartbeat_interval_ms=SESSION_TIMEOUT_MS // 10)
     started = time.monotonic()
     try:
         settings = settings_class(database_url=database_url, common=CommonSettings(kafka=kafka))
