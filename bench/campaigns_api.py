@@ -5,8 +5,9 @@ Seeded with bulk SQL: one campaign with N assignments (a fifth in the holdout) a
 N spend entries and 100 campaigns; then sequential calls of: a page of 1,000 touches, of 1,000 assignments, of
 100 campaigns, of 1,000 spend entries, and the report (running totals). Not a test; prints a markdown table.
 
-Run: ``python bench/campaigns_api.py`` (``--size``, ``--calls``). To compare with another revision, run a copy of
-this file placed in that revision's tree (``git archive REV | tar -x -C /tmp/rev``): it imports the tree it is in.
+Run: ``python bench/campaigns_api.py`` (``--size``, ``--calls``). To compare with another revision, copy this file
+and bench/campaigns.py (its timing and seeding helpers) into that revision's tree (``git archive REV | tar -x -C
+/tmp/rev``) and run the copy there: it imports the tree it is in.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import logging
 import statistics
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,7 +26,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from libs.common.db import BulkRows  # noqa: E402
+from bench import campaigns as campaigns_bench  # noqa: E402
 from libs.common.events import epoch_micros  # noqa: E402
 from libs.common.settings import CommonSettings, KafkaSettings  # noqa: E402
 from services.campaigns.adapters import report_state  # noqa: E402
@@ -34,34 +34,14 @@ from services.campaigns.adapters.tables import assignments, campaigns, spend, to
 from services.campaigns.bootstrap import create_campaigns_app  # noqa: E402
 from services.campaigns.settings import CampaignsSettings  # noqa: E402
 
-READ = {"Authorization": "Bearer dev-read-key"}
-WRITE = {"Authorization": "Bearer dev-campaigns-key"}
+WRITE = campaigns_bench.WRITE
 CAMPAIGN = {"name": "bench api", "audience": {"kind": "segment_entered", "segment_id": "rfm:champion"},
             "offer": {"kind": "coupon", "percent_off": 10}, "variants": [{"name": "a", "split_bp": 8000}],
             "holdout_bp": 2000, "webhook_url": "http://127.0.0.1:9/hook"}
 
 
-async def _seed(database, table, rows: list[dict]) -> None:
-    bulk = BulkRows(table, tuple(rows[0]))
-    async with database.begin() as connection:
-        dialect = connection.dialect.name
-        for start in range(0, len(rows), 5000):
-            chunk = [tuple(row.values()) for row in rows[start:start + 5000]]
-            await connection.execute(bulk.insert(dialect), bulk.params(dialect, chunk))
-
-
-async def _timed(client: httpx.AsyncClient, path: str, calls: int, **params: str) -> list[float]:
-    timings = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        response = await client.get(path, params=params, headers=READ)
-        timings.append(time.perf_counter() - started)
-        assert response.status_code == 200, response.text
-    return timings
-
-
-def _p95(timings: list[float]) -> float:
-    return sorted(timings)[max(0, round(0.95 * len(timings)) - 1)]
+async def _seed_rows(database, table, rows: list[dict]) -> None:
+    await campaigns_bench.seed(database, table, tuple(rows[0]), [tuple(row.values()) for row in rows])
 
 
 async def run(size: int, calls: int) -> list[tuple[str, str, str]]:
@@ -74,33 +54,34 @@ async def run(size: int, calls: int) -> list[tuple[str, str, str]]:
                 transport=httpx.ASGITransport(app=app), base_url="http://campaigns", timeout=60) as client:
             campaign_id = (await client.post("/v1/campaigns", headers=WRITE, json=CAMPAIGN)).json()["campaign_id"]
             base = epoch_micros(datetime.now(UTC) - timedelta(days=3))
-            await _seed(database, assignments, [
+            await _seed_rows(database, assignments, [
                 {"campaign_id": campaign_id, "person_key": f"p-{n}", "variant": "holdout" if n % 5 == 0 else "a",
                  "assigned_us": base + n} for n in range(size)])
-            await _seed(database, touches, [
+            await _seed_rows(database, touches, [
                 {"touch_id": f"msg_{n:08d}", "campaign_id": campaign_id, "person_key": f"p-{n}", "variant": "a",
                  "coupon_code": f"CODE{n:012d}", "status": "delivered", "created_us": base + n,
                  "delivered_us": base + n + 1000, "attempts": 1, "next_attempt_us": None, "last_error": None}
                 for n in range(size) if n % 5])
-            await _seed(database, spend, [
+            await _seed_rows(database, spend, [
                 {"source": f"source-{n % 50}", "day": (datetime(2026, 1, 1) + timedelta(days=n // 50)).date()
                  .isoformat(), "amount_cents": 1234 + n, "updated_us": base} for n in range(size)])
-            await _seed(database, campaigns, [
+            await _seed_rows(database, campaigns, [
                 {**{column.name: None for column in campaigns.columns}, **_stored_campaign(campaign_id, n, base)}
                 for n in range(100)])
             async with database.begin() as connection:
                 await connection.run_sync(report_state.rebuild)
             last_day = (datetime(2026, 1, 1) + timedelta(days=size // 50 + 1)).date().isoformat()
             prefix = f"/v1/campaigns/{campaign_id}"
+            timed = campaigns_bench.timed_gets
             measured = {
-                "touches, a page of 1,000": await _timed(client, f"{prefix}/touches", calls, limit="1000"),
-                "assignments, a page of 1,000": await _timed(client, f"{prefix}/assignments", calls, limit="1000"),
-                "campaigns, a page of 100": await _timed(client, "/v1/campaigns", calls, limit="100"),
-                "spend, a page of 1,000": await _timed(client, "/v1/spend", calls, limit="1000",
-                                                        **{"from": "2026-01-01", "to": last_day}),
-                "report (running totals)": await _timed(client, f"{prefix}/report", calls),
+                "touches, a page of 1,000": await timed(client, f"{prefix}/touches", calls, limit="1000"),
+                "assignments, a page of 1,000": await timed(client, f"{prefix}/assignments", calls, limit="1000"),
+                "campaigns, a page of 100": await timed(client, "/v1/campaigns", calls, limit="100"),
+                "spend, a page of 1,000": await timed(client, "/v1/spend", calls, limit="1000",
+                                                      **{"from": "2026-01-01", "to": last_day}),
+                "report (running totals)": await timed(client, f"{prefix}/report", calls),
             }
-    return [(route, f"{statistics.median(t) * 1000:,.1f} ms", f"{_p95(t) * 1000:,.1f} ms")
+    return [(route, f"{statistics.median(t) * 1000:,.1f} ms", f"{campaigns_bench.p95(t) * 1000:,.1f} ms")
             for route, t in measured.items()]
 
 

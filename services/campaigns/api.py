@@ -9,22 +9,8 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from libs.common.auth import requires
 from libs.common.http import decode_cursor, parse_as_of, parse_span
-from services.campaigns import operations
+from services.campaigns import operations, schemas
 from services.campaigns.runtime import CampaignsService
-from services.campaigns.schemas import (
-    AssignmentPage,
-    CampaignCreate,
-    CampaignPage,
-    CampaignPublic,
-    CampaignUpdate,
-    CouponAnswer,
-    CouponCheck,
-    ReportPublic,
-    SpendIn,
-    SpendList,
-    SpendPublic,
-    TouchPage,
-)
 
 # Every route's scope in one place (SPEC.md "API surface": writes `campaigns`, reads `read`, coupon validation
 # `ingest` or `campaigns`, the storefront's key), so a change to how keys are checked adapts here.
@@ -57,92 +43,95 @@ def _service(request: Request) -> CampaignsService:
     return request.app.state.service
 
 
-@router.post("/v1/campaigns", status_code=201, response_model=CampaignPublic,
+@router.post("/v1/campaigns", status_code=201, response_model=schemas.CampaignPublic,
              summary="Create a draft campaign; its webhook_secret is shown this once")
-async def create_campaign(request: Request, body: CampaignCreate, _key: WriteKey) -> CampaignPublic:
+async def create_campaign(request: Request, body: schemas.CampaignCreate, _key: WriteKey) -> schemas.CampaignPublic:
     return await operations.create_campaign(_service(request), body)
 
 
-@router.get("/v1/campaigns", response_model=CampaignPage, summary="Campaigns, newest first")
+@router.get("/v1/campaigns", response_model=schemas.CampaignPage, summary="Campaigns, newest first")
 async def get_campaigns(request: Request, _key: ReadKey, limit: Limit = 100, cursor: Cursor = None,
                         status: Annotated[str | None, Query(pattern="^(draft|active|paused|completed)$")] = None,
-                        ) -> CampaignPage:
+                        ) -> schemas.CampaignPage:
     return await operations.campaign_page(_service(request), decode_cursor(cursor, 2), limit, status)
 
 
-@router.get("/v1/campaigns/{campaign_id}", response_model=CampaignPublic, summary="One campaign")
-async def get_campaign(request: Request, campaign_id: str, _key: ReadKey) -> CampaignPublic:
+@router.get("/v1/campaigns/{campaign_id}", response_model=schemas.CampaignPublic, summary="One campaign")
+async def get_campaign(request: Request, campaign_id: str, _key: ReadKey) -> schemas.CampaignPublic:
     return await operations.one_campaign(_service(request), campaign_id)
 
 
-@router.patch("/v1/campaigns/{campaign_id}", response_model=CampaignPublic,
+@router.patch("/v1/campaigns/{campaign_id}", response_model=schemas.CampaignPublic,
               summary="Change a campaign (audience, offer, variants, holdout, window and cost only while a draft)")
-async def patch_campaign(request: Request, campaign_id: str, body: CampaignUpdate, _key: WriteKey) -> CampaignPublic:
+async def patch_campaign(request: Request, campaign_id: str, body: schemas.CampaignUpdate,
+                         _key: WriteKey) -> schemas.CampaignPublic:
     return await operations.change_campaign(_service(request), campaign_id, body)
 
 
-@router.post("/v1/campaigns/{campaign_id}/activate", response_model=CampaignPublic, dependencies=NO_BODY,
+@router.post("/v1/campaigns/{campaign_id}/activate", response_model=schemas.CampaignPublic, dependencies=NO_BODY,
              summary="Activate a draft, or resume a paused campaign")
-async def activate(request: Request, campaign_id: str, _key: ActionKey) -> CampaignPublic:
+async def activate(request: Request, campaign_id: str, _key: ActionKey) -> schemas.CampaignPublic:
     return await operations.act(_service(request), campaign_id, "activate")
 
 
-@router.post("/v1/campaigns/{campaign_id}/pause", response_model=CampaignPublic, dependencies=NO_BODY, summary="Pause: assigns nobody")
-async def pause(request: Request, campaign_id: str, _key: ActionKey) -> CampaignPublic:
+@router.post("/v1/campaigns/{campaign_id}/pause", response_model=schemas.CampaignPublic, dependencies=NO_BODY,
+             summary="Pause: assigns nobody")
+async def pause(request: Request, campaign_id: str, _key: ActionKey) -> schemas.CampaignPublic:
     return await operations.act(_service(request), campaign_id, "pause")
 
 
-@router.post("/v1/campaigns/{campaign_id}/complete", response_model=CampaignPublic, dependencies=NO_BODY, summary="Complete (final)")
-async def complete(request: Request, campaign_id: str, _key: ActionKey) -> CampaignPublic:
+@router.post("/v1/campaigns/{campaign_id}/complete", response_model=schemas.CampaignPublic, dependencies=NO_BODY,
+             summary="Complete (final)")
+async def complete(request: Request, campaign_id: str, _key: ActionKey) -> schemas.CampaignPublic:
     return await operations.act(_service(request), campaign_id, "complete")
 
 
-@router.post("/v1/campaigns/{campaign_id}/rotate-secret", response_model=CampaignPublic, dependencies=NO_BODY,
+@router.post("/v1/campaigns/{campaign_id}/rotate-secret", response_model=schemas.CampaignPublic, dependencies=NO_BODY,
              summary="A new webhook secret, shown this once; later attempts are signed with it")
-async def rotate_secret(request: Request, campaign_id: str, _key: ActionKey) -> CampaignPublic:
+async def rotate_secret(request: Request, campaign_id: str, _key: ActionKey) -> schemas.CampaignPublic:
     return await operations.rotate_secret(_service(request), campaign_id)
 
 
-@router.get("/v1/campaigns/{campaign_id}/report", response_model=ReportPublic,
+@router.get("/v1/campaigns/{campaign_id}/report", response_model=schemas.ReportPublic,
             summary="Per-arm figures by intent to treat, lift over the control")
-async def get_report(request: Request, campaign_id: str, _key: ReadKey, as_of: AsOf = None) -> ReportPublic:
+async def get_report(request: Request, campaign_id: str, _key: ReadKey, as_of: AsOf = None) -> schemas.ReportPublic:
     service = _service(request)
     return await operations.campaign_report(service, campaign_id, parse_as_of(as_of, service.clock()))
 
 
-@router.get("/v1/campaigns/{campaign_id}/assignments", response_model=AssignmentPage,
+@router.get("/v1/campaigns/{campaign_id}/assignments", response_model=schemas.AssignmentPage,
             summary="Who entered, in which arm, when, and what became of their touch")
 async def get_assignments(request: Request, campaign_id: str, _key: ReadKey, limit: Limit = 100,
-                          cursor: Cursor = None) -> AssignmentPage:
+                          cursor: Cursor = None) -> schemas.AssignmentPage:
     return await operations.assignment_page(_service(request), campaign_id, decode_cursor(cursor, 2), limit)
 
 
-@router.get("/v1/campaigns/{campaign_id}/touches", response_model=TouchPage, summary="The campaign's touches")
+@router.get("/v1/campaigns/{campaign_id}/touches", response_model=schemas.TouchPage, summary="The campaign's touches")
 async def get_touches(request: Request, campaign_id: str, _key: ReadKey, limit: Limit = 100, cursor: Cursor = None,
                       status: Annotated[str | None, Query(pattern="^(pending|delivered|failed|suppressed)$")] = None,
-                      ) -> TouchPage:
+                      ) -> schemas.TouchPage:
     after = decode_cursor(cursor, 1)
-    return await operations.touch_page(_service(request), campaign_id, None if after is None else after[0],  # type: ignore[arg-type]
-                                       limit, status)
+    after_id = None if after is None else str(after[0])
+    return await operations.touch_page(_service(request), campaign_id, after_id, limit, status)
 
 
-@router.post("/v1/coupons/validate", response_model=CouponAnswer,
+@router.post("/v1/coupons/validate", response_model=schemas.CouponAnswer,
              summary="At checkout: is this code valid for this person and cart total, and how much off")
-async def validate_code(request: Request, body: CouponCheck, _key: ValidateKey) -> CouponAnswer:
+async def validate_code(request: Request, body: schemas.CouponCheck, _key: ValidateKey) -> schemas.CouponAnswer:
     return await operations.check_coupon(_service(request), body)
 
 
-@router.post("/v1/spend", response_model=SpendPublic,
+@router.post("/v1/spend", response_model=schemas.SpendPublic,
              summary="Set the spend of a (source, day); sending it again replaces it")
-async def post_spend(request: Request, body: SpendIn, _key: WriteKey) -> SpendPublic:
+async def post_spend(request: Request, body: schemas.SpendIn, _key: WriteKey) -> schemas.SpendPublic:
     return await operations.record_spend(_service(request), body)
 
 
-@router.get("/v1/spend", response_model=SpendList,
+@router.get("/v1/spend", response_model=schemas.SpendList,
             summary="Spend per (source, day) with day in [from, to), by day then source; total over the whole range")
 async def get_spend(request: Request, _key: ReadKey, from_: Annotated[str, Query(alias="from", max_length=64)],
                     to: Annotated[str, Query(max_length=64)], limit: Limit = 100,
-                    cursor: Cursor = None) -> SpendList:
+                    cursor: Cursor = None) -> schemas.SpendList:
     service = _service(request)
     common = service.settings.common
     start, end = parse_span(from_, to, common.zone, common.max_range_days)
