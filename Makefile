@@ -41,6 +41,7 @@ bench: install
 	$(PY) bench/funnel.py
 	$(PY) bench/funnel_queries.py
 	$(PY) bench/campaigns.py
+	$(PY) bench/campaigns_api.py
 	$(PY) bench/gateway.py
 
 lint: install

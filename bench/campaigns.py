@@ -107,7 +107,7 @@ def _settings(database_url: str, bootstrap: str) -> CampaignsSettings:
                              scheduler=SchedulerSettings(poll_seconds=0.05, batch=2000))
 
 
-async def _seed(database: Any, table: Any, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+async def seed(database: Any, table: Any, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
     bulk = BulkRows(table, columns)
     async with database.begin() as connection:
         dialect = connection.dialect.name
@@ -133,7 +133,7 @@ async def delivery(members: int, bootstrap: str) -> tuple[str, str, str, str]:
                 except httpx.TransportError:
                     await asyncio.sleep(0.1)
             now = datetime.now(UTC)
-            await _seed(service.database, segment_members, ("segment_id", "person_key", "entered_us"),
+            await seed(service.database, segment_members, ("segment_id", "person_key", "entered_us"),
                         [("rfm:champion", f"m-{n}", epoch_micros(now - timedelta(hours=1))) for n in range(members)])
             created = (await client.post("/v1/campaigns", headers=WRITE, json={
                 "name": "bench", "audience": {"kind": "segment_scheduled", "segment_id": "rfm:champion",
@@ -167,7 +167,8 @@ async def delivery(members: int, bootstrap: str) -> tuple[str, str, str, str]:
             f"{elapsed:.1f} s from activation to the last delivery recorded; target >= 2,000/s")
 
 
-async def _timed_reports(client: httpx.AsyncClient, path: str, calls: int, **params: str) -> list[float]:
+async def timed_gets(client: httpx.AsyncClient, path: str, calls: int, **params: str) -> list[float]:
+    """Seconds each of ``calls`` sequential reads of ``path`` took (each must answer 200), sorted."""
     timings = []
     for _ in range(calls):
         started = time.perf_counter()
@@ -177,7 +178,7 @@ async def _timed_reports(client: httpx.AsyncClient, path: str, calls: int, **par
     return sorted(timings)
 
 
-def _p95(timings: list[float]) -> float:
+def p95(timings: list[float]) -> float:
     return timings[min(len(timings) - 1, int(0.95 * len(timings)))]
 
 
@@ -197,9 +198,9 @@ async def report(size: int, streamed: int, bootstrap: str, calls: int) -> list[t
             assigned_at = datetime.now(UTC) - timedelta(days=3)
             base = epoch_micros(assigned_at)
             seeded = size - streamed
-            await _seed(service.database, assignments, ("campaign_id", "person_key", "variant", "assigned_us"),
+            await seed(service.database, assignments, ("campaign_id", "person_key", "variant", "assigned_us"),
                         [(campaign_id, f"p-{n}", "holdout" if n % 5 == 0 else "a", base) for n in range(size)])
-            await _seed(service.database, counted_orders,
+            await seed(service.database, counted_orders,
                         ("order_id", "event_id", "person_key", "occurred_us", "total_cents"),
                         [(f"o-{n}", f"e-{n}", f"p-{n}", base + 3_600_000_000, 10_000 + n % 5000)
                          for n in range(seeded)])
@@ -221,17 +222,17 @@ async def report(size: int, streamed: int, bootstrap: str, calls: int) -> list[t
                     await record_orders(connection, events)
             consumed = time.perf_counter() - started
             path = f"/v1/campaigns/{campaign_id}/report"
-            now = await _timed_reports(client, path, calls)
-            earlier = await _timed_reports(client, path, max(3, calls // 10),
+            now = await timed_gets(client, path, calls)
+            earlier = await timed_gets(client, path, max(3, calls // 10),
                                            as_of=format_timestamp(assigned_at + timedelta(minutes=30)))
             body = (await client.get(path, headers=READ)).json()
             assert sum(arm["assigned"] for arm in body["variants"].values()) == size, body
             assert sum(arm["conversions"] for arm in body["variants"].values()) == size, body
     sizes = f"{size:,} assignments, {size:,} attributed orders"
     return [
-        ("b. report for now (PostgreSQL)", sizes, f"p95 {_p95(now) * 1000:,.1f} ms",
+        ("b. report for now (PostgreSQL)", sizes, f"p95 {p95(now) * 1000:,.1f} ms",
          f"p50 {statistics.median(now) * 1000:,.1f} ms over {calls} calls; target p95 < 200 ms at 1,000,000"),
-        ("b. report for an earlier as_of (PostgreSQL)", sizes, f"p95 {_p95(earlier) * 1000:,.0f} ms",
+        ("b. report for an earlier as_of (PostgreSQL)", sizes, f"p95 {p95(earlier) * 1000:,.0f} ms",
          f"p50 {statistics.median(earlier) * 1000:,.0f} ms over {len(earlier)} calls: before the orders, so computed from the stored rows"),
         ("c. running totals rebuilt (PostgreSQL)", f"{size:,} assignments, {seeded:,} orders",
          f"{rebuilt:,.1f} s", "what migration 2 does once over an existing database"),

@@ -90,6 +90,10 @@ _ERROR_SCHEMA = {
 # --- Values every route parses or renders the same way (SPEC.md "API surface") ---------------------------
 
 _CENT = Decimal("0.01")
+# The types of answer fields: money as a JSON number rendered by ``money``; a ratio unrounded, null when its
+# denominator is zero.
+Money = float
+Ratio = float | None
 
 
 def money(amount: Decimal | int | str | None) -> float | None:

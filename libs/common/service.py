@@ -11,12 +11,13 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import Gauge
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from libs.common.auth import ApiKeys, open_route
@@ -212,10 +213,44 @@ class Service:
         return ready, body
 
 
+class Liveness(BaseModel):
+    """The answer of ``/healthz``."""
+
+    status: Literal["ok", "failed"]
+    service: str
+    version: str
+    failed_consumers: list[str] | None = Field(default=None, description="failed: the consumer groups that died")
+
+
+class ConsumerState(BaseModel):
+    """One consumer group in ``/readyz``."""
+
+    topics: list[str]
+    assigned: list[str] = Field(description="the partitions it holds")
+    lag: int | None
+    last_event_occurred_at: str | None
+    last_processed_at: str | None
+    dead_lettered: int = Field(description="records sent to its dead-letter topic since the process started")
+    settling: bool = Field(description="an erasure waiting for the service's other groups")
+
+
+class Readiness(BaseModel):
+    """The answer of ``/readyz`` (200 when ready, 503 otherwise); a service may add its own fields."""
+
+    model_config = ConfigDict(extra="allow")
+
+    service: str
+    version: str
+    status: Literal["ready", "unready"]
+    checks: dict[str, str] = Field(description='each check: "ok", or why it fails')
+    consumers: dict[str, ConsumerState] | None = None
+
+
 def _operations_router() -> APIRouter:
     router = APIRouter(tags=["operations"], dependencies=[open_route()])
 
-    @router.get("/healthz", summary="The process is alive (503 once a consumer loop has died: restart it)")
+    @router.get("/healthz", response_model=Liveness, responses={503: {"model": Liveness}},
+                summary="The process is alive (503 once a consumer loop has died: restart it)")
     async def healthz(request: Request) -> JsonResponse:
         service: Service = request.app.state.service
         dead = sorted(c.subscription.group for c in service.consumers if c.status.failed)
@@ -224,7 +259,8 @@ def _operations_router() -> APIRouter:
             body["failed_consumers"] = dead  # names only: the exceptions are in the log
         return JsonResponse(body, status_code=503 if dead else 200)
 
-    @router.get("/readyz", summary="Database and broker reachable, consumers assigned")
+    @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}},
+                summary="Database and broker reachable, consumers assigned")
     async def readyz(request: Request) -> JsonResponse:
         ready, body = await request.app.state.service.readiness()
         return JsonResponse(body, status_code=200 if ready else 503)

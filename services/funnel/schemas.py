@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from libs.common.events import format_timestamp
-from libs.common.http import money
+from libs.common.http import Money, Ratio, money
 from services.funnel.adapters.funnels import StoredFunnel
 from services.funnel.domain.channels import ChannelMetrics
 from services.funnel.domain.funnels import DEFAULT_WINDOW_SECONDS, FunnelResult
@@ -23,8 +23,6 @@ from services.funnel.domain.products import MatrixEntry, ProductMetrics
 MAX_WINDOW_SECONDS = 366 * 24 * 3600
 MAX_STEPS = 10
 
-Money = float
-Ratio = float | None
 FilterValue = Annotated[str, Field(min_length=1, max_length=256)]
 
 

@@ -48,6 +48,8 @@ class OverviewPublic(Period):
 
 
 class PricedChannelPublic(ChannelPublic):
+    model_config = ConfigDict(extra="allow")  # whatever else the funnel says of a source is passed on
+
     spend: float | None = Field(description="money: spend posted for the source's days in the range")
     roas: float | None = Field(description="gmv / spend")
     cac: float | None = Field(description="money: spend / new_customers")

@@ -1,6 +1,8 @@
-"""Schemathesis drives every operation of ingest's, funnel's and segmentation's OpenAPI (valid and invalid
-inputs, a bounded number of examples each) against the running services: no answer is a 5xx, and every answer
-matches the schema the service publishes (SPEC.md "API surface": bad input is a 4xx naming the field).
+"""Schemathesis drives every operation of ingest's, funnel's and segmentation's OpenAPI (valid and invalid inputs,
+a bounded number of examples each) against the running services: no answer is a 5xx, and every answer matches the
+schema the service publishes (SPEC.md "API surface": bad input is a 4xx naming the field). Campaigns has its own
+(tests/integration/campaigns/test_openapi_fuzz.py), and the gateway's own routes are fuzzed over the whole stack
+(tests/e2e/test_gateway_stack.py).
 
 One stack on SQLite (the PostgreSQL paths are covered by the other tests with the same routes); the admin key,
 which holds every scope, so that requests reach the handlers rather than stopping at authorization.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import requests
@@ -60,6 +63,18 @@ def fuzz(base_url: str, failures: list[str], *, paths: list[str] | None = None) 
             except (Exception, BaseExceptionGroup) as failure:  # schemathesis: groups; the other operations still run
                 failures.append(f"{operation.label} ({mode.value}): {_described(failure)}")
     return calls
+
+
+def conforms(base_url: str, path: str, method: str, *, path_parameters: dict[str, str] | None = None,
+             query: dict[str, str] | None = None, body: Any = None) -> requests.Response:
+    """One chosen call, its answer held to the published schema like the fuzz's (for answers random input
+    cannot reach: a stored campaign's report, say); returns the answer."""
+    operation = schemathesis.openapi.from_url(f"{base_url}/openapi.json")[path][method]
+    case = operation.Case(path_parameters=path_parameters, query=query,
+                          **({} if body is None else {"body": body, "media_type": "application/json"}))
+    response = case.call(base_url=base_url, headers=ADMIN, timeout=30)
+    case.validate_response(response, checks=CHECKS)
+    return response
 
 
 def _described(failure: BaseException) -> str:

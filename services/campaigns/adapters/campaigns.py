@@ -8,11 +8,11 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.events import epoch_micros, from_epoch_micros
-from services.campaigns.adapters.tables import campaigns
+from services.campaigns.adapters.tables import assignments, campaigns, touches
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,32 @@ async def campaigns_with(connection: AsyncConnection, *, statuses: Sequence[str]
     if kinds is not None:
         query = query.where(campaigns.c.audience_kind.in_(kinds))
     return [_record(row) for row in await connection.execute(query)]
+
+
+async def assignment_rows(connection: AsyncConnection, campaign_id: str, *, after: tuple[int, str] | None,
+                          limit: int) -> list[Any]:
+    """The campaign's assignments with their touch's status (null for the holdout), paged by
+    (assigned_us, person_key)."""
+    a, t = assignments.c, touches.c
+    query = (select(a.person_key, a.variant, a.assigned_us, t.status)
+             .select_from(assignments.outerjoin(touches, and_(t.campaign_id == a.campaign_id,
+                                                              t.person_key == a.person_key)))
+             .where(a.campaign_id == campaign_id).order_by(a.assigned_us, a.person_key).limit(limit))
+    if after is not None:
+        query = query.where((a.assigned_us > after[0]) | ((a.assigned_us == after[0]) & (a.person_key > after[1])))
+    return list((await connection.execute(query)).all())
+
+
+async def touch_rows(connection: AsyncConnection, campaign_id: str, *, after: str | None, limit: int,
+                     status: str | None = None) -> list[Any]:
+    """The campaign's touches, paged by touch_id."""
+    t = touches.c
+    query = select(touches).where(t.campaign_id == campaign_id).order_by(t.touch_id).limit(limit)
+    if after is not None:
+        query = query.where(t.touch_id > after)
+    if status is not None:
+        query = query.where(t.status == status)
+    return list((await connection.execute(query)).all())
 
 
 def micros(moment: datetime | None) -> int | None:
