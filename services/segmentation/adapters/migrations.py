@@ -17,7 +17,9 @@ from services.segmentation.adapters.tables import (
     fact_changes,
     fact_changes_pruned,
     fact_versions,
+    membership_changes,
     metadata,
+    removed_segments,
 )
 from services.segmentation.segments import membership_key
 
@@ -152,6 +154,12 @@ def _stored_members_by_key(connection: Connection) -> None:
     connection.execute(text("DROP INDEX IF EXISTS ix_customer_segments_person_bytewise"))
 
 
+def _outbox_row_per_person(connection: Connection) -> None:
+    # Records still queued in segment_changes are published first (membership.publish_queued_changes).
+    for table in (membership_changes, removed_segments):
+        table.create(connection, checkfirst=True)
+
+
 # Step 1 creates the current tables on a new database; later steps bring an older database to the same.
 MIGRATIONS = [
     Migration(1, "customer facts, segments and membership", create_all(metadata)),
@@ -163,4 +171,6 @@ MIGRATIONS = [
                  "round, stored members by person key in code-point order", _read_side_state),
     Migration(6, "the log of changed facts the read side's counts follow", _fact_changes_logged),
     Migration(7, "stored members by membership key and person key", _stored_members_by_key),
+    Migration(8, "the outbox of membership changes one row per person and evaluation, records rendered when "
+                 "published; names of removed rule segments", _outbox_row_per_person),
 ]
