@@ -9,7 +9,7 @@ from sqlalchemy.engine import Connection
 
 from libs.common.db import Migration, create_all
 from services.segmentation.adapters.facts import earliest_completed_events
-from services.segmentation.adapters.segments import published_rounds, segment_rounds
+from services.segmentation.adapters.segments import STORED_MEMBERS_INDEX, published_rounds, segment_rounds
 from services.segmentation.adapters.tables import (
     counted_orders,
     customer_events,
@@ -147,9 +147,7 @@ def _fact_changes_logged(connection: Connection) -> None:
 
 def _stored_members_by_key(connection: Connection) -> None:
     # Pages of a segment's stored members merge the person ranges of the keys holding it (segments.stored_members).
-    person = 'person_key COLLATE "C"' if connection.dialect.name == "postgresql" else "person_key"
-    connection.execute(text(f"CREATE INDEX IF NOT EXISTS ix_customer_segments_key_person "
-                            f"ON customer_segments (segment_ids, {person})"))
+    connection.execute(text(STORED_MEMBERS_INDEX[connection.dialect.name]))
     # The walk along person keys alone (migration 5) is no longer how pages are read: one index less to write.
     connection.execute(text("DROP INDEX IF EXISTS ix_customer_segments_person_bytewise"))
 

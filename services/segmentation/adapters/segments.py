@@ -23,6 +23,7 @@ from sqlalchemy import (
     select,
     text,
     union_all,
+    update,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -140,6 +141,17 @@ _QUEUED_ROWS = BulkRows(membership_changes, ("evaluation", "as_of_us", "person_k
                                              "segment_ids_after"))
 # Rows per statement of a bulk write (one bound array per column).
 _BULK = 50_000
+# Pages of a segment's stored members merge the person ranges of the keys holding it (stored_members), per dialect.
+STORED_MEMBERS_INDEX = {
+    dialect: f"CREATE INDEX IF NOT EXISTS ix_customer_segments_key_person ON customer_segments (segment_ids, {person})"
+    for dialect, person in (("postgresql", 'person_key COLLATE "C"'), ("sqlite", "person_key"))}
+# customer_segments' indexes on PostgreSQL (its primary key, migration 7's index), as a first evaluation drops and
+# builds them again.
+_MEMBERSHIP_INDEXES_DROP = ("DROP INDEX ix_customer_segments_key_person",
+                            "ALTER TABLE customer_segments DROP CONSTRAINT customer_segments_pkey")
+_MEMBERSHIP_INDEXES_CREATE = ("ALTER TABLE customer_segments ADD CONSTRAINT customer_segments_pkey "
+                              "PRIMARY KEY (person_key)",
+                              STORED_MEMBERS_INDEX["postgresql"])
 # (stored membership key, new key, persons who went from the one to the other) of an evaluation.
 Transition = tuple[str, str, int]
 
@@ -183,14 +195,30 @@ async def store_everyones_builtin_changes(connection: AsyncConnection, figures_a
     await connection.execute(membership_changes.insert().from_select(
         ["evaluation", "as_of_us", "person_key", "segment_ids_before", "segment_ids_after"],
         select(literal(evaluation, BigInteger), literal(as_of_us, BigInteger), changed.c.person_key,
-               changed.c.stored, changed.c.segment_ids).order_by(changed.c.person_key)))
+               changed.c.stored, changed.c.segment_ids)))
     this_evaluation = and_(queued.seq > last, queued.evaluation == evaluation)
-    upsert = insert(connection, customer_segments).from_select(
+    # Without a stored row before (a first evaluation: every customer) a plain insert, in person order (the primary
+    # key grows at one end); the lock keeps anyone else from storing one meanwhile.
+    first = (connection.dialect.name == "postgresql"
+             and (await connection.execute(select(customer_segments.c.person_key).limit(1))).first() is None)
+    if first:
+        # Into an empty table: its indexes are built once afterwards, not grown a row at a time (a million rows: the
+        # (segment_ids, person) index takes them at scattered places). Dropped and built in this transaction, so a
+        # crash leaves them as they were; readers of the table wait for the commit meanwhile.
+        for statement in _MEMBERSHIP_INDEXES_DROP:
+            await connection.execute(text(statement))
+    await connection.execute(customer_segments.insert().from_select(
         ["person_key", "segment_ids"],
-        select(queued.person_key, queued.segment_ids_after).where(this_evaluation, queued.segment_ids_after != "")
-        .order_by(queued.seq))
-    await connection.execute(upsert.on_conflict_do_update(index_elements=["person_key"],
-                                                          set_={"segment_ids": upsert.excluded.segment_ids}))
+        select(queued.person_key, queued.segment_ids_after)
+        .where(this_evaluation, queued.segment_ids_before == "", queued.segment_ids_after != "")
+        .order_by(queued.person_key)))
+    if first:
+        for statement in _MEMBERSHIP_INDEXES_CREATE:
+            await connection.execute(text(statement))
+    await connection.execute(
+        update(customer_segments).values(segment_ids=queued.segment_ids_after)
+        .where(customer_segments.c.person_key == queued.person_key, this_evaluation,
+               queued.segment_ids_before != "", queued.segment_ids_after != ""))
     await connection.execute(delete(customer_segments).where(customer_segments.c.person_key.in_(
         select(queued.person_key).where(this_evaluation, queued.segment_ids_after == ""))))
     transitions = [tuple(row) for row in await connection.execute(

@@ -105,7 +105,9 @@ membership_changes = Table(
     Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("evaluation", BigInteger, nullable=False),  # drawn at random per evaluation: the start of its change ids
     Column("as_of_us", BigInteger, nullable=False),
-    Column("person_key", String(_PERSON), nullable=False, index=True),  # erasure deletes the person's rows
+    # No index: only an erasure looks rows up by person (a scan of a table that is empty but for moments), and a
+    # first evaluation writes a row per customer.
+    Column("person_key", String(_PERSON), nullable=False),
     Column("segment_ids_before", Text, nullable=False),  # membership keys (segments.membership_key), "" for none
     Column("segment_ids_after", Text, nullable=False),
 )
