@@ -29,7 +29,6 @@ from libs.common.metrics import Metrics
 from services.segmentation.adapters.fact_changes import log_position
 from services.segmentation.adapters.fact_changes import prune as prune_fact_changes
 from services.segmentation.adapters.segments import (
-    Transition,
     builtin_membership_changes,
     delete_rule_segment,
     forget_changes,
@@ -56,7 +55,7 @@ from services.segmentation.population import (
     evaluate_segments,
     population_cuts,
 )
-from services.segmentation.segments import BUILTIN_BY_ID, SegmentDefinition, membership_ids, membership_key
+from services.segmentation.segments import SegmentDefinition, membership_ids, membership_key
 from services.segmentation.settings import MembershipSettings
 
 log = logging.getLogger(__name__)
@@ -122,11 +121,6 @@ def _changes(before: str, after: str, segments: Mapping[str, SegmentDefinition])
             *((ENTERED, segment_id) for segment_id in sorted(now - was) if segment_id in segments)]
 
 
-def _records_of(transitions: Sequence[Transition], segments: Mapping[str, SegmentDefinition]) -> int:
-    """How many records ``change_records`` renders of an evaluation's rows."""
-    return sum(persons * len(_changes(before, after, segments)) for before, after, persons in transitions)
-
-
 def _evaluation() -> int:
     """The id of one evaluation's rows: 63 random bits, so that no two evaluations (of any database) share ids."""
     return int.from_bytes(os.urandom(8), "big") >> 1
@@ -142,14 +136,15 @@ async def sync_membership(connection: AsyncConnection, as_of: datetime, threshol
     segments can have changed since (domain/rounds.py), plus ``changed``, the persons with new facts since
     then (only the caller knows them); every customer when the last round that did is ``complete_every`` old.
     With rule segments every round looks at everyone.
-    Returns (persons evaluated, changes queued).
+    Returns (persons evaluated, persons whose membership changed: outbox rows queued, one to a few records each;
+    how many records is known when they are published, not counted here).
     """
     await lock_membership(connection)
     definitions = await rule_segments(connection)
     evaluation, as_of_us = _evaluation(), epoch_micros(as_of)
     if definitions:
         evaluated, rows = await _with_rule_segments(connection, as_of, thresholds, definitions, persons)
-        transitions = await store_memberships(connection, evaluation, as_of_us, rows)
+        changed_persons = await store_memberships(connection, evaluation, as_of_us, rows)
         if persons is None:
             await remember_round(connection, None)
     else:
@@ -158,19 +153,19 @@ async def sync_membership(connection: AsyncConnection, as_of: datetime, threshol
         cuts = await population_cuts(connection, figures_at, monetary=False)
         if persons is not None:
             evaluated, rows = await builtin_membership_changes(connection, figures_at, cuts, persons)
-            transitions = await store_memberships(connection, evaluation, as_of_us, rows)
+            changed_persons = await store_memberships(connection, evaluation, as_of_us, rows)
         else:
-            evaluated, transitions = await _round_of_everyone(
+            evaluated, changed_persons = await _round_of_everyone(
                 connection, figures_at, cuts, thresholds, evaluation, changed=changed, complete=complete,
                 complete_every=complete_every)
     if persons is None:
         await remember_published_round(connection, as_of_us)
-    return evaluated, _records_of(transitions, {**BUILTIN_BY_ID, **{s.segment_id: s for s in definitions}})
+    return evaluated, changed_persons
 
 
 async def _round_of_everyone(connection: AsyncConnection, figures_at: FiguresAt, cuts: RfmCuts,
                              thresholds: Thresholds, evaluation: int, *, changed: Collection[str], complete: bool,
-                             complete_every: timedelta) -> tuple[int, list[Transition]]:
+                             complete_every: timedelta) -> tuple[int, int]:
     as_of_us = figures_at.as_of_us
     current = Round(as_of_us, cuts.recency_days, cuts.frequency, as_of_us)
     previous = None if complete else await last_round(connection)
@@ -179,7 +174,7 @@ async def _round_of_everyone(connection: AsyncConnection, figures_at: FiguresAt,
             and len(changed) <= _CHANGED_AT_MOST):
         windows = order_windows(previous, current, thresholds.lifecycle)
     if previous is None or windows is None:
-        evaluated, transitions = await store_everyones_builtin_changes(connection, figures_at, cuts, evaluation)
+        evaluated, changed_persons = await store_everyones_builtin_changes(connection, figures_at, cuts, evaluation)
     else:
         current = replace(current, complete_as_of_us=previous.complete_as_of_us)
         candidates = round_candidates(windows, previous.as_of_us, as_of_us)
@@ -188,9 +183,9 @@ async def _round_of_everyone(connection: AsyncConnection, figures_at: FiguresAt,
             more, more_rows = await builtin_membership_changes(connection, figures_at, cuts, changed)
             # A person in both parts comes twice, decided alike.
             evaluated, rows = evaluated + more, list({row[0]: row for row in [*rows, *more_rows]}.values())
-        transitions = await store_memberships(connection, evaluation, figures_at.as_of_us, rows)
+        changed_persons = await store_memberships(connection, evaluation, figures_at.as_of_us, rows)
     await remember_round(connection, current)
-    return evaluated, transitions
+    return evaluated, changed_persons
 
 
 async def _with_rule_segments(connection: AsyncConnection, as_of: datetime, thresholds: Thresholds,

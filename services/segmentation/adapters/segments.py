@@ -152,14 +152,13 @@ _MEMBERSHIP_INDEXES_DROP = ("DROP INDEX ix_customer_segments_key_person",
 _MEMBERSHIP_INDEXES_CREATE = ("ALTER TABLE customer_segments ADD CONSTRAINT customer_segments_pkey "
                               "PRIMARY KEY (person_key)",
                               STORED_MEMBERS_INDEX["postgresql"])
-# (stored membership key, new key, persons who went from the one to the other) of an evaluation.
-Transition = tuple[str, str, int]
 
 
 async def store_memberships(connection: AsyncConnection, evaluation: int, as_of_us: int,
-                            changes: Sequence[tuple[str, str, str | None]]) -> list[Transition]:
+                            changes: Sequence[tuple[str, str, str | None]]) -> int:
     """Store persons' new membership keys ``(person, key, stored key or None)`` (key ``""``: in no segment any more)
-    and queue one outbox row per person (its records are rendered when published, membership.py)."""
+    and queue one outbox row per person (its records are rendered when published, membership.py). Returns how
+    many."""
     dialect = connection.dialect.name
     # In person order: the indexes on person keys grow mostly at one end.
     ordered = sorted(changes)
@@ -176,29 +175,28 @@ async def store_memberships(connection: AsyncConnection, evaluation: int, as_of_
     statement = _QUEUED_ROWS.insert(dialect)
     for start in range(0, len(rows), _BULK):
         await connection.execute(statement, _QUEUED_ROWS.params(dialect, rows[start:start + _BULK]))
-    transitions = Counter((stored or "", key) for _, key, stored in ordered)
-    return [(before, after, persons) for (before, after), persons in transitions.items()]
+    return len(rows)
 
 
 async def store_everyones_builtin_changes(connection: AsyncConnection, figures_at: FiguresAt, cuts: RfmCuts,
-                                          evaluation: int) -> tuple[int, list[Transition]]:
+                                          evaluation: int) -> tuple[int, int]:
     """Everyone's built-in segments at as_of decided in the database, compared with the stored membership, stored
     and queued there (``store_memberships`` of ``builtin_membership_changes`` of everyone, without a row passing
     through Python: a first evaluation changes every customer).
 
-    Returns (customers evaluated, the evaluation's transitions)."""
+    Returns (customers evaluated, persons whose membership changed)."""
     as_of_us = figures_at.as_of_us
     queued = membership_changes.c
     # Evaluations hold the membership lock: the rows after the last seq now are this evaluation's.
     last = (await connection.execute(select(func.coalesce(func.max(queued.seq), 0)))).scalar_one()
     changed = _everyones_changes(figures_at, cuts).subquery("changed")
-    await connection.execute(membership_changes.insert().from_select(
+    queued_rows = await connection.execute(membership_changes.insert().from_select(
         ["evaluation", "as_of_us", "person_key", "segment_ids_before", "segment_ids_after"],
         select(literal(evaluation, BigInteger), literal(as_of_us, BigInteger), changed.c.person_key,
                changed.c.stored, changed.c.segment_ids)))
     this_evaluation = and_(queued.seq > last, queued.evaluation == evaluation)
-    # Without a stored row before (a first evaluation: every customer) a plain insert, in person order (the primary
-    # key grows at one end); the lock keeps anyone else from storing one meanwhile.
+    # Without a stored row before (a first evaluation: every customer) a plain insert, in person order while the
+    # primary key is there (it grows at one end); the lock keeps anyone else from storing one meanwhile.
     first = (connection.dialect.name == "postgresql"
              and (await connection.execute(select(customer_segments.c.person_key).limit(1))).first() is None)
     if first:
@@ -207,11 +205,10 @@ async def store_everyones_builtin_changes(connection: AsyncConnection, figures_a
         # crash leaves them as they were; readers of the table wait for the commit meanwhile.
         for statement in _MEMBERSHIP_INDEXES_DROP:
             await connection.execute(text(statement))
+    new_members = (select(queued.person_key, queued.segment_ids_after)
+                   .where(this_evaluation, queued.segment_ids_before == "", queued.segment_ids_after != ""))
     await connection.execute(customer_segments.insert().from_select(
-        ["person_key", "segment_ids"],
-        select(queued.person_key, queued.segment_ids_after)
-        .where(this_evaluation, queued.segment_ids_before == "", queued.segment_ids_after != "")
-        .order_by(queued.person_key)))
+        ["person_key", "segment_ids"], new_members if first else new_members.order_by(queued.person_key)))
     if first:
         for statement in _MEMBERSHIP_INDEXES_CREATE:
             await connection.execute(text(statement))
@@ -221,12 +218,9 @@ async def store_everyones_builtin_changes(connection: AsyncConnection, figures_a
                queued.segment_ids_before != "", queued.segment_ids_after != ""))
     await connection.execute(delete(customer_segments).where(customer_segments.c.person_key.in_(
         select(queued.person_key).where(this_evaluation, queued.segment_ids_after == ""))))
-    transitions = [tuple(row) for row in await connection.execute(
-        select(queued.segment_ids_before, queued.segment_ids_after, func.count())
-        .where(this_evaluation).group_by(queued.segment_ids_before, queued.segment_ids_after))]
     evaluated = (await connection.execute(
         select(func.count()).select_from(profiles).where(profiles.c.first_seen_us <= as_of_us))).scalar_one()
-    return evaluated, transitions  # type: ignore[return-value]
+    return evaluated, queued_rows.rowcount
 
 
 async def queued_changes(connection: AsyncConnection, limit: int) -> list[Any]:
