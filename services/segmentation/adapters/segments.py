@@ -210,6 +210,8 @@ async def store_everyones_builtin_changes(connection: AsyncConnection, figures_a
     await connection.execute(customer_segments.insert().from_select(
         ["person_key", "segment_ids"], new_members if first else new_members.order_by(queued.person_key)))
     if first:
+        # Both sorts of a million keys in memory (the default 64 MB spills): 5.5 s instead of 6.5 to 6.9 s.
+        await connection.execute(text("SET LOCAL maintenance_work_mem = '256MB'"))
         for statement in _MEMBERSHIP_INDEXES_CREATE:
             await connection.execute(text(statement))
     await connection.execute(
