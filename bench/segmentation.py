@@ -63,8 +63,8 @@ async def pending_persons(client: httpx.AsyncClient, base_url: str) -> int:
 
 
 async def queued_changes(database_url: str) -> int:
-    """Segment change records waiting in the outbox."""
-    return await common.count_rows(database_url, "segment_changes")
+    """Persons whose segment change records wait in the outbox."""
+    return await common.count_rows(database_url, "membership_changes")
 
 
 # ---------------------------------------------------------------------------------------------- a + b
@@ -242,7 +242,7 @@ async def steady_orders(service: Any, clock: Any, customers: int, rate: int, sto
 
 
 async def million_customers(args: argparse.Namespace, workdir: Path, rows: list[Row]) -> None:
-    from services.segmentation.adapters.tables import segment_changes
+    from services.segmentation.adapters.tables import membership_changes
     from services.segmentation.bootstrap import create_segmentation_app
     from services.segmentation.membership import sync_membership
     from services.segmentation.segments import BUILTIN_SEGMENTS
@@ -335,9 +335,9 @@ async def million_customers(args: argparse.Namespace, workdir: Path, rows: list[
                     evaluated, queued = await sync_membership(connection, as_of, service.thresholds)
                 first = time.perf_counter() - begun
                 async with service.database.begin() as connection:
-                    await connection.execute(segment_changes.delete())
+                    await connection.execute(membership_changes.delete())
                 rows.append((f"(c) first full membership evaluation, {evaluated:,} customers, PostgreSQL",
-                             f"{first:.1f} s ({queued:,} entries queued)", "< 15 s", "met" if first < 15 else "not met"))
+                             f"{first:.1f} s ({queued:,} persons' entries queued)", "< 15 s", "met" if first < 15 else "not met"))
 
                 async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://segmentation",
                                              timeout=600) as client:

@@ -13,16 +13,17 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Any
 
 import orjson
 from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db import Database
-from libs.common.events import PublishedEvent, epoch_micros, format_timestamp
+from libs.common.events import PublishedEvent, epoch_micros, format_timestamp, from_epoch_micros
 from libs.common.kafka import SEGMENTS_TOPIC, Publisher
 from libs.common.metrics import Metrics
 from services.segmentation.adapters.fact_changes import log_position
@@ -31,13 +32,18 @@ from services.segmentation.adapters.segments import (
     builtin_membership_changes,
     delete_rule_segment,
     forget_changes,
+    forget_legacy_changes,
+    forget_removed_segments,
     last_round,
+    legacy_queued_changes,
     lock_membership,
     queued_changes,
     remember_published_round,
     remember_round,
     round_candidates,
     rule_segments,
+    segment_names,
+    store_everyones_builtin_changes,
     store_memberships,
 )
 from services.segmentation.domain.customers import FiguresAt
@@ -49,7 +55,7 @@ from services.segmentation.population import (
     evaluate_segments,
     population_cuts,
 )
-from services.segmentation.segments import BUILTIN_BY_ID, SegmentDefinition, membership_ids, membership_key
+from services.segmentation.segments import SegmentDefinition, membership_ids, membership_key
 from services.segmentation.settings import MembershipSettings
 
 log = logging.getLogger(__name__)
@@ -68,32 +74,56 @@ _CHANGED_AT_MOST = 200_000
 FACT_CHANGES_KEPT = timedelta(minutes=10)
 
 
-def change_records(changes: Sequence[tuple[str, SegmentDefinition, str]],
-                   as_of: datetime | str) -> list[tuple[str, str, bytes]]:
-    """``(change_id, person_key, payload)`` of records on shoploop.segments.v1 (docs/segmentation.md), one per
-    ``(change, segment, person_key)``, in order.
+def change_records(rows: Sequence[Any], segments: Mapping[str, SegmentDefinition]) -> list[tuple[bytes, bytes]]:
+    """``(person_key, payload)`` of the records on shoploop.segments.v1 (docs/segmentation.md) of queued outbox rows
+    (``seq, evaluation, as_of_us, person_key, segment_ids_before, segment_ids_after``), in order: per row the
+    exits, then the entries, each in segment id order (an exit of a segment ``segments`` does not name is left out).
 
-    A first evaluation of a million customers makes millions of them, so each payload is put together from
-    parts made once per evaluation and (change, segment). An id is 64 random bits drawn once per call (two calls
-    never share them) followed by the record's number in the call, 32 hex digits in all: within a call the ids
-    ascend, so the outbox's unique index on them grows at one end instead of taking millions of random
-    insertions (about half the time of writing the outbox).
+    A record's ``change_id`` is its row's evaluation (64 random bits drawn once per evaluation), the row's seq and
+    the record's place in the row, 32 hex digits: rendering a row again (a re-send after a crash) gives the same
+    ids, and no two records share one. A first evaluation renders millions: payloads are put together from parts
+    made once per (moment) and (change, segment).
     """
-    moment = as_of if isinstance(as_of, str) else format_timestamp(as_of)
-    tail = b',"as_of":' + orjson.dumps(moment) + b"}"
+    tails: dict[int, bytes] = {}
     middles: dict[tuple[str, str], bytes] = {}
-    prefix = os.urandom(8).hex()
+    transitions: dict[tuple[str, str], list[bytes]] = {}
     records = []
-    for n, (change, segment, person_key) in enumerate(changes):
-        middle = middles.get((change, segment.segment_id))
-        if middle is None:
-            fields = orjson.dumps({"change": change, "segment_id": segment.segment_id, "segment_name": segment.name,
-                                   "segment_kind": segment.kind.value})
-            middle = middles[change, segment.segment_id] = b'",' + fields[1:-1] + b',"person_key":'
-        change_id = f"{prefix}{n:016x}"
-        records.append((change_id, person_key, b"".join((b'{"change_id":"', change_id.encode(), middle,
-                                                          orjson.dumps(person_key), tail))))
+    for seq, evaluation, as_of_us, person_key, before, after in rows:
+        parts = transitions.get((before, after))
+        if parts is None:
+            parts = transitions[before, after] = []
+            for change, segment_id in _changes(before, after, segments):
+                middle = middles.get((change, segment_id))
+                if middle is None:
+                    segment = segments[segment_id]
+                    fields = orjson.dumps({"change": change, "segment_id": segment_id, "segment_name": segment.name,
+                                           "segment_kind": segment.kind.value})
+                    middle = middles[change, segment_id] = b'",' + fields[1:-1] + b',"person_key":'
+                parts.append(middle)
+        tail = tails.get(as_of_us)
+        if tail is None:
+            tail = tails[as_of_us] = (b',"as_of":' + orjson.dumps(format_timestamp(from_epoch_micros(as_of_us)))
+                                      + b"}")
+        key = person_key.encode()
+        person = orjson.dumps(person_key)
+        row_id = f"{evaluation:016x}{seq:012x}"
+        for n, middle in enumerate(parts):
+            records.append((key, b"".join((b'{"change_id":"', f"{row_id}{n:04x}".encode(), middle, person, tail))))
     return records
+
+
+def _changes(before: str, after: str, segments: Mapping[str, SegmentDefinition]) -> list[tuple[str, str]]:
+    """``(change, segment id)`` of a person whose membership key went from ``before`` to ``after``: exits first (a
+    person moving from one stage to the next leaves before entering), of the segments ``segments`` names (a
+    removed rule segment's name stays known until its exits are published: ``removed_segments``)."""
+    was, now = membership_ids(before), membership_ids(after)
+    return [*((EXITED, segment_id) for segment_id in sorted(was - now) if segment_id in segments),
+            *((ENTERED, segment_id) for segment_id in sorted(now - was) if segment_id in segments)]
+
+
+def _evaluation() -> int:
+    """The id of one evaluation's rows: 63 random bits, so that no two evaluations (of any database) share ids."""
+    return int.from_bytes(os.urandom(8), "big") >> 1
 
 
 async def sync_membership(connection: AsyncConnection, as_of: datetime, thresholds: Thresholds,
@@ -106,12 +136,15 @@ async def sync_membership(connection: AsyncConnection, as_of: datetime, threshol
     segments can have changed since (domain/rounds.py), plus ``changed``, the persons with new facts since
     then (only the caller knows them); every customer when the last round that did is ``complete_every`` old.
     With rule segments every round looks at everyone.
-    Returns (persons evaluated, changes queued).
+    Returns (persons evaluated, persons whose membership changed: outbox rows queued, one to a few records each;
+    how many records is known when they are published, not counted here).
     """
     await lock_membership(connection)
     definitions = await rule_segments(connection)
+    evaluation, as_of_us = _evaluation(), epoch_micros(as_of)
     if definitions:
         evaluated, rows = await _with_rule_segments(connection, as_of, thresholds, definitions, persons)
+        changed_persons = await store_memberships(connection, evaluation, as_of_us, rows)
         if persons is None:
             await remember_round(connection, None)
     else:
@@ -120,17 +153,19 @@ async def sync_membership(connection: AsyncConnection, as_of: datetime, threshol
         cuts = await population_cuts(connection, figures_at, monetary=False)
         if persons is not None:
             evaluated, rows = await builtin_membership_changes(connection, figures_at, cuts, persons)
+            changed_persons = await store_memberships(connection, evaluation, as_of_us, rows)
         else:
-            evaluated, rows = await _round_of_everyone(connection, figures_at, cuts, thresholds, changed=changed,
-                                                       complete=complete, complete_every=complete_every)
+            evaluated, changed_persons = await _round_of_everyone(
+                connection, figures_at, cuts, thresholds, evaluation, changed=changed, complete=complete,
+                complete_every=complete_every)
     if persons is None:
-        await remember_published_round(connection, epoch_micros(as_of))
-    return evaluated, await _queue_changes(connection, as_of, rows, definitions)
+        await remember_published_round(connection, as_of_us)
+    return evaluated, changed_persons
 
 
 async def _round_of_everyone(connection: AsyncConnection, figures_at: FiguresAt, cuts: RfmCuts,
-                             thresholds: Thresholds, *, changed: Collection[str], complete: bool,
-                             complete_every: timedelta) -> tuple[int, list[tuple[str, str, str | None]]]:
+                             thresholds: Thresholds, evaluation: int, *, changed: Collection[str], complete: bool,
+                             complete_every: timedelta) -> tuple[int, int]:
     as_of_us = figures_at.as_of_us
     current = Round(as_of_us, cuts.recency_days, cuts.frequency, as_of_us)
     previous = None if complete else await last_round(connection)
@@ -139,7 +174,7 @@ async def _round_of_everyone(connection: AsyncConnection, figures_at: FiguresAt,
             and len(changed) <= _CHANGED_AT_MOST):
         windows = order_windows(previous, current, thresholds.lifecycle)
     if previous is None or windows is None:
-        evaluated, rows = await builtin_membership_changes(connection, figures_at, cuts)
+        evaluated, changed_persons = await store_everyones_builtin_changes(connection, figures_at, cuts, evaluation)
     else:
         current = replace(current, complete_as_of_us=previous.complete_as_of_us)
         candidates = round_candidates(windows, previous.as_of_us, as_of_us)
@@ -148,8 +183,9 @@ async def _round_of_everyone(connection: AsyncConnection, figures_at: FiguresAt,
             more, more_rows = await builtin_membership_changes(connection, figures_at, cuts, changed)
             # A person in both parts comes twice, decided alike.
             evaluated, rows = evaluated + more, list({row[0]: row for row in [*rows, *more_rows]}.values())
+        changed_persons = await store_memberships(connection, evaluation, figures_at.as_of_us, rows)
     await remember_round(connection, current)
-    return evaluated, rows
+    return evaluated, changed_persons
 
 
 async def _with_rule_segments(connection: AsyncConnection, as_of: datetime, thresholds: Thresholds,
@@ -173,48 +209,38 @@ async def _with_rule_segments(connection: AsyncConnection, as_of: datetime, thre
     return sum(1 for _, ids, _ in standings if ids), rows
 
 
-async def _queue_changes(connection: AsyncConnection, as_of: datetime, rows: Sequence[tuple[str, str, str | None]],
-                         definitions: Sequence[SegmentDefinition]) -> int:
-    """Store the changed membership keys ``(person, key, stored key)`` and queue their enter/exit records."""
-    changed: dict[str, str] = {}
-    exited: list[tuple[str, str]] = []
-    entered: list[tuple[str, str]] = []
-    for person, key, stored in rows:
-        changed[person] = key
-        before, after = membership_ids(stored), membership_ids(key)
-        exited += ((person, segment_id) for segment_id in before - after)
-        entered += ((person, segment_id) for segment_id in after - before)
-    by_id = {**BUILTIN_BY_ID, **{segment.segment_id: segment for segment in definitions}}
-    # Exits first: a person moving from one stage to the next leaves before entering.
-    records = change_records([*((EXITED, by_id[s], p) for p, s in sorted(exited) if s in by_id),
-                              *((ENTERED, by_id[s], p) for p, s in sorted(entered))], as_of)
-    await store_memberships(connection, changed, records)
-    return len(records)
-
-
 async def remove_rule_segment(connection: AsyncConnection, segment: SegmentDefinition, as_of: datetime) -> bool:
     """Delete a rule segment; its members exit it (records queued like any other change). False if unknown."""
     await lock_membership(connection)
-    keys = await delete_rule_segment(connection, segment.segment_id)
-    if keys is None:
+    changes = await delete_rule_segment(connection, segment.segment_id)
+    if changes is None:
         return False
-    records = change_records([(EXITED, segment, person) for person in sorted(keys)], as_of)
-    await store_memberships(connection, keys, records)
+    await store_memberships(connection, _evaluation(), epoch_micros(as_of), changes)
     return True
 
 
 async def publish_queued_changes(database: Database, publisher: Publisher, *, batch: int) -> int:
-    """Publish queued change records in order, deleting each batch once the broker acknowledged it."""
+    """Publish queued change records in order (first any an older version queued), deleting each batch of outbox
+    rows once the broker acknowledged its records. Returns the records published."""
     published = 0
     while True:
         async with database.begin() as connection:
+            legacy = await legacy_queued_changes(connection, batch)
+            if legacy:
+                await publisher.publish_many(SEGMENTS_TOPIC, [(row.person_key.encode(), row.payload.encode())
+                                                              for row in legacy])
+                await forget_legacy_changes(connection, [row.seq for row in legacy])
+                published += len(legacy)
+                continue
             rows = await queued_changes(connection, batch)
             if not rows:
+                if published:
+                    await forget_removed_segments(connection)
                 return published
-            await publisher.publish_many(SEGMENTS_TOPIC, [(row.person_key.encode(), row.payload.encode())
-                                                          for row in rows])
+            records = change_records(rows, await segment_names(connection))
+            await publisher.publish_many(SEGMENTS_TOPIC, records)
             await forget_changes(connection, [row.seq for row in rows])
-        published += len(rows)
+        published += len(records)
 
 
 class MembershipScheduler:

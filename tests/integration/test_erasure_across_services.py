@@ -38,7 +38,7 @@ from services.funnel.settings import FunnelSettings
 from services.ingest.bootstrap import REJECTED_GROUP as INGEST_REJECTED
 from services.ingest.bootstrap import create_ingest_app
 from services.ingest.settings import IngestSettings
-from services.segmentation.adapters.tables import segment_changes
+from services.segmentation.adapters.tables import membership_changes
 from services.segmentation.bootstrap import EVENTS_GROUP as SEGMENTATION_EVENTS
 from services.segmentation.bootstrap import create_segmentation_app
 from services.segmentation.settings import MembershipSettings, SegmentationSettings
@@ -253,7 +253,7 @@ async def test_erasure_leaves_no_personal_data_in_any_services_tables(stack, dat
     async def membership_settled() -> bool:
         # Both persons' membership stored and its change records published (the outbox drained).
         rows = await every_row(databases["segmentation"])
-        [outbox] = [table_rows for table, table_rows in rows.items() if table.endswith(f".{segment_changes.name}")]
+        [outbox] = [table_rows for table, table_rows in rows.items() if table.endswith(f".{membership_changes.name}")]
         return stack.pending_persons() == 0 and not outbox and len(rows_naming(rows, [kept.key])) > 0
 
     await eventually(membership_settled, what="segment membership stored and published")

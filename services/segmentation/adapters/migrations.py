@@ -9,7 +9,7 @@ from sqlalchemy.engine import Connection
 
 from libs.common.db import Migration, create_all
 from services.segmentation.adapters.facts import earliest_completed_events
-from services.segmentation.adapters.segments import published_rounds, segment_rounds
+from services.segmentation.adapters.segments import STORED_MEMBERS_INDEX, published_rounds, segment_rounds
 from services.segmentation.adapters.tables import (
     counted_orders,
     customer_events,
@@ -17,7 +17,9 @@ from services.segmentation.adapters.tables import (
     fact_changes,
     fact_changes_pruned,
     fact_versions,
+    membership_changes,
     metadata,
+    removed_segments,
 )
 from services.segmentation.segments import membership_key
 
@@ -145,11 +147,15 @@ def _fact_changes_logged(connection: Connection) -> None:
 
 def _stored_members_by_key(connection: Connection) -> None:
     # Pages of a segment's stored members merge the person ranges of the keys holding it (segments.stored_members).
-    person = 'person_key COLLATE "C"' if connection.dialect.name == "postgresql" else "person_key"
-    connection.execute(text(f"CREATE INDEX IF NOT EXISTS ix_customer_segments_key_person "
-                            f"ON customer_segments (segment_ids, {person})"))
+    connection.execute(text(STORED_MEMBERS_INDEX[connection.dialect.name]))
     # The walk along person keys alone (migration 5) is no longer how pages are read: one index less to write.
     connection.execute(text("DROP INDEX IF EXISTS ix_customer_segments_person_bytewise"))
+
+
+def _outbox_row_per_person(connection: Connection) -> None:
+    # Records still queued in segment_changes are published first (membership.publish_queued_changes).
+    for table in (membership_changes, removed_segments):
+        table.create(connection, checkfirst=True)
 
 
 # Step 1 creates the current tables on a new database; later steps bring an older database to the same.
@@ -163,4 +169,6 @@ MIGRATIONS = [
                  "round, stored members by person key in code-point order", _read_side_state),
     Migration(6, "the log of changed facts the read side's counts follow", _fact_changes_logged),
     Migration(7, "stored members by membership key and person key", _stored_members_by_key),
+    Migration(8, "the outbox of membership changes one row per person and evaluation, records rendered when "
+                 "published; names of removed rule segments", _outbox_row_per_person),
 ]

@@ -96,7 +96,33 @@ customer_segments = Table(
     Column("segment_ids", Text, nullable=False),
 )
 
-# Outbox: membership changes committed with the new membership, published afterwards, then deleted.
+# Outbox: one row per person and evaluation whose membership changed, committed with the new membership; its
+# records (the exits, then the entries) are rendered when published (membership.py), then the row is deleted.
+# A first evaluation queues a row per customer: compact rows, a record's change_id derived from its row.
+membership_changes = Table(
+    "membership_changes",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("evaluation", BigInteger, nullable=False),  # drawn at random per evaluation: the start of its change ids
+    Column("as_of_us", BigInteger, nullable=False),
+    # No index: only an erasure looks rows up by person (a scan of a table that is empty but for moments), and a
+    # first evaluation writes a row per customer.
+    Column("person_key", String(_PERSON), nullable=False),
+    Column("segment_ids_before", Text, nullable=False),  # membership keys (segments.membership_key), "" for none
+    Column("segment_ids_after", Text, nullable=False),
+)
+
+# Name of each deleted rule segment whose exits may still be queued (a record carries the segment's name); rows go
+# once the outbox is empty.
+removed_segments = Table(
+    "removed_segments",
+    metadata,
+    Column("segment_id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+)
+
+# The outbox before migration 8: one row per record with its JSON payload. Nothing queues here any more; records
+# an older version left are published before those of membership_changes.
 segment_changes = Table(
     "segment_changes",
     metadata,
@@ -148,4 +174,4 @@ fact_changes_pruned = Table(
 )
 
 PERSONAL_TABLES = (profiles, customer_events, customer_orders, counted_orders, customer_traits, customer_segments,
-                   segment_changes)
+                   membership_changes, segment_changes)

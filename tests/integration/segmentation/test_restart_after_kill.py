@@ -25,8 +25,8 @@ from services.segmentation.adapters.migrations import MIGRATIONS
 from services.segmentation.adapters.tables import (
     customer_events,
     customer_segments,
+    membership_changes,
     metadata,
-    segment_changes,
 )
 from services.segmentation.segments import BUILTIN_SEGMENTS, membership_ids
 from tests.integration.segmentation.conftest import READ, order
@@ -166,7 +166,7 @@ async def _at_least(count, minimum: int) -> bool:
 
 
 async def _none_queued(database: Database) -> bool:
-    return await _count(database, segment_changes) == 0
+    return await _count(database, membership_changes) == 0
 
 
 async def _matching(replayed, stored):

@@ -85,6 +85,10 @@ async def test_deleting_a_rule_segment_exits_its_members_and_unlists_it(segmenta
     assert (await client.delete(f"/v1/segments/{segment_id}", headers=CAMPAIGNS)).status_code == 204
     both = await eventually(lambda: _changes_of(broker, segment_id, 2), what="the buyer to exit")
     assert both == [("u-buyer", "entered", segment_id), ("u-buyer", "exited", segment_id)]
+    # The exit names the segment, deleted before its record was rendered.
+    records = [record for record in await segment_changes(broker, 100, deadline_seconds=0.5)
+               if record["segment_id"] == segment_id]
+    assert [(record["segment_name"], record["segment_kind"]) for record in records] == [("buyers", "rule")] * 2
 
     listed = (await client.get("/v1/segments", headers=READ)).json()["items"]
     assert segment_id not in [item["segment_id"] for item in listed]
