@@ -17,7 +17,7 @@ from libs.common.events import Event
 from libs.common.kafka import EVENTS_TOPIC, SEGMENTS_TOPIC, Publisher
 from libs.common.settings import CommonSettings
 from services.segmentation.adapters.tables import customer_events
-from services.segmentation.bootstrap import create_segmentation_app
+from services.segmentation.bootstrap import EVENTS_GROUP, create_segmentation_app
 from services.segmentation.runtime import SegmentationService
 from services.segmentation.settings import MembershipSettings, SegmentationSettings
 from tests.support import eventually, read_topic, serve_app
@@ -44,11 +44,13 @@ class Segmentation:
     publisher: Publisher
     clock: SettableClock
     sent: int = 0
+    published: int = 0  # records sent, duplicates included
 
     async def send(self, events: Iterable[Event]) -> None:
         """Publish events keyed by person key, as ingest does; count the distinct ones."""
         records = [(event.person_key.encode(), event.to_json()) for event in events]
         await self.publisher.publish_many(EVENTS_TOPIC, records)
+        self.published += len(records)
 
     async def processed(self) -> int:
         """Distinct events applied (every one keeps its customer_events row, erased persons' under a pseudonym)."""
@@ -59,6 +61,15 @@ class Segmentation:
         async def done() -> bool:
             return await self.processed() >= count
         await eventually(done, what=f"{count} events applied")
+
+    async def wait_reported(self) -> None:
+        """Until the consumer has finished every record sent, its after-commit hook included: from then on the
+        scheduler knows every person with new facts (rows are visible a moment before the hook runs)."""
+        async def done() -> bool:
+            consumed = self.service.metrics.registry.get_sample_value(
+                "shoploop_events_consumed_total", {"consumer": EVENTS_GROUP})
+            return (consumed or 0) >= self.published
+        await eventually(done, what=f"{self.published} records consumed")
 
     async def get(self, path: str, **params: Any) -> Any:
         response = await self.client.get(path, params=params, headers=READ)

@@ -134,6 +134,7 @@ async def test_pages_of_published_members_equal_the_domain_at_the_last_round(seg
     await segmentation.send(new_events)
     state["events"].update({e.event_id: e for e in new_events})
     await segmentation.wait_processed(len(state["events"]))
+    await segmentation.wait_reported()
     await segmentation.service.scheduler.run_once(full=True)  # a round of everyone after every fact
 
     expected = Expected(list(state["events"].values()), clock.now, state["rule_id"])
@@ -196,6 +197,7 @@ async def test_published_and_evaluated_pages_walk_person_keys_in_the_same_code_p
     keys = ["B", "a", "_x", "a b", "é", "中文", "Z9", "z-1", "%2F"]
     await segmentation.send([event("view", key, AS_OF - timedelta(days=1), f"e-{n}") for n, key in enumerate(keys)])
     await segmentation.wait_processed(len(keys))
+    await segmentation.wait_reported()
     await segmentation.service.scheduler.run_once(full=True)
 
     async def walk(**params: str) -> list[str]:
