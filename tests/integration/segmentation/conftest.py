@@ -13,10 +13,12 @@ import orjson
 import pytest
 from sqlalchemy import func, select
 
+from libs.common.db import Database
 from libs.common.events import Event
 from libs.common.kafka import EVENTS_TOPIC, SEGMENTS_TOPIC, Publisher
 from libs.common.settings import CommonSettings
-from services.segmentation.adapters.tables import customer_events
+from services.segmentation.adapters.migrations import MIGRATIONS
+from services.segmentation.adapters.tables import customer_events, metadata
 from services.segmentation.bootstrap import EVENTS_GROUP, create_segmentation_app
 from services.segmentation.runtime import SegmentationService
 from services.segmentation.settings import MembershipSettings, SegmentationSettings
@@ -35,6 +37,17 @@ class SettableClock:
 
     def __call__(self) -> datetime:
         return self.now
+
+
+@pytest.fixture
+async def database(database_url) -> AsyncIterator[Database]:
+    """The segmentation service's database, migrated, without the service."""
+    database = Database(database_url, metadata=metadata, migrations=MIGRATIONS)
+    await database.start()
+    try:
+        yield database
+    finally:
+        await database.close()
 
 
 @dataclass

@@ -7,7 +7,6 @@ PostgreSQL."""
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -16,7 +15,6 @@ from sqlalchemy import delete, select
 
 from libs.common.db import Database
 from libs.common.events import Event, PublishedEvent
-from services.segmentation.adapters.migrations import MIGRATIONS
 from services.segmentation.adapters.segments import last_round, segment_names
 from services.segmentation.adapters.tables import customer_segments, membership_changes, metadata, profiles
 from services.segmentation.handlers import record_customer_facts
@@ -34,16 +32,6 @@ TOTALS = ["0.00", "19.99", "100.00", "1999.99", "2000.00", "9999.99", "10000.00"
 STEPS = [1, 5, 24, 24 * 7, 24 * 29, 24 * 30, 24 * 31, 24 * 60, 24 * 90, 24 * 185, -24 * 3]
 NEVER_COMPLETE = timedelta(days=10_000)
 THRESHOLDS = Thresholds()
-
-
-@pytest.fixture
-async def database(database_url) -> AsyncIterator[Database]:
-    database = Database(database_url, metadata=metadata, migrations=MIGRATIONS)
-    await database.start()
-    try:
-        yield database
-    finally:
-        await database.close()
 
 
 def _at(rng: random.Random, first_day: int, last_day: int) -> datetime:

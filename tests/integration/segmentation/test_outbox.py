@@ -5,7 +5,6 @@ PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -15,8 +14,7 @@ from sqlalchemy import func, select
 from libs.common.db import Database
 from libs.common.events import PublishedEvent
 from libs.common.kafka import SEGMENTS_TOPIC
-from services.segmentation.adapters.migrations import MIGRATIONS
-from services.segmentation.adapters.tables import membership_changes, metadata, segment_changes
+from services.segmentation.adapters.tables import membership_changes, segment_changes
 from services.segmentation.handlers import record_customer_facts
 from services.segmentation.membership import publish_queued_changes, sync_membership
 from services.segmentation.population import Thresholds
@@ -39,16 +37,6 @@ class RecordingPublisher:
         if self.fail_after == 0:
             raise ConnectionError("gone after the acknowledgement")
         self.fail_after -= 1
-
-
-@pytest.fixture
-async def database(database_url) -> AsyncIterator[Database]:
-    database = Database(database_url, metadata=metadata, migrations=MIGRATIONS)
-    await database.start()
-    try:
-        yield database
-    finally:
-        await database.close()
 
 
 async def _queued(database: Database) -> tuple[int, int]:
