@@ -16,7 +16,6 @@ from services.segmentation.adapters.tables import (
     customer_segments,
     fact_changes,
     fact_changes_pruned,
-    fact_versions,
     membership_changes,
     metadata,
     removed_segments,
@@ -72,8 +71,8 @@ def _last_round_kept_until_an_erasure(connection: Connection) -> None:
 
 
 def _read_side_state(connection: Connection) -> None:
-    for table in (fact_versions, published_rounds):
-        table.create(connection, checkfirst=True)
+    # (It also created fact_versions, which nothing reads any more: migration 9 drops it.)
+    published_rounds.create(connection, checkfirst=True)
     for index in counted_orders.indexes:
         index.create(connection, checkfirst=True)
     if connection.dialect.name == "postgresql":
@@ -152,6 +151,10 @@ def _stored_members_by_key(connection: Connection) -> None:
     connection.execute(text("DROP INDEX IF EXISTS ix_customer_segments_person_bytewise"))
 
 
+def _drop_fact_versions(connection: Connection) -> None:
+    connection.execute(text("DROP TABLE IF EXISTS fact_versions"))
+
+
 def _outbox_row_per_person(connection: Connection) -> None:
     # Records still queued in segment_changes are published first (membership.publish_queued_changes).
     for table in (membership_changes, removed_segments):
@@ -171,4 +174,5 @@ MIGRATIONS = [
     Migration(7, "stored members by membership key and person key", _stored_members_by_key),
     Migration(8, "the outbox of membership changes one row per person and evaluation, records rendered when "
                  "published; names of removed rule segments", _outbox_row_per_person),
+    Migration(9, "fact versions dropped: the read side follows the log of changed facts", _drop_fact_versions),
 ]

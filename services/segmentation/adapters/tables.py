@@ -132,18 +132,6 @@ segment_changes = Table(
     Column("payload", Text, nullable=False),
 )
 
-# How often each consumer process has changed counted orders, and stored facts of any kind (one row per
-# process, so replicas never wait for each other's row): the read side's cached counts are keyed on the totals,
-# which only grow. Bumped in the transaction that changes the facts, so a reader that read the totals before
-# the facts cannot keep older facts under newer totals.
-fact_versions = Table(
-    "fact_versions",
-    metadata,
-    Column("writer", String(32), primary_key=True),
-    Column("orders", BigInteger, nullable=False),
-    Column("facts", BigInteger, nullable=False),
-)
-
 # What changed in the facts the read side counts from, written by triggers (migration 6) whatever changes them (the
 # consumer, an erasure): per counted order inserted, replaced or deleted, the row as it was (sign -1) and as it is
 # (+1); likewise a profile's first_seen_us. The read side's counts at a moment move through these rows instead of

@@ -22,6 +22,8 @@ segment_members = Table("segment_members", _FIRST_ONLY, Column("segment_id", Str
                         Column("entered_us", BigInteger, nullable=False))
 Table("pending_evaluations", _FIRST_ONLY, Column("person_key", String(300), primary_key=True),
       Column("token", String(32), nullable=False))
+# As an older version's migration 5 made it; migration 9 drops it (nothing reads it any more).
+Table("fact_versions", _FIRST_ONLY, Column("writer", String(32), primary_key=True))
 events_then = Table("customer_events", MetaData(), Column("person_key", String(300)), Column("occurred_us", BigInteger))
 Index("ix_customer_events_person", events_then.c.person_key, events_then.c.occurred_us)
 
@@ -64,7 +66,7 @@ async def test_the_first_schema_is_migrated_with_counted_orders_and_membership_p
                 lambda sync: {index["name"] for index in inspect(sync).get_indexes("customer_events")})
         assert [(row.order_id, row.event_id, row.person_key) for row in counted] == [("o-1", "e-early", "u-b")]
         assert stored == {"u-a": "lifecycle:prospect", "u-b": "lifecycle:churned tier:silver"}
-        assert not {"segment_members", "pending_evaluations"} & tables
+        assert not {"segment_members", "pending_evaluations", "fact_versions"} & tables
         assert indexes == {index.name for index in customer_events.indexes}
     finally:
         await database.close()
