@@ -7,14 +7,17 @@ distinct persons, counted orders and refunds are computed in one pass over the e
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import duckdb
 
 from libs.common.events import epoch_micros
 from services.funnel.domain.kpis import INQUIRY_FOLLOW_UP, KpiCounts, Kpis, day_spans, kpis_of
+from services.funnel.engine import kpi_state, product_state
+from services.funnel.engine.facts import fetch
 
 _FOLLOW_UP_US = INQUIRY_FOLLOW_UP.days * 86_400_000_000 + INQUIRY_FOLLOW_UP.seconds * 1_000_000
 
@@ -118,6 +121,134 @@ ORDER BY sp.bucket
 """
 
 
+
+# The same figures with the KPI state (kpi_state.py): distinct persons of whole days from ``presence`` and the
+# rest ({loose}: the parts of the spans outside them, up to $as_of, as literal time bounds that zone maps use) from
+# the rows, joined in by person id, with the rows not folded yet (applied after $folded) inside the whole days;
+# each order's counting event from ``order_state`` and the completed events not folded yet. $w0/$w1: the whole
+# days (of the state's zone) each span uses, [w0, w1), empty when w0 = w1; $last_id: the state's capacity - 1.
+_KEPT = """
+WITH spans AS (SELECT unnest($b) AS bucket, unnest($s) AS s, unnest($e) AS e, unnest($w0) AS w0, unnest($w1) AS w1),
+span_events AS NOT MATERIALIZED (
+    SELECT {bucket} AS bucket, k.type, k.person_key, k.occurred_us, k.order_id, k.order_status,
+           k.refund_cents, k.response_seconds, k.rating
+    FROM events k
+    WHERE k.occurred_us >= $lo AND k.occurred_us < $hi AND k.occurred_us <= $as_of
+),
+traffic AS (
+    SELECT bucket,
+           count(*) FILTER (WHERE type = 'view') AS pv,
+           count(*) FILTER (WHERE type = 'review') AS review_count,
+           count(rating) FILTER (WHERE type = 'review') AS ratings,
+           coalesce(sum(rating) FILTER (WHERE type = 'review'), 0) AS rating_sum,
+           count(*) FILTER (WHERE type = 'review' AND rating <= 2) AS negative_ratings
+    FROM span_events GROUP BY bucket
+),
+responses AS (
+    SELECT bucket, response_seconds AS r,
+           row_number() OVER (PARTITION BY bucket ORDER BY response_seconds) - 1 AS i,
+           count(*) OVER (PARTITION BY bucket) AS n
+    FROM span_events WHERE type = 'inquiry' AND response_seconds IS NOT NULL
+),
+middle AS (
+    SELECT bucket, min(r) FILTER (WHERE i = (n - 1) // 2) AS low, min(r) FILTER (WHERE i = n // 2) AS high
+    FROM responses GROUP BY bucket
+),
+kept AS (
+    SELECT sp.bucket, p.type, bit_or(p.bits) AS bits
+    FROM spans sp JOIN presence p ON p.day_start >= sp.w0 AND p.day_start < sp.w1
+    GROUP BY sp.bucket, p.type
+),
+loose AS (
+    {loose}
+    UNION ALL
+    SELECT sp.bucket, k.type, k.person_key
+    FROM events k JOIN spans sp ON k.occurred_us >= sp.w0 AND k.occurred_us < sp.w1
+    WHERE k.applied > $folded AND k.type IN ('view', 'add_to_cart', 'inquiry')
+),
+unkept AS (
+    SELECT l.bucket, l.type, bitstring_agg(i.id, 0, $last_id) FILTER (WHERE i.id IS NOT NULL) AS bits,
+           count(DISTINCT l.person_key) FILTER (WHERE i.id IS NULL) AS newcomers
+    FROM loose l LEFT JOIN person_ids i ON i.person_key = l.person_key
+    GROUP BY l.bucket, l.type
+),
+persons AS (
+    SELECT bucket, type,
+           coalesce(bit_count(CASE WHEN k.bits IS NULL THEN u.bits WHEN u.bits IS NULL THEN k.bits
+                                   ELSE k.bits | u.bits END), 0) + coalesce(u.newcomers, 0) AS n
+    FROM kept k FULL JOIN unkept u USING (bucket, type)
+),
+reach AS (
+    SELECT bucket, sum(n) FILTER (WHERE type = 'view') AS uv, sum(n) FILTER (WHERE type = 'add_to_cart') AS cart_users,
+           sum(n) FILTER (WHERE type = 'inquiry') AS inquiry_users
+    FROM persons GROUP BY bucket
+),
+-- Each order's counting event: the state's, unless a completed event not folded yet is earlier.
+fresh_orders AS (
+    SELECT order_id FROM order_events
+    WHERE applied > $folded AND order_status = 'completed' AND order_id IS NOT NULL
+),
+refolded AS (
+    SELECT order_id, event_id, person_key, occurred_us, amount FROM order_state SEMI JOIN fresh_orders USING (order_id)
+    UNION ALL
+    SELECT * FROM ({fresh_counting})
+),
+counted AS NOT MATERIALIZED (
+    SELECT order_id, person_key, occurred_us, amount FROM order_state ANTI JOIN fresh_orders USING (order_id)
+    UNION ALL
+    SELECT order_id, person_key, occurred_us, amount FROM refolded
+    QUALIFY row_number() OVER (PARTITION BY order_id ORDER BY occurred_us, event_id) = 1
+),
+orders AS (
+    SELECT * FROM counted WHERE occurred_us >= $lo AND occurred_us <= $hi + $follow_up AND occurred_us <= $as_of
+),
+placed AS (
+    SELECT {order_bucket} AS bucket, o.* FROM orders o WHERE o.occurred_us >= $lo AND o.occurred_us < $hi
+),
+refunded AS (
+    SELECT DISTINCT order_id FROM order_events
+    WHERE order_status = 'refunded' AND occurred_us <= $as_of AND order_id IN (SELECT order_id FROM placed)
+),
+sales AS (
+    SELECT bucket, count(*) AS orders, count(DISTINCT person_key) AS buyers, sum(amount) AS gmv,
+           count(*) FILTER (WHERE order_id IN (SELECT order_id FROM refunded)) AS returned
+    FROM placed GROUP BY bucket
+),
+repeaters AS (
+    SELECT bucket, count(*) AS repurchasers
+    FROM (SELECT bucket, person_key FROM placed GROUP BY bucket, person_key HAVING count(*) >= 2)
+    GROUP BY bucket
+),
+refunds AS (
+    SELECT r.bucket, sum(coalesce(r.refund_cents, o.amount)) AS refunds
+    FROM span_events r JOIN counted o ON o.order_id = r.order_id
+    WHERE r.order_status = 'refunded' AND o.occurred_us <= $as_of
+    GROUP BY r.bucket
+),
+converted AS (
+    SELECT q.bucket, count(DISTINCT q.person_key) AS converted_inquirers
+    FROM span_events q
+    WHERE q.type = 'inquiry' AND EXISTS (
+        SELECT 1 FROM orders o
+        WHERE o.person_key = q.person_key AND o.occurred_us >= q.occurred_us
+          AND o.occurred_us <= q.occurred_us + $follow_up
+    )
+    GROUP BY q.bucket
+)
+SELECT sp.bucket,
+       coalesce(t.pv, 0), coalesce(h.uv, 0), coalesce(h.cart_users, 0), coalesce(h.inquiry_users, 0),
+       coalesce(s.buyers, 0), coalesce(s.orders, 0), coalesce(s.gmv, 0), coalesce(f.refunds, 0),
+       coalesce(p.repurchasers, 0), coalesce(c.converted_inquirers, 0), m.low, m.high, coalesce(s.returned, 0),
+       coalesce(t.review_count, 0), coalesce(t.rating_sum, 0), coalesce(t.ratings, 0),
+       coalesce(t.negative_ratings, 0)
+FROM spans sp
+LEFT JOIN traffic t USING (bucket) LEFT JOIN reach h USING (bucket) LEFT JOIN middle m USING (bucket)
+LEFT JOIN sales s USING (bucket) LEFT JOIN repeaters p USING (bucket) LEFT JOIN refunds f USING (bucket)
+LEFT JOIN converted c USING (bucket)
+ORDER BY sp.bucket
+"""
+
+
 def _bucket(column: str) -> str:
     """The index of the consecutive span holding ``column``'s time, given $origin, the start of the second span
     (a local midnight). Days are 24 hours give or take clock changes of at most a few hours, so the arithmetic
@@ -127,28 +258,89 @@ def _bucket(column: str) -> str:
             f" + ({column} >= list_extract($e, {guess} + 1))::INTEGER)")
 
 
-_DAYS = _KPIS.replace("{bucket}", _bucket("k.occurred_us")).replace("{order_bucket}", _bucket("o.occurred_us"))
-_RANGE = _KPIS.replace("{bucket}", "0").replace("{order_bucket}", "0")
+def _form(sql: str, days: bool) -> str:
+    if days:
+        return sql.replace("{bucket}", _bucket("k.occurred_us")).replace("{order_bucket}", _bucket("o.occurred_us"))
+    return sql.replace("{bucket}", "0").replace("{order_bucket}", "0")
+
+
+_DAYS, _RANGE = _form(_KPIS, True), _form(_KPIS, False)
 
 
 def _money(cents: Any) -> Decimal:
     return Decimal(int(cents)).scaleb(-2)
 
 
-def span_kpis(cursor: duckdb.DuckDBPyConnection, spans: list[tuple[datetime, datetime]], as_of: datetime) -> list[Kpis]:
-    """The KPIs of each span [start, end) as known at as_of, in the order given."""
+def _local_midnight(moment: int, zone: ZoneInfo, *, after: bool) -> int:
+    """The first start of a day of ``zone`` at or after ``moment`` (epoch micros), or the last at or before it."""
+    day = datetime.fromtimestamp(moment / 1e6, UTC).astimezone(zone).date()
+    start = epoch_micros(datetime.combine(day, time(), zone).astimezone(UTC))
+    step = timedelta(days=1 if after else -1)
+    while (start < moment) if after else (start > moment):
+        day += step
+        start = epoch_micros(datetime.combine(day, time(), zone).astimezone(UTC))
+    return start
+
+
+def whole_days(start: int, end: int, as_of: int, time_zone: str) -> tuple[int, int]:
+    """[w0, w1): the whole days of ``time_zone`` inside [start, end) whose every moment is at or before as_of
+    (epoch micros); (0, 0) when there is none."""
+    zone = ZoneInfo(time_zone)
+    first = _local_midnight(start, zone, after=True)
+    last = _local_midnight(min(end, as_of + 1), zone, after=False)
+    return (first, last) if first < last else (0, 0)
+
+
+def _kept_sql(starts: list[int], ends: list[int], kept: list[tuple[int, int]], as_of: int, folded: int,
+              days: bool) -> str:
+    """_KEPT with the rows outside the whole days as literal time bounds, adjacent parts merged (the span of a
+    row is its bucket, as in span_events)."""
+    parts: list[list[int]] = []
+    for start, end, (w0, w1) in zip(starts, ends, kept, strict=True):
+        limit = min(end, as_of + 1)
+        for low, high in ((start, min(w0, limit)), (max(w1, start), limit)) if w0 < w1 else ((start, limit),):
+            if low >= high:
+                continue
+            if parts and parts[-1][1] == low:
+                parts[-1][1] = high
+            else:
+                parts.append([low, high])
+    bucket = _bucket("k.occurred_us") if days else "0"
+    loose = "\n    UNION ALL\n    ".join(
+        f"SELECT {bucket} AS bucket, k.type, k.person_key FROM events k WHERE k.occurred_us >= {low} "
+        f"AND k.occurred_us < {high} AND k.type IN ('view', 'add_to_cart', 'inquiry')" for low, high in parts
+    ) or "SELECT NULL::INTEGER AS bucket, NULL::VARCHAR AS type, NULL::VARCHAR AS person_key WHERE false"
+    fresh = kpi_state.counting_events(f"e.applied > {int(folded)}")
+    return _form(_KEPT, days).replace("{loose}", loose).replace("{fresh_counting}", fresh)
+
+
+def span_kpis(cursor: duckdb.DuckDBPyConnection, spans: list[tuple[datetime, datetime]], as_of: datetime, *,
+              kept: bool = True) -> list[Kpis]:
+    """The KPIs of each span [start, end) as known at as_of, in the order given. ``kept``: with the copy's KPI
+    state (kpi_state.py); without it, the plain SQL over the rows alone (which is what DuckDB over other files of
+    the same rows can run)."""
     if not spans:
         return []
     starts = [epoch_micros(start) for start, _ in spans]
     ends = [epoch_micros(end) for _, end in spans]
     if len(spans) > 1 and any(end != start for end, start in zip(ends, starts[1:], strict=False)):
         raise ValueError("the spans of one query must be consecutive")
+    moment = epoch_micros(as_of)
     parameters = {"b": list(range(len(spans))), "s": starts, "e": ends, "lo": starts[0], "hi": ends[-1],
-                  "as_of": epoch_micros(as_of), "follow_up": _FOLLOW_UP_US}
-    if len(spans) == 1:
-        rows = cursor.execute(_RANGE, parameters).fetchall()
+                  "as_of": moment, "follow_up": _FOLLOW_UP_US}
+    if len(spans) > 1:
+        parameters["origin"] = starts[1]
+    days = len(spans) > 1
+    if not kept:
+        rows = cursor.execute(_DAYS if days else _RANGE, parameters).fetchall()
     else:
-        rows = cursor.execute(_DAYS, parameters | {"origin": starts[1]}).fetchall()
+        with product_state.snapshot(cursor):
+            folded, capacity, time_zone = kpi_state.standing(cursor)
+            whole = [whole_days(start, end, moment, time_zone) for start, end in zip(starts, ends, strict=True)]
+            sql = _kept_sql(starts, ends, whole, moment, folded, days)
+            rows = fetch(cursor, sql, parameters | {
+                "w0": [w0 for w0, _ in whole], "w1": [w1 for _, w1 in whole], "folded": folded,
+                "last_id": capacity - 1})
     figures = []
     for row in rows:
         (_, pv, uv, cart_users, inquiry_users, buyers, orders, gmv, refunds, repurchasers, converted, low, high,
@@ -165,12 +357,14 @@ def span_kpis(cursor: duckdb.DuckDBPyConnection, spans: list[tuple[datetime, dat
 
 
 def kpis(
-    cursor: duckdb.DuckDBPyConnection, start: datetime, end: datetime, as_of: datetime, time_zone: str | None
+    cursor: duckdb.DuckDBPyConnection, start: datetime, end: datetime, as_of: datetime, time_zone: str | None, *,
+    kept: bool = True,
 ) -> tuple[Kpis, dict[date, Kpis] | None]:
-    """Range KPIs, and per day of the time zone when one is given (SPEC.md "Daily and range KPIs")."""
-    totals = span_kpis(cursor, [(start, end)], as_of)[0]
+    """Range KPIs, and per day of the time zone when one is given (SPEC.md "Daily and range KPIs"). ``kept``: see
+    ``span_kpis``."""
+    totals = span_kpis(cursor, [(start, end)], as_of, kept=kept)[0]
     if time_zone is None:
         return totals, None
     days = day_spans(start, end, time_zone)
-    figures = span_kpis(cursor, [(day_start, day_end) for _, day_start, day_end in days], as_of)
+    figures = span_kpis(cursor, [(day_start, day_end) for _, day_start, day_end in days], as_of, kept=kept)
     return totals, {day: kpi for (day, _, _), kpi in zip(days, figures, strict=True)}
