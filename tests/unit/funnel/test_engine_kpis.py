@@ -44,7 +44,8 @@ def test_equal_to_the_domain_on_random_histories(raw, applied, state_zone, capac
     inner = (start + timedelta(hours=5), end + timedelta(hours=7), start + timedelta(days=1, hours=3))
     with mock.patch.object(kpi_state, "MIN_CAPACITY", capacity), \
             duck_of(arrived, **applied, time_zone=state_zone) as duck:
-        for span in ((start, end, as_of), inner):
+        # ... and one after every event, where every day of the range is whole and the state answers for it.
+        for span in ((start, end, as_of), inner, (start, end, FIRST_ERA + timedelta(days=100))):
             want = (range_kpis(known, *span), daily_kpis(known, *span, TIME_ZONE))
             assert kpis(duck.cursor(), *span, TIME_ZONE) == want
             assert kpis(duck.cursor(), *span, TIME_ZONE, kept=False) == want
