@@ -135,14 +135,13 @@ span_events AS NOT MATERIALIZED (
     FROM events k
     WHERE k.occurred_us >= $lo AND k.occurred_us < $hi AND k.occurred_us <= $as_of
 ),
-traffic AS (
-    SELECT bucket,
-           count(*) FILTER (WHERE type = 'view') AS pv,
-           count(*) FILTER (WHERE type = 'review') AS review_count,
-           count(rating) FILTER (WHERE type = 'review') AS ratings,
-           coalesce(sum(rating) FILTER (WHERE type = 'review'), 0) AS rating_sum,
-           count(*) FILTER (WHERE type = 'review' AND rating <= 2) AS negative_ratings
-    FROM span_events GROUP BY bucket
+views AS (
+    SELECT bucket, count(*) AS pv FROM span_events WHERE type = 'view' GROUP BY bucket
+),
+reviews AS (
+    SELECT bucket, count(*) AS review_count, count(rating) AS ratings, coalesce(sum(rating), 0) AS rating_sum,
+           count(*) FILTER (WHERE rating <= 2) AS negative_ratings
+    FROM span_events WHERE type = 'review' GROUP BY bucket
 ),
 responses AS (
     SELECT bucket, response_seconds AS r,
@@ -184,22 +183,7 @@ reach AS (
     FROM persons GROUP BY bucket
 ),
 -- Each order's counting event: the state's, unless a completed event not folded yet is earlier.
-fresh_orders AS (
-    SELECT order_id FROM order_events
-    WHERE applied > $folded AND order_status = 'completed' AND order_id IS NOT NULL
-),
-refolded AS (
-    SELECT order_id, event_id, person_key, occurred_us, amount FROM order_state SEMI JOIN fresh_orders USING (order_id)
-    UNION ALL
-    SELECT * FROM ({fresh_counting})
-),
-counted AS NOT MATERIALIZED (
-    SELECT order_id, person_key, occurred_us, amount FROM order_state ANTI JOIN fresh_orders USING (order_id)
-    UNION ALL
-    SELECT order_id, person_key, occurred_us, amount FROM refolded
-    QUALIFY row_number() OVER (PARTITION BY order_id ORDER BY occurred_us, event_id) = 1
-),
-orders AS (
+{counted}orders AS (
     SELECT * FROM counted WHERE occurred_us >= $lo AND occurred_us <= $hi + $follow_up AND occurred_us <= $as_of
 ),
 placed AS (
@@ -219,10 +203,14 @@ repeaters AS (
     FROM (SELECT bucket, person_key FROM placed GROUP BY bucket, person_key HAVING count(*) >= 2)
     GROUP BY bucket
 ),
+span_refunds AS (
+    SELECT {bucket} AS bucket, k.order_id, k.refund_cents FROM order_events k
+    WHERE k.occurred_us >= $lo AND k.occurred_us < $hi AND k.occurred_us <= $as_of AND k.order_status = 'refunded'
+),
 refunds AS (
     SELECT r.bucket, sum(coalesce(r.refund_cents, o.amount)) AS refunds
-    FROM span_events r JOIN counted o ON o.order_id = r.order_id
-    WHERE r.order_status = 'refunded' AND o.occurred_us <= $as_of
+    FROM span_refunds r JOIN counted o ON o.order_id = r.order_id
+    WHERE o.occurred_us <= $as_of
     GROUP BY r.bucket
 ),
 converted AS (
@@ -236,13 +224,13 @@ converted AS (
     GROUP BY q.bucket
 )
 SELECT sp.bucket,
-       coalesce(t.pv, 0), coalesce(h.uv, 0), coalesce(h.cart_users, 0), coalesce(h.inquiry_users, 0),
+       coalesce(v.pv, 0), coalesce(h.uv, 0), coalesce(h.cart_users, 0), coalesce(h.inquiry_users, 0),
        coalesce(s.buyers, 0), coalesce(s.orders, 0), coalesce(s.gmv, 0), coalesce(f.refunds, 0),
        coalesce(p.repurchasers, 0), coalesce(c.converted_inquirers, 0), m.low, m.high, coalesce(s.returned, 0),
        coalesce(t.review_count, 0), coalesce(t.rating_sum, 0), coalesce(t.ratings, 0),
        coalesce(t.negative_ratings, 0)
 FROM spans sp
-LEFT JOIN traffic t USING (bucket) LEFT JOIN reach h USING (bucket) LEFT JOIN middle m USING (bucket)
+LEFT JOIN views v USING (bucket) LEFT JOIN reviews t USING (bucket) LEFT JOIN reach h USING (bucket) LEFT JOIN middle m USING (bucket)
 LEFT JOIN sales s USING (bucket) LEFT JOIN repeaters p USING (bucket) LEFT JOIN refunds f USING (bucket)
 LEFT JOIN converted c USING (bucket)
 ORDER BY sp.bucket
@@ -291,8 +279,29 @@ def whole_days(start: int, end: int, as_of: int, time_zone: str) -> tuple[int, i
     return (first, last) if first < last else (0, 0)
 
 
+# ``counted`` when completed order events are not folded yet; else the state alone.
+_COUNTED_FRESH = """fresh_orders AS (
+    SELECT order_id FROM order_events
+    WHERE applied > $folded AND order_status = 'completed' AND order_id IS NOT NULL
+),
+refolded AS (
+    SELECT order_id, event_id, person_key, occurred_us, amount FROM order_state SEMI JOIN fresh_orders USING (order_id)
+    UNION ALL
+    SELECT * FROM ({fresh_counting})
+),
+counted AS NOT MATERIALIZED (
+    SELECT order_id, person_key, occurred_us, amount FROM order_state ANTI JOIN fresh_orders USING (order_id)
+    UNION ALL
+    SELECT order_id, person_key, occurred_us, amount FROM refolded
+    QUALIFY row_number() OVER (PARTITION BY order_id ORDER BY occurred_us, event_id) = 1
+),
+"""
+_COUNTED = """counted AS NOT MATERIALIZED (SELECT order_id, person_key, occurred_us, amount FROM order_state),
+"""
+
+
 def _kept_sql(starts: list[int], ends: list[int], kept: list[tuple[int, int]], as_of: int, folded: int,
-              days: bool) -> str:
+              days: bool, fresh: bool) -> str:
     """_KEPT with the rows outside the whole days as literal time bounds, adjacent parts merged (the span of a
     row is its bucket, as in span_events)."""
     parts: list[list[int]] = []
@@ -310,8 +319,10 @@ def _kept_sql(starts: list[int], ends: list[int], kept: list[tuple[int, int]], a
         f"SELECT {bucket} AS bucket, k.type, k.person_key FROM events k WHERE k.occurred_us >= {low} "
         f"AND k.occurred_us < {high} AND k.type IN ('view', 'add_to_cart', 'inquiry')" for low, high in parts
     ) or "SELECT NULL::INTEGER AS bucket, NULL::VARCHAR AS type, NULL::VARCHAR AS person_key WHERE false"
-    fresh = kpi_state.counting_events(f"e.applied > {int(folded)}")
-    return _form(_KEPT, days).replace("{loose}", loose).replace("{fresh_counting}", fresh)
+    counted = _COUNTED
+    if fresh:
+        counted = _COUNTED_FRESH.replace("{fresh_counting}", kpi_state.counting_events(f"e.applied > {int(folded)}"))
+    return _form(_KEPT, days).replace("{loose}", loose).replace("{counted}", counted)
 
 
 def span_kpis(cursor: duckdb.DuckDBPyConnection, spans: list[tuple[datetime, datetime]], as_of: datetime, *,
@@ -337,7 +348,10 @@ def span_kpis(cursor: duckdb.DuckDBPyConnection, spans: list[tuple[datetime, dat
         with product_state.snapshot(cursor):
             folded, capacity, time_zone = kpi_state.standing(cursor)
             whole = [whole_days(start, end, moment, time_zone) for start, end in zip(starts, ends, strict=True)]
-            sql = _kept_sql(starts, ends, whole, moment, folded, days)
+            fresh = cursor.execute(
+                "SELECT count(*) FROM order_events WHERE applied > ? AND order_status = 'completed'", [folded]
+            ).fetchone()[0]  # type: ignore[index]
+            sql = _kept_sql(starts, ends, whole, moment, folded, days, fresh > 0)
             rows = fetch(cursor, sql, parameters | {
                 "w0": [w0 for w0, _ in whole], "w1": [w1 for _, w1 in whole], "folded": folded,
                 "last_id": capacity - 1})
