@@ -56,8 +56,12 @@ def create_state(connection: duckdb.DuckDBPyConnection, time_zone: str = "UTC") 
     connection.execute("CREATE TABLE IF NOT EXISTS presence (day_start BIGINT, type VARCHAR, bits BIT)")
     # amount: one order's, which fits 64 bits (a total, or lines of at most 10^14 cents each in a 32 KB event);
     # sums of it are taken as HUGEINT. (A HUGEINT column scans ~50x slower: its bit-packing.)
+    # Per order_id: its earliest completed event (NULLs while only refunds are known) with the person's id, and its
+    # earliest refund.
     connection.execute("CREATE TABLE IF NOT EXISTS order_state (order_id VARCHAR, event_id VARCHAR, "
-                       "person_key VARCHAR, occurred_us BIGINT, amount BIGINT)")
+                       "person_key VARCHAR, person_id BIGINT, occurred_us BIGINT, amount BIGINT, refund_us BIGINT)")
+    # Every folded inquiry, by person id (an erasure's rows folded again add copies, which change no count).
+    connection.execute("CREATE TABLE IF NOT EXISTS inquiry_state (occurred_us BIGINT, person_id BIGINT)")
     # persons: ids given (0 .. persons - 1); capacity: the bits of every bitstring of presence.
     connection.execute("CREATE TABLE IF NOT EXISTS kpi_state (time_zone VARCHAR, persons BIGINT, capacity BIGINT)")
     if connection.execute("SELECT count(*) FROM kpi_state").fetchone()[0] == 0:  # type: ignore[index]
@@ -65,7 +69,7 @@ def create_state(connection: duckdb.DuckDBPyConnection, time_zone: str = "UTC") 
 
 
 def clear(connection: duckdb.DuckDBPyConnection) -> None:
-    for table in ("person_ids", "presence", "order_state"):
+    for table in ("person_ids", "presence", "order_state", "inquiry_state"):
         connection.execute(f"DELETE FROM {table}")
     connection.execute("UPDATE kpi_state SET persons = 0, capacity = ?", [MIN_CAPACITY])
 
@@ -104,7 +108,8 @@ def _fold_persons(connection: duckdb.DuckDBPyConnection, where: str) -> int:
     connection.execute(f"""
         INSERT INTO person_ids
         SELECT n.person_key, {int(persons)} + row_number() OVER () - 1
-        FROM (SELECT DISTINCT person_key FROM events e WHERE {where} AND e.type IN ({_TYPES})) n
+        FROM (SELECT DISTINCT person_key FROM events e
+              WHERE {where} AND (e.type IN ({_TYPES}) OR e.order_status = 'completed')) n
         ANTI JOIN person_ids p ON p.person_key = n.person_key""")
     persons = connection.execute("SELECT count(*) FROM person_ids").fetchone()[0]  # type: ignore[index]
     if persons > capacity:
@@ -157,16 +162,34 @@ def counting_events(where: str) -> str:
 
 
 def _fold_orders(connection: duckdb.DuckDBPyConnection, where: str) -> None:
-    connection.execute(f"CREATE OR REPLACE TEMP TABLE order_fold AS {counting_events(where)}")
+    """The earliest completed event and the earliest refund of each order, and the inquiries, of the rows meeting
+    ``where`` folded in (after ``_fold_persons``: every person of a completed order or an inquiry has an id)."""
+    connection.execute(f"""
+        CREATE OR REPLACE TEMP TABLE order_fold AS
+        WITH counting AS ({counting_events(where)}),
+        refunds AS (
+            SELECT e.order_id, min(e.occurred_us) AS refund_us FROM order_events e
+            WHERE {where} AND e.order_status = 'refunded' AND e.order_id IS NOT NULL GROUP BY e.order_id
+        )
+        SELECT order_id, c.event_id, c.person_key, p.id AS person_id, c.occurred_us, c.amount, r.refund_us
+        FROM counting c FULL JOIN refunds r USING (order_id) LEFT JOIN person_ids p ON p.person_key = c.person_key""")
     connection.execute("""
-        UPDATE order_state SET event_id = f.event_id, person_key = f.person_key, occurred_us = f.occurred_us,
-                               amount = f.amount
+        UPDATE order_state SET event_id = f.event_id, person_key = f.person_key, person_id = f.person_id,
+                               occurred_us = f.occurred_us, amount = f.amount
         FROM order_fold f
-        WHERE order_state.order_id = f.order_id
-          AND (f.occurred_us < order_state.occurred_us
+        WHERE order_state.order_id = f.order_id AND f.occurred_us IS NOT NULL
+          AND (order_state.occurred_us IS NULL OR f.occurred_us < order_state.occurred_us
                OR (f.occurred_us = order_state.occurred_us AND f.event_id < order_state.event_id))""")
+    connection.execute("""
+        UPDATE order_state SET refund_us = f.refund_us FROM order_fold f
+        WHERE order_state.order_id = f.order_id AND f.refund_us IS NOT NULL
+          AND (order_state.refund_us IS NULL OR f.refund_us < order_state.refund_us)""")
     connection.execute("INSERT INTO order_state SELECT f.* FROM order_fold f ANTI JOIN order_state s USING (order_id)")
     connection.execute("DROP TABLE order_fold")
+    connection.execute(f"""
+        INSERT INTO inquiry_state
+        SELECT e.occurred_us, p.id FROM events e JOIN person_ids p ON p.person_key = e.person_key
+        WHERE {where} AND e.type = 'inquiry' ORDER BY e.occurred_us""")
 
 
 def fold(connection: duckdb.DuckDBPyConnection, top: int) -> None:

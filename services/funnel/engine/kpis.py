@@ -189,13 +189,9 @@ reach AS (
 placed AS (
     SELECT {order_bucket} AS bucket, o.* FROM orders o WHERE o.occurred_us >= $lo AND o.occurred_us < $hi
 ),
-refunded AS (
-    SELECT DISTINCT order_id FROM order_events
-    WHERE order_status = 'refunded' AND occurred_us <= $as_of AND order_id IN (SELECT order_id FROM placed)
-),
 sales AS (
     SELECT bucket, count(*) AS orders, count(DISTINCT person_key) AS buyers, sum(amount) AS gmv,
-           count(*) FILTER (WHERE order_id IN (SELECT order_id FROM refunded)) AS returned
+           count(*) FILTER (WHERE {returned}) AS returned
     FROM placed GROUP BY bucket
 ),
 repeaters AS (
@@ -213,16 +209,7 @@ refunds AS (
     WHERE o.occurred_us <= $as_of
     GROUP BY r.bucket
 ),
-converted AS (
-    SELECT q.bucket, count(DISTINCT q.person_key) AS converted_inquirers
-    FROM span_events q
-    WHERE q.type = 'inquiry' AND EXISTS (
-        SELECT 1 FROM orders o
-        WHERE o.person_key = q.person_key AND o.occurred_us >= q.occurred_us
-          AND o.occurred_us <= q.occurred_us + $follow_up
-    )
-    GROUP BY q.bucket
-)
+{converted}
 SELECT sp.bucket,
        coalesce(v.pv, 0), coalesce(h.uv, 0), coalesce(h.cart_users, 0), coalesce(h.inquiry_users, 0),
        coalesce(s.buyers, 0), coalesce(s.orders, 0), coalesce(s.gmv, 0), coalesce(f.refunds, 0),
@@ -285,25 +272,61 @@ _COUNTED_FRESH = """fresh_orders AS (
     WHERE applied > $folded AND order_status = 'completed' AND order_id IS NOT NULL
 ),
 refolded AS (
-    SELECT order_id, event_id, person_key, occurred_us, amount FROM order_state SEMI JOIN fresh_orders USING (order_id)
+    SELECT order_id, event_id, person_key, occurred_us, amount, refund_us
+    FROM order_state SEMI JOIN fresh_orders USING (order_id)
     UNION ALL
-    SELECT * FROM ({fresh_counting})
+    SELECT *, NULL AS refund_us FROM ({fresh_counting})
 ),
 counted AS NOT MATERIALIZED (
-    SELECT order_id, person_key, occurred_us, amount FROM order_state ANTI JOIN fresh_orders USING (order_id)
+    SELECT order_id, person_key, NULL AS person_id, occurred_us, amount, refund_us
+    FROM order_state ANTI JOIN fresh_orders USING (order_id)
     UNION ALL
-    SELECT order_id, person_key, occurred_us, amount FROM refolded
+    SELECT order_id, person_key, NULL AS person_id, occurred_us, amount,
+           min(refund_us) OVER (PARTITION BY order_id) AS refund_us
+    FROM refolded
     QUALIFY row_number() OVER (PARTITION BY order_id ORDER BY occurred_us, event_id) = 1
 ),
 """
-_COUNTED = """counted AS NOT MATERIALIZED (SELECT order_id, person_key, occurred_us, amount FROM order_state),
+_COUNTED = """counted AS NOT MATERIALIZED (
+    SELECT order_id, person_key, person_id, occurred_us, amount, refund_us FROM order_state
+),
 """
+# An order placed in the span is returned when refunded up to $as_of: its earliest refund folded (refund_us), or a
+# refund not folded yet.
+_RETURNED = "refund_us <= $as_of"
+_RETURNED_FRESH = """refund_us <= $as_of OR order_id IN (
+               SELECT order_id FROM order_events
+               WHERE applied > $folded AND order_status = 'refunded' AND occurred_us <= $as_of)"""
+# Persons with an inquiry in the span followed by an order within $follow_up: by person id over the folded
+# inquiries when every inquiry and completed order is folded (the state's orders carry the person's id), else by
+# person key over the rows.
+_CONVERTED = """converted AS (
+    SELECT {bucket} AS bucket, count(DISTINCT k.person_id) AS converted_inquirers
+    FROM inquiry_state k
+    WHERE k.occurred_us >= $lo AND k.occurred_us < $hi AND k.occurred_us <= $as_of AND EXISTS (
+        SELECT 1 FROM orders o
+        WHERE o.person_id = k.person_id AND o.occurred_us >= k.occurred_us
+          AND o.occurred_us <= k.occurred_us + $follow_up
+    )
+    GROUP BY ALL
+)"""
+_CONVERTED_FRESH = """converted AS (
+    SELECT q.bucket, count(DISTINCT q.person_key) AS converted_inquirers
+    FROM span_events q
+    WHERE q.type = 'inquiry' AND EXISTS (
+        SELECT 1 FROM orders o
+        WHERE o.person_key = q.person_key AND o.occurred_us >= q.occurred_us
+          AND o.occurred_us <= q.occurred_us + $follow_up
+    )
+    GROUP BY q.bucket
+)"""
 
 
 def _kept_sql(starts: list[int], ends: list[int], kept: list[tuple[int, int]], as_of: int, folded: int,
-              days: bool, fresh: bool) -> str:
-    """_KEPT with the rows outside the whole days as literal time bounds, adjacent parts merged (the span of a
-    row is its bucket, as in span_events)."""
+              days: bool, unfolded: tuple[int, int, int]) -> str:
+    """_KEPT for these spans: the rows outside the whole days (``kept``) as literal time bounds, adjacent parts
+    merged (the span of a row is its bucket, as in span_events); the corrections for rows not folded yet only where
+    there are some (``unfolded``: how many of them are inquiries, refunds and completed orders)."""
     parts: list[list[int]] = []
     for start, end, (w0, w1) in zip(starts, ends, kept, strict=True):
         limit = min(end, as_of + 1)
@@ -319,10 +342,14 @@ def _kept_sql(starts: list[int], ends: list[int], kept: list[tuple[int, int]], a
         f"SELECT {bucket} AS bucket, k.type, k.person_key FROM events k WHERE k.occurred_us >= {low} "
         f"AND k.occurred_us < {high} AND k.type IN ('view', 'add_to_cart', 'inquiry')" for low, high in parts
     ) or "SELECT NULL::INTEGER AS bucket, NULL::VARCHAR AS type, NULL::VARCHAR AS person_key WHERE false"
+    inquiries, refunds, completed = unfolded
     counted = _COUNTED
-    if fresh:
+    if completed:
         counted = _COUNTED_FRESH.replace("{fresh_counting}", kpi_state.counting_events(f"e.applied > {int(folded)}"))
-    return _form(_KEPT, days).replace("{loose}", loose).replace("{counted}", counted)
+    converted = _CONVERTED_FRESH if inquiries or completed else _CONVERTED
+    sql = (_KEPT.replace("{loose}", loose).replace("{counted}", counted).replace("{converted}", converted)
+           .replace("{returned}", _RETURNED_FRESH if refunds else _RETURNED))
+    return _form(sql, days)
 
 
 def span_kpis(cursor: duckdb.DuckDBPyConnection, spans: list[tuple[datetime, datetime]], as_of: datetime, *,
@@ -348,10 +375,11 @@ def span_kpis(cursor: duckdb.DuckDBPyConnection, spans: list[tuple[datetime, dat
         with product_state.snapshot(cursor):
             folded, capacity, time_zone = kpi_state.standing(cursor)
             whole = [whole_days(start, end, moment, time_zone) for start, end in zip(starts, ends, strict=True)]
-            fresh = cursor.execute(
-                "SELECT count(*) FROM order_events WHERE applied > ? AND order_status = 'completed'", [folded]
-            ).fetchone()[0]  # type: ignore[index]
-            sql = _kept_sql(starts, ends, whole, moment, folded, days, fresh > 0)
+            unfolded = cursor.execute(
+                "SELECT count(*) FILTER (WHERE type = 'inquiry'), count(*) FILTER (WHERE order_status = 'refunded'), "
+                "count(*) FILTER (WHERE order_status = 'completed') FROM events WHERE applied > ?", [folded]
+            ).fetchone()
+            sql = _kept_sql(starts, ends, whole, moment, folded, days, unfolded)  # type: ignore[arg-type]
             rows = fetch(cursor, sql, parameters | {
                 "w0": [w0 for w0, _ in whole], "w1": [w1 for _, w1 in whole], "folded": folded,
                 "last_id": capacity - 1})
