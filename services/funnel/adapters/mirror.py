@@ -145,6 +145,7 @@ def replace_revised(connection: duckdb.DuckDBPyConnection, batch: pa.Table, revi
                                   [revised]).fetchall()
     kpi_state.rename_persons(connection, {old: new_keys[event_id] for event_id, old in old_keys
                                           if event_id in new_keys and new_keys[event_id] != old})
+    kpi_state.forget_refunds(connection, revised)
     for table in ("events", "order_events", "order_items"):
         connection.execute(f"DELETE FROM {table} WHERE event_id IN (SELECT unnest(?))", [revised])
 

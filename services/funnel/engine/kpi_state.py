@@ -58,8 +58,14 @@ def create_state(connection: duckdb.DuckDBPyConnection, time_zone: str = "UTC") 
     # sums of it are taken as HUGEINT. (A HUGEINT column scans ~50x slower: its bit-packing.)
     # Per order_id: its earliest completed event (NULLs while only refunds are known) with the person's id, and its
     # earliest refund.
+    # num: the order's number (dense, for refund_state).
     connection.execute("CREATE TABLE IF NOT EXISTS order_state (order_id VARCHAR, event_id VARCHAR, "
-                       "person_key VARCHAR, person_id BIGINT, occurred_us BIGINT, amount BIGINT, refund_us BIGINT)")
+                       "person_key VARCHAR, person_id BIGINT, occurred_us BIGINT, amount BIGINT, refund_us BIGINT, "
+                       "num BIGINT)")
+    # Every folded refund event with its order's number: summed per span; an erasure's rows leave it before they are
+    # folded again (``forget_refunds``).
+    connection.execute("CREATE TABLE IF NOT EXISTS refund_state (event_id VARCHAR, occurred_us BIGINT, "
+                       "refund_cents BIGINT, order_num BIGINT)")
     # Every folded inquiry, by person id (an erasure's rows folded again add copies, which change no count).
     connection.execute("CREATE TABLE IF NOT EXISTS inquiry_state (occurred_us BIGINT, person_id BIGINT)")
     # persons: ids given (0 .. persons - 1); capacity: the bits of every bitstring of presence.
@@ -69,7 +75,7 @@ def create_state(connection: duckdb.DuckDBPyConnection, time_zone: str = "UTC") 
 
 
 def clear(connection: duckdb.DuckDBPyConnection) -> None:
-    for table in ("person_ids", "presence", "order_state", "inquiry_state"):
+    for table in ("person_ids", "presence", "order_state", "inquiry_state", "refund_state"):
         connection.execute(f"DELETE FROM {table}")
     connection.execute("UPDATE kpi_state SET persons = 0, capacity = ?", [MIN_CAPACITY])
 
@@ -184,8 +190,15 @@ def _fold_orders(connection: duckdb.DuckDBPyConnection, where: str) -> None:
         UPDATE order_state SET refund_us = f.refund_us FROM order_fold f
         WHERE order_state.order_id = f.order_id AND f.refund_us IS NOT NULL
           AND (order_state.refund_us IS NULL OR f.refund_us < order_state.refund_us)""")
-    connection.execute("INSERT INTO order_state SELECT f.* FROM order_fold f ANTI JOIN order_state s USING (order_id)")
+    numbered = connection.execute("SELECT count(*) FROM order_state").fetchone()[0]  # type: ignore[index]
+    connection.execute(f"""
+        INSERT INTO order_state
+        SELECT f.*, {int(numbered)} + row_number() OVER () - 1 FROM order_fold f ANTI JOIN order_state s USING (order_id)""")
     connection.execute("DROP TABLE order_fold")
+    connection.execute(f"""
+        INSERT INTO refund_state
+        SELECT e.event_id, e.occurred_us, e.refund_cents, s.num FROM order_events e JOIN order_state s USING (order_id)
+        WHERE {where} AND e.order_status = 'refunded' ORDER BY e.occurred_us""")
     connection.execute(f"""
         INSERT INTO inquiry_state
         SELECT e.occurred_us, p.id FROM events e JOIN person_ids p ON p.person_key = e.person_key
@@ -221,6 +234,11 @@ def rename_persons(connection: duckdb.DuckDBPyConnection, renamed: dict[str, str
         connection.execute(f"""
             UPDATE {table} SET person_key = r.new
             FROM (SELECT unnest(?) AS old, unnest(?) AS new) r WHERE {table}.person_key = r.old""", [old, new])
+
+
+def forget_refunds(connection: duckdb.DuckDBPyConnection, revised: list[str]) -> None:
+    """Folded refund events an erasure rewrote leave refund_state (their new rows are folded as new ones)."""
+    connection.execute("DELETE FROM refund_state WHERE event_id IN (SELECT unnest(?))", [revised])
 
 
 def standing(cursor: duckdb.DuckDBPyConnection) -> tuple[int, int, str]:

@@ -190,25 +190,16 @@ placed AS (
     SELECT {order_bucket} AS bucket, o.* FROM orders o WHERE o.occurred_us >= $lo AND o.occurred_us < $hi
 ),
 sales AS (
-    SELECT bucket, count(*) AS orders, count(DISTINCT person_key) AS buyers, sum(amount) AS gmv,
+    SELECT bucket, count(*) AS orders, count(DISTINCT {person}) AS buyers, sum(amount) AS gmv,
            count(*) FILTER (WHERE {returned}) AS returned
     FROM placed GROUP BY bucket
 ),
 repeaters AS (
     SELECT bucket, count(*) AS repurchasers
-    FROM (SELECT bucket, person_key FROM placed GROUP BY bucket, person_key HAVING count(*) >= 2)
+    FROM (SELECT bucket, {person} FROM placed GROUP BY bucket, {person} HAVING count(*) >= 2)
     GROUP BY bucket
 ),
-span_refunds AS (
-    SELECT {bucket} AS bucket, k.order_id, k.refund_cents FROM order_events k
-    WHERE k.occurred_us >= $lo AND k.occurred_us < $hi AND k.occurred_us <= $as_of AND k.order_status = 'refunded'
-),
-refunds AS (
-    SELECT r.bucket, sum(coalesce(r.refund_cents, o.amount)) AS refunds
-    FROM span_refunds r JOIN counted o ON o.order_id = r.order_id
-    WHERE o.occurred_us <= $as_of
-    GROUP BY r.bucket
-),
+{refunds}
 {converted}
 SELECT sp.bucket,
        coalesce(v.pv, 0), coalesce(h.uv, 0), coalesce(h.cart_users, 0), coalesce(h.inquiry_users, 0),
@@ -291,6 +282,37 @@ _COUNTED = """counted AS NOT MATERIALIZED (
     SELECT order_id, person_key, person_id, occurred_us, amount, refund_us FROM order_state
 ),
 """
+# Refunds in the span, each of an order counted up to $as_of: the folded ones from refund_state, by the order's
+# number, when no completed order event is unfolded (the state's orders are then the counted ones); the rest by
+# order_id over the rows.
+_REFUNDS_BY_ROWS = """span_refunds AS (
+    SELECT {bucket} AS bucket, k.order_id, k.refund_cents FROM order_events k
+    WHERE k.occurred_us >= $lo AND k.occurred_us < $hi AND k.occurred_us <= $as_of AND k.order_status = 'refunded'
+      {unfolded_only}
+),
+refunds_by_rows AS (
+    SELECT r.bucket, coalesce(r.refund_cents, o.amount) AS cents
+    FROM span_refunds r JOIN counted o ON o.order_id = r.order_id
+    WHERE o.occurred_us <= $as_of
+),"""
+_REFUNDS_KEPT = """folded_refunds AS (
+    SELECT {bucket} AS bucket, coalesce(k.refund_cents, o.amount) AS cents
+    FROM refund_state k JOIN order_state o ON o.num = k.order_num
+    WHERE k.occurred_us >= $lo AND k.occurred_us < $hi AND k.occurred_us <= $as_of AND o.occurred_us <= $as_of
+),"""
+_REFUNDS_SUM = """refunds AS (SELECT bucket, sum(cents) AS refunds FROM ({parts}) GROUP BY bucket),"""
+
+
+def _refunds(refunds: int, completed: int) -> str:
+    if completed:
+        return (_REFUNDS_BY_ROWS.replace("{unfolded_only}", "")
+                + _REFUNDS_SUM.replace("{parts}", "SELECT * FROM refunds_by_rows"))
+    if not refunds:
+        return _REFUNDS_KEPT + _REFUNDS_SUM.replace("{parts}", "SELECT * FROM folded_refunds")
+    return (_REFUNDS_KEPT + _REFUNDS_BY_ROWS.replace("{unfolded_only}", "AND k.applied > $folded")
+            + _REFUNDS_SUM.replace("{parts}", "SELECT * FROM folded_refunds UNION ALL SELECT * FROM refunds_by_rows"))
+
+
 # An order placed in the span is returned when refunded up to $as_of: its earliest refund folded (refund_us), or a
 # refund not folded yet.
 _RETURNED = "refund_us <= $as_of"
@@ -348,7 +370,10 @@ def _kept_sql(starts: list[int], ends: list[int], kept: list[tuple[int, int]], a
         counted = _COUNTED_FRESH.replace("{fresh_counting}", kpi_state.counting_events(f"e.applied > {int(folded)}"))
     converted = _CONVERTED_FRESH if inquiries or completed else _CONVERTED
     sql = (_KEPT.replace("{loose}", loose).replace("{counted}", counted).replace("{converted}", converted)
-           .replace("{returned}", _RETURNED_FRESH if refunds else _RETURNED))
+           .replace("{returned}", _RETURNED_FRESH if refunds else _RETURNED)
+           .replace("{refunds}", _refunds(refunds, completed))
+           # The state's orders carry the person's id; an unfolded one does not.
+           .replace("{person}", "person_key" if completed else "person_id"))
     return _form(sql, days)
 
 
