@@ -232,7 +232,7 @@ async def test_a_restart_catches_up_from_its_seq_exactly_and_an_erasure_leaves_n
             await store_facts(connection, _events(1))
         mirror = FactMirror(database, directory=directory, memory_limit="64MB")
         loaded = await mirror.refresh()
-        assert loaded == len(AWKWARD) + 3
+        assert loaded == len(AWKWARD) + 4
         mirror.duckdb.execute("CHECKPOINT")
         assert b"u-1-0" in _bytes(directory), "the key is readable in the file, so its absence below means something"
         await mirror.stop()
@@ -245,8 +245,8 @@ async def test_a_restart_catches_up_from_its_seq_exactly_and_an_erasure_leaves_n
 
         mirror = FactMirror(database, directory=directory, memory_limit="64MB")
         assert (mirror.seq, mirror.rows) == (loaded, loaded)  # taken up from the file, not reloaded
-        # Only what was written while it was down: the new events and the three rewritten ones.
-        assert await mirror.refresh() == len(AWKWARD) + 3 + 3
+        # Only what was written while it was down: the new events and the four rewritten ones.
+        assert await mirror.refresh() == len(AWKWARD) + 4 + 4
         copied = _copied(mirror)
         assert copied == await _stored(database)
         assert not any("u-1-0" in row for row in copied[0])
@@ -268,7 +268,7 @@ async def test_a_corrupt_foreign_or_older_copy_is_rebuilt_from_the_database(data
     database = Database(database_url, metadata=metadata, migrations=MIGRATIONS)
     await database.start()
     directory = tmp_path / "copy"
-    total = 2 * (len(AWKWARD) + 3)
+    total = 2 * (len(AWKWARD) + 4)
 
     async def reopened() -> FactMirror:
         mirror = FactMirror(database, directory=directory)
@@ -314,7 +314,7 @@ async def test_copies_running_at_once_on_one_directory_each_take_their_own_slot(
             await store_facts(connection, _events(1))
         one, other = FactMirror(database, directory=directory), FactMirror(database, directory=directory)
         assert (one.directory, other.directory) == (directory / "slot-0", directory / "slot-1")
-        assert await one.refresh() == await other.refresh() == len(AWKWARD) + 3
+        assert await one.refresh() == await other.refresh() == len(AWKWARD) + 4
         assert _copied(one) == _copied(other) == await _stored(database)
         await one.stop()
         again = FactMirror(database, directory=directory)  # the slot freed by the stop, with its copy
