@@ -1,30 +1,38 @@
-"""SPEC.md "Daily and range KPIs": distinct persons per day and each order's counting event, kept folded in the
-fact copy.
+"""SPEC.md "Daily and range KPIs": distinct persons per day, each order's counting event, the refunds and the
+inquiries, kept folded in the fact copy by integer keys.
 
-The compiled form, kept up to date as rows arrive, of the two parts of ``kpis.py``'s plain SQL that cost most
-over a month of events (about half and a third of the answer at 10M events):
+The compiled form, kept up to date as rows arrive, of the parts of ``kpis.py``'s plain SQL that cost most over a
+month of events (at 10M events: the three distinct counts about half, the order rule most of the rest, then the
+joins on person and order keys, which are strings):
 
 - ``uv``, ``cart_users``, ``inquiry_users``: distinct persons with a view / cart / inquiry in a span. Every person
-  of those events gets a dense integer id (``person_ids``, filled as rows are folded), and ``presence`` holds, per
-  calendar day of the reporting time zone and event type, the set of their ids as a bitstring of ``capacity``
-  bits (DuckDB ``bitstring_agg``). The distinct persons of whole days are the ``bit_count`` of the ``bit_or`` of
-  their bitstrings; the rest of a span (a part of a day at either end, the day holding as_of, rows not folded
-  yet) is read from the rows and joined in by id, a person without an id yet counted by key (such a person is in
-  no bitstring). Exact: a set union, never an estimate;
+  of those events and of completed orders gets a dense integer id (``person_ids``, filled as rows are folded), and
+  ``presence`` holds, per calendar day of the reporting time zone and event type, the set of their ids as a
+  bitstring of ``capacity`` bits (DuckDB ``bitstring_agg``). The distinct persons of whole days are the
+  ``bit_count`` of the ``bit_or`` of their bitstrings; the rest of a span (a part of a day at either end, the day
+  holding as_of, rows not folded yet) is read from the rows and joined in by id, a person without an id yet
+  counted by key (such a person is in no bitstring). Exact: a set union, never an estimate;
 - the order rule (``History.orders``): an order counts once, at its earliest completed event (ties by
   event_id) up to as_of. ``order_state`` holds, per order_id, that earliest completed event over the folded rows
-  (event_id, person, time, amount: the total, else the sum of its lines). The earliest event up to any as_of is
-  the earliest of all when that is <= as_of, and none otherwise, so the state answers every as_of; a query takes
-  the earliest of the state and the completed events not folded yet.
+  (event_id, person key and id, time, amount: the total, else the sum of its lines), the order's earliest refund
+  and a dense number. The earliest event up to any as_of is the earliest of all when that is <= as_of, and none
+  otherwise, so the state answers every as_of; a query takes the earliest of the state and the completed events
+  not folded yet when there are some;
+- ``refund_state``: every folded refund event with its order's number, so refunds join their order by integer;
+  ``inquiry_state``: every folded inquiry by its person's id, so "inquiry followed by an order within 7 days"
+  joins by integer.
 
-Both are a union or a minimum: folding is associative and idempotent, so a query reads the state with the rows
-not in it (``applied`` after ``copy_state.folded``: a few row groups, which the zone maps of ``applied`` find)
-and gets the answer over all rows:
+Bitstrings and minima are a union and a min: folding them is associative and idempotent; the refund and inquiry
+rows are a list of folded rows. A query reads the state with the rows not in it (``applied`` after
+``copy_state.folded``: a few row groups, which the zone maps of ``applied`` find) and gets the answer over all rows;
+where some rows are not folded, the part they touch is computed by key from the rows (``kpis.py`` asks first):
 
 - late and out-of-order events are more rows: they are read beside the state until folded into their own day;
 - an erasure rewrites a person's rows under one pseudonym with every other field unchanged; the copy renames the
   person in ``person_ids`` and ``order_state`` (``rename_persons``, in the transaction that replaces the rows),
-  so the person keeps their id and the old key leaves the file;
+  so the person keeps their id and the old key leaves the file; the rewritten refunds leave ``refund_state``
+  (``forget_refunds``: they are folded again as new rows; a bitstring, a minimum or a second copy of an inquiry
+  does not mind a row folded twice);
 - days are those of the reporting time zone the state was folded in (``kpi_state.time_zone``); the copy refolds
   ``presence`` from its rows when the setting changes (``rebuild_presence``). A query uses a day's bitstring
   only where the whole day lies inside the span and at or before as_of, whatever zone the answer's days are in.

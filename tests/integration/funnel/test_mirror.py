@@ -323,3 +323,32 @@ async def test_copies_running_at_once_on_one_directory_each_take_their_own_slot(
         await again.stop()
     finally:
         await database.close()
+
+
+async def test_a_copy_kept_on_disk_refolds_its_days_when_the_reporting_time_zone_changes(
+    database_url, tmp_path, monkeypatch
+):
+    # Events around midnight UTC, which is 08:00 in Shanghai: their days differ between the two zones.
+    monkeypatch.setattr(product_state, "FOLD_ROWS", 1)
+    database = Database(database_url, metadata=metadata, migrations=MIGRATIONS)
+    await database.start()
+    directory = tmp_path / "copy"
+    around_midnight = facts([view(f"u-{n}", T + timedelta(hours=hour), "p-1")
+                             for n, hour in enumerate((-9, -1, 1, 9, 23, 25))])
+    try:
+        async with database.begin() as connection:
+            await store_facts(connection, around_midnight)
+        mirror = FactMirror(database, directory=directory, time_zone="UTC")
+        await mirror.refresh()
+        _kpi_state_is_the_fold_of_its_rows(mirror)
+        utc_days = mirror.duckdb.execute("SELECT DISTINCT day_start FROM presence ORDER BY 1").fetchall()
+        await mirror.stop()
+
+        mirror = FactMirror(database, directory=directory, time_zone="Asia/Shanghai")
+        assert mirror.seq > 0  # the file is kept, not reloaded
+        assert mirror.duckdb.execute("SELECT time_zone FROM kpi_state").fetchone()[0] == "Asia/Shanghai"
+        _kpi_state_is_the_fold_of_its_rows(mirror)
+        assert mirror.duckdb.execute("SELECT DISTINCT day_start FROM presence ORDER BY 1").fetchall() != utc_days
+        await mirror.stop()
+    finally:
+        await database.close()

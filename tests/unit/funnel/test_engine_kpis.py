@@ -6,7 +6,6 @@ plain SQL); and at the definitions' boundaries."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-
 from unittest import mock
 
 from hypothesis import HealthCheck, given, settings
