@@ -3,6 +3,11 @@
 The same figures as ``services.funnel.domain.kpis`` (the reference, checked against this in the tests), as
 set-based SQL: every span of one answer (the range, or each of its days) is a ``bucket`` of one query, so
 distinct persons, counted orders and refunds are computed in one pass over the events involved.
+
+Two forms: ``_KEPT`` reads the copy's KPI state (``kpi_state.py``: per-day bitstrings of person ids, each order's
+counting event, the folded refunds and inquiries by integer keys) with the rows not folded yet, and is what the
+service runs; ``_KPIS``, the plain form over the rows alone, is what DuckDB over other files of the same rows can
+run (bench/funnel_queries.py's Parquet comparison). The hypothesis test holds both equal to the domain.
 """
 
 from __future__ import annotations
