@@ -49,7 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db import Database
 from services.funnel.adapters.tables import events, order_items
-from services.funnel.engine import product_state
+from services.funnel.engine import kpi_state, product_state
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,11 +84,12 @@ _DUCKDB_TYPES = {pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.float64(): "DOU
 
 
 # The copy's tables and what they hold: a file written under another version is rebuilt, not read.
-COPY_SCHEMA_VERSION = 2
+COPY_SCHEMA_VERSION = 3
 
 
-def create_tables(connection: duckdb.DuckDBPyConnection) -> None:
-    """The copy's tables, named and typed as the service's own (times epoch micros, money integer cents)."""
+def create_tables(connection: duckdb.DuckDBPyConnection, time_zone: str = "UTC") -> None:
+    """The copy's tables, named and typed as the service's own (times epoch micros, money integer cents), and the
+    state folded from them (per product; for the KPIs, with days of ``time_zone``)."""
     # order_events: the order events again (about a tenth of all), so that the order rules (earliest
     # completed event, refunds) scan them rather than every event.
     # applied: the seq the copy reached with the batch that brought the row (product_state folds up to one).
@@ -103,6 +104,7 @@ def create_tables(connection: duckdb.DuckDBPyConnection) -> None:
     if connection.execute("SELECT count(*) FROM copy_state").fetchone()[0] == 0:  # type: ignore[index]
         connection.execute("INSERT INTO copy_state VALUES (?, 0, NULL, 0, -1)", [COPY_SCHEMA_VERSION])
     product_state.create_state(connection)
+    kpi_state.create_state(connection, time_zone)
 
 
 def arrow_batch(schema: pa.Schema, rows: Sequence[Sequence[Any]] | Sequence[dict[str, Any]]) -> pa.Table:
@@ -128,10 +130,24 @@ def append(connection: duckdb.DuckDBPyConnection, table: str, batch: pa.Table, a
         append(connection, "order_events", batch.filter(pc.is_valid(batch.column("order_status"))), applied)
 
 
-def fold_products(connection: duckdb.DuckDBPyConnection, top: int) -> None:
-    """Fold the rows applied since the last fold, up to ``top``, into ``product_state`` (in the caller's
-    transaction)."""
-    product_state.fold(connection, top)
+def fold_state(connection: duckdb.DuckDBPyConnection, top: int) -> None:
+    """Fold the rows applied since the last fold, up to ``top``, into the KPI state and ``product_state`` (in the
+    caller's transaction)."""
+    kpi_state.fold(connection, top)
+    product_state.fold(connection, top)  # moves copy_state.folded: last
+
+
+def replace_revised(connection: duckdb.DuckDBPyConnection, batch: pa.Table, revised: list[str]) -> None:
+    """Delete the copy's rows that an erasure rewrote (the new versions, in ``batch``, are appended after), the
+    persons renamed in the KPI state first (in the caller's transaction)."""
+    new_keys = dict(zip(batch.column("event_id").to_pylist(), batch.column("person_key").to_pylist(), strict=True))
+    old_keys = connection.execute("SELECT event_id, person_key FROM events WHERE event_id IN (SELECT unnest(?))",
+                                  [revised]).fetchall()
+    kpi_state.rename_persons(connection, {old: new_keys[event_id] for event_id, old in old_keys
+                                          if event_id in new_keys and new_keys[event_id] != old})
+    kpi_state.forget_refunds(connection, revised)
+    for table in ("events", "order_events", "order_items"):
+        connection.execute(f"DELETE FROM {table} WHERE event_id IN (SELECT unnest(?))", [revised])
 
 
 async def next_seq(connection: AsyncConnection, is_sqlite: bool) -> int:
@@ -172,8 +188,9 @@ class FactMirror:
     (an unreachable database or a missing table would otherwise hold every request for as long as it lasts)."""
 
     def __init__(self, database: Database, *, load_wait_seconds: float = 5.0, directory: str | Path | None = None,
-                 memory_limit: str | None = None, threads: int = 2) -> None:
+                 memory_limit: str | None = None, threads: int = 2, time_zone: str = "UTC") -> None:
         self.database = database
+        self.time_zone = time_zone  # the reporting time zone: the days of the KPI state
         self.load_wait_seconds = load_wait_seconds
         # Why the last sync failed; None once one succeeds.
         self.failure: str | None = None
@@ -244,7 +261,7 @@ class FactMirror:
         (its seq and rows taken up), older ones removed; or a new empty file."""
         if self.directory is None:
             connection = duckdb.connect(":memory:", config=self._config)
-            create_tables(connection)
+            create_tables(connection, self.time_zone)
             return connection
         self.directory.mkdir(parents=True, exist_ok=True)
         generations = self._generations()
@@ -255,6 +272,12 @@ class FactMirror:
                 version, seq, event_id, folded = connection.execute(
                     "SELECT version, seq, event_id, folded FROM copy_state").fetchone()  # type: ignore[misc]
                 if version == COPY_SCHEMA_VERSION:
+                    if kpi_state.time_zone_of(connection) != self.time_zone:
+                        log.warning("fact copy's days of another time zone: presence refolded",
+                                    extra={"time_zone": self.time_zone})
+                        connection.execute("BEGIN")
+                        kpi_state.rebuild_presence(connection, self.time_zone)
+                        connection.execute("COMMIT")
                     self.generation, self.seq, self.folded = newest, seq, folded
                     self.rows = connection.execute("SELECT count(*) FROM events").fetchone()[0]  # type: ignore[index]
                     self._resumed = (seq, event_id) if seq else None
@@ -270,7 +293,7 @@ class FactMirror:
             self._remove(generation)
         self.generation = newest + 1
         connection = duckdb.connect(str(self._path(self.generation)), config=self._config)
-        create_tables(connection)
+        create_tables(connection, self.time_zone)
         return connection
 
     async def _check_resumed(self) -> None:
@@ -297,6 +320,7 @@ class FactMirror:
             if self.directory is None:
                 for table in ("events", "order_events", "order_items", "product_state"):
                     self.duckdb.execute(f"DELETE FROM {table}")
+                kpi_state.clear(self.duckdb)
                 self.duckdb.execute("UPDATE copy_state SET seq = 0, event_id = NULL, folded = 0, horizon = -1")
                 self.folded = 0
                 return
@@ -304,7 +328,7 @@ class FactMirror:
             self._remove(self.generation)
             self.generation += 1
             self.duckdb = duckdb.connect(str(self._path(self.generation)), config=self._config)
-            create_tables(self.duckdb)
+            create_tables(self.duckdb, self.time_zone)
             self.folded = 0
 
     def _compact(self) -> None:
@@ -371,7 +395,7 @@ class FactMirror:
                     )
                 self.duckdb.execute("INSERT INTO order_events SELECT * FROM events WHERE order_status IS NOT NULL")
                 self.duckdb.execute("UPDATE copy_state SET seq = ?, event_id = ?", [top, top_event])
-                fold_products(self.duckdb, top)
+                fold_state(self.duckdb, top)
                 self.duckdb.execute("COMMIT")
             except BaseException:
                 self.duckdb.execute("ROLLBACK")
@@ -462,16 +486,14 @@ class FactMirror:
             try:
                 if revised:
                     # Rows rewritten by an erasure: the new version replaces the copy's.
-                    for table in ("events", "order_events"):
-                        connection.execute(f"DELETE FROM {table} WHERE event_id IN (SELECT unnest(?))", [revised])
-                    connection.execute("DELETE FROM order_items WHERE event_id IN (SELECT unnest(?))", [revised])
+                    replace_revised(connection, batch, revised)
                 append(connection, "events", batch, top)
                 append(connection, "order_items", item_batch, top)
                 connection.execute("UPDATE copy_state SET seq = ?, event_id = ?", [top, rows[-1][0]])
-                # Queries read the rows applied since the last fold beside product_state: fold them now and then.
+                # Queries read the rows applied since the last fold beside the state: fold them now and then.
                 fold = top - self.folded >= product_state.FOLD_ROWS
                 if fold:
-                    fold_products(connection, top)
+                    fold_state(connection, top)
                 connection.execute("COMMIT")
             except BaseException:
                 connection.execute("ROLLBACK")

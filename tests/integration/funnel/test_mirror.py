@@ -13,9 +13,9 @@ from services.funnel.adapters.facts import pseudonymise_persons, store_facts
 from services.funnel.adapters.mirror import EVENTS_SCHEMA, ITEMS_SCHEMA, FactMirror
 from services.funnel.adapters.tables import MIGRATIONS, events, metadata, order_items
 from services.funnel.decoding import decode_event
-from services.funnel.engine import product_state
+from services.funnel.engine import kpi_state, product_state
 from services.funnel.handlers import EventRecorder
-from tests.integration.funnel.helpers import facts, order, refund, review, view
+from tests.integration.funnel.helpers import facts, inquiry, order, refund, review, view
 
 T = datetime(2026, 3, 1, tzinfo=UTC)
 # Text that CSV must quote or could take for NULL, and text that is not ASCII.
@@ -28,7 +28,8 @@ def _events(offset: int):
     built += [order(f"u-{offset}-0", T + timedelta(hours=1), f"o-{offset}", [("p-0", 2, "5.00"), ("p-1", 1, "0.01")],
                     source="ads, \"spring\""),
               refund(f"u-{offset}-0", T + timedelta(hours=2), f"o-{offset}", None),
-              review(f"u-{offset}-1", T, 4, "p-1")]
+              review(f"u-{offset}-1", T, 4, "p-1"),
+              inquiry(f"u-{offset}-0", T + timedelta(minutes=30), "p-1", response_seconds=5)]
     return facts(built)
 
 
@@ -62,6 +63,49 @@ def _state_is_the_fold_of_its_rows(mirror: FactMirror) -> None:
     assert connection.execute("SELECT * FROM product_state ORDER BY product_id").fetchall() == want
 
 
+def _kpi_state_is_the_fold_of_its_rows(mirror: FactMirror) -> None:
+    """The KPI state holds exactly what its rows say (every row applied is folded when FOLD_ROWS is 1): each
+    (day, type)'s bits are the ids of the persons with such an event that day; ids are unique; each order's
+    counting event, person id and earliest refund; every inquiry by its person's id."""
+    connection = mirror.duckdb
+    ids = dict(connection.execute("SELECT person_key, id FROM person_ids").fetchall())
+    assert len(set(ids.values())) == len(ids)
+    keys = {number: key for key, number in ids.items()}
+    capacity, time_zone = connection.execute("SELECT capacity, time_zone FROM kpi_state").fetchone()
+    present = {(day, kind, keys[i]) for day, kind, i in connection.execute(
+        f"SELECT p.day_start, p.type, r.i FROM presence p, range({capacity}) r(i) WHERE get_bit(p.bits, r.i::INTEGER) = 1"
+    ).fetchall()}
+    low, high = connection.execute("SELECT min(occurred_us), max(occurred_us) FROM events").fetchone()
+    starts = kpi_state.day_starts(low, high, time_zone)
+    want = set(connection.execute(
+        f"SELECT DISTINCT {kpi_state.day_of('e.occurred_us', starts)}, e.type, e.person_key FROM events e "
+        f"WHERE e.type IN ('view', 'add_to_cart', 'inquiry')").fetchall())
+    assert present == want
+    orders = connection.execute(
+        "SELECT order_id, event_id, person_key, person_id, occurred_us, amount, refund_us FROM order_state").fetchall()
+    counting = {row[0]: row[1:] for row in connection.execute(kpi_state.counting_events("true")).fetchall()}
+    refunds = dict(connection.execute("SELECT order_id, min(occurred_us) FROM order_events "
+                                      "WHERE order_status = 'refunded' GROUP BY order_id").fetchall())
+    assert {row[0] for row in orders} == set(counting) | set(refunds)
+    for order_id, event_id, person_key, person_id, occurred_us, amount, refund_us in orders:
+        if order_id in counting:
+            assert (event_id, person_key, occurred_us, amount) == counting[order_id]
+            assert person_id == ids[person_key]
+        else:
+            assert event_id is None
+        assert refund_us == refunds.get(order_id)
+    numbers = dict(connection.execute("SELECT num, order_id FROM order_state").fetchall())
+    assert len(numbers) == len(orders)
+    folded_refunds = [(event_id, t, cents, numbers[number]) for event_id, t, cents, number in connection.execute(
+        "SELECT * FROM refund_state").fetchall()]
+    assert sorted(folded_refunds) == sorted(connection.execute(
+        "SELECT event_id, occurred_us, refund_cents, order_id FROM order_events WHERE order_status = 'refunded'"
+    ).fetchall())
+    inquiries = {(t, keys[i]) for t, i in connection.execute("SELECT * FROM inquiry_state").fetchall()}
+    assert inquiries == set(connection.execute(
+        "SELECT occurred_us, person_key FROM events WHERE type = 'inquiry'").fetchall())
+
+
 @pytest.mark.parametrize("fold_rows", [product_state.FOLD_ROWS, 1])
 async def test_the_copy_equals_the_stored_facts_through_load_follow_and_erasure(database_url, fold_rows, monkeypatch):
     monkeypatch.setattr(product_state, "FOLD_ROWS", fold_rows)
@@ -73,17 +117,17 @@ async def test_the_copy_equals_the_stored_facts_through_load_follow_and_erasure(
             await store_facts(connection, _events(1))
         assert await mirror.refresh() > 0  # the first load (PostgreSQL: bulk)
         stored = await _stored(database)
-        assert len(stored[0]) == len(AWKWARD) + 3 and len(stored[1]) == 2
+        assert len(stored[0]) == len(AWKWARD) + 4 and len(stored[1]) == 2
         assert _copied(mirror) == stored
 
         async with database.begin() as connection:
             await store_facts(connection, _events(2))
-        assert await mirror.refresh() == len(AWKWARD) + 3
+        assert await mirror.refresh() == len(AWKWARD) + 4
         assert _copied(mirror) == await _stored(database)
 
         async with database.begin() as connection:
             await pseudonymise_persons(connection, {"u-1-0": "erased:x"})
-        assert await mirror.refresh() == 3  # u-1-0's view, order and refund, rewritten
+        assert await mirror.refresh() == 4  # u-1-0's view, order, refund and inquiry, rewritten
         copied = _copied(mirror)
         assert copied == await _stored(database)
         assert not any("u-1-0" in row for row in copied[0])
@@ -97,6 +141,7 @@ async def test_the_copy_equals_the_stored_facts_through_load_follow_and_erasure(
             assert await mirror.refresh() == 1
             assert mirror.duckdb.execute("SELECT horizon FROM copy_state").fetchone()[0] > 0
             _state_is_the_fold_of_its_rows(mirror)
+            _kpi_state_is_the_fold_of_its_rows(mirror)
             # p-0 .. p-5 (the later p-9 is past the horizon, a day before it: read beside the state).
             assert mirror.duckdb.execute("SELECT count(*) FROM product_state").fetchone()[0] == len(AWKWARD)
     finally:
@@ -159,7 +204,7 @@ async def test_the_copy_fed_by_the_consumer_equals_the_stored_facts_with_other_w
         assert not mirror._written
         copied = _copied(mirror)
         assert copied == await _stored(database)
-        assert len(copied[0]) == 6 * (len(AWKWARD) + 1) + len(AWKWARD) + 3  # batches 1,2,3,5,7,8, 4's facts
+        assert len(copied[0]) == 6 * (len(AWKWARD) + 1) + len(AWKWARD) + 4  # batches 1,2,3,5,7,8, 4's facts
         assert len(copied[1]) == 6 * 2 + 2
         assert not any("u-3-0" in row for row in copied[0])
         assert await mirror.refresh() == 0
@@ -187,7 +232,7 @@ async def test_a_restart_catches_up_from_its_seq_exactly_and_an_erasure_leaves_n
             await store_facts(connection, _events(1))
         mirror = FactMirror(database, directory=directory, memory_limit="64MB")
         loaded = await mirror.refresh()
-        assert loaded == len(AWKWARD) + 3
+        assert loaded == len(AWKWARD) + 4
         mirror.duckdb.execute("CHECKPOINT")
         assert b"u-1-0" in _bytes(directory), "the key is readable in the file, so its absence below means something"
         await mirror.stop()
@@ -200,8 +245,8 @@ async def test_a_restart_catches_up_from_its_seq_exactly_and_an_erasure_leaves_n
 
         mirror = FactMirror(database, directory=directory, memory_limit="64MB")
         assert (mirror.seq, mirror.rows) == (loaded, loaded)  # taken up from the file, not reloaded
-        # Only what was written while it was down: the new events and the three rewritten ones.
-        assert await mirror.refresh() == len(AWKWARD) + 3 + 3
+        # Only what was written while it was down: the new events and the four rewritten ones.
+        assert await mirror.refresh() == len(AWKWARD) + 4 + 4
         copied = _copied(mirror)
         assert copied == await _stored(database)
         assert not any("u-1-0" in row for row in copied[0])
@@ -223,7 +268,7 @@ async def test_a_corrupt_foreign_or_older_copy_is_rebuilt_from_the_database(data
     database = Database(database_url, metadata=metadata, migrations=MIGRATIONS)
     await database.start()
     directory = tmp_path / "copy"
-    total = 2 * (len(AWKWARD) + 3)
+    total = 2 * (len(AWKWARD) + 4)
 
     async def reopened() -> FactMirror:
         mirror = FactMirror(database, directory=directory)
@@ -269,12 +314,41 @@ async def test_copies_running_at_once_on_one_directory_each_take_their_own_slot(
             await store_facts(connection, _events(1))
         one, other = FactMirror(database, directory=directory), FactMirror(database, directory=directory)
         assert (one.directory, other.directory) == (directory / "slot-0", directory / "slot-1")
-        assert await one.refresh() == await other.refresh() == len(AWKWARD) + 3
+        assert await one.refresh() == await other.refresh() == len(AWKWARD) + 4
         assert _copied(one) == _copied(other) == await _stored(database)
         await one.stop()
         again = FactMirror(database, directory=directory)  # the slot freed by the stop, with its copy
         assert again.directory == directory / "slot-0" and again.seq > 0
         await other.stop()
         await again.stop()
+    finally:
+        await database.close()
+
+
+async def test_a_copy_kept_on_disk_refolds_its_days_when_the_reporting_time_zone_changes(
+    database_url, tmp_path, monkeypatch
+):
+    # Events around midnight UTC, which is 08:00 in Shanghai: their days differ between the two zones.
+    monkeypatch.setattr(product_state, "FOLD_ROWS", 1)
+    database = Database(database_url, metadata=metadata, migrations=MIGRATIONS)
+    await database.start()
+    directory = tmp_path / "copy"
+    around_midnight = facts([view(f"u-{n}", T + timedelta(hours=hour), "p-1")
+                             for n, hour in enumerate((-9, -1, 1, 9, 23, 25))])
+    try:
+        async with database.begin() as connection:
+            await store_facts(connection, around_midnight)
+        mirror = FactMirror(database, directory=directory, time_zone="UTC")
+        await mirror.refresh()
+        _kpi_state_is_the_fold_of_its_rows(mirror)
+        utc_days = mirror.duckdb.execute("SELECT DISTINCT day_start FROM presence ORDER BY 1").fetchall()
+        await mirror.stop()
+
+        mirror = FactMirror(database, directory=directory, time_zone="Asia/Shanghai")
+        assert mirror.seq > 0  # the file is kept, not reloaded
+        assert mirror.duckdb.execute("SELECT time_zone FROM kpi_state").fetchone()[0] == "Asia/Shanghai"
+        _kpi_state_is_the_fold_of_its_rows(mirror)
+        assert mirror.duckdb.execute("SELECT DISTINCT day_start FROM presence ORDER BY 1").fetchall() != utc_days
+        await mirror.stop()
     finally:
         await database.close()

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from libs.common.events import MAX_MONEY, format_timestamp
 from services.funnel.domain.funnels import DEFAULT_FUNNEL, FunnelDefinition, FunnelStep
+from services.funnel.engine import product_state
 from services.funnel.settings import FunnelSettings
 from tests.integration.funnel import expected
 from tests.integration.funnel.helpers import (
@@ -129,6 +130,13 @@ _eras = itertools.count(1)
 def shanghai_settings(funnel_common, database_url, tmp_path) -> FunnelSettings:
     return FunnelSettings(database_url=database_url, common=funnel_common.model_copy(update={"timezone": TIME_ZONE}),
                           fact_copy_dir=str(tmp_path / "copy"))
+
+
+@pytest.fixture(autouse=True)
+def fold_often(monkeypatch):
+    """The copy folds its state (product and KPI) every 97 rows instead of 100,000: the examples' answers then
+    come from the state and the rows beside it at many different points."""
+    monkeypatch.setattr(product_state, "FOLD_ROWS", 97)
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ from services.funnel.adapters.mirror import (
     append,
     arrow_batch,
     create_tables,
-    fold_products,
+    fold_state,
+    replace_revised,
 )
 from services.funnel.domain.facts import FunnelEvent
 
@@ -24,31 +25,33 @@ ERASED = "erased:pseudonym"
 
 
 def duck_of(facts: Sequence[FunnelEvent], *, cuts: Sequence[int] = (), folds: Collection[int] = (),
-            erase: str | None = None) -> duckdb.DuckDBPyConnection:
+            erase: str | None = None, time_zone: str = "UTC") -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB database holding these facts (first arrival of an event_id, as the consumer keeps),
     applied as the copy applies them: in batches split at ``cuts`` (positions in the facts, in their order),
     ``product_state`` folded after the batches numbered in ``folds``; then, with ``erase``, that person's rows
     rewritten under ``ERASED`` as an erasure does (deleted, appended again as a later batch, folded when
-    ``folds`` holds -1). Whatever the batches and folds, every answer must be the same."""
+    ``folds`` holds -1), as the copy does (``replace_revised``: the KPI state renames the person first). The KPI
+    state's days are those of ``time_zone``. Whatever the batches, folds and zone, every answer must be the same."""
     first = list({fact.event_id: fact for fact in reversed(facts)}.values())
     connection = duckdb.connect(":memory:")
-    create_tables(connection)
+    create_tables(connection, time_zone)
     bounds = sorted({0, len(first), *(cut % (len(first) + 1) for cut in cuts)})
     applied = 0
     for number, (low, high) in enumerate(itertools.pairwise(bounds)):
         applied += high - low
         _append(connection, first[low:high], applied)
         if number in folds:
-            fold_products(connection, applied)
+            fold_state(connection, applied)
     if erase is not None:
-        revised = [fact for fact in first if fact.person_key == erase]
-        for table in ("events", "order_events", "order_items"):
-            connection.execute(f"DELETE FROM {table} WHERE event_id IN (SELECT unnest(?))",
-                               [[fact.event_id for fact in revised]])
+        revised = [replace(fact, person_key=ERASED) for fact in first if fact.person_key == erase]
+        event_rows, item_rows = fact_rows(revised)
+        batch = arrow_batch(EVENTS_SCHEMA, event_rows)
+        replace_revised(connection, batch, [fact.event_id for fact in revised])
         applied += len(revised) + 1
-        _append(connection, [replace(fact, person_key=ERASED) for fact in revised], applied)
+        append(connection, "events", batch, applied)
+        append(connection, "order_items", arrow_batch(ITEMS_SCHEMA, item_rows), applied)
         if -1 in folds:
-            fold_products(connection, applied)
+            fold_state(connection, applied)
     return connection
 
 

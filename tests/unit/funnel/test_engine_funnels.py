@@ -23,7 +23,7 @@ from services.funnel.adapters.mirror import (
     append,
     arrow_batch,
     create_tables,
-    fold_products,
+    fold_state,
 )
 from services.funnel.domain.facts import DIRECT, EVENT_TYPES, FunnelEvent, History, OrderFacts, OrderItem
 from services.funnel.domain.funnels import (
@@ -57,7 +57,7 @@ def load(connection: duckdb.DuckDBPyConnection, facts: Sequence[FunnelEvent]) ->
         append(connection, "events", arrow_batch(EVENTS_SCHEMA, [row for row in event_rows if batch(row)]), applied)
         append(connection, "order_items", arrow_batch(ITEMS_SCHEMA, [row for row in item_rows if batch(row)]), applied)
         if applied == 1:
-            fold_products(connection, 1)
+            fold_state(connection, 1)
     return connection
 
 

@@ -1,39 +1,53 @@
 """The DuckDB KPI engine gives exactly the reference domain's figures (services.funnel.domain.kpis) on random
-histories, per range and per day of a time zone, for every as_of; and at the definitions' boundaries."""
+histories, per range and per day of a time zone, for every as_of; with the copy's KPI state folded at random
+points (its days in the answer's zone or another, bitstrings that grow, a person erased) and without it (the
+plain SQL); and at the definitions' boundaries."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from unittest import mock
 
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from services.funnel.domain.kpis import daily_kpis, range_kpis
+from services.funnel.engine import kpi_state
 from services.funnel.engine.kpis import kpis
 from tests.integration.funnel.helpers import facts, inquiry, order, refund, review, view
 from tests.integration.funnel.test_property import ERA, FIRST_ERA, TIME_ZONE, ZONE, build, histories
-from tests.unit.funnel.duck import duck_of
+from tests.unit.funnel.duck import applications, duck_of, erased
 
 
 def _both(known, start, end, as_of, time_zone=TIME_ZONE):
     with duck_of(known) as duck:
         got = kpis(duck.cursor(), start, end, as_of, time_zone)
+        assert kpis(duck.cursor(), start, end, as_of, time_zone, kept=False) == got
     return got, (range_kpis(known, start, end, as_of), daily_kpis(known, start, end, as_of, time_zone))
 
 
-@settings(max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
-@given(raw=histories)
-def test_equal_to_the_domain_on_random_histories(raw):
-    known = facts(build(raw, 0))
+@settings(max_examples=120, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=histories, applied=applications, state_zone=st.sampled_from((TIME_ZONE, TIME_ZONE, "UTC", "America/New_York")),
+       capacity=st.sampled_from((1, 2, 64, kpi_state.MIN_CAPACITY)))
+def test_equal_to_the_domain_on_random_histories(raw, applied, state_zone, capacity):
+    # The copy applied in random batches with the state folded at random points, a person erased or not; the
+    # state's days in the answer's zone or not; its bitstrings starting at `capacity` bits, growing as needed.
+    arrived = facts(build(raw, 0))
+    known = erased(arrived, applied["erase"])
     base = FIRST_ERA.date()
     first_day, days = raw["span_days"]
     start, end = (datetime.combine(base + timedelta(days=d), datetime.min.time(), ZONE).astimezone(UTC)
                   for d in (first_day, first_day + days))
     as_of = FIRST_ERA + timedelta(hours=raw["as_of_hours"])
-    got, want = _both(known, start, end, as_of)
-    assert got == want
     # A range that starts and ends inside days, and an as_of inside it.
-    got, want = _both(known, start + timedelta(hours=5), end + timedelta(hours=7), start + timedelta(days=1, hours=3))
-    assert got == want
+    inner = (start + timedelta(hours=5), end + timedelta(hours=7), start + timedelta(days=1, hours=3))
+    with mock.patch.object(kpi_state, "MIN_CAPACITY", capacity), \
+            duck_of(arrived, **applied, time_zone=state_zone) as duck:
+        # ... and one after every event, where every day of the range is whole and the state answers for it.
+        for span in ((start, end, as_of), inner, (start, end, FIRST_ERA + timedelta(days=100))):
+            want = (range_kpis(known, *span), daily_kpis(known, *span, TIME_ZONE))
+            assert kpis(duck.cursor(), *span, TIME_ZONE) == want
+            assert kpis(duck.cursor(), *span, TIME_ZONE, kept=False) == want
 
 
 T = FIRST_ERA + ERA
