@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.segmentation import Process, temporary_postgres  # noqa: E402
-from libs.common.broker import EmbeddedBroker, free_port  # noqa: E402
+from libs.common.broker import EmbeddedBroker, client_env, free_port  # noqa: E402
 from libs.common.db import Database  # noqa: E402
 from libs.common.events import epoch_micros  # noqa: E402
 from services.funnel.adapters.mirror import EVENTS_SCHEMA, ITEMS_SCHEMA  # noqa: E402
@@ -212,9 +212,10 @@ async def query_latency(args: argparse.Namespace, workdir: Path, rows: list[Row]
         broker.start()
         await broker.wait_ready()
         port = free_port()
-        env = {"SHOPLOOP_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers, "SHOPLOOP_FUNNEL__PORT": str(port),
-               "SHOPLOOP_FUNNEL__DATABASE_URL": url, "SHOPLOOP_LOG_LEVEL": "WARNING",
-               "SHOPLOOP_FUNNEL__FACT_COPY_DIR": str(workdir / "funnel-copy")}
+        # The broker's address and consumer sessions, as `make run` gives them (libs/common/broker.client_env).
+        env = client_env(broker.kafka_settings()) | {
+            "SHOPLOOP_FUNNEL__PORT": str(port), "SHOPLOOP_FUNNEL__DATABASE_URL": url, "SHOPLOOP_LOG_LEVEL": "WARNING",
+            "SHOPLOOP_FUNNEL__FACT_COPY_DIR": str(workdir / "funnel-copy")}
         began = time.perf_counter()
         service = Process("services.funnel", env, port, workdir / "funnel-queries.log")
         span = {"from": (END - timedelta(days=30)).date().isoformat(), "to": END.date().isoformat(),
