@@ -26,18 +26,43 @@ from services.funnel.engine.facts import fetch
 
 _FOLLOW_UP_US = INQUIRY_FOLLOW_UP.days * 86_400_000_000 + INQUIRY_FOLLOW_UP.seconds * 1_000_000
 
-# $b/$s/$e: bucket number, start (included) and end (excluded) of each span, epoch micros; the spans are
-# consecutive (the range, or its days) and $lo/$hi their union. $as_of is included; an inquiry's orders may
-# come up to $follow_up after it. {bucket}: the span of an event at `occurred_us` (see _bucket).
-_KPIS = """
-WITH spans AS (SELECT unnest($b) AS bucket, unnest($s) AS s, unnest($e) AS e),
-span_events AS NOT MATERIALIZED (
+# Parts both forms share. The span's events ({bucket}: the span an event is in); the median response time's middle
+# values; the orders placed in each span and the persons placing two or more ({person}: how a person is named).
+_SPAN_EVENTS = """span_events AS NOT MATERIALIZED (
     SELECT {bucket} AS bucket, k.type, k.person_key, k.occurred_us, k.order_id, k.order_status,
            k.refund_cents, k.response_seconds, k.rating
     FROM events k
     WHERE k.occurred_us >= $lo AND k.occurred_us < $hi AND k.occurred_us <= $as_of
 ),
-traffic AS (
+"""
+_PLACED = """placed AS (
+    SELECT {order_bucket} AS bucket, o.* FROM orders o WHERE o.occurred_us >= $lo AND o.occurred_us < $hi
+),
+"""
+_REPEATERS = """repeaters AS (
+    SELECT bucket, count(*) AS repurchasers
+    FROM (SELECT bucket, {person} FROM placed GROUP BY bucket, {person} HAVING count(*) >= 2)
+    GROUP BY bucket
+),
+"""
+_RESPONSES = """responses AS (
+    SELECT bucket, response_seconds AS r,
+           row_number() OVER (PARTITION BY bucket ORDER BY response_seconds) - 1 AS i,
+           count(*) OVER (PARTITION BY bucket) AS n
+    FROM span_events WHERE type = 'inquiry' AND response_seconds IS NOT NULL
+),
+middle AS (
+    SELECT bucket, min(r) FILTER (WHERE i = (n - 1) // 2) AS low, min(r) FILTER (WHERE i = n // 2) AS high
+    FROM responses GROUP BY bucket
+),
+"""
+
+# $b/$s/$e: bucket number, start (included) and end (excluded) of each span, epoch micros; the spans are
+# consecutive (the range, or its days) and $lo/$hi their union. $as_of is included; an inquiry's orders may
+# come up to $follow_up after it. {bucket}: the span of an event at `occurred_us` (see _bucket).
+_KPIS = """
+WITH spans AS (SELECT unnest($b) AS bucket, unnest($s) AS s, unnest($e) AS e),
+""" + _SPAN_EVENTS + """traffic AS (
     SELECT bucket,
            count(*) FILTER (WHERE type = 'view') AS pv,
            count(DISTINCT person_key) FILTER (WHERE type = 'view') AS uv,
@@ -49,17 +74,7 @@ traffic AS (
            count(*) FILTER (WHERE type = 'review' AND rating <= 2) AS negative_ratings
     FROM span_events GROUP BY bucket
 ),
-responses AS (
-    SELECT bucket, response_seconds AS r,
-           row_number() OVER (PARTITION BY bucket ORDER BY response_seconds) - 1 AS i,
-           count(*) OVER (PARTITION BY bucket) AS n
-    FROM span_events WHERE type = 'inquiry' AND response_seconds IS NOT NULL
-),
-middle AS (
-    SELECT bucket, min(r) FILTER (WHERE i = (n - 1) // 2) AS low, min(r) FILTER (WHERE i = n // 2) AS high
-    FROM responses GROUP BY bucket
-),
--- Orders with an event where an answer can reach: their counting event is the earliest completed one.
+""" + _RESPONSES + """-- Orders with an event where an answer can reach: their counting event is the earliest completed one.
 candidates AS (
     SELECT DISTINCT order_id FROM order_events
     WHERE order_id IS NOT NULL AND occurred_us >= $lo AND occurred_us <= $hi + $follow_up
@@ -80,10 +95,7 @@ orders AS (
     SELECT c.order_id, c.person_key, c.occurred_us, coalesce(c.total_cents, l.cents, 0) AS amount
     FROM counting c LEFT JOIN lines l ON l.event_id = c.event_id
 ),
-placed AS (
-    SELECT {order_bucket} AS bucket, o.* FROM orders o WHERE o.occurred_us >= $lo AND o.occurred_us < $hi
-),
-refunded AS (
+""" + _PLACED + """refunded AS (
     SELECT DISTINCT order_id FROM order_events
     WHERE order_status = 'refunded' AND occurred_us <= $as_of AND order_id IN (SELECT order_id FROM placed)
 ),
@@ -92,12 +104,7 @@ sales AS (
            count(*) FILTER (WHERE order_id IN (SELECT order_id FROM refunded)) AS returned
     FROM placed GROUP BY bucket
 ),
-repeaters AS (
-    SELECT bucket, count(*) AS repurchasers
-    FROM (SELECT bucket, person_key FROM placed GROUP BY bucket, person_key HAVING count(*) >= 2)
-    GROUP BY bucket
-),
-refunds AS (
+""" + _REPEATERS.replace("{person}", "person_key") + """refunds AS (
     SELECT r.bucket, sum(coalesce(r.refund_cents, o.amount)) AS refunds
     FROM span_events r JOIN orders o ON o.order_id = r.order_id
     WHERE r.order_status = 'refunded'
@@ -134,13 +141,7 @@ ORDER BY sp.bucket
 # days (of the state's zone) each span uses, [w0, w1), empty when w0 = w1; $last_id: the state's capacity - 1.
 _KEPT = """
 WITH spans AS (SELECT unnest($b) AS bucket, unnest($s) AS s, unnest($e) AS e, unnest($w0) AS w0, unnest($w1) AS w1),
-span_events AS NOT MATERIALIZED (
-    SELECT {bucket} AS bucket, k.type, k.person_key, k.occurred_us, k.order_id, k.order_status,
-           k.refund_cents, k.response_seconds, k.rating
-    FROM events k
-    WHERE k.occurred_us >= $lo AND k.occurred_us < $hi AND k.occurred_us <= $as_of
-),
-views AS (
+""" + _SPAN_EVENTS + """views AS (
     SELECT bucket, count(*) AS pv FROM span_events WHERE type = 'view' GROUP BY bucket
 ),
 reviews AS (
@@ -148,17 +149,7 @@ reviews AS (
            count(*) FILTER (WHERE rating <= 2) AS negative_ratings
     FROM span_events WHERE type = 'review' GROUP BY bucket
 ),
-responses AS (
-    SELECT bucket, response_seconds AS r,
-           row_number() OVER (PARTITION BY bucket ORDER BY response_seconds) - 1 AS i,
-           count(*) OVER (PARTITION BY bucket) AS n
-    FROM span_events WHERE type = 'inquiry' AND response_seconds IS NOT NULL
-),
-middle AS (
-    SELECT bucket, min(r) FILTER (WHERE i = (n - 1) // 2) AS low, min(r) FILTER (WHERE i = n // 2) AS high
-    FROM responses GROUP BY bucket
-),
-kept AS (
+""" + _RESPONSES + """kept AS (
     SELECT sp.bucket, p.type, bit_or(p.bits) AS bits
     FROM spans sp JOIN presence p ON p.day_start >= sp.w0 AND p.day_start < sp.w1
     GROUP BY sp.bucket, p.type
@@ -191,20 +182,12 @@ reach AS (
 {counted}orders AS (
     SELECT * FROM counted WHERE occurred_us >= $lo AND occurred_us <= $hi + $follow_up AND occurred_us <= $as_of
 ),
-placed AS (
-    SELECT {order_bucket} AS bucket, o.* FROM orders o WHERE o.occurred_us >= $lo AND o.occurred_us < $hi
-),
-sales AS (
+""" + _PLACED + """sales AS (
     SELECT bucket, count(*) AS orders, count(DISTINCT {person}) AS buyers, sum(amount) AS gmv,
            count(*) FILTER (WHERE {returned}) AS returned
     FROM placed GROUP BY bucket
 ),
-repeaters AS (
-    SELECT bucket, count(*) AS repurchasers
-    FROM (SELECT bucket, {person} FROM placed GROUP BY bucket, {person} HAVING count(*) >= 2)
-    GROUP BY bucket
-),
-{refunds}
+""" + _REPEATERS + """{refunds}
 {converted}
 SELECT sp.bucket,
        coalesce(v.pv, 0), coalesce(h.uv, 0), coalesce(h.cart_users, 0), coalesce(h.inquiry_users, 0),
