@@ -45,6 +45,27 @@ _REPEATERS = """repeaters AS (
     GROUP BY bucket
 ),
 """
+# Persons with an inquiry in the span followed by an order within $follow_up, by key.
+_CONVERTED_FRESH = """converted AS (
+    SELECT q.bucket, count(DISTINCT q.person_key) AS converted_inquirers
+    FROM span_events q
+    WHERE q.type = 'inquiry' AND EXISTS (
+        SELECT 1 FROM orders o
+        WHERE o.person_key = q.person_key AND o.occurred_us >= q.occurred_us
+          AND o.occurred_us <= q.occurred_us + $follow_up
+    )
+    GROUP BY q.bucket
+)"""
+# The answer's columns per span, in the order span_kpis reads them into KpiCounts ({v}: the views' CTE, {h}: the
+# distinct persons').
+_FIGURES = """SELECT sp.bucket,
+       coalesce({v}.pv, 0), coalesce({h}.uv, 0), coalesce({h}.cart_users, 0), coalesce({h}.inquiry_users, 0),
+       coalesce(s.buyers, 0), coalesce(s.orders, 0), coalesce(s.gmv, 0), coalesce(f.refunds, 0),
+       coalesce(p.repurchasers, 0), coalesce(c.converted_inquirers, 0), m.low, m.high, coalesce(s.returned, 0),
+       coalesce(t.review_count, 0), coalesce(t.rating_sum, 0), coalesce(t.ratings, 0),
+       coalesce(t.negative_ratings, 0)
+FROM spans sp
+"""
 _RESPONSES = """responses AS (
     SELECT bucket, response_seconds AS r,
            row_number() OVER (PARTITION BY bucket ORDER BY response_seconds) - 1 AS i,
@@ -110,24 +131,8 @@ sales AS (
     WHERE r.order_status = 'refunded'
     GROUP BY r.bucket
 ),
-converted AS (
-    SELECT q.bucket, count(DISTINCT q.person_key) AS converted_inquirers
-    FROM span_events q
-    WHERE q.type = 'inquiry' AND EXISTS (
-        SELECT 1 FROM orders o
-        WHERE o.person_key = q.person_key AND o.occurred_us >= q.occurred_us
-          AND o.occurred_us <= q.occurred_us + $follow_up
-    )
-    GROUP BY q.bucket
-)
-SELECT sp.bucket,
-       coalesce(t.pv, 0), coalesce(t.uv, 0), coalesce(t.cart_users, 0), coalesce(t.inquiry_users, 0),
-       coalesce(s.buyers, 0), coalesce(s.orders, 0), coalesce(s.gmv, 0), coalesce(f.refunds, 0),
-       coalesce(p.repurchasers, 0), coalesce(c.converted_inquirers, 0), m.low, m.high, coalesce(s.returned, 0),
-       coalesce(t.review_count, 0), coalesce(t.rating_sum, 0), coalesce(t.ratings, 0),
-       coalesce(t.negative_ratings, 0)
-FROM spans sp
-LEFT JOIN traffic t USING (bucket) LEFT JOIN middle m USING (bucket) LEFT JOIN sales s USING (bucket)
+""" + _CONVERTED_FRESH + """
+""" + _FIGURES.replace("{v}", "t").replace("{h}", "t") + """LEFT JOIN traffic t USING (bucket) LEFT JOIN middle m USING (bucket) LEFT JOIN sales s USING (bucket)
 LEFT JOIN repeaters p USING (bucket) LEFT JOIN refunds f USING (bucket) LEFT JOIN converted c USING (bucket)
 ORDER BY sp.bucket
 """
@@ -189,14 +194,7 @@ reach AS (
 ),
 """ + _REPEATERS + """{refunds}
 {converted}
-SELECT sp.bucket,
-       coalesce(v.pv, 0), coalesce(h.uv, 0), coalesce(h.cart_users, 0), coalesce(h.inquiry_users, 0),
-       coalesce(s.buyers, 0), coalesce(s.orders, 0), coalesce(s.gmv, 0), coalesce(f.refunds, 0),
-       coalesce(p.repurchasers, 0), coalesce(c.converted_inquirers, 0), m.low, m.high, coalesce(s.returned, 0),
-       coalesce(t.review_count, 0), coalesce(t.rating_sum, 0), coalesce(t.ratings, 0),
-       coalesce(t.negative_ratings, 0)
-FROM spans sp
-LEFT JOIN views v USING (bucket) LEFT JOIN reviews t USING (bucket) LEFT JOIN reach h USING (bucket) LEFT JOIN middle m USING (bucket)
+""" + _FIGURES.replace("{v}", "v").replace("{h}", "h") + """LEFT JOIN views v USING (bucket) LEFT JOIN reviews t USING (bucket) LEFT JOIN reach h USING (bucket) LEFT JOIN middle m USING (bucket)
 LEFT JOIN sales s USING (bucket) LEFT JOIN repeaters p USING (bucket) LEFT JOIN refunds f USING (bucket)
 LEFT JOIN converted c USING (bucket)
 ORDER BY sp.bucket
@@ -319,16 +317,6 @@ _CONVERTED = """converted AS (
           AND o.occurred_us <= k.occurred_us + $follow_up
     )
     GROUP BY ALL
-)"""
-_CONVERTED_FRESH = """converted AS (
-    SELECT q.bucket, count(DISTINCT q.person_key) AS converted_inquirers
-    FROM span_events q
-    WHERE q.type = 'inquiry' AND EXISTS (
-        SELECT 1 FROM orders o
-        WHERE o.person_key = q.person_key AND o.occurred_us >= q.occurred_us
-          AND o.occurred_us <= q.occurred_us + $follow_up
-    )
-    GROUP BY q.bucket
 )"""
 
 
