@@ -39,7 +39,7 @@ def duck_of(facts: Sequence[FunnelEvent], *, cuts: Sequence[int] = (), folds: Co
     applied = 0
     for number, (low, high) in enumerate(itertools.pairwise(bounds)):
         applied += high - low
-        _append(connection, first[low:high], applied)
+        append_facts(connection, first[low:high], applied)
         if number in folds:
             fold_state(connection, applied)
     if erase is not None:
@@ -60,7 +60,8 @@ def erased(facts: Sequence[FunnelEvent], person_key: str | None) -> list[FunnelE
     return [replace(fact, person_key=ERASED) if fact.person_key == person_key else fact for fact in facts]
 
 
-def _append(connection: duckdb.DuckDBPyConnection, facts: Sequence[FunnelEvent], applied: int) -> None:
+def append_facts(connection: duckdb.DuckDBPyConnection, facts: Sequence[FunnelEvent], applied: int) -> None:
+    """These facts appended to the copy as one batch, as of seq ``applied``."""
     event_rows, item_rows = fact_rows(facts)
     append(connection, "events", arrow_batch(EVENTS_SCHEMA, event_rows), applied)
     append(connection, "order_items", arrow_batch(ITEMS_SCHEMA, item_rows), applied)

@@ -16,12 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from libs.common.db import cents
-from services.funnel.adapters.facts import fact_rows
 from services.funnel.adapters.mirror import (
-    EVENTS_SCHEMA,
-    ITEMS_SCHEMA,
-    append,
-    arrow_batch,
     create_tables,
     fold_state,
 )
@@ -40,24 +35,21 @@ from tests.integration.funnel.test_property import CUSTOM_FUNNELS, FIRST_ERA, bu
 from tests.integration.funnel.test_property import histories as shop_histories
 
 from .builders import at, cart, inquiry, item, order, refund, view
+from .duck import append_facts
 
 
 def load(connection: duckdb.DuckDBPyConnection, facts: Sequence[FunnelEvent]) -> duckdb.DuckDBPyConnection:
     """The copy holding exactly these facts, as the service stores them (first arrival of an event_id)."""
     first = list({fact.event_id: fact for fact in reversed(facts)}.values())
-    event_rows, item_rows = fact_rows(first)
     create_tables(connection)
     for table in ("events", "order_events", "order_items", "product_state"):
         connection.execute(f"DELETE FROM {table}")
     connection.execute("UPDATE copy_state SET folded = 0, horizon = -1")
     # In two batches, product_state folded after the first: products' categories come from the state and the
     # rows beside it (or, for an as_of before the state's horizon, from the events).
-    half = {fact.event_id for fact in first[: len(first) // 2]}
-    for applied, batch in ((1, lambda row: row["event_id"] in half), (2, lambda row: row["event_id"] not in half)):
-        append(connection, "events", arrow_batch(EVENTS_SCHEMA, [row for row in event_rows if batch(row)]), applied)
-        append(connection, "order_items", arrow_batch(ITEMS_SCHEMA, [row for row in item_rows if batch(row)]), applied)
-        if applied == 1:
-            fold_state(connection, 1)
+    append_facts(connection, first[: len(first) // 2], 1)
+    fold_state(connection, 1)
+    append_facts(connection, first[len(first) // 2:], 2)
     return connection
 
 
