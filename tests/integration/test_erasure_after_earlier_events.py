@@ -57,6 +57,16 @@ async def database(database_url: str) -> AsyncIterator[Database]:
     await db.close()
 
 
+def privacy_runtime(handlers: Handlers, kafka, database: Database, publisher: Publisher, *,
+                    settles_first: dict[str, list[str]], settle_seconds: float) -> ConsumerRuntime:
+    """The erasure consumer of the test's persons table, waiting (or not) for the groups of ``settles_first``."""
+    return ConsumerRuntime(
+        Subscription(group=PRIVACY_GROUP, topics=[PRIVACY_TOPIC], handle=handlers.erase,
+                     decode=ErasureRequest.from_json, event_id=lambda request: request.request_id,
+                     erases_from=("persons",), settles_first=settles_first, settle_seconds=settle_seconds),
+        kafka=kafka, database=database, publisher=publisher, metrics=Metrics("t"))
+
+
 @pytest.mark.parametrize("settles", [True, False], ids=["settles-first", "without"])
 async def test_an_erasure_waits_for_the_persons_earlier_events(common_settings, database: Database, settles: bool):
     kafka = common_settings.kafka
@@ -66,11 +76,8 @@ async def test_an_erasure_waits_for_the_persons_earlier_events(common_settings, 
     gate = Handlers()
     events = ConsumerRuntime(Subscription(group=EVENTS_GROUP, topics=[EVENTS_TOPIC], handle=gate.store),
                              kafka=kafka, database=database, publisher=publisher, metrics=Metrics("t"))
-    privacy = ConsumerRuntime(
-        Subscription(group=PRIVACY_GROUP, topics=[PRIVACY_TOPIC], handle=gate.erase, decode=ErasureRequest.from_json,
-                     event_id=lambda request: request.request_id, erases_from=("persons",),
-                     settles_first={EVENTS_GROUP: [EVENTS_TOPIC]} if settles else {}, settle_seconds=60),
-        kafka=kafka, database=database, publisher=publisher, metrics=Metrics("t"))
+    privacy = privacy_runtime(gate, kafka, database, publisher,
+                              settles_first={EVENTS_GROUP: [EVENTS_TOPIC]} if settles else {}, settle_seconds=60)
     try:
         person = Event(event_id="e-1", type="view", user_id="li-lei", occurred_at=datetime(2026, 5, 1, tzinfo=UTC),
                        product={"product_id": "sku"})
@@ -102,11 +109,8 @@ async def test_an_erasure_goes_ahead_after_the_bounded_wait_and_says_so(common_s
     await publisher.start()
     handlers = Handlers()
     # The events group never runs: the erasure must not wait for it forever.
-    privacy = ConsumerRuntime(
-        Subscription(group=PRIVACY_GROUP, topics=[PRIVACY_TOPIC], handle=handlers.erase,
-                     decode=ErasureRequest.from_json, event_id=lambda request: request.request_id,
-                     erases_from=("persons",), settles_first={EVENTS_GROUP: [EVENTS_TOPIC]}, settle_seconds=0.5),
-        kafka=kafka, database=database, publisher=publisher, metrics=Metrics("t"))
+    privacy = privacy_runtime(handlers, kafka, database, publisher, settles_first={EVENTS_GROUP: [EVENTS_TOPIC]},
+                              settle_seconds=0.5)
     try:
         person = Event(event_id="e-1", type="view", user_id="han-mei", occurred_at=datetime(2026, 5, 1, tzinfo=UTC),
                        product={"product_id": "sku"})
