@@ -41,7 +41,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from libs.common.broker import EmbeddedBroker, client_env, free_port
+from libs.common.broker import EmbeddedBroker, client_env, free_port, stop_process
 from libs.common.events import Event
 from libs.common.kafka import ALL_TOPICS, EVENTS_TOPIC, Publisher, ensure_topics
 from libs.common.settings import KafkaSettings
@@ -228,13 +228,7 @@ class Process:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it has not exited within a minute."""
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+        stop_process(self.popen, grace_seconds=60)
 
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})? (\S+)", re.M)

@@ -14,7 +14,7 @@ import binascii
 import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.openapi.models import HTTPBase as HTTPBaseModel
@@ -174,6 +174,12 @@ def requires(*scopes: str, max_body_bytes: int | None = None, basic: bool = Fals
 def open_route() -> Any:
     """The dependency of a route that needs no key (``/healthz``, ``/readyz``, ``/metrics``)."""
     return Depends(_OPEN)
+
+
+# The keys routes of several services take, by name: reads (reports, profiles), and what only an administrator
+# may do (erasure, which is irreversible and reaches every service; rejected events, which hold raw personal data).
+ReadKey = Annotated[str, requires("read")]
+AdminKey = Annotated[str, requires("admin")]
 
 
 @dataclass(frozen=True, slots=True)

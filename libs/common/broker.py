@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import subprocess
 import time
@@ -39,6 +40,18 @@ async def wait_for_broker(bootstrap_servers: str, deadline_seconds: float = 30.0
         finally:
             await admin.close()
     raise TimeoutError(f"broker at {bootstrap_servers} did not answer within {deadline_seconds}s: {last_error}")
+
+
+def stop_process(process: subprocess.Popen[Any], *, grace_seconds: float, stop_signal: int = signal.SIGTERM) -> None:
+    """Send a running process ``stop_signal``, then SIGKILL if it has not exited within ``grace_seconds``."""
+    if process.poll() is not None:
+        return
+    process.send_signal(stop_signal)
+    try:
+        process.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def resident_bytes(pid: int) -> int | None:
@@ -115,11 +128,5 @@ class EmbeddedBroker:
         await wait_for_broker(self.bootstrap_servers, deadline_seconds)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, grace_seconds=10)

@@ -4,17 +4,20 @@ way to parse times and cursors and to render money."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import re
-from collections.abc import Callable, Mapping, Sequence
+import types
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 from zoneinfo import ZoneInfo
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, create_model
 
 from libs.common.events import parse_rfc3339
 
@@ -102,6 +105,31 @@ def money(amount: Decimal | int | str | None) -> float | None:
         return None
     # + 0.0 turns -0.0 (a rounded tiny negative) into 0.0.
     return float(Decimal(amount).quantize(_CENT, rounding=ROUND_HALF_UP)) + 0.0
+
+
+def response_model(name: str, figures: type, *, module: str, base: type[BaseModel] = BaseModel,
+                   leave_out: Collection[str] = (), only: Collection[str] | None = None,
+                   **more: Any) -> type[BaseModel]:
+    """The response model of a domain dataclass: its fields in its order (``only`` these, or all but ``leave_out``),
+    then ``more`` (``name=(type, default or Field)``), each typed as the answer renders it: Decimal as Money, a
+    Literal as str, a tuple as a list."""
+    hints = get_type_hints(figures)
+    fields: dict[str, Any] = {field.name: (_answered(hints[field.name]), ...) for field in dataclasses.fields(figures)
+                              if field.name not in leave_out and (only is None or field.name in only)}
+    return create_model(name, __base__=base, __module__=module, **fields, **more)
+
+
+def _answered(annotation: Any) -> Any:
+    if annotation is Decimal:
+        return Money
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return str
+    if origin is tuple:
+        return list[_answered(get_args(annotation)[0])]  # type: ignore[misc]
+    if origin in (Union, types.UnionType):
+        return Union[tuple(_answered(part) for part in get_args(annotation))]  # noqa: UP007
+    return annotation
 
 
 def encode_cursor(values: Sequence[str | int]) -> str:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -13,7 +10,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from libs.common.answers import AnswerWatch, route_template
 
 
 class Metrics:
@@ -70,20 +69,10 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_with_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        answer = AnswerWatch(send)
         try:
-            await self.app(scope, receive, send_with_status)
+            await self.app(scope, receive, answer.send)
         finally:
-            route: Any = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
-            method = scope["method"]
-            self.metrics.http_requests.labels(path, method, str(status)).inc()
-            self.metrics.http_latency.labels(path, method).observe(time.perf_counter() - started)
+            path, method = route_template(scope), scope["method"]
+            self.metrics.http_requests.labels(path, method, str(answer.status)).inc()
+            self.metrics.http_latency.labels(path, method).observe(answer.seconds())

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 import uuid
 from contextvars import ContextVar
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from libs.common.answers import AnswerWatch, route_template
 
 HEADER = "x-request-id"
 # A caller's id is kept only if it is short and plain: it is written into every log line.
@@ -41,24 +42,13 @@ class RequestIdMiddleware:
         given = next((value.decode("latin-1") for name, value in scope["headers"] if name == HEADER.encode()), None)
         request_id = accepted_request_id(given)
         token = current_request_id.set(request_id)
-        started = time.perf_counter()
-        status = 500
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", []), (HEADER.encode(), request_id.encode())]
-            await send(message)
-
+        answer = AnswerWatch(send, [(HEADER.encode(), request_id.encode())])
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, answer.send)
         finally:
-            # The route's template, never the path itself: a path can hold a person key (erasure leaves no
-            # copy of it in the logs either).
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            # The route's template: erasure leaves no copy of a person key in the logs either.
             access_log.info("request answered", extra={
-                "method": scope["method"], "route": route, "status": status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "method": scope["method"], "route": route_template(scope), "status": answer.status,
+                "duration_ms": round(answer.seconds() * 1000, 2),
             })
             current_request_id.reset(token)

@@ -68,22 +68,24 @@ async def patch_campaign(request: Request, campaign_id: str, body: schemas.Campa
     return await operations.change_campaign(_service(request), campaign_id, body)
 
 
-@router.post("/v1/campaigns/{campaign_id}/activate", response_model=schemas.CampaignPublic, dependencies=NO_BODY,
-             summary="Activate a draft, or resume a paused campaign")
-async def activate(request: Request, campaign_id: str, _key: ActionKey) -> schemas.CampaignPublic:
-    return await operations.act(_service(request), campaign_id, "activate")
+# The lifecycle actions (SPEC.md "Lifecycle"): POST /v1/campaigns/{campaign_id}/<action>, one route each.
+LIFECYCLE_ACTIONS = {
+    "activate": "Activate a draft, or resume a paused campaign",
+    "pause": "Pause: assigns nobody",
+    "complete": "Complete (final)",
+}
 
 
-@router.post("/v1/campaigns/{campaign_id}/pause", response_model=schemas.CampaignPublic, dependencies=NO_BODY,
-             summary="Pause: assigns nobody")
-async def pause(request: Request, campaign_id: str, _key: ActionKey) -> schemas.CampaignPublic:
-    return await operations.act(_service(request), campaign_id, "pause")
+def _lifecycle_route(action: str, summary: str) -> None:
+    async def act(request: Request, campaign_id: str, _key: ActionKey) -> schemas.CampaignPublic:
+        return await operations.act(_service(request), campaign_id, action)
+
+    router.post(f"/v1/campaigns/{{campaign_id}}/{action}", response_model=schemas.CampaignPublic,
+                dependencies=NO_BODY, summary=summary, name=action)(act)
 
 
-@router.post("/v1/campaigns/{campaign_id}/complete", response_model=schemas.CampaignPublic, dependencies=NO_BODY,
-             summary="Complete (final)")
-async def complete(request: Request, campaign_id: str, _key: ActionKey) -> schemas.CampaignPublic:
-    return await operations.act(_service(request), campaign_id, "complete")
+for _action, _summary in LIFECYCLE_ACTIONS.items():
+    _lifecycle_route(_action, _summary)
 
 
 @router.post("/v1/campaigns/{campaign_id}/rotate-secret", response_model=schemas.CampaignPublic, dependencies=NO_BODY,

@@ -9,27 +9,19 @@ lock at BEGIN IMMEDIATE. Two replicas therefore never decide, assign or send the
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from datetime import datetime
 
 from sqlalchemy import delete, or_, select, update
 
+from libs.common.background import BackgroundLoop, Clock
 from libs.common.db import Database
 from libs.common.events import epoch_micros, from_epoch_micros
 from libs.common.kafka import CAMPAIGNS_TOPIC, Publisher
 from services.campaigns.adapters.campaigns import campaigns_with, load_campaign, save_campaign
 from services.campaigns.adapters.orders import completed_order_times
 from services.campaigns.adapters.report_state import lock_report
-from services.campaigns.adapters.tables import (
-    campaigns,
-    pending_triggers,
-    segment_members,
-    touch_outbox,
-)
+from services.campaigns.adapters.tables import campaigns, pending_triggers, segment_members, touch_outbox
 from services.campaigns.delivery import Deliverer, spent_cents
 from services.campaigns.domain.audiences import abandoned
 from services.campaigns.domain.budget import budget_reached
@@ -37,62 +29,30 @@ from services.campaigns.enrolment import EnrolmentRules, enrol
 from services.campaigns.settings import SchedulerSettings
 
 log = logging.getLogger(__name__)
-Clock = Callable[[], datetime]
 
 
-class CampaignScheduler:
+class CampaignScheduler(BackgroundLoop):
     def __init__(self, database: Database, publisher: Publisher, deliverer: Deliverer, *, rules: EnrolmentRules,
                  settings: SchedulerSettings, clock: Clock) -> None:
-        self.database = database
-        self.publisher = publisher
+        super().__init__("campaigns-scheduler", database=database, publisher=publisher, clock=clock)
         self.deliverer = deliverer
         self.rules = rules
         self.settings = settings
-        self.clock = clock
         self.passes = 0
-        self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._connected = False
 
-    def wake(self, *_: object) -> None:
-        """Run a pass soon (new touches from the consumer, an activation, a call)."""
-        self._wake.set()
-
-    def start(self, ready: Callable[[], Awaitable[None]]) -> None:
-        self._task = asyncio.create_task(self._run(ready), name="campaigns-scheduler")
-
-    async def stop(self) -> None:
-        """Let the pass in hand finish and record its outcomes, then stop."""
-        self._stopping.set()
-        self._wake.set()
-        if self._task is None:
-            return
-        if not self._connected:
-            self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-    async def _run(self, ready: Callable[[], Awaitable[None]]) -> None:
-        await ready()
-        self._connected = True
-        delay = 0.2
+    async def _loop(self) -> None:
+        # Woken early by new touches from the consumer, an activation, a call.
         while not self._stopping.is_set():
             self._wake.clear()
             try:
                 busy = await self.run_once()
-                delay = 0.2
+                self._succeeded()
             except Exception:
                 log.exception("campaign scheduler pass failed; retrying")
-                await self._sleep(delay)
-                delay = min(delay * 2, 10.0)
+                await self._wait_after_failure()
                 continue
             if not busy:
                 await self._sleep(self.settings.poll_seconds)
-
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
 
     async def run_once(self) -> bool:
         """One pass; True when a batch was full (more work is probably due at once)."""

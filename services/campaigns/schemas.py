@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from datetime import date
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from libs.common.events import Amount, Identifier, format_timestamp, from_epoch_micros
-from libs.common.http import Money, Ratio, money
+from libs.common.http import Money, Ratio, money, response_model
 from services.campaigns.adapters.campaigns import CampaignRecord
 from services.campaigns.domain import attribution
 
@@ -74,15 +74,12 @@ class CampaignUpdate(_Request):
     end_at: Annotated[str, Field(max_length=64)] | None = None
 
 
-class CampaignPublic(BaseModel):
-    campaign_id: str
-    name: str
-    status: str
-    audience: dict[str, Any]
-    offer: dict[str, Any]
-    variants: list[dict[str, Any]]
-    holdout_bp: int
-    window_days: int
+# What a campaign answers as stored; its money and times follow as the answer renders them (campaign_public).
+_CampaignAsStored = response_model("_CampaignAsStored", CampaignRecord, module=__name__, only={
+    "campaign_id", "name", "status", "audience", "offer", "variants", "holdout_bp", "window_days"})
+
+
+class CampaignPublic(_CampaignAsStored):
     per_touch_cost: Money
     budget: Money | None
     webhook_url: str

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Query, Request, Response
 
-from libs.common.auth import requires
+from libs.common.auth import ReadKey, requires
 from libs.common.events import format_timestamp
 from libs.common.http import (
     MOMENT_HELP,
@@ -58,7 +58,6 @@ from services.funnel.schemas import (
 from services.funnel.settings import FunnelSettings
 
 router = APIRouter(tags=["funnel"])
-ReadKey = Annotated[str, requires("read")]
 # Defining funnels is the marketing operator's job, like defining segments and campaigns (SPEC.md "Auth").
 CampaignsKey = Annotated[str, requires("campaigns", max_body_bytes=16 * 1024)]
 

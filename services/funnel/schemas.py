@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from libs.common.events import format_timestamp
-from libs.common.http import Money, Ratio, money
+from libs.common.http import money, response_model
 from services.funnel.adapters.funnels import StoredFunnel
 from services.funnel.domain.channels import ChannelMetrics
 from services.funnel.domain.funnels import DEFAULT_WINDOW_SECONDS, FunnelResult
@@ -70,28 +70,8 @@ class FunnelPage(BaseModel):
     next_cursor: str | None
 
 
-class KpiFigures(BaseModel):
-    pv: int
-    uv: int
-    cart_users: int
-    inquiry_users: int
-    buyers: int
-    orders: int
-    gmv: Money
-    refunds: Money
-    net_gmv: Money
-    conversion_rate: Ratio
-    aov: Money | None
-    revenue_per_buyer: Money | None
-    uv_value: Money | None
-    repurchase_rate: Ratio
-    inquiry_rate: Ratio
-    inquiry_conversion: Ratio
-    median_response_seconds: float | None
-    return_rate: Ratio
-    review_count: int
-    avg_rating: float | None
-    negative_share: Ratio
+# The figures' fields are the domain dataclasses' (services/funnel/domain/), typed as rendered by ``_figures``.
+KpiFigures = response_model("KpiFigures", Kpis, module=__name__)
 
 
 class DayKpis(KpiFigures):
@@ -112,13 +92,7 @@ class KpisPublic(KpiFigures, _Span):
     days: list[DayKpis] | None = Field(default=None, description="granularity=day only")
 
 
-class FunnelFigures(BaseModel):
-    counts: list[int]
-    conversion: list[Ratio]
-    step_conversion: list[Ratio]
-    in_progress: list[int]
-    median_seconds_to_convert: float | None
-    converted_value: Money | None
+FunnelFigures = response_model("FunnelFigures", FunnelResult, module=__name__, leave_out={"breakdown"})
 
 
 class FunnelResultPublic(FunnelFigures, _Span):
@@ -130,23 +104,7 @@ class FunnelResultPublic(FunnelFigures, _Span):
     breakdown: dict[str, FunnelFigures] | None
 
 
-class ProductPublic(BaseModel):
-    product_id: str
-    name: str | None
-    category: str | None
-    views: int
-    uv: int
-    cart_users: int
-    buyers: int
-    units: int
-    gmv: Money
-    conversion_rate: Ratio
-    uv_value: Money | None
-    review_count: int
-    avg_rating: float | None
-    negative_share: Ratio
-    return_rate: Ratio
-    inquiry_count: int
+ProductPublic = response_model("ProductPublic", ProductMetrics, module=__name__)
 
 
 class ProductPage(_Span):
@@ -154,18 +112,10 @@ class ProductPage(_Span):
     next_cursor: str | None
 
 
-class MatrixEntryPublic(BaseModel):
-    product_id: str
-    name: str | None
-    category: str | None
-    price: Money | None
-    uv: int
-    units: int
-    gmv: Money
-    suggested_tier: str
-    declared_tier: str | None
-    tier_mismatch: bool = Field(description="a declared tier that differs from the suggested one")
-    lifecycle: str
+MatrixEntryPublic = response_model(
+    "MatrixEntryPublic", MatrixEntry, module=__name__, leave_out={"lifecycle"},
+    tier_mismatch=(bool, Field(description="a declared tier that differs from the suggested one")), lifecycle=(str, ...),
+)
 
 
 class MatrixPage(BaseModel):
@@ -174,15 +124,9 @@ class MatrixPage(BaseModel):
     next_cursor: str | None
 
 
-class ChannelPublic(BaseModel):
-    source: str
-    uv: int
-    buyers: int
-    orders: int
-    gmv: Money
-    conversion_rate: Ratio
-    uv_value: Money | None
-    new_customers: int
+# Spend is the campaigns service's: the gateway joins it and adds roas and cac.
+_CAMPAIGNS_FIGURES = frozenset({"spend", "roas", "cac"})
+ChannelPublic = response_model("ChannelPublic", ChannelMetrics, module=__name__, leave_out=_CAMPAIGNS_FIGURES)
 
 
 class ChannelsPublic(_Span):
@@ -261,5 +205,4 @@ def matrix_entry_public(entry: MatrixEntry) -> dict[str, Any]:
 
 
 def channel_public(metrics: ChannelMetrics) -> dict[str, Any]:
-    # Spend is the campaigns service's: the gateway joins it and adds roas and cac.
-    return _figures(metrics, leave_out=frozenset({"spend", "roas", "cac"}))
+    return _figures(metrics, leave_out=_CAMPAIGNS_FIGURES)

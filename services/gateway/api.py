@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
-from libs.common.auth import open_route, requires
+from libs.common.auth import ReadKey, open_route
 from libs.common.http import MOMENT_HELP, parse_as_of, parse_span
 from services.gateway import answers
 from services.gateway.runtime import GatewayService
@@ -20,7 +20,6 @@ from services.gateway.schemas import ChannelsPublic, HealthPublic, OverviewPubli
 from services.gateway.settings import GatewaySettings
 
 router = APIRouter(tags=["gateway"])
-ReadKey = Annotated[str, requires("read")]
 From = Annotated[str, Query(alias="from", max_length=64, description=f"range start, included: {MOMENT_HELP}")]
 To = Annotated[str, Query(alias="to", max_length=64, description=f"range end, excluded: {MOMENT_HELP}")]
 AsOf = Annotated[str | None, Query(max_length=64,

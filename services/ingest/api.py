@@ -11,7 +11,7 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from pydantic import AfterValidator, BaseModel, Field
 
-from libs.common.auth import requires
+from libs.common.auth import AdminKey, requires
 from libs.common.events import MAX_NESTING, EventRejected, ValidationContext, nesting_depth
 from libs.common.http import ApiError, JsonResponse
 from libs.common.kafka import BrokerUnavailable
@@ -27,8 +27,6 @@ router = APIRouter(tags=["ingest"])
 IngestKey = Annotated[str, requires("ingest")]
 # The Segment-compatible routes also take the key as the HTTP Basic user name (Segment's write key).
 WriteKey = Annotated[str, requires("ingest", basic=True)]
-# Rejected events hold raw personal data: listing and replaying them is an administrator's job.
-AdminKey = Annotated[str, requires("admin")]
 
 
 class RejectedItem(BaseModel):

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from libs.common.auth import requires
+from libs.common.auth import AdminKey, ReadKey, requires
 from libs.common.http import ApiError, decode_cursor, parse_as_of
 from services.segmentation.domain.rules import RuleError, parse_rule
 from services.segmentation.queries import (
@@ -36,11 +36,8 @@ from services.segmentation.schemas import (
 )
 
 router = APIRouter(tags=["segmentation"])
-ReadKey = Annotated[str, requires("read")]
 # Defining segments is the marketing operator's job, like defining campaigns.
 CampaignsKey = Annotated[str, requires("campaigns")]
-# Erasure is irreversible and reaches every service (SPEC.md "Auth").
-AdminKey = Annotated[str, requires("admin")]
 # A person key may hold "/" (and end with one): the path form takes the rest of the path, the query form anything.
 QueryPersonKey = Annotated[str, Query(description="the person key, URL-encoded", min_length=1, max_length=300)]
 AsOf = Annotated[str | None, Query(description="RFC 3339 timestamp (default: now); encode + as %2B",

@@ -9,11 +9,10 @@ re-sends the record with the same ``change_id`` (consumers deduplicate on it).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,6 +21,7 @@ import orjson
 from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from libs.common.background import BackgroundLoop, Clock
 from libs.common.db import Database
 from libs.common.events import PublishedEvent, epoch_micros, format_timestamp, from_epoch_micros
 from libs.common.kafka import SEGMENTS_TOPIC, Publisher
@@ -59,7 +59,6 @@ from services.segmentation.segments import SegmentDefinition, membership_ids, me
 from services.segmentation.settings import MembershipSettings
 
 log = logging.getLogger(__name__)
-Clock = Callable[[], datetime]
 ENTERED, EXITED = "entered", "exited"
 PENDING_BATCH = 5000
 # Rounds of everyone look only at the customers who can have changed since the last (domain/rounds.py); at
@@ -243,7 +242,7 @@ async def publish_queued_changes(database: Database, publisher: Publisher, *, ba
         published += len(records)
 
 
-class MembershipScheduler:
+class MembershipScheduler(BackgroundLoop):
     """Keeps stored membership current: the persons with new facts within moments, everyone every interval.
 
     The persons with new facts are kept in memory (the consumer reports them once their transaction has
@@ -255,22 +254,16 @@ class MembershipScheduler:
     def __init__(self, database: Database, publisher: Publisher, *, thresholds: Thresholds,
                  settings: MembershipSettings, clock: Clock, metrics: Metrics,
                  events_lag: Callable[[], int] = lambda: 0) -> None:
-        self.database = database
-        self.publisher = publisher
+        super().__init__("segmentation-membership", database=database, publisher=publisher, clock=clock)
         self.thresholds = thresholds
         self.settings = settings
-        self.clock = clock
         self.events_lag = events_lag
         self._pending: set[str] = set()
         self._changed: set[str] = set()  # persons with new facts since the last round of everyone
         self._looked_at_everyone = False
         self._log_marks: list[tuple[float, int]] = []  # (monotonic time, log position then), oldest first
         self._in_flight = 0
-        self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._next_full = 0.0
-        self._connected = False
         registry = metrics.registry
         self._changes = Counter("shoploop_segment_changes_total", "Segment enter/exit records published",
                                 registry=registry)
@@ -291,22 +284,6 @@ class MembershipScheduler:
         """Evaluate everyone now (a new rule segment enters its members without waiting for the interval)."""
         self._next_full = 0.0
         self._wake.set()
-
-    def start(self, ready: Callable[[], Awaitable[None]]) -> None:
-        self._task = asyncio.create_task(self._run(ready), name="segmentation-membership")
-
-    async def stop(self) -> None:
-        """Let the evaluation in hand finish and commit, then stop."""
-        self._stopping.set()
-        self._wake.set()
-        if self._task is None:
-            return
-        if not self._connected:
-            self._task.cancel()  # still waiting for the broker: nothing in hand
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
 
     async def run_once(self, *, full: bool) -> int:
         """One evaluation (everyone, or the persons with new facts) and the publishing of its changes."""
@@ -352,10 +329,7 @@ class MembershipScheduler:
                 self._log_marks = self._log_marks[len(old):]
             self._log_marks.append((now, await log_position(connection)))
 
-    async def _run(self, ready: Callable[[], Awaitable[None]]) -> None:
-        await ready()
-        self._connected = True
-        delay = 0.2
+    async def _loop(self) -> None:
         while not self._stopping.is_set():
             self._wake.clear()
             if time.monotonic() < self._next_full:
@@ -373,18 +347,12 @@ class MembershipScheduler:
                 if full:
                     self._next_full = time.monotonic() + self.settings.evaluation_interval_seconds
                 await self.run_once(full=full)
-                delay = 0.2
+                self._succeeded()
             except Exception:
                 log.exception("segment membership evaluation failed; retrying")
                 if full:
                     self._next_full = 0.0
-                await self._sleep(delay)
-                delay = min(delay * 2, 10.0)
+                await self._wait_after_failure()
                 continue
             if not self._pending:
                 await self._sleep(max(self._next_full - time.monotonic(), 0.0))
-
-    async def _sleep(self, seconds: float) -> None:
-        """Until woken (new facts, a new segment, stop) or ``seconds`` have passed."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)

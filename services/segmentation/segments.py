@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
+from enum import StrEnum, auto
 from typing import Any
 
 from services.segmentation.domain.customers import CustomerFigures, LifecycleStage, MembershipTier
@@ -13,11 +13,12 @@ from services.segmentation.domain.rfm import RfmScore, RfmSegment
 from services.segmentation.domain.rules import Rule
 
 
+# The kind of a segment; its value is its name in lower case (StrEnum's auto: "rule", "lifecycle", ...).
 class SegmentKind(StrEnum):
-    RULE = "rule"
-    LIFECYCLE = "lifecycle"
-    RFM = "rfm"
-    TIER = "tier"
+    RULE = auto()
+    LIFECYCLE = auto()
+    RFM = auto()
+    TIER = auto()
 
 
 @dataclass(frozen=True, slots=True)

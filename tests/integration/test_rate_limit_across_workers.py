@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from libs.common.broker import free_port
+from libs.common.broker import free_port, stop_process
 from tests.support import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,11 +84,7 @@ async def test_two_workers_together_accept_at_most_the_keys_limit(broker, databa
 
             await asyncio.gather(*(post_until_the_deadline(sender) for sender in range(6)))
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process, grace_seconds=30)
         log.close()
     # The limit allows the burst plus RATE per second: 1050 over 10 s; per process it would be about twice.
     assert refused > 0, "the load must exceed the limit for the test to say anything"

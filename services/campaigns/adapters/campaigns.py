@@ -14,6 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from libs.common.events import epoch_micros, from_epoch_micros
 from services.campaigns.adapters.tables import assignments, campaigns, touches
 
+Json = dict[str, Any]  # a JSON column as loaded
+
 
 @dataclass(frozen=True)
 class CampaignRecord:
@@ -22,9 +24,9 @@ class CampaignRecord:
     campaign_id: str
     name: str
     status: str
-    audience: dict[str, Any]
-    offer: dict[str, Any]
-    variants: list[dict[str, Any]]
+    audience: Json
+    offer: Json
+    variants: list[Json]
     holdout_bp: int
     window_days: int
     per_touch_cost_cents: int

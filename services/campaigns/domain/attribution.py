@@ -3,13 +3,14 @@ Attribution). THE reference definition: the service may compute ArmTotals in SQL
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from decimal import Decimal, localcontext
 from fractions import Fraction
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from services.campaigns.domain import statistics
 from services.campaigns.domain.assignment import HOLDOUT, Variant, arms
@@ -20,6 +21,8 @@ REFUNDED = "refunded"
 DELIVERED = "delivered"
 ZERO = Decimal(0)
 EXACT_DIGITS = 120
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,20 +38,24 @@ class Campaign:
 
 
 @dataclass(frozen=True, slots=True)
-class Assignment:
-    """A person's entry into the campaign: the arm (a variant name or "holdout") and assigned_at."""
+class PersonInArm:
+    """A person and the campaign arm they were assigned to (a variant name or "holdout")."""
 
     person_key: str
     arm: str
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment(PersonInArm):
+    """A person's entry into the campaign: the arm and assigned_at."""
+
     assigned_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
-class Touch:
+class Touch(PersonInArm):
     """A non-holdout assignment's touch: its arm, status (pending/delivered/failed/suppressed) and delivery time."""
 
-    person_key: str
-    arm: str
     status: str
     delivered_at: datetime | None = None
 
@@ -134,11 +141,22 @@ def arm_sums() -> dict[str, Any]:
     return {f.name: f.default for f in fields(ArmTotals)}
 
 
+def _exact(compute: Callable[P, R]) -> Callable[P, R]:
+    """``compute`` with Decimal arithmetic to EXACT_DIGITS digits."""
+
+    @functools.wraps(compute)
+    def exactly(*args: P.args, **kwargs: P.kwargs) -> R:
+        with localcontext() as context:
+            context.prec = EXACT_DIGITS
+            return compute(*args, **kwargs)
+
+    return exactly
+
+
+@_exact
 def _decimal(value: Fraction) -> Decimal:
     # A quotient of exact sums, to enough digits that rounding half up to cents is decided right.
-    with localcontext() as context:
-        context.prec = EXACT_DIGITS
-        return Decimal(value.numerator) / Decimal(value.denominator)
+    return Decimal(value.numerator) / Decimal(value.denominator)
 
 
 def _ratio(numerator: Fraction | int, denominator: Fraction | int) -> float | None:
@@ -195,6 +213,7 @@ def included_assignments(assignments: Iterable[Assignment], as_of: datetime) -> 
     return included
 
 
+@_exact  # sums of squared revenues reach ~50 digits; the default 28 would round them (and Welch's variances)
 def arm_totals(
     campaign: Campaign,
     assignments: Sequence[Assignment],
@@ -207,20 +226,6 @@ def arm_totals(
     # A person's counted orders whose counting event lies in [assigned_at, assigned_at + window_days x 24 h] and
     # <= A count for the person's arm; touched = touches delivered by A; redemptions and their discount cost come
     # from `coupons` (code -> (person, limit)) and count in the code's person's arm, whenever they fall.
-    with localcontext() as context:
-        # Sums of squared revenues reach ~50 digits; the default 28 would round them (and Welch's variances).
-        context.prec = EXACT_DIGITS
-        return _arm_totals(campaign, assignments, touches, orders, coupons, as_of)
-
-
-def _arm_totals(
-    campaign: Campaign,
-    assignments: Sequence[Assignment],
-    touches: Sequence[Touch],
-    orders: Sequence[OrderEvent],
-    coupons: Mapping[str, tuple[str, int]],
-    as_of: datetime,
-) -> dict[str, ArmTotals]:
     events = _distinct_events(orders)
     counting = counting_events(events, as_of)
     refunded = refunds_by_order(events, counting, as_of)
@@ -350,13 +355,8 @@ def report_from_totals(campaign: Campaign, totals: Mapping[str, ArmTotals], as_o
     )
 
 
-def report(
-    campaign: Campaign,
-    assignments: Sequence[Assignment],
-    touches: Sequence[Touch],
-    orders: Sequence[OrderEvent],
-    coupons: Mapping[str, tuple[str, int]],
-    as_of: datetime,
-) -> CampaignReport:
-    """The campaign's report as of A from plain data (SPEC.md Attribution): report_from_totals over arm_totals."""
+def report(campaign: Campaign, assignments: Sequence[Assignment], touches: Sequence[Touch],
+           orders: Sequence[OrderEvent], coupons: Mapping[str, tuple[str, int]], as_of: datetime) -> CampaignReport:
+    """The campaign's report as of A from plain data (SPEC.md Attribution): report_from_totals over arm_totals (the
+    same arguments)."""
     return report_from_totals(campaign, arm_totals(campaign, assignments, touches, orders, coupons, as_of), as_of)

@@ -23,33 +23,20 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
+from libs.common.columns import ID, PERSON_KEY, optional, primary, required
 from libs.common.db import Migration, create_all
 
 metadata = MetaData()
 
 events = Table(
-    "events",
-    metadata,
-    Column("event_id", String(256), primary_key=True),
-    Column("type", String(16), nullable=False),
-    Column("person_key", String(300), nullable=False),
-    Column("occurred_us", BigInteger, nullable=False),
-    Column("source", String(256), nullable=False),
-    Column("product_id", String(256)),
-    Column("product_name", Text),
-    Column("category", Text),
-    Column("price_cents", BigInteger),
-    Column("declared_tier", String(32)),
-    Column("quantity", Integer, nullable=False),
-    Column("inquiry_id", String(256)),
-    Column("response_seconds", Float),
-    Column("order_id", String(256)),
-    Column("order_status", String(16)),
-    Column("total_cents", BigInteger),
-    Column("discount_cents", BigInteger),
-    Column("coupon_code", String(256)),
-    Column("refund_cents", BigInteger),
-    Column("rating", Integer),
+    "events", metadata, *primary(event_id=String(ID)),
+    *required(type=String(16), person_key=String(PERSON_KEY), occurred_us=BigInteger, source=String(256)),
+    *optional(product_id=String(ID), product_name=Text, category=Text, price_cents=BigInteger,
+              declared_tier=String(32)),
+    *required(quantity=Integer),
+    *optional(inquiry_id=String(ID), response_seconds=Float, order_id=String(ID), order_status=String(16),
+              total_cents=BigInteger, discount_cents=BigInteger, coupon_code=String(ID), refund_cents=BigInteger,
+              rating=Integer),
     # The write order: rows take increasing values under the table's write lock, so a reader that has every
     # row up to N has a complete prefix (the DuckDB copy follows it, adapters/mirror.py). An erasure gives
     # the rewritten rows new values and sets `revised`.
@@ -66,25 +53,16 @@ events = Table(
 )
 
 order_items = Table(
-    "order_items",
-    metadata,
-    Column("event_id", String(256), primary_key=True),
-    Column("line", Integer, primary_key=True),
-    Column("product_id", String(256), nullable=False),
-    Column("category", Text),
-    Column("quantity", Integer, nullable=False),
-    Column("unit_price_cents", BigInteger, nullable=False),
+    "order_items", metadata, *primary(event_id=String(ID), line=Integer),
+    *required(product_id=String(ID)), *optional(category=Text),
+    *required(quantity=Integer, unit_price_cents=BigInteger),
     Index("ix_order_items_product", "product_id"),
 )
 
 funnels = Table(
-    "funnels",
-    metadata,
-    Column("funnel_id", String(64), primary_key=True),
-    Column("name", String(200), nullable=False),
+    "funnels", metadata, *primary(funnel_id=String(64)),
     # The definition as JSON ({steps, window_seconds, unit}): read whole, never queried by part.
-    Column("definition", Text, nullable=False),
-    Column("created_us", BigInteger, nullable=False),
+    *required(name=String(200), definition=Text, created_us=BigInteger),
     Index("ix_funnels_created", "created_us", "funnel_id"),
 )
 

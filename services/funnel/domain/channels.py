@@ -15,7 +15,7 @@ from services.funnel.domain.stats import ratio, total
 CHANNEL_LOOKBACK = timedelta(days=30)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChannelMetrics:
     source: str
     uv: int

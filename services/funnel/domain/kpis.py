@@ -5,7 +5,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -17,7 +17,9 @@ INQUIRY_FOLLOW_UP = timedelta(days=7)
 
 
 @dataclass(frozen=True)
-class Kpis:
+class KpiTotals:
+    """The counts and sums the KPIs report as they are, and take their ratios of."""
+
     pv: int
     uv: int
     cart_users: int
@@ -26,6 +28,10 @@ class Kpis:
     orders: int
     gmv: Decimal
     refunds: Decimal
+
+
+@dataclass(frozen=True)
+class Kpis(KpiTotals):
     net_gmv: Decimal
     conversion_rate: float | None
     aov: Decimal | None
@@ -103,17 +109,9 @@ def _kpis(history: History, start: datetime, end: datetime) -> Kpis:
 
 
 @dataclass(frozen=True)
-class KpiCounts:
+class KpiCounts(KpiTotals):
     """What the KPIs are ratios of: counts and sums over one range."""
 
-    pv: int
-    uv: int
-    cart_users: int
-    inquiry_users: int
-    buyers: int
-    orders: int
-    gmv: Decimal
-    refunds: Decimal
     repurchasers: int
     converted_inquirers: int
     median_response_seconds: float | None
@@ -128,14 +126,7 @@ def kpis_of(counts: KpiCounts) -> Kpis:
     """The KPIs from their counts, with SPEC.md's null for a zero denominator."""
     c = counts
     return Kpis(
-        pv=c.pv,
-        uv=c.uv,
-        cart_users=c.cart_users,
-        inquiry_users=c.inquiry_users,
-        buyers=c.buyers,
-        orders=c.orders,
-        gmv=c.gmv,
-        refunds=c.refunds,
+        **{field.name: getattr(c, field.name) for field in fields(KpiTotals)},
         net_gmv=c.gmv - c.refunds,
         conversion_rate=ratio(c.buyers, c.uv),
         aov=ratio(c.gmv, c.orders),

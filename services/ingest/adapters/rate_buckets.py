@@ -14,20 +14,17 @@ import hashlib
 import time
 from collections.abc import Callable
 
-from sqlalchemy import BigInteger, Column, String, Table, bindparam, case, select
+from sqlalchemy import BigInteger, String, Table, bindparam, case, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from libs.common.columns import primary, required
 from libs.common.db import Database, Migration, insert
 from services.ingest.adapters.rejected import metadata
 from services.ingest.ratelimit import MICRO, Bucket, Rate, retry_after
 
 rate_buckets = Table(
-    "rate_buckets",
-    metadata,
-    Column("key_hash", String(64), primary_key=True),
-    Column("tokens_e6", BigInteger, nullable=False),
-    Column("updated_us", BigInteger, nullable=False),
+    "rate_buckets", metadata, *primary(key_hash=String(64)), *required(tokens_e6=BigInteger, updated_us=BigInteger),
 )
 
 

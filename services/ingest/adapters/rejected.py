@@ -9,14 +9,10 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel
 from sqlalchemy import (
-    BigInteger,
     Column,
     Index,
-    Integer,
     MetaData,
-    String,
     Table,
-    Text,
     and_,
     bindparam,
     delete,
@@ -28,7 +24,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.types import BigInteger, Integer, String, Text
 
+from libs.common.columns import ID, PERSON_KEY, optional, primary, required
 from libs.common.db import Migration, create_all, insert
 from libs.common.events import epoch_micros, format_timestamp, from_epoch_micros
 from libs.common.http import decode_cursor, page_of
@@ -36,20 +34,12 @@ from services.ingest.person_keys import person_key_of, person_key_of_stored
 
 metadata = MetaData()
 rejected_events = Table(
-    "rejected_events",
-    metadata,
-    Column("rejection_id", String(64), primary_key=True),
+    "rejected_events", metadata, *primary(rejection_id=String(64)),
     Column("received_us", BigInteger, nullable=False, index=True),
-    Column("format", String(16), nullable=False),
-    Column("route", String(64), nullable=False),
-    Column("item_index", Integer, nullable=False),
-    Column("error", Text, nullable=False),
-    Column("raw", Text, nullable=False),
-    Column("replayed_us", BigInteger, nullable=True),
-    Column("replayed_event_id", String(256), nullable=True),
-    # Derived from raw when the rejection is recorded (services/ingest/person_keys.py); NULL when the body names
-    # no person the way an accepted event would. What an erasure request deletes by.
-    Column("person_key", String(300), nullable=True),
+    *required(format=String(16), route=String(64), item_index=Integer, error=Text, raw=Text),
+    # person_key: derived from raw when the rejection is recorded (services/ingest/person_keys.py); NULL when the
+    # body names no person the way an accepted event would. What an erasure request deletes by.
+    *optional(replayed_us=BigInteger, replayed_event_id=String(ID), person_key=String(PERSON_KEY)),
     Index("ix_rejected_events_person", "person_key"),
 )
 

@@ -10,7 +10,6 @@ from typing import Any
 import orjson
 from sqlalchemy import (
     BigInteger,
-    Column,
     String,
     Table,
     Text,
@@ -29,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.expression import Select, SelectBase
 
+from libs.common.columns import primary, required
 from libs.common.db import BulkRows, bytewise, chunks, insert, wide_at_least
 from libs.common.events import epoch_micros, from_epoch_micros
 from services.segmentation.adapters.facts import _order_sums
@@ -269,13 +269,8 @@ async def forget_legacy_changes(connection: AsyncConnection, seqs: Sequence[int]
 # The last re-evaluation of everyone's built-in segments (one row): what the next one starts from
 # (domain/rounds.py). Migration 4 makes erasing a profile forget it: another person's order can count instead.
 segment_rounds = Table(
-    "segment_rounds",
-    metadata,
-    Column("scope", String(16), primary_key=True),
-    Column("as_of_us", BigInteger, nullable=False),
-    Column("complete_as_of_us", BigInteger, nullable=False),
-    Column("recency_cuts", Text, nullable=False),
-    Column("frequency_cuts", Text, nullable=False),
+    "segment_rounds", metadata, *primary(scope=String(16)),
+    *required(as_of_us=BigInteger, complete_as_of_us=BigInteger, recency_cuts=Text, frequency_cuts=Text),
 )
 _BUILTIN_ROUND = "builtin"
 # Named persons bound as one value (PostgreSQL: an array to unnest; SQLite: a JSON array), however many.
@@ -306,10 +301,7 @@ async def remember_round(connection: AsyncConnection, round_: Round | None) -> N
 # (built-in and rule segments alike). Unlike segment_rounds it survives erasures and rule segments: stored pages
 # of members (GET /v1/segments/{id}/members without as_of) are reported at it.
 published_rounds = Table(
-    "published_rounds",
-    metadata,
-    Column("scope", String(16), primary_key=True),
-    Column("as_of_us", BigInteger, nullable=False),
+    "published_rounds", metadata, *primary(scope=String(16)), *required(as_of_us=BigInteger),
 )
 _EVERYONE = "everyone"
 

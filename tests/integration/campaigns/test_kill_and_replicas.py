@@ -17,7 +17,7 @@ import httpx
 import orjson
 from sqlalchemy import func, select
 
-from libs.common.broker import free_port
+from libs.common.broker import free_port, stop_process
 from libs.common.db import Database
 from libs.common.events import format_timestamp
 from libs.common.kafka import EVENTS_TOPIC, SEGMENTS_TOPIC, Publisher
@@ -74,12 +74,8 @@ class Replica:
         self.process.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        if self.process is not None:
+            stop_process(self.process, grace_seconds=30)
 
 
 async def _count(database: Database, table, *where) -> int:
