@@ -12,19 +12,18 @@ quiet core: about 4 us instead of 12 (docs/benchmarks.md, "Consumer CPU per even
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from libs.common.db import cents
 from libs.common.events import DIRECT, PublishedEvent, epoch_micros
 from libs.common.published_json import published_fields
 
 
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
+class StoredEvent(NamedTuple):
     """One consumed record: the `events` row (``EVENT_ROW`` order; None for identify calls, which are not
-    kept) and its `order_items` rows (``ITEM_ROW``). ``event_id`` and ``occurred_at`` serve the runtime."""
+    kept) and its `order_items` rows (``ITEM_ROW``). ``event_id`` and ``occurred_at`` serve the runtime. (A
+    named tuple: built about 3x faster than a frozen dataclass, once per consumed event.)"""
 
     event_id: str
     occurred_at: datetime
@@ -69,34 +68,29 @@ def decode_event(payload: bytes) -> StoredEvent:
 
 def _rows_of_fields(fields: dict[str, Any]) -> StoredEvent:
     """``rows_of`` for the object ``published_fields`` checked (money already in cents, times datetimes)."""
-    event_id = fields.get("event_id")
-    occurred_at = fields["occurred_at"]
-    event_type = fields["type"]
+    get = fields.get
+    event_id, occurred_at, event_type = get("event_id"), fields["occurred_at"], fields["type"]
     if event_type == "identify":
         return StoredEvent(event_id, occurred_at, None)  # type: ignore[arg-type]
-    get = fields.get
     channel, product, order, inquiry, review = (get("channel"), get("product"), get("order"), get("inquiry"),
                                                 get("review"))
-    row: tuple[Any, ...] = (event_id, event_type, get("person_key", ""), epoch_micros(occurred_at),
-                            DIRECT if channel is None else channel.get("source", DIRECT))
-    if product is None:
-        row += _NO_PRODUCT
-    else:
-        attribute = product.get
-        row += (product["product_id"], attribute("name"), attribute("category"), attribute("price"),
-                attribute("tier"))
-    row += (get("quantity", 1),)
-    row += _NO_INQUIRY if inquiry is None else (inquiry["inquiry_id"], inquiry.get("response_seconds"))
     items: tuple[tuple[Any, ...], ...] = ()
-    if order is None:
-        row += _NO_ORDER
-    else:
-        part = order.get
-        row += (order["order_id"], order["status"], part("total"), part("discount"), part("coupon_code"),
-                part("refund_amount"))
+    if order is not None:
         items = tuple((event_id, line, item["product_id"], item.get("category"), item["quantity"], item["unit_price"])
                       for line, item in enumerate(order.get("items", ())))
-    return StoredEvent(event_id, occurred_at, (*row, None if review is None else review["rating"]), items)
+    row = (event_id, event_type, get("person_key", ""), epoch_micros(occurred_at),
+           DIRECT if channel is None else channel.get("source", DIRECT),
+           *(_NO_PRODUCT if product is None else map(product.get, _PRODUCT_FIELDS)), get("quantity", 1),
+           *(_NO_INQUIRY if inquiry is None else map(inquiry.get, _INQUIRY_FIELDS)),
+           *(_NO_ORDER if order is None else map(order.get, _ORDER_FIELDS)),
+           None if review is None else review["rating"])
+    return StoredEvent(event_id, occurred_at, row, items)
+
+
+# The parts' fields in the `events` columns' order (``EVENT_ROW``), as ``rows_of`` writes them.
+_PRODUCT_FIELDS = ("product_id", "name", "category", "price", "tier")
+_INQUIRY_FIELDS = ("inquiry_id", "response_seconds")
+_ORDER_FIELDS = ("order_id", "status", "total", "discount", "coupon_code", "refund_amount")
 
 
 def stored_rows(batch: Sequence[StoredEvent]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
