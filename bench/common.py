@@ -185,6 +185,83 @@ async def count_rows(database_url: str, table: str) -> int:
         await engine.dispose()
 
 
+# ---------------------------------------------------------------------------------------------- CPU
+
+def cpu_of(pid: int) -> float | None:
+    """utime + stime of a process, all its threads (Linux /proc); None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def service_cpu(pid: int, database_url: str) -> dict[int, float]:
+    """CPU seconds so far of a service process (key ``pid``) and, on PostgreSQL, of the server processes
+    connected to its database (the other keys)."""
+    pids = [pid]
+    if database_url.startswith("postgresql"):
+        admin = await asyncpg.connect(POSTGRES_ADMIN)
+        try:
+            name = database_url.rsplit("/", 1)[1]
+            pids += [row["pid"] for row in await admin.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1",
+                                                              name)]
+        finally:
+            await admin.close()
+    return {each: cpu for each in pids if (cpu := cpu_of(each)) is not None}
+
+
+@dataclass(frozen=True)
+class ConsumerCost:
+    """What applying ``events`` cost: CPU seconds of the service process and of the PostgreSQL server processes
+    serving it (0 on SQLite), the wall seconds, and the 1-minute load average at the end.
+
+    CPU time per event is the figure to compare between runs and machines: it does not count the time the
+    service waited for a core that other work held, which moves events/s by +-30% on a shared 2-core VM.
+    ``events_per_cpu_second`` is its inverse: the rate one core would reach spent on this consumer alone (with
+    the PostgreSQL server's share included)."""
+
+    events: int
+    service_seconds: float
+    server_seconds: float
+    wall_seconds: float
+    load: float
+
+    @classmethod
+    def between(cls, events: int, before: dict[int, float], after: dict[int, float], pid: int,
+                wall_seconds: float) -> ConsumerCost:
+        spent = {each: after[each] - before.get(each, 0.0) for each in after}
+        service = spent.pop(pid, 0.0)
+        return cls(events, service, sum(spent.values()), wall_seconds, os.getloadavg()[0])
+
+    @property
+    def service_us(self) -> float:
+        return self.service_seconds / self.events * 1e6
+
+    @property
+    def server_us(self) -> float:
+        return self.server_seconds / self.events * 1e6
+
+    @property
+    def events_per_cpu_second(self) -> float:
+        return self.events / (self.service_seconds + self.server_seconds)
+
+    def text(self, database: str) -> str:
+        """CPU per event, events per CPU-second and load, in one line."""
+        us = f"{self.service_us:.1f}" if database == "sqlite" else f"{self.service_us:.1f} + {self.server_us:.1f}"
+        return (f"{us} µs CPU per event (service [+ PostgreSQL]), {self.events_per_cpu_second:,.0f} events per "
+                f"CPU-second, load {self.load:.1f}")
+
+    def add_to(self, rows: Rows, database: str, name: str) -> None:
+        """Rows of ``name`` (e.g. "consumer"): CPU per event, events per CPU-second, load during the run."""
+        us = f"{self.service_us:.1f}" if database == "sqlite" else f"{self.service_us:.1f} + {self.server_us:.1f}"
+        rows.add(f"{name} CPU per event (µs): service process [+ PostgreSQL server]", database,
+                 self.service_us + self.server_us, us)
+        rows.add(f"{name} events per CPU-second (all of the above on one core)", database,
+                 self.events_per_cpu_second, f"{self.events_per_cpu_second:,.0f}", "20,000: one core suffices")
+        rows.add(f"{name} load average (1 min) at the end of the run", database, self.load, f"{self.load:.1f}")
+
+
 # ---------------------------------------------------------------------------------------------- processes
 
 class Process:
@@ -335,7 +412,8 @@ def percentile(values: list[float], fraction: float) -> float:
 @dataclass
 class Rows:
     """Measured values per (measurement, database) over one or more runs; ``table()`` gives the (measurement,
-    SQLite, PostgreSQL, target) rows for ``print_table``, a cell being the range over the runs."""
+    SQLite, PostgreSQL, target) rows for ``print_table``, a cell of several runs being their median, with the
+    lowest and highest and the spread ((highest - lowest) / median) beside it."""
 
     order: list[str] = field(default_factory=list)
     targets: dict[str, str] = field(default_factory=dict)
@@ -356,7 +434,9 @@ class Rows:
             return ""
         if len(runs) == 1:
             return runs[0][1]
-        return f"{runs[0][1]} – {runs[-1][1]} ({len(runs)} runs)"
+        middle = runs[len(runs) // 2]  # the upper median of an even count: a run's own figure
+        spread = (runs[-1][0] - runs[0][0]) / middle[0] if middle[0] else 0.0
+        return f"{middle[1]} ({runs[0][1]} – {runs[-1][1]}, ±{spread * 50:.0f}%, {len(runs)} runs)"
 
     def table(self) -> list[tuple[str, str, str, str]]:
         return [(m, self.cell(m, "sqlite"), self.cell(m, "postgresql"), self.targets[m]) for m in self.order]

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import asyncpg
 import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -109,14 +108,14 @@ async def consumer_phase(stack: Stack, rows: common.Rows) -> None:
         now = time.perf_counter()
         if first == 0 and done:
             first, started = done, now
-            cpu_start = await cpu_seconds(stack, service)
+            cpu_start = await common.service_cpu(service.popen.pid, stack.database_url)
         if done >= total:
             break
         if now > deadline:
             raise SystemExit(f"the funnel applied {done:,} of {total:,} events in 15 minutes; see {service.log}")
         await asyncio.sleep(0.1)  # /metrics costs the service about a millisecond
     elapsed = time.perf_counter() - started
-    cpu_end = await cpu_seconds(stack, service)
+    cpu_end = await common.service_cpu(service.popen.pid, stack.database_url)
     common.stop_profile(spy)
     stored = await common.count_rows(stack.database_url, "events")
     if stored != stored_count(stack.records):
@@ -126,33 +125,8 @@ async def consumer_phase(stack: Stack, rows: common.Rows) -> None:
              f"{rate:,.0f}", ">= 20,000 events/s")
     # CPU per event, less sensitive than the rate to other work on the machine: the service process (all its
     # threads, SQLite's included) and, on PostgreSQL, the server processes serving its database.
-    spent = {pid: cpu_end[pid] - cpu_start.get(pid, 0.0) for pid in cpu_end}
-    own = spent.pop(service.popen.pid, 0.0) / (total - first) * 1e6
-    text = f"{own:.0f}" if stack.database == "sqlite" else f"{own:.0f} + {sum(spent.values()) / (total - first) * 1e6:.0f}"
-    rows.add("consumer CPU per event (µs): service process [+ PostgreSQL server]", stack.database, own, text)
-
-
-def _cpu_of(pid: int) -> float | None:
-    """utime + stime of a process, all its threads (Linux)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def cpu_seconds(stack: Stack, service: common.Process) -> dict[int, float]:
-    """CPU seconds so far of the service process and of the PostgreSQL backends connected to its database."""
-    pids = [service.popen.pid]
-    if stack.database == "postgresql":
-        admin = await asyncpg.connect(common.POSTGRES_ADMIN)
-        try:
-            name = stack.database_url.rsplit("/", 1)[1]
-            pids += [row["pid"] for row in await admin.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1",
-                                                              name)]
-        finally:
-            await admin.close()
-    return {pid: cpu for pid in pids if (cpu := _cpu_of(pid)) is not None}
+    common.ConsumerCost.between(total - first, cpu_start, cpu_end, service.popen.pid, elapsed).add_to(
+        rows, stack.database, "consumer")
 
 
 def stored_count(records: list[tuple[bytes, bytes]]) -> int:

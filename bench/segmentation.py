@@ -87,14 +87,18 @@ async def _run_service(database: str, url: str, kafka: KafkaSettings, total: int
             spy = common.py_spy(service.popen.pid, profile, 120, rate=50)
             started = time.perf_counter()
             first = 0
+            cpu_start: dict[int, float] = {}
             while True:
                 done = await common.consumed(client, service.base_url, "segmentation")
                 if first == 0 and done:
                     first, started = done, time.perf_counter()
+                    cpu_start = await common.service_cpu(service.popen.pid, url)
                 if done >= total:
                     break
                 await asyncio.sleep(0.25)  # /metrics costs the service a few ms
             elapsed = time.perf_counter() - started
+            cost = common.ConsumerCost.between(total - first, cpu_start, await common.service_cpu(service.popen.pid, url),
+                                               service.popen.pid, elapsed)
             rate = (total - first) / elapsed
             # Membership has caught up once no person waits for evaluation and every change is published.
             caught_up = time.perf_counter()
@@ -107,8 +111,8 @@ async def _run_service(database: str, url: str, kafka: KafkaSettings, total: int
             common.stop_profile(spy)
             target = "met" if rate >= 20_000 else "not met"
             rows.append((f"(a) consumer throughput, {database}, {total:,} events already on the topic",
-                         f"{rate:,.0f} events/s ({elapsed:.1f} s); membership caught up "
-                         f"{membership:.1f} s later{'' if settled else ' (not yet)'}",
+                         f"{rate:,.0f} events/s ({elapsed:.1f} s; {cost.text(database)}); membership caught "
+                         f"up {membership:.1f} s later{'' if settled else ' (not yet)'}",
                          ">= 20,000 events/s", target))
             if args.freshness_seconds > 0:
                 await _freshness(database, service, kafka, args, workdir, rows, client)

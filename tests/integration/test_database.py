@@ -115,6 +115,22 @@ async def test_a_service_adds_its_own_sqlite_pragmas_to_the_shared_ones(tmp_path
             await database.close()
 
 
+async def test_sqlite_stores_bound_nulls_and_booleans_as_it_would_without_the_adapters(tmp_path):
+    """The adapters db.py registers for None and bool only make binding them cheaper: the stored values (and
+    their SQLite types) are those sqlite3 binds without them."""
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'binding.db'}", metadata=metadata, migrations=[STEP_1])
+    await database.start()
+    try:
+        async with database.begin() as connection:
+            await connection.exec_driver_sql("CREATE TABLE bound (value)")
+            await connection.exec_driver_sql("INSERT INTO bound VALUES (?)", [(None,), (True,), (False,), (0,), ("",)])
+            stored = (await connection.exec_driver_sql("SELECT value, typeof(value) FROM bound ORDER BY rowid")).all()
+        assert [tuple(row) for row in stored] == [(None, "null"), (1, "integer"), (0, "integer"), (0, "integer"),
+                                                  ("", "text")]
+    finally:
+        await database.close()
+
+
 async def test_bulk_rows_insert_a_batch_as_one_statement_and_return_only_new_keys(database_url):
     database = Database(database_url, metadata=metadata, migrations=[STEP_1])
     await database.start()
