@@ -59,7 +59,7 @@ from services.funnel.domain.funnels import (
     Unit,
 )
 from services.funnel.domain.stats import median, ratio
-from services.funnel.engine import person_hashes, product_state
+from services.funnel.engine import kpi_state, kpis, person_hashes, product_state
 
 _MAX_BIGINT = 2**63 - 1
 # How units are numbered for joins and groups, from their keys (a collision is detected, and the answer is then
@@ -108,8 +108,23 @@ def funnel_result_sql(
         # Units by the rows' stored person numbers when no two keys share one; else by a hash computed here, checked
         # for units sharing it, and then, if some did, by the keys themselves.
         stored = kept and not person_hashes.clash_possible(cursor, bounds["folded"])
+        # Persons entering by a plain view, cart or inquiry: counted from the KPI state's day sets (kpi_state.py).
+        first = definition.steps[0]
+        present = (stored and breakdown is None and step_count > 1 and definition.unit == "person"
+                   and first.type in kpi_state.PRESENCE_TYPES
+                   and (first.product_id, first.category, first.source) == (None, None, None))
+        if present:
+            _, capacity, state_zone = kpi_state.standing(cursor)
+            bounds["w0"], bounds["w1"] = kpis.whole_days(start_us, first_end, as_of_us, state_zone)
+            bounds["last_id"] = capacity - 1
+            # Only when some rows lie outside the whole days or are not folded is person_ids probed by key.
+            loose = cursor.execute(f"SELECT EXISTS ({_LOOSE_ENTRANTS})", {
+                "type0": first.type, **{name: bounds[name] for name in ("start", "first_end", "w0", "w1", "folded")}
+            }).fetchone()[0]  # type: ignore[index]
+            present_sql = _present_entrants(loose=bool(loose))
         for numbering in ("stored",) if stored else ("hashed", "keys"):
-            sql, params = _query(definition, breakdown, numbering=numbering, recent=recent)
+            sql, params = _query(definition, breakdown, numbering=numbering, recent=recent,
+                                 present=present_sql if present and numbering == "stored" else None)
             params.update(bounds)
             used = set(re.findall(r"\$(\w+)", sql))  # DuckDB refuses parameters a statement does not use
             rows = cursor.execute(sql, {name: value for name, value in params.items() if name in used}).fetchall()
@@ -197,7 +212,8 @@ def _summary(definition: FunnelDefinition, step_count: int, group: _Group) -> Fu
 
 
 def _query(
-    definition: FunnelDefinition, breakdown: Breakdown | None, *, numbering: str, recent: bool
+    definition: FunnelDefinition, breakdown: Breakdown | None, *, numbering: str, recent: bool,
+    present: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
     steps = definition.steps
     step_count = len(steps)
@@ -327,10 +343,10 @@ def _query(
         # Units that went past step 1, each with its latest step-1 time (``entered``: is a level-1 unit converting);
         # the entrants' count and level-1 figures follow from them and one grouping of the step-1 rows.
         ctes.append(
-            f"""entrants AS (
+            (present or f"""entrants AS (
     SELECT count(*) AS n, count(*) FILTER (WHERE s + $window > $as_of) AS converting
     FROM (SELECT max(t) AS s FROM s0 GROUP BY {key_list})
-),
+)""") + f""",
 units AS MATERIALIZED (
     SELECT {cols("x")}, x.packed // $span AS level, $start + x.packed % $span AS s, x.fast, x.done,
            NULL::VARCHAR AS grp, FALSE AS clash, f.s AS entered
@@ -405,6 +421,37 @@ SELECT 0, NULL, 1, e.n - u.n, e.converting - u.converting, NULL, 0, FALSE
 FROM entrants e, (SELECT count(*) AS n, count(*) FILTER (WHERE entered + $window > $as_of) AS converting FROM units) u
 """
     return "WITH " + ",\n".join(ctes) + select, params
+
+
+# The entrants of a person funnel whose step 1 is a plain view, cart or inquiry ($type0): the persons with such an
+# event in [$start, $first_end), as the KPIs count them (kpis.py): the whole days [$w0, $w1) (of the state's zone,
+# at or before as_of) from ``presence``, the rest of the range and the rows not folded yet from the rows, by person
+# id, or by key for a person without one (in no day's set). Converting at level 1 needs a step-1 event within W of
+# as_of: those persons are counted from the rows of that last stretch.
+_LOOSE_ENTRANTS = """
+    SELECT person_key FROM events
+    WHERE type = $type0 AND occurred_us >= $start AND occurred_us < $first_end AND (occurred_us < $w0 OR occurred_us >= $w1)
+    UNION ALL
+    SELECT person_key FROM events WHERE applied > $folded AND type = $type0 AND occurred_us >= $w0 AND occurred_us < $w1"""
+
+
+def _present_entrants(*, loose: bool) -> str:
+    """CTE ``entrants`` (n, converting) from the KPI state; ``loose``: some entrants' rows are not in its day sets."""
+    unkept = f"""entrants_unkept AS (
+    SELECT bitstring_agg(i.id, 0, $last_id) FILTER (WHERE i.id IS NOT NULL) AS bits,
+           count(DISTINCT l.person_key) FILTER (WHERE i.id IS NULL) AS newcomers
+    FROM ({_LOOSE_ENTRANTS}) l LEFT JOIN person_ids i ON i.person_key = l.person_key
+)""" if loose else "entrants_unkept AS (SELECT NULL::BIT AS bits, 0 AS newcomers)"
+    return f"""entrants_kept AS (
+    SELECT bit_or(bits) AS bits FROM presence WHERE type = $type0 AND day_start >= $w0 AND day_start < $w1
+),
+{unkept},
+entrants AS (
+    SELECT coalesce(bit_count(CASE WHEN k.bits IS NULL THEN u.bits WHEN u.bits IS NULL THEN k.bits
+                                   ELSE k.bits | u.bits END), 0) + u.newcomers AS n,
+           (SELECT count(DISTINCT ph) FROM s0 WHERE t + $window > $as_of) AS converting
+    FROM entrants_kept k, entrants_unkept u
+)"""
 
 
 class _UnitColumns:

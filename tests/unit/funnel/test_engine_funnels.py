@@ -29,7 +29,7 @@ from services.funnel.domain.funnels import (
     funnel_result,
 )
 from services.funnel.engine import funnels as engine
-from services.funnel.engine import person_hashes
+from services.funnel.engine import kpi_state, person_hashes
 from services.funnel.engine.funnels import funnel_result_sql, handles
 from tests.integration.funnel.helpers import facts
 from tests.integration.funnel.test_property import CUSTOM_FUNNELS, FIRST_ERA, build
@@ -46,6 +46,8 @@ def load(connection: duckdb.DuckDBPyConnection, facts: Sequence[FunnelEvent]) ->
     create_tables(connection)
     for table in ("events", "order_events", "order_items", "product_state"):
         connection.execute(f"DELETE FROM {table}")
+    kpi_state.clear(connection)  # the day sets and the registry are read by funnels too: none of another example's
+    person_hashes.clear(connection)
     connection.execute("UPDATE copy_state SET folded = 0, horizon = -1")
     # In two batches, product_state folded after the first: products' categories come from the state and the
     # rows beside it (or, for an as_of before the state's horizon, from the events).
