@@ -438,8 +438,7 @@ _LOOSE_ENTRANTS = """
 def _present_entrants(*, loose: bool) -> str:
     """CTE ``entrants`` (n, converting) from the KPI state; ``loose``: some entrants' rows are not in its day sets."""
     unkept = f"""entrants_unkept AS (
-    SELECT bitstring_agg(i.id, 0, $last_id) FILTER (WHERE i.id IS NOT NULL) AS bits,
-           count(DISTINCT l.person_key) FILTER (WHERE i.id IS NULL) AS newcomers
+    SELECT {kpi_state.ROW_PERSONS}
     FROM ({_LOOSE_ENTRANTS}) l LEFT JOIN person_ids i ON i.person_key = l.person_key
 )""" if loose else "entrants_unkept AS (SELECT NULL::BIT AS bits, 0 AS newcomers)"
     return f"""entrants_kept AS (
@@ -447,8 +446,7 @@ def _present_entrants(*, loose: bool) -> str:
 ),
 {unkept},
 entrants AS (
-    SELECT coalesce(bit_count(CASE WHEN k.bits IS NULL THEN u.bits WHEN u.bits IS NULL THEN k.bits
-                                   ELSE k.bits | u.bits END), 0) + u.newcomers AS n,
+    SELECT {kpi_state.UNION_COUNT} AS n,
            (SELECT count(DISTINCT ph) FROM s0 WHERE t + $window > $as_of) AS converting
     FROM entrants_kept k, entrants_unkept u
 )"""
