@@ -64,7 +64,8 @@ SELECT
     CASE WHEN r >= 0.78 AND r < 0.90 AND r3 < 0.8 THEN 1000 + product END AS total_cents,
     NULL AS discount_cents, NULL AS coupon_code, NULL AS refund_cents,
     CASE WHEN r >= 0.90 THEN 1 + (product % 5) END AS rating,
-    1 AS applied  -- one batch
+    1 AS applied,  -- one batch
+    hash('u' || person) AS ph  -- the person's number, as the copy computes it (person_hashes.py)
 FROM (
     SELECT i, random() AS r, random() AS r2, random() AS r3, (random() * $persons)::BIGINT AS person,
            (random() * 10000)::BIGINT AS product

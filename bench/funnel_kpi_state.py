@@ -53,7 +53,7 @@ SELECT 'e-' || g, kind, 'u-' || person, $start + g * $step + (hi % 60000000),
        CASE WHEN g % 100 = 8 THEN 'refunded' WHEN kind = 'order' THEN 'completed' END,
        CASE WHEN kind = 'order' AND g % 100 <> 8 THEN (1 + hi % 3) * (100 + (product * 7919) % 50000) END,
        NULL, NULL, CASE WHEN g % 100 = 8 AND g % 2 = 0 THEN 500 END,
-       CASE WHEN kind = 'review' THEN 1 + hi % 5 END, $events
+       CASE WHEN kind = 'review' THEN 1 + hi % 5 END, $events, hash('u-' || person)
 FROM (SELECT g, (hash(g) % 1000000007)::BIGINT AS hi, floor(power(random(), 1.5) * $persons)::BIGINT AS person,
              floor(power(random(), 3) * 20000)::BIGINT AS product,
              CASE WHEN g % 100 < 9 THEN 'order' WHEN g % 100 < 14 THEN 'inquiry' WHEN g % 100 < 20 THEN 'review'

@@ -49,7 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db import Database
 from services.funnel.adapters.tables import events, order_items
-from services.funnel.engine import kpi_state, product_state
+from services.funnel.engine import kpi_state, person_hashes, product_state
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,7 +84,7 @@ _DUCKDB_TYPES = {pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.float64(): "DOU
 
 
 # The copy's tables and what they hold: a file written under another version is rebuilt, not read.
-COPY_SCHEMA_VERSION = 3
+COPY_SCHEMA_VERSION = 4
 
 
 def create_tables(connection: duckdb.DuckDBPyConnection, time_zone: str = "UTC") -> None:
@@ -93,18 +93,23 @@ def create_tables(connection: duckdb.DuckDBPyConnection, time_zone: str = "UTC")
     # order_events: the order events again (about a tenth of all), so that the order rules (earliest
     # completed event, refunds) scan them rather than every event.
     # applied: the seq the copy reached with the batch that brought the row (product_state folds up to one).
+    # ph: the events' person number (person_hashes.py), computed as they are appended.
     for name, schema in (("events", EVENTS_SCHEMA), ("order_events", EVENTS_SCHEMA), ("order_items", ITEMS_SCHEMA)):
         columns = ", ".join(f"{field.name} {_DUCKDB_TYPES[field.type]}" for field in schema)
-        connection.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns}, applied BIGINT)")
+        numbered = ", ph UBIGINT" if schema is EVENTS_SCHEMA else ""
+        connection.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns}, applied BIGINT{numbered})")
     # Where the copy stands: the last seq it holds, the event_id stored at it then, and the `applied` and time up
-    # to which product_state holds the rows (times are >= 0: a horizon of -1 holds none).
+    # to which product_state holds the rows (times are >= 0: a horizon of -1 holds none); and how the DuckDB that
+    # numbered its persons hashes a fixed text.
     connection.execute(
         "CREATE TABLE IF NOT EXISTS copy_state (version INTEGER, seq BIGINT, event_id VARCHAR, folded BIGINT, "
-        "horizon BIGINT)")
+        "horizon BIGINT, hash_probe UBIGINT)")
     if connection.execute("SELECT count(*) FROM copy_state").fetchone()[0] == 0:  # type: ignore[index]
-        connection.execute("INSERT INTO copy_state VALUES (?, 0, NULL, 0, -1)", [COPY_SCHEMA_VERSION])
+        connection.execute(f"INSERT INTO copy_state VALUES (?, 0, NULL, 0, -1, {person_hashes.PROBE_SQL})",
+                           [COPY_SCHEMA_VERSION])
     product_state.create_state(connection)
     kpi_state.create_state(connection, time_zone)
+    person_hashes.create_state(connection)
 
 
 def arrow_batch(schema: pa.Schema, rows: Sequence[Sequence[Any]] | Sequence[dict[str, Any]]) -> pa.Table:
@@ -124,7 +129,10 @@ def append(connection: duckdb.DuckDBPyConnection, table: str, batch: pa.Table, a
     marked = batch.append_column("applied", pa.array(itertools.repeat(applied, batch.num_rows), pa.int64()))
     # A relation's insert_into: half the CPU of INSERT ... SELECT from a registered view (which runs the scan
     # on both of DuckDB's threads for a few thousand rows).
-    connection.from_arrow(marked).insert_into(table)
+    rows = connection.from_arrow(marked)
+    if table != "order_items":
+        rows = rows.project(f"*, {person_hashes.NUMBER} AS ph")
+    rows.insert_into(table)
     if table == "events":
         # Filtered in Arrow, not by a second scan of the whole batch in DuckDB (about 3 us per row).
         append(connection, "order_events", batch.filter(pc.is_valid(batch.column("order_status"))), applied)
@@ -133,6 +141,8 @@ def append(connection: duckdb.DuckDBPyConnection, table: str, batch: pa.Table, a
 def fold_state(connection: duckdb.DuckDBPyConnection, top: int) -> None:
     """Fold the rows applied since the last fold, up to ``top``, into the KPI state and ``product_state`` (in the
     caller's transaction)."""
+    folded = int(connection.execute("SELECT folded FROM copy_state").fetchone()[0])  # type: ignore[index]
+    person_hashes.fold(connection, f"e.applied > {folded} AND e.applied <= {int(top)}")
     kpi_state.fold(connection, top)
     product_state.fold(connection, top)  # moves copy_state.folded: last
 
@@ -143,8 +153,10 @@ def replace_revised(connection: duckdb.DuckDBPyConnection, batch: pa.Table, revi
     new_keys = dict(zip(batch.column("event_id").to_pylist(), batch.column("person_key").to_pylist(), strict=True))
     old_keys = connection.execute("SELECT event_id, person_key FROM events WHERE event_id IN (SELECT unnest(?))",
                                   [revised]).fetchall()
-    kpi_state.rename_persons(connection, {old: new_keys[event_id] for event_id, old in old_keys
-                                          if event_id in new_keys and new_keys[event_id] != old})
+    renamed = {old: new_keys[event_id] for event_id, old in old_keys
+               if event_id in new_keys and new_keys[event_id] != old}
+    kpi_state.rename_persons(connection, renamed)
+    person_hashes.forget(connection, list(renamed))
     kpi_state.forget_refunds(connection, revised)
     for table in ("events", "order_events", "order_items"):
         connection.execute(f"DELETE FROM {table} WHERE event_id IN (SELECT unnest(?))", [revised])
@@ -271,7 +283,11 @@ class FactMirror:
                 connection = duckdb.connect(str(self._path(newest)), config=self._config)
                 version, seq, event_id, folded = connection.execute(
                     "SELECT version, seq, event_id, folded FROM copy_state").fetchone()  # type: ignore[misc]
-                if version == COPY_SCHEMA_VERSION:
+                same_hash = version == COPY_SCHEMA_VERSION and connection.execute(
+                    f"SELECT hash_probe = {person_hashes.PROBE_SQL} FROM copy_state").fetchone()[0]  # type: ignore[index]
+                if version == COPY_SCHEMA_VERSION and not same_hash:
+                    log.warning("fact copy numbered by another DuckDB's hash: rebuilt")
+                elif version == COPY_SCHEMA_VERSION:
                     if kpi_state.time_zone_of(connection) != self.time_zone:
                         log.warning("fact copy's days of another time zone: presence refolded",
                                     extra={"time_zone": self.time_zone})
@@ -286,7 +302,8 @@ class FactMirror:
                     log.info("fact copy opened", extra={"path": str(self._path(newest)), "seq": seq, "rows": self.rows})
                     return connection
                 connection.close()
-                log.warning("fact copy of another version: rebuilt", extra={"version": version})
+                if version != COPY_SCHEMA_VERSION:
+                    log.warning("fact copy of another version: rebuilt", extra={"version": version})
             except (duckdb.Error, TypeError, ValueError) as exc:
                 log.warning("fact copy unreadable: rebuilt", extra={"reason": _reason(exc)})
         for generation in generations:
@@ -321,6 +338,7 @@ class FactMirror:
                 for table in ("events", "order_events", "order_items", "product_state"):
                     self.duckdb.execute(f"DELETE FROM {table}")
                 kpi_state.clear(self.duckdb)
+                person_hashes.clear(self.duckdb)
                 self.duckdb.execute("UPDATE copy_state SET seq = 0, event_id = NULL, folded = 0, horizon = -1")
                 self.folded = 0
                 return
@@ -388,9 +406,10 @@ class FactMirror:
                         continue  # no rows (e.g. no order yet): DuckDB cannot sniff an empty file
                     columns = {field.name: _DUCKDB_TYPES[field.type] for field in schema}
                     # PostgreSQL's CSV: NULL is an empty unquoted field, an empty string is "".
+                    numbered = f", {person_hashes.NUMBER}" if name == "events" else ""
                     self.duckdb.execute(
-                        f"INSERT INTO {name} SELECT *, ? FROM read_csv(?, columns = ?, header = false, quote = '\"', "
-                        "escape = '\"', allow_quoted_nulls = false, nullstr = '')",
+                        f"INSERT INTO {name} SELECT *, ?{numbered} FROM read_csv(?, columns = ?, header = false, "
+                        "quote = '\"', escape = '\"', allow_quoted_nulls = false, nullstr = '')",
                         [top, str(paths[name]), columns],
                     )
                 self.duckdb.execute("INSERT INTO order_events SELECT * FROM events WHERE order_status IS NOT NULL")

@@ -18,15 +18,19 @@ Then, per unit: its level is the furthest step reached, ``latest_start_at_level`
 event with the smallest event_id at the earliest instant any chain completes (converted_value), as the
 reference defines them. Its entry (breakdown) is its first step-1 event in range, ties by event_id.
 
-Units are joined and grouped by a 64-bit hash of the person key (and product), much cheaper than the strings.
-Two units sharing a hash would be merged, so the query also reports whether that could have happened: a
-unit's step-1 events holding two keys, or an event a chain reached whose keys are not those of the entrant
-with its number. Then the answer is computed again with the keys themselves. (Other events of a key sharing
-an entrant's number change nothing: a key without step-1 events in range has no chain of its own, and an
-event no chain reaches is in no answer.)
+Units are joined and grouped by integers, much cheaper than the strings: the person number each row of the copy
+carries (``ph``, person_hashes.py; with the product_id for unit = product) when the copy's registry shows that no
+two keys share one. Otherwise (a recorded clash; or other files of the rows, ``kept=False``) by a 64-bit hash
+computed here: two units sharing it would be merged, so the query also reports whether that could have happened:
+a unit's step-1 events holding two keys, or an event a chain reached whose keys are not those of the entrant with
+its number. Then the answer is computed again with the keys themselves. (Other events of a key sharing an
+entrant's number change nothing: a key without step-1 events in range has no chain of its own, and an event no
+chain reaches is in no answer.)
 
 Later steps only look at the units a chain reached before them, and an order step checks the counting rule
-only for their orders: the work shrinks with each step.
+only for their orders: the work shrinks with each step. By stored numbers and without a breakdown, chains start
+only in the units with a step-2 event: the others are level-1 units, counted by one grouping of the step-1 rows
+(entrants, and those whose latest step-1 event is within W of as_of), less the units that went further.
 
 Matching follows the reference: an order step matches only its order's counting event (the earliest
 completed one, ties by event_id, among events up to as_of); product_id and category match the event's
@@ -55,7 +59,7 @@ from services.funnel.domain.funnels import (
     Unit,
 )
 from services.funnel.domain.stats import median, ratio
-from services.funnel.engine import product_state
+from services.funnel.engine import kpi_state, kpis, person_hashes, product_state
 
 _MAX_BIGINT = 2**63 - 1
 # How units are numbered for joins and groups, from their keys (a collision is detected, and the answer is then
@@ -70,10 +74,14 @@ def funnel_result_sql(
     end: datetime,
     as_of: datetime,
     breakdown: Breakdown | None,
+    *,
+    kept: bool = True,
 ) -> FunnelResult | None:
     """``funnel_result`` of the copy's facts (the same FunnelResult, to the Decimal and the float), or None when
     this path does not answer exactly: a definition with two steps one event could match (``handles``), or a
-    range too long to pack a start time with a level in 63 bits (over 25,000 years)."""
+    range too long to pack a start time with a level in 63 bits (over 25,000 years). ``kept``: the rows carry
+    their person number and the copy its registry (person_hashes.py); without (other files of the same rows),
+    units are numbered by a hash computed here and checked."""
     if not handles(definition):
         return None
     start_us, end_us, as_of_us = epoch_micros(start), epoch_micros(end), epoch_micros(as_of)
@@ -91,18 +99,36 @@ def funnel_result_sql(
     bounds = {"start": start_us, "first_end": first_end, "horizon": horizon, "as_of": as_of_us,
               "window": window_us, "span": span}
     categorised = breakdown == "category" or any(step.category is not None for step in definition.steps)
-    with product_state.snapshot(cursor) if categorised else nullcontext():
+    with product_state.snapshot(cursor) if categorised or kept else nullcontext():
         # Products' categories (breakdown, step filters) from product_state when as_of is not before its horizon.
         recent = False
-        if categorised:
+        if categorised or kept:
             bounds["folded"], bounds["state_horizon"] = product_state.standing(cursor)
-            recent = as_of_us >= bounds["state_horizon"]
-        for hashed in (True, False):
-            sql, params = _query(definition, breakdown, hashed=hashed, recent=recent)
+            recent = categorised and as_of_us >= bounds["state_horizon"]
+        # Units by the rows' stored person numbers when no two keys share one; else by a hash computed here, checked
+        # for units sharing it, and then, if some did, by the keys themselves.
+        stored = kept and not person_hashes.clash_possible(cursor, bounds["folded"])
+        # Persons entering by a plain view, cart or inquiry: counted from the KPI state's day sets (kpi_state.py).
+        first = definition.steps[0]
+        present = (stored and breakdown is None and step_count > 1 and definition.unit == "person"
+                   and first.type in kpi_state.PRESENCE_TYPES
+                   and (first.product_id, first.category, first.source) == (None, None, None))
+        if present:
+            _, capacity, state_zone = kpi_state.standing(cursor)
+            bounds["w0"], bounds["w1"] = kpis.whole_days(start_us, first_end, as_of_us, state_zone)
+            bounds["last_id"] = capacity - 1
+            # Only when some rows lie outside the whole days or are not folded is person_ids probed by key.
+            loose = cursor.execute(f"SELECT EXISTS ({_LOOSE_ENTRANTS})", {
+                "type0": first.type, **{name: bounds[name] for name in ("start", "first_end", "w0", "w1", "folded")}
+            }).fetchone()[0]  # type: ignore[index]
+            present_sql = _present_entrants(loose=bool(loose))
+        for numbering in ("stored",) if stored else ("hashed", "keys"):
+            sql, params = _query(definition, breakdown, numbering=numbering, recent=recent,
+                                 present=present_sql if present and numbering == "stored" else None)
             params.update(bounds)
             used = set(re.findall(r"\$(\w+)", sql))  # DuckDB refuses parameters a statement does not use
             rows = cursor.execute(sql, {name: value for name, value in params.items() if name in used}).fetchall()
-            if not any(row[-1] for row in rows):  # no two units shared a hash
+            if not any(row[-1] for row in rows):  # no two units shared a number
                 break
     groups: dict[str | None, _Group] = {}
     for kind, group, level, count, converting, value, scaled, _ in rows:
@@ -186,11 +212,19 @@ def _summary(definition: FunnelDefinition, step_count: int, group: _Group) -> Fu
 
 
 def _query(
-    definition: FunnelDefinition, breakdown: Breakdown | None, *, hashed: bool, recent: bool
+    definition: FunnelDefinition, breakdown: Breakdown | None, *, numbering: str, recent: bool,
+    present: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
     steps = definition.steps
     step_count = len(steps)
-    unit = _UnitColumns(definition.unit, hashed)
+    unit = _UnitColumns(definition.unit, numbering)
+    hashed = unit.hashed
+    # Without a breakdown, a unit that never reached step 2 counts in two figures only (entrants, and level 1
+    # converting): those come from one grouping of the step-1 rows, and chains are followed only for the units
+    # with a step-2 event (at 10M events, a few thousand of the 2M per-product entrants). With a breakdown every
+    # entrant's entry is needed: all of them are grouped. (Keys and computed hashes group every entrant: that is
+    # where the computed hash's check looks.)
+    restricted = numbering == "stored" and breakdown is None and step_count > 1
     keys = unit.keys
     key_list = ", ".join(keys)
     params: dict[str, Any] = {"steps": step_count}
@@ -232,15 +266,24 @@ def _query(
         if index == step_count - 1 and step.type == "order":
             extra = (*dict.fromkeys((*extra, "eid")), *(("total",) if definition.unit == "person" else ()))
         ctes += _step(index, step, unit, params, extra)
-        if index == 0:
+        if index == 0 and not restricted:
             ctes.append(f"c0 AS (SELECT {key_list}, t FROM s0)")  # each its own start
             ctes.append(f"first AS (SELECT {', '.join((*keys, *first_columns))} FROM s0 GROUP BY {key_list})")
-        else:
+        elif index > 0:
+            if index == 1 and restricted:
+                # Chains start (each step-1 event its own start) only in the units with a step-2 event. Per product
+                # those are few (at 10M events, 3,000 step-1 rows of 2M): then step 2's rows are cut to their units
+                # before the ASOF JOIN sorts them (0.9 s -> 0.1 s); per person most entrants have one, and the cut
+                # only adds a join.
+                ctes.append(f"c0 AS (SELECT {cols('a')}, a.t FROM s0 a SEMI JOIN s1 b ON {on('a', 'b')})")
+                if unit.product:
+                    ctes.append(f"s1_going AS (SELECT b.* FROM s1 b SEMI JOIN c0 a ON {on('b', 'a')})")
             start = "t" if index == 1 else "l"
+            later_rows = "s1_going" if index == 1 and restricted and unit.product else f"s{index}"
             ctes.append(
                 f"""c{index} AS (
     SELECT {cols("b")}, b.t, a.{start} AS l, b.clash
-    FROM s{index} b ASOF JOIN c{index - 1} a ON {on("a", "b")} AND b.t >= a.t
+    FROM {later_rows} b ASOF JOIN c{index - 1} a ON {on("a", "b")} AND b.t >= a.t
     WHERE b.t <= a.{start} + $window
 )"""
             )
@@ -296,8 +339,23 @@ def _query(
         params["none"] = UNKNOWN_CATEGORY
         group = "coalesce(k.category, $none)"
     pid = ", f.pid" if definition.unit == "product" and hashed else ""
-    ctes.append(
-        f"""units AS MATERIALIZED (
+    if restricted:
+        # Units that went past step 1, each with its latest step-1 time (``entered``: is a level-1 unit converting);
+        # the entrants' count and level-1 figures follow from them and one grouping of the step-1 rows.
+        ctes.append(
+            (present or f"""entrants AS (
+    SELECT count(*) AS n, count(*) FILTER (WHERE s + $window > $as_of) AS converting
+    FROM (SELECT max(t) AS s FROM s0 GROUP BY {key_list})
+)""") + f""",
+units AS MATERIALIZED (
+    SELECT {cols("x")}, x.packed // $span AS level, $start + x.packed % $span AS s, x.fast, x.done,
+           NULL::VARCHAR AS grp, FALSE AS clash, f.s AS entered
+    FROM later x JOIN (SELECT {key_list}, max(t) AS s FROM c0 GROUP BY {key_list}) f ON {on('f', 'x')}
+)"""
+        )
+    else:
+        ctes.append(
+            f"""units AS MATERIALIZED (
     SELECT {cols("f")}{pid}, {level} AS level, {latest} AS s, {fast} AS fast, {done} AS done, {group} AS grp,
            {clash} AS clash
     FROM first f{joins}
@@ -357,25 +415,74 @@ FROM valued GROUP BY {grouping}
 UNION ALL
 SELECT 1, g, NULL, NULL, NULL, fast, NULL, FALSE FROM middles WHERE r = (n + 1) // 2 OR r = n // 2 + 1
 """
+    if restricted:  # the level-1 units: the entrants not in ``units``
+        select += """UNION ALL
+SELECT 0, NULL, 1, e.n - u.n, e.converting - u.converting, NULL, 0, FALSE
+FROM entrants e, (SELECT count(*) AS n, count(*) FILTER (WHERE entered + $window > $as_of) AS converting FROM units) u
+"""
     return "WITH " + ",\n".join(ctes) + select, params
 
 
+# The entrants of a person funnel whose step 1 is a plain view, cart or inquiry ($type0): the persons with such an
+# event in [$start, $first_end), as the KPIs count them (kpis.py): the whole days [$w0, $w1) (of the state's zone,
+# at or before as_of) from ``presence``, the rest of the range and the rows not folded yet from the rows, by person
+# id, or by key for a person without one (in no day's set). Converting at level 1 needs a step-1 event within W of
+# as_of: those persons are counted from the rows of that last stretch.
+_LOOSE_ENTRANTS = """
+    SELECT person_key FROM events
+    WHERE type = $type0 AND occurred_us >= $start AND occurred_us < $first_end AND (occurred_us < $w0 OR occurred_us >= $w1)
+    UNION ALL
+    SELECT person_key FROM events WHERE applied > $folded AND type = $type0 AND occurred_us >= $w0 AND occurred_us < $w1"""
+
+
+def _present_entrants(*, loose: bool) -> str:
+    """CTE ``entrants`` (n, converting) from the KPI state; ``loose``: some entrants' rows are not in its day sets."""
+    unkept = f"""entrants_unkept AS (
+    SELECT {kpi_state.ROW_PERSONS}
+    FROM ({_LOOSE_ENTRANTS}) l LEFT JOIN person_ids i ON i.person_key = l.person_key
+)""" if loose else "entrants_unkept AS (SELECT NULL::BIT AS bits, 0 AS newcomers)"
+    return f"""entrants_kept AS (
+    SELECT bit_or(bits) AS bits FROM presence WHERE type = $type0 AND day_start >= $w0 AND day_start < $w1
+),
+{unkept},
+entrants AS (
+    SELECT {kpi_state.UNION_COUNT} AS n,
+           (SELECT count(DISTINCT ph) FROM s0 WHERE t + $window > $as_of) AS converting
+    FROM entrants_kept k, entrants_unkept u
+)"""
+
+
 class _UnitColumns:
-    """How step rows name their unit: by its keys (person_key, and product_id for unit = product), or by their
-    hash. Under a hash, two units could share a number; so each unit's keys are kept with its step-1 events, and
-    a later step's event is told whether its keys are those of the entrant with its number (``clash``)."""
+    """How step rows name their unit (``numbering``): by the person number the copy stores with each row (``ph``,
+    with product_id for unit = product; only when the registry shows no two keys share one); by its keys
+    (person_key, and product_id); or by a hash computed here. Under a computed hash, two units could share a
+    number; so each unit's keys are kept with its step-1 events, and a later step's event is told whether its keys
+    are those of the entrant with its number (``clash``)."""
 
-    def __init__(self, unit: Unit, hashed: bool) -> None:
+    def __init__(self, unit: Unit, numbering: str) -> None:
         self.product = unit == "product"
-        self.hashed = hashed
+        self.stored = numbering == "stored"
+        self.hashed = numbering == "hashed"
         self.names: tuple[str, ...] = ("pk", "pid") if self.product else ("pk",)
-        self.keys: tuple[str, ...] = ("h",) if hashed else self.names
-        self.identity: tuple[str, ...] = self.names if hashed else ()
+        self.keys: tuple[str, ...] = (
+            (("ph", "pid") if self.product else ("ph",)) if self.stored else ("h",) if self.hashed else self.names)
+        self.identity: tuple[str, ...] = self.names if self.hashed else ()
 
-    def columns(self, person: str, product: str | None, index: int) -> tuple[str, str, list[str]]:
-        """The unit's columns of a step's row (with ``clash`` after step 1), the join that numbering needs, and
-        the conditions that keep only the units a chain reached before this step (entrants, then c{index - 1})."""
+    def columns(self, alias: str, index: int) -> tuple[str, str, list[str]]:
+        """The unit's columns of a step's row ``alias`` (with ``clash`` after step 1), the join that numbering
+        needs, and the conditions that keep only the units a chain reached before this step (entrants, then
+        c{index - 1}; for a stored number, step 2's rows are not filtered: the ASOF JOIN drops the others)."""
+        person, product = f"{alias}.person_key", f"{alias}.product_id" if self.product else None
         values = [person] if product is None else [person, product]
+        if self.stored:
+            named = [f"{alias}.ph AS ph", *([f"{product} AS pid"] if product else [])]
+            if index == 0:
+                return ", ".join(named), "", []
+            previous = f"c{index - 1}"
+            reached = [] if index == 1 else [
+                f"({alias}.ph, {product}) IN (SELECT (ph, pid) FROM {previous})" if product
+                else f"{alias}.ph IN (SELECT ph FROM {previous})"]
+            return ", ".join((*named, "FALSE AS clash")), "", reached
         if not self.hashed:
             named = [f"{value} AS {name}" for value, name in zip(values, self.names, strict=True)]
             if index == 0:
@@ -397,6 +504,8 @@ class _UnitColumns:
 
     def persons_reached(self, index: int) -> str:
         """For the order events a later step considers: whether their person has a unit a chain reached."""
+        if self.stored:
+            return f"ph IN (SELECT ph FROM {'s0' if index == 1 else f'c{index - 1}'})"
         previous = "first" if index == 1 else f"c{index - 1}"
         if self.hashed and not self.product:
             return f"{_HASH.format('person_key')} IN (SELECT h FROM {previous})"
@@ -459,7 +568,7 @@ def _step(
         reached = f"\n      AND {unit.persons_reached(index)}" if index > 0 else ""
         ctes.append(
             f"""o{index} AS (
-    SELECT event_id, order_id, person_key, occurred_us, source, total_cents FROM order_events
+    SELECT event_id, order_id, person_key, occurred_us, source, total_cents{", ph" if unit.stored else ""} FROM order_events
     WHERE order_status = 'completed' AND occurred_us >= $start AND occurred_us < {until}{reached}
 ),
 f{index} AS (
@@ -477,7 +586,8 @@ k{index} AS (
 )"""
         )
         if unit.product:
-            source = f"""(SELECT DISTINCT c.person_key, i.product_id, c.occurred_us, c.event_id, c.source, c.total_cents
+            source = f"""(SELECT DISTINCT c.person_key, i.product_id, c.occurred_us, c.event_id, c.source, c.total_cents{
+                ", c.ph" if unit.stored else ""}
         FROM k{index} c JOIN order_items i ON i.event_id = c.event_id) o"""
             about: str | None = "o.product_id"
         else:
@@ -487,7 +597,7 @@ k{index} AS (
         conditions += [f"o.type = {bind('type', step.type)}", "o.occurred_us >= $start", f"o.occurred_us < {until}"]
         if unit.product:
             conditions.append("o.product_id IS NOT NULL")
-    columns, join, reached_units = unit.columns("o.person_key", "o.product_id" if unit.product else None, index)
+    columns, join, reached_units = unit.columns("o", index)
     conditions += reached_units
     if step.source is not None:
         conditions.append(f"o.source = {bind('source', step.source)}")

@@ -115,6 +115,15 @@ def day_of(column: str, starts: list[int]) -> str:
     return f"list_extract({listed}, {index} + 1)"
 
 
+# SQL over rows ``l`` (with person_key) LEFT JOINed to ``person_ids i``: the ids of their persons as a set of
+# ``$last_id + 1`` bits, and how many distinct persons have no id yet (in no day's set).
+ROW_PERSONS = ("bitstring_agg(i.id, 0, $last_id) FILTER (WHERE i.id IS NOT NULL) AS bits,\n"
+               "           count(DISTINCT l.person_key) FILTER (WHERE i.id IS NULL) AS newcomers")
+# SQL: the distinct persons of the day sets' union ``k.bits`` and the rows' ``u`` (ROW_PERSONS), either side missing.
+UNION_COUNT = ("coalesce(bit_count(CASE WHEN k.bits IS NULL THEN u.bits WHEN u.bits IS NULL THEN k.bits\n"
+               "                                   ELSE k.bits | u.bits END), 0) + coalesce(u.newcomers, 0)")
+
+
 def _fold_persons(connection: duckdb.DuckDBPyConnection, where: str) -> int:
     """Ids for the persons of the rows meeting ``where`` who have none; the capacity grown to hold them. Returns
     the capacity."""
@@ -256,5 +265,5 @@ def standing(cursor: duckdb.DuckDBPyConnection) -> tuple[int, int, str]:
     return int(folded), int(capacity), str(time_zone)
 
 
-__all__ = ("PRESENCE_TYPES", "counting_events", "create_state", "day_of", "day_starts", "fold", "rebuild_presence",
+__all__ = ("PRESENCE_TYPES", "ROW_PERSONS", "UNION_COUNT", "counting_events", "create_state", "day_of", "day_starts", "fold", "rebuild_presence",
            "rename_persons", "standing")

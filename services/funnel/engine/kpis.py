@@ -167,15 +167,13 @@ loose AS (
     WHERE k.applied > $folded AND k.type IN ('view', 'add_to_cart', 'inquiry')
 ),
 unkept AS (
-    SELECT l.bucket, l.type, bitstring_agg(i.id, 0, $last_id) FILTER (WHERE i.id IS NOT NULL) AS bits,
-           count(DISTINCT l.person_key) FILTER (WHERE i.id IS NULL) AS newcomers
+    SELECT l.bucket, l.type, """ + kpi_state.ROW_PERSONS + """
     FROM loose l LEFT JOIN person_ids i ON i.person_key = l.person_key
     GROUP BY l.bucket, l.type
 ),
 persons AS (
     SELECT bucket, type,
-           coalesce(bit_count(CASE WHEN k.bits IS NULL THEN u.bits WHEN u.bits IS NULL THEN k.bits
-                                   ELSE k.bits | u.bits END), 0) + coalesce(u.newcomers, 0) AS n
+           """ + kpi_state.UNION_COUNT + """ AS n
     FROM kept k FULL JOIN unkept u USING (bucket, type)
 ),
 reach AS (

@@ -104,6 +104,14 @@ def _kpi_state_is_the_fold_of_its_rows(mirror: FactMirror) -> None:
     inquiries = {(t, keys[i]) for t, i in connection.execute("SELECT * FROM inquiry_state").fetchall()}
     assert inquiries == set(connection.execute(
         "SELECT occurred_us, person_key FROM events WHERE type = 'inquiry'").fetchall())
+    # Every row carries its person's number, and the registry holds exactly the (number, key) pairs of the rows
+    # (an erased key left it), with no clash.
+    for table in ("events", "order_events"):
+        assert connection.execute(f"SELECT count(*) FROM {table} WHERE ph IS DISTINCT FROM hash(person_key)"
+                                  ).fetchone()[0] == 0
+    assert sorted(connection.execute("SELECT * FROM person_hashes").fetchall()) == sorted(connection.execute(
+        "SELECT DISTINCT ph, person_key FROM events").fetchall())
+    assert connection.execute("SELECT count(*) FROM hash_clashes").fetchone()[0] == 0
 
 
 @pytest.mark.parametrize("fold_rows", [product_state.FOLD_ROWS, 1])
@@ -288,6 +296,10 @@ async def test_a_corrupt_foreign_or_older_copy_is_rebuilt_from_the_database(data
         mirror = await reopened()
         # A copy written by another version of the service.
         mirror.duckdb.execute("UPDATE copy_state SET version = version + 1")
+        await mirror.stop()
+        mirror = await reopened()
+        # A copy whose persons another DuckDB numbered (its hash of the probe text differs).
+        mirror.duckdb.execute("UPDATE copy_state SET hash_probe = hash_probe + 1")
         await mirror.stop()
         mirror = await reopened()
         await mirror.stop()
