@@ -7,9 +7,10 @@ by tests/unit/funnel/test_engine_channels.py on random histories.
 - The channel of a counted order: its own source; else the source of the person's latest event with a source
   in [t - 30 days, t) (ties by the larger event_id): an ASOF JOIN finds the latest instant before t, and the
   events at that instant settle the tie; else ``(direct)``.
-- ``new_customers``: buyers in the range with no counted order before it. A counted order of the person
-  before the range has a completed event of theirs before it; so only those orders' counting events are
-  looked at. The person's first order in the range gives the channel.
+- counted orders: each order's counting event from the KPI state (``kpi_state.counted_orders``: ``order_state``
+  with the completed events not folded yet), not a window over the order events;
+- ``new_customers``: buyers in the range with no counted order before it (the counting events before the range,
+  from the same state). The person's first order in the range gives the channel.
 """
 
 from __future__ import annotations
@@ -22,10 +23,19 @@ from libs.common.events import epoch_micros
 from services.funnel.domain.channels import CHANNEL_LOOKBACK, ChannelMetrics
 from services.funnel.domain.facts import DIRECT
 from services.funnel.domain.stats import ratio
-from services.funnel.engine.facts import counted_orders, decimal_of, fetch, micros
+from services.funnel.engine import kpi_state, product_state
+from services.funnel.engine.facts import decimal_of, fetch, micros, placed_orders
 
-_CHANNELS = f"""
-WITH {counted_orders()},
+def _query(folded: int | None) -> str:
+    """The query; ``folded``: the state's watermark when completed order events are applied after it
+    (``kpi_state.counted_orders``)."""
+    return f"""
+WITH {kpi_state.counted_orders(folded)},{placed_orders()},
+-- The counting events' own sources (order_state keeps none): the order events of the span, by event_id.
+placed AS (
+    SELECT p.*, k.source FROM placed_events p
+    JOIN order_events k ON k.event_id = p.event_id AND k.occurred_us >= $since AND k.occurred_us < $until
+),
 traffic AS (
     SELECT source, count(DISTINCT person_key) AS uv FROM events
     WHERE type = 'view' AND occurred_us >= $since AND occurred_us < $until AND occurred_us <= $as_of
@@ -61,16 +71,9 @@ sales AS (
     SELECT channel AS source, count(*) AS orders, count(DISTINCT person_key) AS buyers, sum(amount) AS gmv
     FROM channelled GROUP BY channel
 ),
-earlier AS (
-    SELECT DISTINCT order_id FROM order_events
-    WHERE order_status = 'completed' AND occurred_us < $since AND occurred_us <= $as_of
-      AND person_key IN (SELECT person_key FROM placed)
-),
+-- Persons with a counted order before the range (its counting event's person).
 returners AS (
-    SELECT DISTINCT arg_min(person_key, struct_pack(t := occurred_us, eid := event_id)) AS person_key
-    FROM order_events
-    WHERE order_status = 'completed' AND occurred_us <= $as_of AND order_id IN (SELECT order_id FROM earlier)
-    GROUP BY order_id
+    SELECT DISTINCT person_key FROM counted WHERE occurred_us < $since AND occurred_us <= $as_of
 ),
 newcomers AS (
     SELECT source, count(*) AS new_customers FROM (
@@ -90,14 +93,21 @@ ORDER BY s.source
 """
 
 
+_CHANNELS = _query(None)
+
+
 def channel_metrics(
     cursor: duckdb.DuckDBPyConnection, start: datetime, end: datetime, as_of: datetime
 ) -> list[ChannelMetrics]:
     """Per source over [start, end) at as_of, by source (SPEC.md "Channel of an order", channel metrics)."""
     params = {"since": epoch_micros(start), "until": epoch_micros(end), "as_of": epoch_micros(as_of),
               "direct": DIRECT, "lookback": micros(CHANNEL_LOOKBACK)}
+    with product_state.snapshot(cursor):
+        folded, _ = product_state.standing(cursor)
+        fresh = kpi_state.unfolded_completed(cursor, folded)
+        rows = fetch(cursor, _query(folded) if fresh else _CHANNELS, params)
     metrics = []
-    for source, uv, buyers, orders, gmv_cents, new_customers in fetch(cursor, _CHANNELS, params):
+    for source, uv, buyers, orders, gmv_cents, new_customers in rows:
         gmv = decimal_of(gmv_cents)
         metrics.append(ChannelMetrics(
             source=source, uv=uv, buyers=buyers, orders=orders, gmv=gmv, conversion_rate=ratio(buyers, uv),

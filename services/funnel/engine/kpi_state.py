@@ -175,6 +175,44 @@ def counting_events(where: str) -> str:
     FROM firsts f LEFT JOIN lines l ON l.event_id = f.event_id"""
 
 
+def counted_orders(folded: int | None) -> str:
+    """CTE ``counted``: each order's counting event over every row (``History.orders``), from ``order_state`` and,
+    given ``folded`` (the state's watermark; None when no completed order event is applied after it), the completed
+    events not folded yet: per order the earliest of both. Columns order_id, event_id, person_key, person_id (NULL
+    for orders the unfolded rows touch), occurred_us (NULL while only refunds are known), amount, refund_us (the
+    earliest folded refund). The earliest event of all is the counting one at every as_of at or after it, and no
+    event counts before it: a reader keeps ``occurred_us <= $as_of``."""
+    if folded is None:
+        return """counted AS NOT MATERIALIZED (
+    SELECT order_id, event_id, person_key, person_id, occurred_us, amount, refund_us FROM order_state
+)"""
+    return f"""fresh_orders AS (
+    SELECT order_id FROM order_events
+    WHERE applied > {int(folded)} AND order_status = 'completed' AND order_id IS NOT NULL
+),
+refolded AS (
+    SELECT order_id, event_id, person_key, occurred_us, amount, refund_us
+    FROM order_state SEMI JOIN fresh_orders USING (order_id)
+    UNION ALL
+    SELECT *, NULL AS refund_us FROM ({counting_events(f"e.applied > {int(folded)}")})
+),
+counted AS NOT MATERIALIZED (
+    SELECT order_id, event_id, person_key, person_id, occurred_us, amount, refund_us
+    FROM order_state ANTI JOIN fresh_orders USING (order_id)
+    UNION ALL
+    SELECT order_id, event_id, person_key, NULL AS person_id, occurred_us, amount,
+           min(refund_us) OVER (PARTITION BY order_id) AS refund_us
+    FROM refolded
+    QUALIFY row_number() OVER (PARTITION BY order_id ORDER BY occurred_us, event_id) = 1
+)"""
+
+
+def unfolded_completed(cursor: duckdb.DuckDBPyConnection, folded: int) -> bool:
+    """Whether a completed order event is applied after ``folded`` (``counted_orders`` then reads the rows too)."""
+    return bool(cursor.execute("SELECT count(*) FROM order_events WHERE applied > ? AND order_status = 'completed'",
+                               [folded]).fetchone()[0])  # type: ignore[index]
+
+
 def _fold_orders(connection: duckdb.DuckDBPyConnection, where: str) -> None:
     """The earliest completed event and the earliest refund of each order, and the inquiries, of the rows meeting
     ``where`` folded in (after ``_fold_persons``: every person of a completed order or an inquiry has an id)."""
@@ -256,5 +294,5 @@ def standing(cursor: duckdb.DuckDBPyConnection) -> tuple[int, int, str]:
     return int(folded), int(capacity), str(time_zone)
 
 
-__all__ = ("PRESENCE_TYPES", "counting_events", "create_state", "day_of", "day_starts", "fold", "rebuild_presence",
-           "rename_persons", "standing")
+__all__ = ("PRESENCE_TYPES", "counted_orders", "counting_events", "create_state", "day_of", "day_starts", "fold", "rebuild_presence",
+           "rename_persons", "standing", "unfolded_completed")
