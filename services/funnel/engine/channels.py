@@ -28,7 +28,9 @@ from services.funnel.engine.facts import decimal_of, fetch, micros, placed_order
 
 def _query(folded: int | None) -> str:
     """The query; ``folded``: the state's watermark when completed order events are applied after it
-    (``kpi_state.counted_orders``)."""
+    (``kpi_state.counted_orders``). Persons are named by their id in the state (integers: buyers, returners and
+    new customers group by them), by key when some orders come from rows not folded yet (they have no id there)."""
+    person = "person_key" if folded is not None else "person_id"
     return f"""
 WITH {kpi_state.counted_orders(folded)},{placed_orders()},
 -- The counting events' own sources (order_state keeps none): the order events of the span, by event_id.
@@ -63,23 +65,23 @@ touch_source AS (
     GROUP BY l.event_id
 ),
 channelled AS (
-    SELECT p.event_id, p.person_key, p.occurred_us, p.amount,
+    SELECT p.event_id, p.{person} AS person, p.occurred_us, p.amount,
            CASE WHEN p.source <> $direct THEN p.source ELSE coalesce(s.source, $direct) END AS channel
     FROM placed p LEFT JOIN touch_source s ON s.event_id = p.event_id
 ),
 sales AS (
-    SELECT channel AS source, count(*) AS orders, count(DISTINCT person_key) AS buyers, sum(amount) AS gmv
+    SELECT channel AS source, count(*) AS orders, count(DISTINCT person) AS buyers, sum(amount) AS gmv
     FROM channelled GROUP BY channel
 ),
 -- Persons with a counted order before the range (its counting event's person).
 returners AS (
-    SELECT DISTINCT person_key FROM counted WHERE occurred_us < $since AND occurred_us <= $as_of
+    SELECT DISTINCT {person} AS person FROM counted WHERE occurred_us < $since AND occurred_us <= $as_of
 ),
 newcomers AS (
     SELECT source, count(*) AS new_customers FROM (
         SELECT arg_min(channel, struct_pack(t := occurred_us, eid := event_id)) AS source
-        FROM channelled c ANTI JOIN returners r ON r.person_key = c.person_key
-        GROUP BY c.person_key
+        FROM channelled c ANTI JOIN returners r ON r.person = c.person
+        GROUP BY c.person
     ) GROUP BY source
 ),
 sources AS (

@@ -29,11 +29,11 @@ def micros(period: timedelta) -> int:
 
 def placed_orders() -> str:
     """CTEs ``placed_events`` (the orders of the CTE ``counted``, ``kpi_state.counted_orders``, whose counting event
-    lies in [$since, $until) and at or before $as_of: event_id, order_id, person_key, occurred_us, amount: the
+    lies in [$since, $until) and at or before $as_of: event_id, order_id, person_key, person_id, occurred_us, amount: the
     total, else the sum of the lines, ``OrderFacts.amount``) and ``placed_lines`` (their lines, with ``cents``)."""
     return """
 placed_events AS (
-    SELECT event_id, order_id, person_key, occurred_us, amount FROM counted
+    SELECT event_id, order_id, person_key, person_id, occurred_us, amount FROM counted
     WHERE occurred_us >= $since AND occurred_us < $until AND occurred_us <= $as_of
 ),
 placed_lines AS (
