@@ -11,9 +11,11 @@ joins on person and order keys, which are strings):
   bitstring of ``capacity`` bits (DuckDB ``bitstring_agg``). The distinct persons of whole days are the
   ``bit_count`` of the ``bit_or`` of their bitstrings; the rest of a span (a part of a day at either end, the day
   holding as_of, rows not folded yet) is read from the rows and joined in by id, a person without an id yet
-  counted by key (such a person is in no bitstring). Exact: a set union, never an estimate;
+  counted by key (such a person is in no bitstring). Exact: a set union, never an estimate. ``source_presence``
+  holds the viewers of each (day, channel source) the same way, for the channels' uv per source (channels.py);
 - the order rule (``History.orders``): an order counts once, at its earliest completed event (ties by
-  event_id) up to as_of. ``order_state`` holds, per order_id, that earliest completed event over the folded rows
+  event_id) up to as_of; ``counted_orders`` is its compiled form over the state, which the KPIs, products, matrix
+  and channels read. ``order_state`` holds, per order_id, that earliest completed event over the folded rows
   (event_id, person key and id, time, amount: the total, else the sum of its lines), the order's earliest refund
   and a dense number. The earliest event up to any as_of is the earliest of all when that is <= as_of, and none
   otherwise, so the state answers every as_of; a query takes the earliest of the state and the completed events
@@ -62,6 +64,8 @@ MIN_CAPACITY = 1 << 16
 def create_state(connection: duckdb.DuckDBPyConnection, time_zone: str = "UTC") -> None:
     connection.execute("CREATE TABLE IF NOT EXISTS person_ids (person_key VARCHAR, id BIGINT)")
     connection.execute("CREATE TABLE IF NOT EXISTS presence (day_start BIGINT, type VARCHAR, bits BIT)")
+    # The viewers of each (day, channel source): the channels' uv per source.
+    connection.execute("CREATE TABLE IF NOT EXISTS source_presence (day_start BIGINT, source VARCHAR, bits BIT)")
     # amount: one order's, which fits 64 bits (a total, or lines of at most 10^14 cents each in a 32 KB event);
     # sums of it are taken as HUGEINT. (A HUGEINT column scans ~50x slower: its bit-packing.)
     # Per order_id: its earliest completed event (NULLs while only refunds are known) with the person's id, and its
@@ -83,7 +87,7 @@ def create_state(connection: duckdb.DuckDBPyConnection, time_zone: str = "UTC") 
 
 
 def clear(connection: duckdb.DuckDBPyConnection) -> None:
-    for table in ("person_ids", "presence", "order_state", "inquiry_state", "refund_state"):
+    for table in ("person_ids", "presence", "source_presence", "order_state", "inquiry_state", "refund_state"):
         connection.execute(f"DELETE FROM {table}")
     connection.execute("UPDATE kpi_state SET persons = 0, capacity = ?", [MIN_CAPACITY])
 
@@ -128,14 +132,16 @@ def _fold_persons(connection: duckdb.DuckDBPyConnection, where: str) -> int:
     persons = connection.execute("SELECT count(*) FROM person_ids").fetchone()[0]  # type: ignore[index]
     if persons > capacity:
         grown = max(MIN_CAPACITY, 1 << (persons + persons // 4 - 1).bit_length())
-        connection.execute("UPDATE presence SET bits = bits || bitstring('0', ?)", [grown - capacity])
+        for table in ("presence", "source_presence"):
+            connection.execute(f"UPDATE {table} SET bits = bits || bitstring('0', ?)", [grown - capacity])
         capacity = grown
     connection.execute("UPDATE kpi_state SET persons = ?, capacity = ?", [persons, capacity])
     return int(capacity)
 
 
 def _fold_presence(connection: duckdb.DuckDBPyConnection, where: str, capacity: int) -> None:
-    """The persons of the rows meeting ``where`` added to their (day, type) bitstrings."""
+    """The persons of the rows meeting ``where`` added to their (day, type) bitstrings, and those of views to their
+    (day, channel source) bitstrings."""
     low, high = connection.execute(
         f"SELECT min(occurred_us), max(occurred_us) FROM events e WHERE {where} AND e.type IN ({_TYPES})").fetchone()  # type: ignore[misc]
     if low is None:
@@ -143,17 +149,28 @@ def _fold_presence(connection: duckdb.DuckDBPyConnection, where: str, capacity: 
     starts = day_starts(int(low), int(high), time_zone_of(connection))
     connection.execute(f"""
         CREATE OR REPLACE TEMP TABLE presence_fold AS
-        SELECT {day_of('e.occurred_us', starts)} AS day_start, e.type, bitstring_agg(p.id, 0, {capacity - 1}) AS bits
+        SELECT {day_of('e.occurred_us', starts)} AS day_start, e.type, CASE WHEN e.type = 'view' THEN e.source END AS source,
+               bitstring_agg(p.id, 0, {capacity - 1}) AS bits
         FROM events e JOIN person_ids p ON p.person_key = e.person_key
         WHERE {where} AND e.type IN ({_TYPES})
         GROUP BY ALL""")
-    connection.execute("""
-        UPDATE presence SET bits = presence.bits | f.bits FROM presence_fold f
-        WHERE presence.day_start = f.day_start AND presence.type = f.type""")
-    connection.execute("""
-        INSERT INTO presence SELECT f.* FROM presence_fold f
-        ANTI JOIN presence p ON p.day_start = f.day_start AND p.type = f.type""")
+    _merge(connection, "presence", "type",
+           "SELECT day_start, type, bit_or(bits) AS bits FROM presence_fold GROUP BY day_start, type")
+    _merge(connection, "source_presence", "source",
+           "SELECT day_start, source, bits FROM presence_fold WHERE type = 'view'")
     connection.execute("DROP TABLE presence_fold")
+
+
+def _merge(connection: duckdb.DuckDBPyConnection, table: str, kind: str, folded: str) -> None:
+    """Bitstrings (day_start, ``kind``, bits) of the query ``folded`` or-ed into ``table``'s, or added to it."""
+    connection.execute(f"CREATE OR REPLACE TEMP TABLE presence_merge AS {folded}")
+    connection.execute(f"""
+        UPDATE {table} SET bits = {table}.bits | f.bits FROM presence_merge f
+        WHERE {table}.day_start = f.day_start AND {table}.{kind} = f.{kind}""")
+    connection.execute(f"""
+        INSERT INTO {table} SELECT f.* FROM presence_merge f
+        ANTI JOIN {table} p ON p.day_start = f.day_start AND p.{kind} = f.{kind}""")
+    connection.execute("DROP TABLE presence_merge")
 
 
 def counting_events(where: str) -> str:
@@ -265,6 +282,7 @@ def rebuild_presence(connection: duckdb.DuckDBPyConnection, time_zone: str) -> N
     """``presence`` refolded from every folded row in the days of ``time_zone`` (the setting changed)."""
     folded = int(connection.execute("SELECT folded FROM copy_state").fetchone()[0])  # type: ignore[index]
     connection.execute("DELETE FROM presence")
+    connection.execute("DELETE FROM source_presence")
     connection.execute("UPDATE kpi_state SET time_zone = ?", [time_zone])
     capacity = int(connection.execute("SELECT capacity FROM kpi_state").fetchone()[0])  # type: ignore[index]
     _fold_presence(connection, f"e.applied <= {folded}", capacity)

@@ -18,10 +18,12 @@ from tests.unit.funnel.test_engine_products import span_of
 
 
 @settings(max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
-@given(raw=histories, applied=applications, weeks_later=st.integers(0, 6))
-def test_equal_to_the_domain_on_random_histories(raw, applied, weeks_later):
-    # The copy applied in random batches with the state (each order's counting event) folded at random points, a
-    # person erased or not: buyers and new customers by the state's person ids, or by key beside unfolded orders.
+@given(raw=histories, applied=applications, weeks_later=st.integers(0, 6),
+       zone=st.sampled_from(("UTC", "America/New_York")))
+def test_equal_to_the_domain_on_random_histories(raw, applied, weeks_later, zone):
+    # The copy applied in random batches with the state (each order's counting event, each day's viewers per source
+    # in the days of ``zone``) folded at random points, a person erased or not: buyers and new customers by the
+    # state's person ids, or by key beside unfolded orders; viewers of whole days from the state.
     arrived = facts(build(raw, 0))
     known = erased(arrived, applied["erase"])
     start, end, as_of = span_of(raw)
@@ -29,8 +31,10 @@ def test_equal_to_the_domain_on_random_histories(raw, applied, weeks_later):
     # A range weeks later: customers who bought before it are not new.
     later = (start + timedelta(weeks=weeks_later), end + timedelta(weeks=weeks_later),
              as_of + timedelta(weeks=weeks_later))
-    with duck_of(arrived, **applied) as duck:
-        for span in ((start, end, as_of), inner, later):
+    # Asked after the range: its whole days come from the state.
+    after = (start, end, end + timedelta(days=1))
+    with duck_of(arrived, **applied, time_zone=zone) as duck:
+        for span in ((start, end, as_of), inner, later, after):
             assert engine.channel_metrics(duck.cursor(), *span) == channel_metrics(known, *span)
 
 
