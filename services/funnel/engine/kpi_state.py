@@ -162,15 +162,14 @@ def _fold_presence(connection: duckdb.DuckDBPyConnection, where: str, capacity: 
 
 
 def _merge(connection: duckdb.DuckDBPyConnection, table: str, kind: str, folded: str) -> None:
-    """Bitstrings (day_start, ``kind``, bits) of the query ``folded`` or-ed into ``table``'s, or added to it."""
-    connection.execute(f"CREATE OR REPLACE TEMP TABLE presence_merge AS {folded}")
+    """Bitstrings (day_start, ``kind``, bits) of the query ``folded`` or-ed into ``table``'s, or added to it. The
+    query is read twice rather than kept in a table of its own: at the first load its bitstrings are ~200 MB."""
     connection.execute(f"""
-        UPDATE {table} SET bits = {table}.bits | f.bits FROM presence_merge f
+        UPDATE {table} SET bits = {table}.bits | f.bits FROM ({folded}) f
         WHERE {table}.day_start = f.day_start AND {table}.{kind} = f.{kind}""")
     connection.execute(f"""
-        INSERT INTO {table} SELECT f.* FROM presence_merge f
+        INSERT INTO {table} SELECT f.* FROM ({folded}) f
         ANTI JOIN {table} p ON p.day_start = f.day_start AND p.{kind} = f.{kind}""")
-    connection.execute("DROP TABLE presence_merge")
 
 
 def counting_events(where: str) -> str:
