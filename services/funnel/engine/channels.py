@@ -7,9 +7,13 @@ by tests/unit/funnel/test_engine_channels.py on random histories.
 - The channel of a counted order: its own source; else the source of the person's latest event with a source
   in [t - 30 days, t) (ties by the larger event_id): an ASOF JOIN finds the latest instant before t, and the
   events at that instant settle the tie; else ``(direct)``.
-- ``new_customers``: buyers in the range with no counted order before it. A counted order of the person
-  before the range has a completed event of theirs before it; so only those orders' counting events are
-  looked at. The person's first order in the range gives the channel.
+- uv per source: the viewers of the range's whole days (of the KPI state's time zone, at or before as_of) are the
+  union of ``source_presence``'s bitstrings; the rest (partial days, views not folded yet) is read from the rows and
+  added by person id (by key for a person without one), as ``kpis.py`` counts uv;
+- counted orders: each order's counting event from the KPI state (``kpi_state.counted_orders``: ``order_state``
+  with the completed events not folded yet), not a window over the order events;
+- ``new_customers``: buyers in the range with no counted order before it (the counting events before the range,
+  from the same state). The person's first order in the range gives the channel.
 """
 
 from __future__ import annotations
@@ -22,14 +26,34 @@ from libs.common.events import epoch_micros
 from services.funnel.domain.channels import CHANNEL_LOOKBACK, ChannelMetrics
 from services.funnel.domain.facts import DIRECT
 from services.funnel.domain.stats import ratio
-from services.funnel.engine.facts import counted_orders, decimal_of, fetch, micros
+from services.funnel.engine import kpi_state, product_state
+from services.funnel.engine.facts import decimal_of, fetch, micros, placed_orders
+from services.funnel.engine.kpis import whole_days
 
-_CHANNELS = f"""
-WITH {counted_orders()},
+
+def _query(folded: int | None, unkept_views: str) -> str:
+    """The query; ``folded``: the state's watermark when completed order events are applied after it
+    (``kpi_state.counted_orders``). Persons are named by their id in the state (integers: buyers, returners and
+    new customers group by them), by key when some orders come from rows not folded yet (they have no id there).
+    ``unkept_views``: the viewers per source not in ``source_presence``'s whole days (``_UNKEPT_VIEWS``)."""
+    person = "person_key" if folded is not None else "person_id"
+    return f"""
+WITH {kpi_state.counted_orders(folded)},{placed_orders()},
+-- The counting events' own sources (order_state keeps none): the order events of the span, by event_id.
+placed AS (
+    SELECT p.*, k.source FROM placed_events p
+    JOIN order_events k ON k.event_id = p.event_id AND k.occurred_us >= $since AND k.occurred_us < $until
+),
+-- Viewers per source: of the whole days from the KPI state's bitstrings, the rest from the rows by person id (by
+-- key for a person without one, who is in no bitstring).
+kept_views AS (
+    SELECT source, bit_or(bits) AS bits FROM source_presence WHERE day_start >= $w0 AND day_start < $w1 GROUP BY source
+),
+{unkept_views},
 traffic AS (
-    SELECT source, count(DISTINCT person_key) AS uv FROM events
-    WHERE type = 'view' AND occurred_us >= $since AND occurred_us < $until AND occurred_us <= $as_of
-    GROUP BY source
+    SELECT source, coalesce(bit_count(CASE WHEN k.bits IS NULL THEN u.bits WHEN u.bits IS NULL THEN k.bits
+                                           ELSE k.bits | u.bits END), 0) + coalesce(u.newcomers, 0) AS uv
+    FROM kept_views k FULL JOIN unkept_views u USING (source)
 ),
 unsourced AS (
     SELECT event_id, person_key, occurred_us FROM placed WHERE source = $direct
@@ -53,30 +77,23 @@ touch_source AS (
     GROUP BY l.event_id
 ),
 channelled AS (
-    SELECT p.event_id, p.person_key, p.occurred_us, p.amount,
+    SELECT p.event_id, p.{person} AS person, p.occurred_us, p.amount,
            CASE WHEN p.source <> $direct THEN p.source ELSE coalesce(s.source, $direct) END AS channel
     FROM placed p LEFT JOIN touch_source s ON s.event_id = p.event_id
 ),
 sales AS (
-    SELECT channel AS source, count(*) AS orders, count(DISTINCT person_key) AS buyers, sum(amount) AS gmv
+    SELECT channel AS source, count(*) AS orders, count(DISTINCT person) AS buyers, sum(amount) AS gmv
     FROM channelled GROUP BY channel
 ),
-earlier AS (
-    SELECT DISTINCT order_id FROM order_events
-    WHERE order_status = 'completed' AND occurred_us < $since AND occurred_us <= $as_of
-      AND person_key IN (SELECT person_key FROM placed)
-),
+-- Persons with a counted order before the range (its counting event's person).
 returners AS (
-    SELECT DISTINCT arg_min(person_key, struct_pack(t := occurred_us, eid := event_id)) AS person_key
-    FROM order_events
-    WHERE order_status = 'completed' AND occurred_us <= $as_of AND order_id IN (SELECT order_id FROM earlier)
-    GROUP BY order_id
+    SELECT DISTINCT {person} AS person FROM counted WHERE occurred_us < $since AND occurred_us <= $as_of
 ),
 newcomers AS (
     SELECT source, count(*) AS new_customers FROM (
         SELECT arg_min(channel, struct_pack(t := occurred_us, eid := event_id)) AS source
-        FROM channelled c ANTI JOIN returners r ON r.person_key = c.person_key
-        GROUP BY c.person_key
+        FROM channelled c ANTI JOIN returners r ON r.person = c.person
+        GROUP BY c.person
     ) GROUP BY source
 ),
 sources AS (
@@ -90,14 +107,50 @@ ORDER BY s.source
 """
 
 
+# Viewers per source of the loose views (``_loose_views``) by person id, by key for a person without one; when there are
+# loose views only: a join with person_ids builds the hash table of every id (0.5 s at 10M), whichever side is empty.
+_UNKEPT_VIEWS = """loose_views AS (
+    {loose}
+),
+unkept_views AS (
+    SELECT l.source, bitstring_agg(i.id, 0, $last_id) FILTER (WHERE i.id IS NOT NULL) AS bits,
+           count(DISTINCT l.person_key) FILTER (WHERE i.id IS NULL) AS newcomers
+    FROM loose_views l LEFT JOIN person_ids i ON i.person_key = l.person_key
+    GROUP BY l.source
+)"""
+_NO_UNKEPT_VIEWS = "unkept_views AS (SELECT NULL::VARCHAR AS source, NULL::BIT AS bits, 0 AS newcomers WHERE false)"
+
+
+def _loose_views(since: int, until: int, as_of: int, whole: tuple[int, int]) -> str:
+    """SQL: (source, person_key) of the views in [since, until) up to as_of outside the whole days ``whole`` (as
+    literal time bounds, which zone maps use), and of those inside them applied after $folded."""
+    w0, w1 = whole
+    limit = min(until, as_of + 1)
+    parts = [(since, w0), (w1, limit)] if w0 < w1 else [(since, limit)]
+    return "\n    UNION ALL\n    ".join(
+        [f"SELECT source, person_key FROM events WHERE type = 'view' AND occurred_us >= {int(low)} "
+         f"AND occurred_us < {int(high)}" for low, high in parts if low < high]
+        + ["SELECT source, person_key FROM events WHERE type = 'view' AND occurred_us >= $w0 AND occurred_us < $w1 "
+           "AND applied > $folded"])
+
+
 def channel_metrics(
     cursor: duckdb.DuckDBPyConnection, start: datetime, end: datetime, as_of: datetime
 ) -> list[ChannelMetrics]:
     """Per source over [start, end) at as_of, by source (SPEC.md "Channel of an order", channel metrics)."""
     params = {"since": epoch_micros(start), "until": epoch_micros(end), "as_of": epoch_micros(as_of),
               "direct": DIRECT, "lookback": micros(CHANNEL_LOOKBACK)}
+    with product_state.snapshot(cursor):
+        folded, capacity, time_zone = kpi_state.standing(cursor)
+        whole = whole_days(params["since"], params["until"], params["as_of"], time_zone)
+        params |= {"w0": whole[0], "w1": whole[1], "folded": folded, "last_id": capacity - 1}
+        loose = _loose_views(params["since"], params["until"], params["as_of"], whole)
+        unkept = (_UNKEPT_VIEWS.replace("{loose}", loose)
+                  if fetch(cursor, f"SELECT count(*) FROM ({loose})", params)[0][0] else _NO_UNKEPT_VIEWS)
+        fresh = kpi_state.unfolded_completed(cursor, folded)
+        rows = fetch(cursor, _query(folded if fresh else None, unkept), params)
     metrics = []
-    for source, uv, buyers, orders, gmv_cents, new_customers in fetch(cursor, _CHANNELS, params):
+    for source, uv, buyers, orders, gmv_cents, new_customers in rows:
         gmv = decimal_of(gmv_cents)
         metrics.append(ChannelMetrics(
             source=source, uv=uv, buyers=buyers, orders=orders, gmv=gmv, conversion_rate=ratio(buyers, uv),

@@ -1,8 +1,8 @@
 """SPEC.md "Definitions" rules for orders and product attributes, compiled to DuckDB SQL over the fact copy.
 
-The compiled form of ``services.funnel.domain.facts.History``: ``counted_orders`` is ``History.orders`` (an
-order counts once, at its earliest completed event up to as_of, ties by event_id) restricted to a span, and
-``product_attributes`` is ``History.products`` (each attribute the latest carried up to as_of, ties by
+The compiled form of ``services.funnel.domain.facts.History``: ``placed_orders`` is ``History.orders`` (an
+order counts once, at its earliest completed event up to as_of, ties by event_id: ``kpi_state.counted_orders``)
+restricted to a span, and ``product_attributes`` is ``History.products`` (each attribute the latest carried up to as_of, ties by
 event_id; in one event its own product before its order lines, lines in order). They are CTE texts that the
 report queries (products.py, matrix.py, channels.py) put in front of their own; the hypothesis tests of those
 hold every report equal to the domain, and so these rules with them.
@@ -27,32 +27,18 @@ def micros(period: timedelta) -> int:
     return (period.days * 86_400 + period.seconds) * 1_000_000 + period.microseconds
 
 
-def counted_orders() -> str:
-    """CTEs ``counting`` (the counting event of each order with a completed event in [$since, $until), up to
-    $as_of) and ``placed`` (those whose counting event lies in the span, with ``amount``: the total, else the
-    sum of the lines: ``OrderFacts.amount``)."""
+def placed_orders() -> str:
+    """CTEs ``placed_events`` (the orders of the CTE ``counted``, ``kpi_state.counted_orders``, whose counting event
+    lies in [$since, $until) and at or before $as_of: event_id, order_id, person_key, person_id, occurred_us, amount: the
+    total, else the sum of the lines, ``OrderFacts.amount``) and ``placed_lines`` (their lines, with ``cents``)."""
     return """
-candidates AS (
-    SELECT DISTINCT order_id FROM order_events
-    WHERE order_status = 'completed' AND occurred_us >= $since AND occurred_us < $until AND occurred_us <= $as_of
-),
-counting AS (
-    SELECT k.event_id, k.order_id, k.person_key, k.occurred_us, k.source, k.total_cents
-    FROM order_events k SEMI JOIN candidates c ON k.order_id = c.order_id
-    WHERE k.order_status = 'completed' AND k.occurred_us <= $as_of
-    QUALIFY row_number() OVER (PARTITION BY k.order_id ORDER BY k.occurred_us, k.event_id) = 1
-),
 placed_events AS (
-    SELECT * FROM counting WHERE occurred_us >= $since AND occurred_us < $until
+    SELECT event_id, order_id, person_key, person_id, occurred_us, amount FROM counted
+    WHERE occurred_us >= $since AND occurred_us < $until AND occurred_us <= $as_of
 ),
 placed_lines AS (
     SELECT i.event_id, i.product_id, i.line, i.quantity, i.quantity::HUGEINT * i.unit_price_cents AS cents
     FROM order_items i SEMI JOIN placed_events p ON p.event_id = i.event_id
-),
-placed AS (
-    SELECT p.*, coalesce(p.total_cents::HUGEINT, l.cents, 0) AS amount
-    FROM placed_events p
-    LEFT JOIN (SELECT event_id, sum(cents) AS cents FROM placed_lines GROUP BY event_id) l ON l.event_id = p.event_id
 )"""
 
 

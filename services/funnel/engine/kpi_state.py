@@ -11,9 +11,11 @@ joins on person and order keys, which are strings):
   bitstring of ``capacity`` bits (DuckDB ``bitstring_agg``). The distinct persons of whole days are the
   ``bit_count`` of the ``bit_or`` of their bitstrings; the rest of a span (a part of a day at either end, the day
   holding as_of, rows not folded yet) is read from the rows and joined in by id, a person without an id yet
-  counted by key (such a person is in no bitstring). Exact: a set union, never an estimate;
+  counted by key (such a person is in no bitstring). Exact: a set union, never an estimate. ``source_presence``
+  holds the viewers of each (day, channel source) the same way, for the channels' uv per source (channels.py);
 - the order rule (``History.orders``): an order counts once, at its earliest completed event (ties by
-  event_id) up to as_of. ``order_state`` holds, per order_id, that earliest completed event over the folded rows
+  event_id) up to as_of; ``counted_orders`` is its compiled form over the state, which the KPIs, products, matrix
+  and channels read. ``order_state`` holds, per order_id, that earliest completed event over the folded rows
   (event_id, person key and id, time, amount: the total, else the sum of its lines), the order's earliest refund
   and a dense number. The earliest event up to any as_of is the earliest of all when that is <= as_of, and none
   otherwise, so the state answers every as_of; a query takes the earliest of the state and the completed events
@@ -62,6 +64,8 @@ MIN_CAPACITY = 1 << 16
 def create_state(connection: duckdb.DuckDBPyConnection, time_zone: str = "UTC") -> None:
     connection.execute("CREATE TABLE IF NOT EXISTS person_ids (person_key VARCHAR, id BIGINT)")
     connection.execute("CREATE TABLE IF NOT EXISTS presence (day_start BIGINT, type VARCHAR, bits BIT)")
+    # The viewers of each (day, channel source): the channels' uv per source.
+    connection.execute("CREATE TABLE IF NOT EXISTS source_presence (day_start BIGINT, source VARCHAR, bits BIT)")
     # amount: one order's, which fits 64 bits (a total, or lines of at most 10^14 cents each in a 32 KB event);
     # sums of it are taken as HUGEINT. (A HUGEINT column scans ~50x slower: its bit-packing.)
     # Per order_id: its earliest completed event (NULLs while only refunds are known) with the person's id, and its
@@ -83,7 +87,7 @@ def create_state(connection: duckdb.DuckDBPyConnection, time_zone: str = "UTC") 
 
 
 def clear(connection: duckdb.DuckDBPyConnection) -> None:
-    for table in ("person_ids", "presence", "order_state", "inquiry_state", "refund_state"):
+    for table in ("person_ids", "presence", "source_presence", "order_state", "inquiry_state", "refund_state"):
         connection.execute(f"DELETE FROM {table}")
     connection.execute("UPDATE kpi_state SET persons = 0, capacity = ?", [MIN_CAPACITY])
 
@@ -137,14 +141,16 @@ def _fold_persons(connection: duckdb.DuckDBPyConnection, where: str) -> int:
     persons = connection.execute("SELECT count(*) FROM person_ids").fetchone()[0]  # type: ignore[index]
     if persons > capacity:
         grown = max(MIN_CAPACITY, 1 << (persons + persons // 4 - 1).bit_length())
-        connection.execute("UPDATE presence SET bits = bits || bitstring('0', ?)", [grown - capacity])
+        for table in ("presence", "source_presence"):
+            connection.execute(f"UPDATE {table} SET bits = bits || bitstring('0', ?)", [grown - capacity])
         capacity = grown
     connection.execute("UPDATE kpi_state SET persons = ?, capacity = ?", [persons, capacity])
     return int(capacity)
 
 
 def _fold_presence(connection: duckdb.DuckDBPyConnection, where: str, capacity: int) -> None:
-    """The persons of the rows meeting ``where`` added to their (day, type) bitstrings."""
+    """The persons of the rows meeting ``where`` added to their (day, type) bitstrings, and those of views to their
+    (day, channel source) bitstrings."""
     low, high = connection.execute(
         f"SELECT min(occurred_us), max(occurred_us) FROM events e WHERE {where} AND e.type IN ({_TYPES})").fetchone()  # type: ignore[misc]
     if low is None:
@@ -152,17 +158,27 @@ def _fold_presence(connection: duckdb.DuckDBPyConnection, where: str, capacity: 
     starts = day_starts(int(low), int(high), time_zone_of(connection))
     connection.execute(f"""
         CREATE OR REPLACE TEMP TABLE presence_fold AS
-        SELECT {day_of('e.occurred_us', starts)} AS day_start, e.type, bitstring_agg(p.id, 0, {capacity - 1}) AS bits
+        SELECT {day_of('e.occurred_us', starts)} AS day_start, e.type, CASE WHEN e.type = 'view' THEN e.source END AS source,
+               bitstring_agg(p.id, 0, {capacity - 1}) AS bits
         FROM events e JOIN person_ids p ON p.person_key = e.person_key
         WHERE {where} AND e.type IN ({_TYPES})
         GROUP BY ALL""")
-    connection.execute("""
-        UPDATE presence SET bits = presence.bits | f.bits FROM presence_fold f
-        WHERE presence.day_start = f.day_start AND presence.type = f.type""")
-    connection.execute("""
-        INSERT INTO presence SELECT f.* FROM presence_fold f
-        ANTI JOIN presence p ON p.day_start = f.day_start AND p.type = f.type""")
+    _merge(connection, "presence", "type",
+           "SELECT day_start, type, bit_or(bits) AS bits FROM presence_fold GROUP BY day_start, type")
+    _merge(connection, "source_presence", "source",
+           "SELECT day_start, source, bits FROM presence_fold WHERE type = 'view'")
     connection.execute("DROP TABLE presence_fold")
+
+
+def _merge(connection: duckdb.DuckDBPyConnection, table: str, kind: str, folded: str) -> None:
+    """Bitstrings (day_start, ``kind``, bits) of the query ``folded`` or-ed into ``table``'s, or added to it. The
+    query is read twice rather than kept in a table of its own: at the first load its bitstrings are ~200 MB."""
+    connection.execute(f"""
+        UPDATE {table} SET bits = {table}.bits | f.bits FROM ({folded}) f
+        WHERE {table}.day_start = f.day_start AND {table}.{kind} = f.{kind}""")
+    connection.execute(f"""
+        INSERT INTO {table} SELECT f.* FROM ({folded}) f
+        ANTI JOIN {table} p ON p.day_start = f.day_start AND p.{kind} = f.{kind}""")
 
 
 def counting_events(where: str) -> str:
@@ -182,6 +198,44 @@ def counting_events(where: str) -> str:
     )
     SELECT f.order_id, f.event_id, f.person_key, f.occurred_us, coalesce(f.total_cents::HUGEINT, l.cents, 0) AS amount
     FROM firsts f LEFT JOIN lines l ON l.event_id = f.event_id"""
+
+
+def counted_orders(folded: int | None) -> str:
+    """CTE ``counted``: each order's counting event over every row (``History.orders``), from ``order_state`` and,
+    given ``folded`` (the state's watermark; None when no completed order event is applied after it), the completed
+    events not folded yet: per order the earliest of both. Columns order_id, event_id, person_key, person_id (NULL
+    for orders the unfolded rows touch), occurred_us (NULL while only refunds are known), amount, refund_us (the
+    earliest folded refund). The earliest event of all is the counting one at every as_of at or after it, and no
+    event counts before it: a reader keeps ``occurred_us <= $as_of``."""
+    if folded is None:
+        return """counted AS NOT MATERIALIZED (
+    SELECT order_id, event_id, person_key, person_id, occurred_us, amount, refund_us FROM order_state
+)"""
+    return f"""fresh_orders AS (
+    SELECT order_id FROM order_events
+    WHERE applied > {int(folded)} AND order_status = 'completed' AND order_id IS NOT NULL
+),
+refolded AS (
+    SELECT order_id, event_id, person_key, occurred_us, amount, refund_us
+    FROM order_state SEMI JOIN fresh_orders USING (order_id)
+    UNION ALL
+    SELECT *, NULL AS refund_us FROM ({counting_events(f"e.applied > {int(folded)}")})
+),
+counted AS NOT MATERIALIZED (
+    SELECT order_id, event_id, person_key, person_id, occurred_us, amount, refund_us
+    FROM order_state ANTI JOIN fresh_orders USING (order_id)
+    UNION ALL
+    SELECT order_id, event_id, person_key, NULL AS person_id, occurred_us, amount,
+           min(refund_us) OVER (PARTITION BY order_id) AS refund_us
+    FROM refolded
+    QUALIFY row_number() OVER (PARTITION BY order_id ORDER BY occurred_us, event_id) = 1
+)"""
+
+
+def unfolded_completed(cursor: duckdb.DuckDBPyConnection, folded: int) -> bool:
+    """Whether a completed order event is applied after ``folded`` (``counted_orders`` then reads the rows too)."""
+    return bool(cursor.execute("SELECT count(*) FROM order_events WHERE applied > ? AND order_status = 'completed'",
+                               [folded]).fetchone()[0])  # type: ignore[index]
 
 
 def _fold_orders(connection: duckdb.DuckDBPyConnection, where: str) -> None:
@@ -236,6 +290,7 @@ def rebuild_presence(connection: duckdb.DuckDBPyConnection, time_zone: str) -> N
     """``presence`` refolded from every folded row in the days of ``time_zone`` (the setting changed)."""
     folded = int(connection.execute("SELECT folded FROM copy_state").fetchone()[0])  # type: ignore[index]
     connection.execute("DELETE FROM presence")
+    connection.execute("DELETE FROM source_presence")
     connection.execute("UPDATE kpi_state SET time_zone = ?", [time_zone])
     capacity = int(connection.execute("SELECT capacity FROM kpi_state").fetchone()[0])  # type: ignore[index]
     _fold_presence(connection, f"e.applied <= {folded}", capacity)
@@ -265,5 +320,5 @@ def standing(cursor: duckdb.DuckDBPyConnection) -> tuple[int, int, str]:
     return int(folded), int(capacity), str(time_zone)
 
 
-__all__ = ("PRESENCE_TYPES", "ROW_PERSONS", "UNION_COUNT", "counting_events", "create_state", "day_of", "day_starts", "fold", "rebuild_presence",
-           "rename_persons", "standing")
+__all__ = ("PRESENCE_TYPES", "ROW_PERSONS", "UNION_COUNT", "counted_orders", "counting_events", "create_state", "day_of",
+           "day_starts", "fold", "rebuild_presence", "rename_persons", "standing", "unfolded_completed")

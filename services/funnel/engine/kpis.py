@@ -241,31 +241,6 @@ def whole_days(start: int, end: int, as_of: int, time_zone: str) -> tuple[int, i
     return (first, last) if first < last else (0, 0)
 
 
-# ``counted`` when completed order events are not folded yet; else the state alone.
-_COUNTED_FRESH = """fresh_orders AS (
-    SELECT order_id FROM order_events
-    WHERE applied > $folded AND order_status = 'completed' AND order_id IS NOT NULL
-),
-refolded AS (
-    SELECT order_id, event_id, person_key, occurred_us, amount, refund_us
-    FROM order_state SEMI JOIN fresh_orders USING (order_id)
-    UNION ALL
-    SELECT *, NULL AS refund_us FROM ({fresh_counting})
-),
-counted AS NOT MATERIALIZED (
-    SELECT order_id, person_key, NULL AS person_id, occurred_us, amount, refund_us
-    FROM order_state ANTI JOIN fresh_orders USING (order_id)
-    UNION ALL
-    SELECT order_id, person_key, NULL AS person_id, occurred_us, amount,
-           min(refund_us) OVER (PARTITION BY order_id) AS refund_us
-    FROM refolded
-    QUALIFY row_number() OVER (PARTITION BY order_id ORDER BY occurred_us, event_id) = 1
-),
-"""
-_COUNTED = """counted AS NOT MATERIALIZED (
-    SELECT order_id, person_key, person_id, occurred_us, amount, refund_us FROM order_state
-),
-"""
 # Refunds in the span, each of an order counted up to $as_of: the folded ones from refund_state, by the order's
 # number, when no completed order event is unfolded (the state's orders are then the counted ones); the rest by
 # order_id over the rows.
@@ -339,9 +314,7 @@ def _kept_sql(starts: list[int], ends: list[int], kept: list[tuple[int, int]], a
         f"AND k.occurred_us < {high} AND k.type IN ('view', 'add_to_cart', 'inquiry')" for low, high in parts
     ) or "SELECT NULL::INTEGER AS bucket, NULL::VARCHAR AS type, NULL::VARCHAR AS person_key WHERE false"
     inquiries, refunds, completed = unfolded
-    counted = _COUNTED
-    if completed:
-        counted = _COUNTED_FRESH.replace("{fresh_counting}", kpi_state.counting_events(f"e.applied > {int(folded)}"))
+    counted = kpi_state.counted_orders(folded if completed else None) + ",\n"
     converted = _CONVERTED_FRESH if inquiries or completed else _CONVERTED
     sql = (_KEPT.replace("{loose}", loose).replace("{counted}", counted).replace("{converted}", converted)
            .replace("{returned}", _RETURNED_FRESH if refunds else _RETURNED)

@@ -16,14 +16,15 @@ import duckdb
 from libs.common.events import epoch_micros
 from services.funnel.domain.products import ProductMetrics
 from services.funnel.domain.stats import ratio
-from services.funnel.engine import product_state
-from services.funnel.engine.facts import counted_orders, decimal_of, fetch
+from services.funnel.engine import kpi_state, product_state
+from services.funnel.engine.facts import decimal_of, fetch, placed_orders
 
 
-def _query(recent: bool) -> str:
-    """The query; ``recent``: as_of is at or after product_state's horizon, so the state gives the attributes."""
+def _query(recent: bool, folded: int | None) -> str:
+    """The query; ``recent``: as_of is at or after product_state's horizon, so the state gives the attributes;
+    ``folded``: the state's watermark when completed order events are applied after it (``counted_orders``)."""
     return f"""
-WITH {counted_orders()},
+WITH {kpi_state.counted_orders(folded)},{placed_orders()},
 activity AS (
     SELECT product_id, type, person_key, rating FROM events
     WHERE occurred_us >= $since AND occurred_us < $until AND occurred_us <= $as_of
@@ -73,7 +74,7 @@ ORDER BY g.product_id
 """
 
 
-_PRODUCTS = {recent: _query(recent) for recent in (False, True)}
+_PRODUCTS = {recent: _query(recent, None) for recent in (False, True)}
 
 
 def product_page(
@@ -86,7 +87,9 @@ def product_page(
               "after": after if after is not None else "", "take": limit + 1}
     with product_state.snapshot(cursor):
         params["folded"], params["state_horizon"] = product_state.standing(cursor)
-        rows = fetch(cursor, _PRODUCTS[params["as_of"] >= params["state_horizon"]], params)
+        recent = params["as_of"] >= params["state_horizon"]
+        fresh = kpi_state.unfolded_completed(cursor, params["folded"])
+        rows = fetch(cursor, _query(recent, params["folded"]) if fresh else _PRODUCTS[recent], params)
     metrics = []
     for row in rows[:limit]:
         (product_id, name, category, views, uv, cart_users, buyers, units, gmv_cents, review_count, ratings,

@@ -65,7 +65,8 @@ def _state_is_the_fold_of_its_rows(mirror: FactMirror) -> None:
 
 def _kpi_state_is_the_fold_of_its_rows(mirror: FactMirror) -> None:
     """The KPI state holds exactly what its rows say (every row applied is folded when FOLD_ROWS is 1): each
-    (day, type)'s bits are the ids of the persons with such an event that day; ids are unique; each order's
+    (day, type)'s bits are the ids of the persons with such an event that day, each (day, source)'s those of the
+    persons with a view from that source; ids are unique; each order's
     counting event, person id and earliest refund; every inquiry by its person's id."""
     connection = mirror.duckdb
     ids = dict(connection.execute("SELECT person_key, id FROM person_ids").fetchall())
@@ -81,6 +82,12 @@ def _kpi_state_is_the_fold_of_its_rows(mirror: FactMirror) -> None:
         f"SELECT DISTINCT {kpi_state.day_of('e.occurred_us', starts)}, e.type, e.person_key FROM events e "
         f"WHERE e.type IN ('view', 'add_to_cart', 'inquiry')").fetchall())
     assert present == want
+    viewed = {(day, source, keys[i]) for day, source, i in connection.execute(
+        f"SELECT p.day_start, p.source, r.i FROM source_presence p, range({capacity}) r(i) "
+        "WHERE get_bit(p.bits, r.i::INTEGER) = 1").fetchall()}
+    assert viewed == set(connection.execute(
+        f"SELECT DISTINCT {kpi_state.day_of('e.occurred_us', starts)}, e.source, e.person_key FROM events e "
+        "WHERE e.type = 'view'").fetchall())
     orders = connection.execute(
         "SELECT order_id, event_id, person_key, person_id, occurred_us, amount, refund_us FROM order_state").fetchall()
     counting = {row[0]: row[1:] for row in connection.execute(kpi_state.counting_events("true")).fetchall()}

@@ -7,24 +7,35 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from services.funnel.domain.channels import channel_metrics
 from services.funnel.engine import channels as engine
 from tests.integration.funnel.helpers import cart, facts, order, view
 from tests.integration.funnel.test_property import FIRST_ERA, build, histories
-from tests.unit.funnel.duck import duck_of
+from tests.unit.funnel.duck import applications, duck_of, erased
 from tests.unit.funnel.test_engine_products import span_of
 
 
 @settings(max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
-@given(raw=histories)
-def test_equal_to_the_domain_on_random_histories(raw):
-    known = facts(build(raw, 0))
+@given(raw=histories, applied=applications, weeks_later=st.integers(0, 6),
+       zone=st.sampled_from(("UTC", "America/New_York")))
+def test_equal_to_the_domain_on_random_histories(raw, applied, weeks_later, zone):
+    # The copy applied in random batches with the state (each order's counting event, each day's viewers per source
+    # in the days of ``zone``) folded at random points, a person erased or not: buyers and new customers by the
+    # state's person ids, or by key beside unfolded orders; viewers of whole days from the state.
+    arrived = facts(build(raw, 0))
+    known = erased(arrived, applied["erase"])
     start, end, as_of = span_of(raw)
     inner = (start + timedelta(hours=5), end + timedelta(hours=7), start + timedelta(days=1, hours=3))
-    with duck_of(known) as duck:
-        assert engine.channel_metrics(duck.cursor(), start, end, as_of) == channel_metrics(known, start, end, as_of)
-        assert engine.channel_metrics(duck.cursor(), *inner) == channel_metrics(known, *inner)
+    # A range weeks later: customers who bought before it are not new.
+    later = (start + timedelta(weeks=weeks_later), end + timedelta(weeks=weeks_later),
+             as_of + timedelta(weeks=weeks_later))
+    # Asked after the range: its whole days come from the state.
+    after = (start, end, end + timedelta(days=1))
+    with duck_of(arrived, **applied, time_zone=zone) as duck:
+        for span in ((start, end, as_of), inner, later, after):
+            assert engine.channel_metrics(duck.cursor(), *span) == channel_metrics(known, *span)
 
 
 T = FIRST_ERA + timedelta(days=100)
