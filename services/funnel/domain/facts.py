@@ -14,6 +14,14 @@ from typing import Generic, Literal, Protocol, TypeVar
 
 EventType = Literal["view", "add_to_cart", "inquiry", "order", "review"]
 EVENT_TYPES: tuple[EventType, ...] = ("view", "add_to_cart", "inquiry", "order", "review")
+
+
+def check_event_type(event_type: str) -> None:
+    """ValueError unless ``event_type`` is one of SPEC.md's event types."""
+    if event_type not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {event_type!r}")
+
+
 DIRECT = "(direct)"
 
 
@@ -78,8 +86,7 @@ class FunnelEvent:
     rating: int | None = None
 
     def __post_init__(self) -> None:
-        if self.type not in EVENT_TYPES:
-            raise ValueError(f"unknown event type {self.type!r}")
+        check_event_type(self.type)
         if (self.type == "order") != (self.order is not None):
             raise ValueError("order facts go with, and only with, order events")
         object.__setattr__(self, "occurred_at", utc(self.occurred_at))

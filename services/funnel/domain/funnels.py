@@ -11,7 +11,7 @@ from itertools import groupby
 from operator import attrgetter
 from typing import Literal, NamedTuple
 
-from services.funnel.domain.facts import EVENT_TYPES, EventType, FunnelEvent, History, utc
+from services.funnel.domain.facts import EventType, FunnelEvent, History, check_event_type, utc
 from services.funnel.domain.stats import median, ratio, total
 
 Unit = Literal["person", "product"]
@@ -28,8 +28,7 @@ class FunnelStep:
     source: str | None = None
 
     def __post_init__(self) -> None:
-        if self.type not in EVENT_TYPES:
-            raise ValueError(f"unknown event type {self.type!r}")
+        check_event_type(self.type)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import duckdb
 from libs.common.events import epoch_micros
 from services.funnel.domain.products import LIFECYCLE_PERIOD, MATRIX_PERIOD, MatrixEntry
 from services.funnel.engine import kpi_state, product_state
-from services.funnel.engine.facts import decimal_of, fetch, micros, optional_decimal_of, placed_orders
+from services.funnel.engine.facts import decimal_of, micros, optional_decimal_of, placed_orders
 
 
 def _query(recent: bool, folded: int | None) -> str:
@@ -117,11 +117,7 @@ def matrix_page(
     params = {"since": as_of_us - period + 1, "until": as_of_us + 1, "as_of": as_of_us,
               "matrix": micros(MATRIX_PERIOD), "lifecycle": micros(LIFECYCLE_PERIOD),
               "after": after if after is not None else "", "take": limit + 1}
-    with product_state.snapshot(cursor):
-        params["folded"], params["state_horizon"] = product_state.standing(cursor)
-        recent = params["as_of"] >= params["state_horizon"]
-        fresh = kpi_state.unfolded_completed(cursor, params["folded"])
-        rows = fetch(cursor, _query(recent, params["folded"]) if fresh else _MATRIX[recent], params)
+    rows = product_state.fetch_standing(cursor, _query, _MATRIX, params)
     entries = [
         MatrixEntry(
             product_id=product_id, name=name, category=category, price=optional_decimal_of(price), uv=uv,

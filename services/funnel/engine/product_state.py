@@ -30,12 +30,14 @@ build the copy in random batches folded at random points, erasures included, and
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import duckdb
 
-from services.funnel.engine.facts import product_attributes
+from services.funnel.engine import kpi_state
+from services.funnel.engine.facts import fetch, product_attributes
 
 ATTRIBUTES = ("name", "category", "price", "tier")
 # Rows applied after the last fold beyond which a batch's apply folds them (about a millisecond per thousand rows).
@@ -122,6 +124,19 @@ def standing(cursor: duckdb.DuckDBPyConnection) -> tuple[int, int]:
     with the query; the state answers for an as_of at or after the horizon."""
     folded, horizon = cursor.execute("SELECT folded, horizon FROM copy_state").fetchone()  # type: ignore[misc]
     return int(folded), int(horizon)
+
+
+def fetch_standing(cursor: duckdb.DuckDBPyConnection, query: Callable[[bool, int | None], str],
+                   kept: Mapping[bool, str], params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The rows of a products-route ``query(recent, folded)`` in one ``snapshot``: ``params`` gain $folded and
+    $state_horizon; ``recent`` when as_of is at or after the horizon; the statement compiled once (``kept``, by
+    recent, with folded None) unless completed order events are applied after ``folded`` (then the KPI state's
+    ``counted_orders`` reads those rows too)."""
+    with snapshot(cursor):
+        params["folded"], params["state_horizon"] = standing(cursor)
+        recent = params["as_of"] >= params["state_horizon"]
+        fresh = kpi_state.unfolded_completed(cursor, params["folded"])
+        return fetch(cursor, query(recent, params["folded"]) if fresh else kept[recent], params)
 
 
 def latest_categories() -> str:

@@ -17,7 +17,7 @@ from libs.common.events import epoch_micros
 from services.funnel.domain.products import ProductMetrics
 from services.funnel.domain.stats import ratio
 from services.funnel.engine import kpi_state, product_state
-from services.funnel.engine.facts import decimal_of, fetch, placed_orders
+from services.funnel.engine.facts import decimal_of, placed_orders
 
 
 def _query(recent: bool, folded: int | None) -> str:
@@ -85,11 +85,7 @@ def product_page(
     product_id order, and whether more follow."""
     params = {"since": epoch_micros(start), "until": epoch_micros(end), "as_of": epoch_micros(as_of),
               "after": after if after is not None else "", "take": limit + 1}
-    with product_state.snapshot(cursor):
-        params["folded"], params["state_horizon"] = product_state.standing(cursor)
-        recent = params["as_of"] >= params["state_horizon"]
-        fresh = kpi_state.unfolded_completed(cursor, params["folded"])
-        rows = fetch(cursor, _query(recent, params["folded"]) if fresh else _PRODUCTS[recent], params)
+    rows = product_state.fetch_standing(cursor, _query, _PRODUCTS, params)
     metrics = []
     for row in rows[:limit]:
         (product_id, name, category, views, uv, cart_users, buyers, units, gmv_cents, review_count, ratings,
