@@ -148,6 +148,10 @@ def _fold_persons(connection: duckdb.DuckDBPyConnection, where: str) -> int:
     return int(capacity)
 
 
+# Days of rows aggregated into bitstrings by one statement of a fold.
+_FOLD_DAYS = 7
+
+
 def _fold_presence(connection: duckdb.DuckDBPyConnection, where: str, capacity: int) -> None:
     """The persons of the rows meeting ``where`` added to their (day, type) bitstrings, and those of views to their
     (day, channel source) bitstrings."""
@@ -156,18 +160,24 @@ def _fold_presence(connection: duckdb.DuckDBPyConnection, where: str, capacity: 
     if low is None:
         return
     starts = day_starts(int(low), int(high), time_zone_of(connection))
-    connection.execute(f"""
-        CREATE OR REPLACE TEMP TABLE presence_fold AS
-        SELECT {day_of('e.occurred_us', starts)} AS day_start, e.type, CASE WHEN e.type = 'view' THEN e.source END AS source,
-               bitstring_agg(p.id, 0, {capacity - 1}) AS bits
-        FROM events e JOIN person_ids p ON p.person_key = e.person_key
-        WHERE {where} AND e.type IN ({_TYPES})
-        GROUP BY ALL""")
-    _merge(connection, "presence", "type",
-           "SELECT day_start, type, bit_or(bits) AS bits FROM presence_fold GROUP BY day_start, type")
-    _merge(connection, "source_presence", "source",
-           "SELECT day_start, source, bits FROM presence_fold WHERE type = 'view'")
-    connection.execute("DROP TABLE presence_fold")
+    # A few days at a time: every (day, type, source) group holds a bitstring of ``capacity`` bits while it is
+    # aggregated, and all of a first load's groups at once (90 days x the sources x 512 KB at 3M persons) passed
+    # the copy's memory limit (an OutOfMemoryException at 30M events).
+    last = len(starts) - 1
+    for first in range(0, last, _FOLD_DAYS):
+        since, until = starts[first], starts[min(first + _FOLD_DAYS, last)]
+        connection.execute(f"""
+            CREATE OR REPLACE TEMP TABLE presence_fold AS
+            SELECT {day_of('e.occurred_us', starts)} AS day_start, e.type,
+                   CASE WHEN e.type = 'view' THEN e.source END AS source, bitstring_agg(p.id, 0, {capacity - 1}) AS bits
+            FROM events e JOIN person_ids p ON p.person_key = e.person_key
+            WHERE {where} AND e.type IN ({_TYPES}) AND e.occurred_us >= {int(since)} AND e.occurred_us < {int(until)}
+            GROUP BY ALL""")
+        _merge(connection, "presence", "type",
+               "SELECT day_start, type, bit_or(bits) AS bits FROM presence_fold GROUP BY day_start, type")
+        _merge(connection, "source_presence", "source",
+               "SELECT day_start, source, bits FROM presence_fold WHERE type = 'view'")
+        connection.execute("DROP TABLE presence_fold")
 
 
 def _merge(connection: duckdb.DuckDBPyConnection, table: str, kind: str, folded: str) -> None:
