@@ -219,6 +219,7 @@ async def steady_orders(service: Any, clock: Any, customers: int, rate: int, sto
     """Orders through the consumer's handler, ``rate`` a second in ten batches: mostly existing customers' orders
     of the last seconds, one in ten late (minutes to weeks old), one in ten a new customer's first order."""
     from libs.common.events import Event
+    from services.segmentation.decoding import decode_event
     from services.segmentation.handlers import record_customer_facts
 
     chosen = random.Random(7)
@@ -236,10 +237,10 @@ async def steady_orders(service: Any, clock: Any, customers: int, rate: int, sto
             if draw > 0.9:
                 back = timedelta(minutes=chosen.uniform(1, 60 * 24 * 30))
             total = f"{chosen.randrange(100, 500000) / 100:.2f}"
-            batch.append(Event.model_validate({
+            batch.append(decode_event(Event.model_validate({
                 "event_id": f"flow-e-{n}", "type": "order", "user_id": person, "occurred_at": now - back,
                 "order": {"order_id": f"flow-o-{n}", "status": "completed", "total": total,
-                          "items": [{"product_id": "sku-1", "quantity": 1, "unit_price": total}]}}))
+                          "items": [{"product_id": "sku-1", "quantity": 1, "unit_price": total}]}}).to_json()))
         async with service.database.begin() as connection:
             applied[0] += len(await record_customer_facts(connection, batch))
         await asyncio.sleep(max(0.0, 0.1 - (time.perf_counter() - began)))

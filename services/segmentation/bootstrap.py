@@ -14,6 +14,7 @@ from libs.common.service import create_app
 from services.segmentation.adapters.migrations import MIGRATIONS
 from services.segmentation.adapters.tables import PERSONAL_TABLES, fact_changes, metadata
 from services.segmentation.api import router
+from services.segmentation.decoding import decode_event
 from services.segmentation.handlers import erase_customers, record_customer_facts
 from services.segmentation.runtime import SegmentationService, system_clock
 from services.segmentation.settings import SegmentationSettings
@@ -31,7 +32,8 @@ def build_service(settings: SegmentationSettings, *, clock: Callable[[], datetim
                         sqlite_pragmas=WRITE_HEAVY_SQLITE_PRAGMAS)
     service = SegmentationService(settings, database, clock=clock)
     service.subscriptions = [
-        Subscription(group=EVENTS_GROUP, topics=[EVENTS_TOPIC], handle=record_customer_facts,
+        # Records are decoded straight into what the facts keep (decoding.py).
+        Subscription(group=EVENTS_GROUP, topics=[EVENTS_TOPIC], handle=record_customer_facts, decode=decode_event,
                      claim_event_ids=False, max_batch=5000, after_commit=service.scheduler.facts_committed),
         erasure_subscription("segmentation", erase_customers,
                              erases_from=[table.name for table in (*PERSONAL_TABLES, fact_changes)]),

@@ -6,17 +6,18 @@ from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.common.events import PublishedEvent
 from libs.common.privacy import ErasureRequest
 from services.segmentation.adapters.facts import erase_persons, record_events
 from services.segmentation.adapters.segments import lock_membership
+from services.segmentation.decoding import CustomerEvent
 
 
 async def record_customer_facts(connection: AsyncConnection,
-                                events: Sequence[PublishedEvent]) -> Sequence[PublishedEvent]:
+                                events: Sequence[CustomerEvent]) -> Sequence[CustomerEvent]:
     """Store events as the persons' facts; returns those not stored before (the membership scheduler hears of
     them after the commit). The consumer runs without claims: stored event_ids are the idempotency record. What
-    the read side's counts depend on is logged by triggers (population_state.py)."""
+    the read side's counts depend on is logged by triggers (population_state.py). The consumer decodes records
+    straight into ``CustomerEvent`` (decoding.py)."""
     return await record_events(connection, events)
 
 

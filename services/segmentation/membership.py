@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.background import BackgroundLoop, Clock
 from libs.common.db import Database
-from libs.common.events import PublishedEvent, epoch_micros, format_timestamp, from_epoch_micros
+from libs.common.events import epoch_micros, format_timestamp, from_epoch_micros
 from libs.common.kafka import SEGMENTS_TOPIC, Publisher
 from libs.common.metrics import Metrics
 from services.segmentation.adapters.fact_changes import log_position
@@ -46,6 +46,7 @@ from services.segmentation.adapters.segments import (
     store_everyones_builtin_changes,
     store_memberships,
 )
+from services.segmentation.decoding import CustomerEvent
 from services.segmentation.domain.customers import FiguresAt
 from services.segmentation.domain.rfm import RfmCuts
 from services.segmentation.domain.rounds import Round, order_windows
@@ -272,7 +273,7 @@ class MembershipScheduler(BackgroundLoop):
         self._duration = Histogram("shoploop_segment_evaluation_seconds", "Membership evaluation time", ["scope"],
                                    registry=registry, buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60))
 
-    def facts_committed(self, events: Sequence[PublishedEvent]) -> None:
+    def facts_committed(self, events: Sequence[CustomerEvent]) -> None:
         """The consumer's after-commit hook: evaluate these events' persons soon."""
         self._changed.update(event.person_key for event in events)
         if self.settings.evaluate_after_events:

@@ -26,8 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.common.db import BulkRows, bytewise, cents, chunks, wide_sum, wide_total
-from libs.common.events import PublishedEvent, epoch_micros
+from libs.common.db import BulkRows, bytewise, chunks, wide_sum, wide_total
 from services.segmentation.adapters.fact_changes import pseudonymize_changes
 from services.segmentation.adapters.tables import (
     PERSONAL_TABLES,
@@ -38,6 +37,7 @@ from services.segmentation.adapters.tables import (
     customer_traits,
     profiles,
 )
+from services.segmentation.decoding import CustomerEvent
 from services.segmentation.domain.customers import REPEAT_WINDOW, OrderStatus
 
 _REPEAT_WINDOW_US = REPEAT_WINDOW // timedelta(microseconds=1)
@@ -122,14 +122,13 @@ def _writes(dialect: str) -> _Writes:
     )
 
 
-async def record_events(connection: AsyncConnection, events: Sequence[PublishedEvent]) -> list[PublishedEvent]:
+async def record_events(connection: AsyncConnection, events: Sequence[CustomerEvent]) -> list[CustomerEvent]:
     """Store a batch of events as facts, one statement per table, and return the events applied now: those
     whose event_id was not stored before. The customer_events table, keyed by event_id (erasure keeps the key
     under a pseudonym), is the consumer's idempotency record: a repeated event changes nothing."""
     dialect = connection.dialect.name
     writes = _writes(dialect)
-    event_rows = [(event.event_id or "", event.person_key, event.type, epoch_micros(event.occurred_at))
-                  for event in events]
+    event_rows = [(event.event_id or "", event.person_key, event.type, event.occurred_us) for event in events]
     if not event_rows:
         return []
     new_ids = set((await connection.execute(writes.events, _EVENT_ROWS.params(dialect, event_rows))).scalars())
@@ -146,21 +145,21 @@ async def record_events(connection: AsyncConnection, events: Sequence[PublishedE
         moment = (occurred_us, event_id)
         known = seen.get(person)
         if known is None:
-            seen[person] = _Seen(moment, event.channel.source, moment)
+            seen[person] = _Seen(moment, event.source, moment)
         else:
-            known.see(moment, event.channel.source)
+            known.see(moment, event.source)
         order = event.order
         if order is not None:
-            total = cents(order.total)
+            total = order.total_cents
             order_rows.append((event_id, person, order.order_id, order.status, occurred_us, total,
-                               cents(order.refund_amount)))
+                               order.refund_cents))
             if order.status == OrderStatus.COMPLETED:
                 # One row per order_id per statement (an upsert may not touch a row twice): the batch's earliest.
                 earliest = counted.get(order.order_id)
                 if earliest is None or moment < (earliest[3], earliest[1]):
                     counted[order.order_id] = (order.order_id, event_id, person, occurred_us, total)
         if event.traits is not None:
-            trait_rows.append((event_id, person, occurred_us, orjson.dumps(event.traits).decode()))
+            trait_rows.append((event_id, person, occurred_us, event.traits))
     for statement, rows, written in ((writes.orders, _ORDER_ROWS, order_rows), (writes.traits, _TRAIT_ROWS, trait_rows),
                                      (writes.counted, _COUNTED_ROWS, list(counted.values()))):
         if written:

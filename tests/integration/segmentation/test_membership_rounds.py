@@ -14,9 +14,10 @@ import pytest
 from sqlalchemy import delete, select
 
 from libs.common.db import Database
-from libs.common.events import Event, PublishedEvent
+from libs.common.events import Event
 from services.segmentation.adapters.segments import last_round, segment_names
 from services.segmentation.adapters.tables import customer_segments, membership_changes, metadata, profiles
+from services.segmentation.decoding import decode_event
 from services.segmentation.handlers import record_customer_facts
 from services.segmentation.membership import change_records, sync_membership
 from services.segmentation.population import Thresholds, builtin_memberships
@@ -53,7 +54,7 @@ def _history(rng: random.Random, persons: list[str], first_day: int, last_day: i
 
 async def _record(database: Database, events: list[Event]) -> None:
     async with database.begin() as connection:
-        await record_customer_facts(connection, [PublishedEvent.from_json(e.to_json()) for e in events])
+        await record_customer_facts(connection, [decode_event(e.to_json()) for e in events])
 
 
 async def _stored(database: Database) -> dict[str, str]:

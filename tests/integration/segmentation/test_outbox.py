@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import func, select
 
 from libs.common.db import Database
-from libs.common.events import PublishedEvent
 from libs.common.kafka import SEGMENTS_TOPIC
 from services.segmentation.adapters.tables import membership_changes, segment_changes
+from services.segmentation.decoding import decode_event
 from services.segmentation.handlers import record_customer_facts
 from services.segmentation.membership import publish_queued_changes, sync_membership
 from services.segmentation.population import Thresholds
@@ -49,7 +49,7 @@ async def test_a_resend_after_a_failed_publish_carries_the_same_change_ids(datab
     facts = [order(f"u-{n}", AS_OF - timedelta(days=n), f"e-{n}", f"o-{n}") for n in range(5)]
     facts.append(event("view", "u-viewer", AS_OF - timedelta(days=1), "e-v"))
     async with database.begin() as connection:
-        await record_customer_facts(connection, [PublishedEvent.from_json(e.to_json()) for e in facts])
+        await record_customer_facts(connection, [decode_event(e.to_json()) for e in facts])
         assert (await sync_membership(connection, AS_OF, Thresholds())) == (6, 6)
     assert await _queued(database) == (6, 0)
 
@@ -77,7 +77,7 @@ async def test_records_an_older_version_queued_go_out_first(database):
     async with database.begin() as connection:
         await connection.execute(segment_changes.insert().values(change_id="legacy-1", person_key="u-old",
                                                                  payload=orjson.dumps(legacy).decode()))
-        await record_customer_facts(connection, [PublishedEvent.from_json(
+        await record_customer_facts(connection, [decode_event(
             event("view", "u-new", AS_OF - timedelta(days=1), "e-1").to_json())])
         await sync_membership(connection, AS_OF, Thresholds())
 

@@ -1,6 +1,6 @@
 """``published_fields`` (the published event's checks compiled for ingest's form) against ``PublishedEvent``:
-a record is accepted by the consumers' fast path only if the model accepts it, and the funnel's rows are the
-same whichever path read the record. Records: what ingest publishes of hostile client events, and published
+a record is accepted by the consumers' fast path only if the model accepts it, and what each consumer keeps of it
+(the funnel's rows, segmentation's ``CustomerEvent``) is the same whichever path read the record. Records: what ingest publishes of hostile client events, and published
 records with one value replaced by hostile JSON, re-encoded in several ways (escapes, raw control bytes)."""
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from libs.common.events import (
 )
 from libs.common.published_json import published_fields
 from services.funnel.decoding import StoredEvent, decode_event, rows_of
+from services.segmentation import decoding as segmentation
 from tests.hostile_events import (
     hostile_events,
     identifiers,
@@ -52,7 +53,8 @@ VALID: list[dict[str, Any]] = [
                                             "unit_price": "0.05"}]}},
     BASE | {"type": "order", "order": {"order_id": "o-1", "status": "refunded", "refund_amount": "1.5",
                                        "refund_reason": "太大"}},
-    {"anonymous_id": "a-1", "occurred_at": "1970-01-01T00:00:00Z", "type": "identify", "traits": {"vip": True}},
+    {"anonymous_id": "a-1", "occurred_at": "1970-01-01T00:00:00Z", "type": "identify",
+     "traits": {"vip": True, "age": 31, "city": "杭州", "tags": ["a", 1.5]}},
 ]
 
 
@@ -75,6 +77,10 @@ def _typed(row: tuple[Any, ...] | None) -> Any:
     return None if row is None else [(type(value), value) for value in row]
 
 
+def _customer_typed(event: segmentation.CustomerEvent) -> Any:
+    return [*_typed(event[:-2]), _typed(event.order), (type(event.traits), event.traits)]
+
+
 def assert_same_as_the_model(payload: bytes) -> None:
     old = _old(payload)
     fields = published_fields(payload)
@@ -82,11 +88,15 @@ def assert_same_as_the_model(payload: bytes) -> None:
         assert fields is None, "the fast path accepted a record the model refuses"
         with pytest.raises(ValueError):
             decode_event(payload)
+        with pytest.raises(ValueError):
+            segmentation.decode_event(payload)
         return
     new = decode_event(payload)
     assert (new.event_id, new.occurred_at) == (old.event_id, old.occurred_at)
     assert _typed(new.row) == _typed(old.row)
     assert [_typed(item) for item in new.items] == [_typed(item) for item in old.items]
+    customer = segmentation.decode_event(payload)
+    assert _customer_typed(customer) == _customer_typed(segmentation.customer_event(PublishedEvent.from_json(payload)))
 
 
 def test_every_published_form_takes_the_fast_path():
@@ -119,6 +129,14 @@ def test_every_published_form_takes_the_fast_path():
 ])
 def test_edge_records_are_read_as_the_model_reads_them(payload):
     assert_same_as_the_model(payload)
+
+
+@pytest.mark.parametrize("absent", ["person_key", "channel", "event_id", "received_at"])
+def test_records_without_a_defaulted_field_are_read_as_the_model_reads_them(absent):
+    for payload in PUBLISHED:
+        record = orjson.loads(payload)
+        record.pop(absent, None)
+        assert_same_as_the_model(orjson.dumps(record))
 
 
 # Every value of a published record, by path, replaced by something hostile.
