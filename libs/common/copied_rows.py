@@ -26,19 +26,33 @@ def staging_table(table: str) -> str:
     return f"copied_{table}"
 
 
+async def stage_rows(connection: AsyncConnection, table: str, columns: Sequence[str],
+                     rows: Sequence[Sequence[Any]]) -> str:
+    """Copy ``rows`` into the connection's staging table of ``table`` (emptied first; PostgreSQL through asyncpg,
+    inside the open transaction) and return its name, for a statement to read them from."""
+    driver = (await connection.get_raw_connection()).driver_connection
+    if not driver.is_in_transaction():
+        # SQLAlchemy begins the transaction at the connection's first statement: outside it the rows would be
+        # committed on their own, and emptied by ON COMMIT before the statement that reads them.
+        await connection.exec_driver_sql("SELECT 1")
+        if not driver.is_in_transaction():
+            raise RuntimeError("rows are staged inside a transaction (Database.begin)")
+    staged = staging_table(table)
+    # Created once per connection (IF NOT EXISTS: again after a rolled-back transaction dropped it); emptied at
+    # each commit, and here for a second batch in one transaction.
+    await driver.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staged} "
+                         f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS; TRUNCATE {staged}")
+    await driver.copy_records_to_table(staged, records=rows, columns=list(columns))
+    return staged
+
+
 async def copy_rows(connection: AsyncConnection, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
                     *, on_conflict: str, order_by: str | None = None) -> None:
     """``INSERT INTO table (columns) <rows> ON CONFLICT <on_conflict>`` inside the connection's open transaction
     (PostgreSQL through asyncpg); ``table``, ``columns`` and ``on_conflict`` are the code's own names, never input."""
     if not rows:
         return
-    driver = (await connection.get_raw_connection()).driver_connection
-    staged, names = staging_table(table), ", ".join(columns)
-    # Created once per connection (IF NOT EXISTS: again after a rolled-back transaction dropped it).
-    await driver.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staged} "
-                         f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
-    await driver.copy_records_to_table(staged, records=rows, columns=list(columns))
+    staged, names = await stage_rows(connection, table, columns, rows), ", ".join(columns)
     order = f" ORDER BY {order_by}" if order_by else ""
+    driver = (await connection.get_raw_connection()).driver_connection
     await driver.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staged}{order} ON CONFLICT {on_conflict}")
-    # Emptied for a second batch of the same transaction (ON COMMIT empties it at the end).
-    await driver.execute(f"TRUNCATE {staged}")

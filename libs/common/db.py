@@ -37,9 +37,13 @@ from sqlalchemy import (
     text,
     true,
 )
+from sqlalchemy import column as sql_column
+from sqlalchemy import table as sql_table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from libs.common.copied_rows import stage_rows, staging_table
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +103,22 @@ class BulkRows:
 
     ``insert(dialect)`` is ``INSERT INTO table (columns) SELECT ...``, ready for ``on_conflict_*`` and
     ``returning``; build it once and execute it with ``params(dialect, rows)``.
+
+    ``copied=True`` (for batches of thousands of rows on a consumer's hot path): on PostgreSQL the statement reads
+    the rows from a temporary table they are ``COPY``ed into first (libs/common/copied_rows.py: asyncpg encodes
+    arrays at some 0.3 us per string element, a COPY at a fraction of that); execute it with
+    ``await bind(connection, rows)``, which copies them and gives the (no) parameters. SQLite as without.
     """
 
-    def __init__(self, table: Table, columns: Sequence[str]) -> None:
+    def __init__(self, table: Table, columns: Sequence[str], *, copied: bool = False) -> None:
         self.table = table
         self.columns = tuple(columns)
+        self.copied = copied
 
     def select(self, dialect: str) -> Select[Any]:
+        if dialect == "postgresql" and self.copied:
+            staged = sql_table(staging_table(self.table.name), *(sql_column(name) for name in self.columns))
+            return select(*(staged.c[name] for name in self.columns))
         if dialect == "postgresql":
             arrays = [bindparam(f"c{n}", type_=postgresql.ARRAY(self.table.c[name].type))
                       for n, name in enumerate(self.columns)]
@@ -125,6 +138,15 @@ class BulkRows:
                 return {f"c{n}": [] for n in range(len(self.columns))}
             return {f"c{n}": list(column) for n, column in enumerate(zip(*rows, strict=True))}
         return {"rows": orjson.dumps(rows).decode()}
+
+    async def bind(self, connection: AsyncConnection, rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
+        """The parameters of ``insert``'s statement for ``rows``; with ``copied``, on PostgreSQL, the rows copied
+        to the temporary table it reads (in the connection's transaction) and no parameters."""
+        dialect = connection.dialect.name
+        if dialect == "postgresql" and self.copied:
+            await stage_rows(connection, self.table.name, self.columns, rows)
+            return {}
+        return self.params(dialect, rows)
 
 
 # For a service whose consumer adds every event to several B-trees at scattered places: a 64 MiB page cache per

@@ -66,13 +66,15 @@ def _earlier(dialect: str, time: Any, event_id: Any, than_time: Any, than_event_
                and_(time == than_time, bytewise(dialect, event_id) < bytewise(dialect, than_event_id)))
 
 
-_EVENT_ROWS = BulkRows(customer_events, ("event_id", "person_key", "type", "occurred_us"))
+# The consumer's batches (up to 5,000 events): copied on PostgreSQL (BulkRows, libs/common/copied_rows.py).
+_EVENT_ROWS = BulkRows(customer_events, ("event_id", "person_key", "type", "occurred_us"), copied=True)
 _ORDER_ROWS = BulkRows(customer_orders, ("event_id", "person_key", "order_id", "status", "occurred_us", "total_cents",
-                                         "refund_cents"))
-_TRAIT_ROWS = BulkRows(customer_traits, ("event_id", "person_key", "occurred_us", "traits"))
-_COUNTED_ROWS = BulkRows(counted_orders, ("order_id", "event_id", "person_key", "occurred_us", "total_cents"))
+                                         "refund_cents"), copied=True)
+_TRAIT_ROWS = BulkRows(customer_traits, ("event_id", "person_key", "occurred_us", "traits"), copied=True)
+_COUNTED_ROWS = BulkRows(counted_orders, ("order_id", "event_id", "person_key", "occurred_us", "total_cents"),
+                         copied=True)
 _PROFILE_ROWS = BulkRows(profiles, ("person_key", "first_seen_us", "first_event_id", "acquisition_source",
-                                    "last_seen_us", "last_event_id"))
+                                    "last_seen_us", "last_event_id"), copied=True)
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,9 @@ async def record_events(connection: AsyncConnection, events: Sequence[CustomerEv
     event_rows = [(event.event_id or "", event.person_key, event.type, event.occurred_us) for event in events]
     if not event_rows:
         return []
-    new_ids = set((await connection.execute(writes.events, _EVENT_ROWS.params(dialect, event_rows))).scalars())
+    # The runtime hands over an event_id once per batch: which copy a repeat within the statement would keep
+    # (the first on SQLite; on PostgreSQL the first the staged rows' scan reads) does not arise.
+    new_ids = set((await connection.execute(writes.events, await _EVENT_ROWS.bind(connection, event_rows))).scalars())
     applied, applied_rows = [], []
     for event, row in zip(events, event_rows, strict=True):
         if row[0] in new_ids:
@@ -163,10 +167,10 @@ async def record_events(connection: AsyncConnection, events: Sequence[CustomerEv
     for statement, rows, written in ((writes.orders, _ORDER_ROWS, order_rows), (writes.traits, _TRAIT_ROWS, trait_rows),
                                      (writes.counted, _COUNTED_ROWS, list(counted.values()))):
         if written:
-            await connection.execute(statement, rows.params(dialect, written))
+            await connection.execute(statement, await rows.bind(connection, written))
     if seen:
         profile_rows = [(person, s.first[0], s.first[1], s.source, s.last[0], s.last[1]) for person, s in seen.items()]
-        await connection.execute(writes.profiles, _PROFILE_ROWS.params(dialect, profile_rows))
+        await connection.execute(writes.profiles, await _PROFILE_ROWS.bind(connection, profile_rows))
     return applied
 
 
