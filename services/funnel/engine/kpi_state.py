@@ -148,24 +148,31 @@ def _fold_persons(connection: duckdb.DuckDBPyConnection, where: str) -> int:
     return int(capacity)
 
 
-# Days of rows aggregated into bitstrings by one statement of a fold.
-_FOLD_DAYS = 7
+# The bitstrings one statement of a fold may hold while it aggregates (groups x capacity bits): as many days per
+# statement as fit. At 30M events (3M persons: 512 KB per bitstring, a dozen groups a day) about a week, as a fixed
+# seven days were; at 40,000 persons (8 KB) a year and more in one statement instead of a statement per week, whose
+# fixed cost (a scan of the rows, the join, a temporary table and two merges, ~30 ms) was most of a fold: 21-25 us
+# of the funnel consumer's CPU per event with events over 400 days (docs/funnel.md, branch consumer-throughput).
+FOLD_BYTES = 48 << 20
 
 
 def _fold_presence(connection: duckdb.DuckDBPyConnection, where: str, capacity: int) -> None:
     """The persons of the rows meeting ``where`` added to their (day, type) bitstrings, and those of views to their
     (day, channel source) bitstrings."""
-    low, high = connection.execute(
-        f"SELECT min(occurred_us), max(occurred_us) FROM events e WHERE {where} AND e.type IN ({_TYPES})").fetchone()  # type: ignore[misc]
+    low, high, sources = connection.execute(
+        f"SELECT min(occurred_us), max(occurred_us), count(DISTINCT source) FILTER (WHERE e.type = 'view') "
+        f"FROM events e WHERE {where} AND e.type IN ({_TYPES})").fetchone()  # type: ignore[misc]
     if low is None:
         return
     starts = day_starts(int(low), int(high), time_zone_of(connection))
-    # A few days at a time: every (day, type, source) group holds a bitstring of ``capacity`` bits while it is
+    # Some days at a time: every (day, type, source) group holds a bitstring of ``capacity`` bits while it is
     # aggregated, and all of a first load's groups at once (90 days x the sources x 512 KB at 3M persons) passed
     # the copy's memory limit (an OutOfMemoryException at 30M events).
+    day_bytes = max(1, (len(PRESENCE_TYPES) + int(sources)) * capacity // 8)
+    days = max(1, FOLD_BYTES // day_bytes)
     last = len(starts) - 1
-    for first in range(0, last, _FOLD_DAYS):
-        since, until = starts[first], starts[min(first + _FOLD_DAYS, last)]
+    for first in range(0, last, days):
+        since, until = starts[first], starts[min(first + days, last)]
         connection.execute(f"""
             CREATE OR REPLACE TEMP TABLE presence_fold AS
             SELECT {day_of('e.occurred_us', starts)} AS day_start, e.type,
