@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -26,8 +27,11 @@ from libs.common.events import (
     MAX_NESTING,
     MAX_QUANTITY,
     MAX_RESPONSE_SECONDS,
+    PublishedEvent,
     nesting_depth,
 )
+
+T = TypeVar("T")
 
 # A JSON string holds a control character only as an escape (a backslash), as the byte 0x7f, or as a two-byte
 # UTF-8 sequence C2 80..C2 9F: a record with none of them holds none in any string, so that no identifier or
@@ -223,3 +227,18 @@ def published_fields(payload: bytes) -> dict[str, Any] | None:
     except (_NotCanonical, orjson.JSONDecodeError):
         return None
     return fields
+
+
+def published_decoder(of_model: Callable[[PublishedEvent], T], of_fields: Callable[[dict[str, Any]], T]
+                      ) -> Callable[[bytes], T]:
+    """A consumer's decode step: ``of_fields`` of what ``published_fields`` checked, else ``of_model`` of the
+    ``PublishedEvent`` (which raises pydantic's ValidationError for a record that is not one). The two must give
+    the same of any record both accept (tests/unit/common/test_published_json.py)."""
+
+    def decode(payload: bytes) -> T:
+        fields = published_fields(payload)
+        if fields is None:
+            return of_model(PublishedEvent.from_json(payload))
+        return of_fields(fields)
+
+    return decode

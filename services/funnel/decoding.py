@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from libs.common.db import cents
 from libs.common.events import DIRECT, PublishedEvent, epoch_micros
-from libs.common.published_json import published_fields
+from libs.common.published_json import published_decoder
 
 
 class StoredEvent(NamedTuple):
@@ -58,12 +58,6 @@ def rows_of(event: PublishedEvent) -> StoredEvent:
 _NO_PRODUCT = (None,) * 5
 _NO_INQUIRY = (None,) * 2
 _NO_ORDER = (None,) * 6
-def decode_event(payload: bytes) -> StoredEvent:
-    """The rows of one published record; raises (pydantic's ValidationError) for a record that is not one."""
-    fields = published_fields(payload)
-    if fields is None:
-        return rows_of(PublishedEvent.from_json(payload))
-    return _rows_of_fields(fields)
 
 
 def _rows_of_fields(fields: dict[str, Any]) -> StoredEvent:
@@ -85,6 +79,10 @@ def _rows_of_fields(fields: dict[str, Any]) -> StoredEvent:
            *(_NO_ORDER if order is None else map(order.get, _ORDER_FIELDS)),
            None if review is None else review["rating"])
     return StoredEvent(event_id, occurred_at, row, items)
+
+
+# The rows of one published record; raises (pydantic's ValidationError) for a record that is not one.
+decode_event = published_decoder(rows_of, _rows_of_fields)
 
 
 # The parts' fields in the `events` columns' order (``EVENT_ROW``), as ``rows_of`` writes them.

@@ -19,7 +19,7 @@ import orjson
 
 from libs.common.db import cents
 from libs.common.events import DIRECT, PublishedEvent, epoch_micros
-from libs.common.published_json import published_fields
+from libs.common.published_json import published_decoder
 
 
 class CustomerOrder(NamedTuple):
@@ -57,15 +57,6 @@ def customer_event(event: PublishedEvent) -> CustomerEvent:
     )
 
 
-def decode_event(payload: bytes) -> CustomerEvent:
-    """What the facts keep of one published record; raises (pydantic's ValidationError) for a record that is
-    not one."""
-    fields = published_fields(payload)
-    if fields is None:
-        return customer_event(PublishedEvent.from_json(payload))
-    return _customer_event_of_fields(fields)
-
-
 def _customer_event_of_fields(fields: dict[str, Any]) -> CustomerEvent:
     """``customer_event`` for the object ``published_fields`` checked (money in cents, times datetimes)."""
     get = fields.get
@@ -77,3 +68,7 @@ def _customer_event_of_fields(fields: dict[str, Any]) -> CustomerEvent:
                                                  order.get("refund_amount")),
         None if traits is None else orjson.dumps(traits).decode(),
     )
+
+
+# What the facts keep of one published record; raises (pydantic's ValidationError) for a record that is not one.
+decode_event = published_decoder(customer_event, _customer_event_of_fields)
