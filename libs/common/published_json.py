@@ -186,8 +186,25 @@ def _check_event(fields: dict[str, Any]) -> None:
     for name in ("traits", "properties"):
         if name in fields:
             value = fields[name]
-            if type(value) is not dict or nesting_depth(value, MAX_NESTING) > MAX_NESTING:
+            if type(value) is not dict or nesting_depth(value, MAX_NESTING) > MAX_NESTING or _wide_number(value):
                 raise _NotCanonical
+
+
+def _wide_number(value: Any) -> bool:
+    """A float of 2^63 or more in magnitude anywhere in ``value``: orjson reads an integer past 64 bits as a float
+    where the model keeps the integer (which segmentation cannot then write as JSON: the record is refused), so
+    such a record is left to the model (a float written as such goes there too, and is read the same)."""
+    kind = type(value)
+    if kind is float:
+        return not -_WIDE < value < _WIDE
+    if kind is dict:
+        return any(map(_wide_number, value.values()))
+    if kind is list:
+        return any(map(_wide_number, value))
+    return False
+
+
+_WIDE = float(2**63)
 
 
 def _check_order(order: dict[str, Any]) -> None:

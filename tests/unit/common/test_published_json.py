@@ -95,8 +95,13 @@ def assert_same_as_the_model(payload: bytes) -> None:
     assert (new.event_id, new.occurred_at) == (old.event_id, old.occurred_at)
     assert _typed(new.row) == _typed(old.row)
     assert [_typed(item) for item in new.items] == [_typed(item) for item in old.items]
-    customer = segmentation.decode_event(payload)
-    assert _customer_typed(customer) == _customer_typed(segmentation.customer_event(PublishedEvent.from_json(payload)))
+    try:
+        want = segmentation.customer_event(PublishedEvent.from_json(payload))
+    except TypeError:  # traits holding an integer past 64 bits, which orjson cannot write: refused either way
+        with pytest.raises(TypeError):
+            segmentation.decode_event(payload)
+        return
+    assert _customer_typed(segmentation.decode_event(payload)) == _customer_typed(want)
 
 
 def test_every_published_form_takes_the_fast_path():
@@ -126,6 +131,7 @@ def test_every_published_form_takes_the_fast_path():
     PUBLISHED[2].replace(b'"response_seconds":12.0', b'"response_seconds":9007199254740993'),
     PUBLISHED[0][:-1] + b',"properties":{"a":18446744073709551616}}', PUBLISHED[0][:-1] + b',"properties":{"a":1e400}}',
     PUBLISHED[0][:-1] + b',"surprise":1}', PUBLISHED[0][:-1] + b',"channel":null}',
+    PUBLISHED[6].replace(b'"age":31', b'"age":-9223372036854775809'),
 ])
 def test_edge_records_are_read_as_the_model_reads_them(payload):
     assert_same_as_the_model(payload)
