@@ -168,6 +168,7 @@ async def create_funnel(request: Request, body: FunnelCreate, _key: CampaignsKey
     )
     async with _service(request).database.begin() as connection:
         stored = await add_funnel(connection, str(uuid.uuid4()), definition, datetime.now(UTC))
+    _service(request).mirror.want_funnel(definition)  # its per-day state built now, in the background
     return JsonResponse(
         funnel_public(stored), status_code=201, headers={"Location": f"/v1/funnels/{stored.funnel_id}"}
     )
@@ -195,9 +196,12 @@ async def remove_funnel(request: Request, funnel_id: str, _key: CampaignsKey) ->
     answers over the whole history as before."""
     if funnel_id == DEFAULT_FUNNEL_ID:
         raise ApiError(409, "built_in", "the built-in funnel cannot be deleted")
-    async with _service(request).database.begin() as connection:
-        if not await delete_funnel(connection, funnel_id):
+    service = _service(request)
+    async with service.database.begin() as connection:
+        stored = await get_funnel(connection, funnel_id)
+        if stored is None or not await delete_funnel(connection, funnel_id):
             raise ApiError(404, "not_found", f"no funnel with id {funnel_id!r}")
+    await service.mirror.drop_funnel(stored.definition)
     return Response(status_code=204)
 
 
@@ -216,6 +220,7 @@ async def get_funnel_result(
     if stored is None:
         raise ApiError(404, "not_found", f"no funnel with id {funnel_id!r}")
     definition = stored.definition
+    service.mirror.want_funnel(definition)  # its per-day state, when one can answer it (built in the background)
     # DuckDB over the copy when the definition is one it answers exactly; else the Python reference.
     result = await _on_copy(
         request, lambda cursor: engine_funnels.funnel_result_sql(cursor, definition, start_at, end_at, moment, breakdown)

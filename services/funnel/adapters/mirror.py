@@ -49,7 +49,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db import Database
 from services.funnel.adapters.tables import events, order_items
-from services.funnel.engine import kpi_state, person_hashes, product_state
+from services.funnel.domain.funnels import FunnelDefinition
+from services.funnel.engine import funnel_windows, funnels, kpi_state, person_hashes, product_state
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,7 +85,7 @@ _DUCKDB_TYPES = {pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.float64(): "DOU
 
 
 # The copy's tables and what they hold: a file written under another version is rebuilt, not read.
-COPY_SCHEMA_VERSION = 4
+COPY_SCHEMA_VERSION = 5
 
 
 def create_tables(connection: duckdb.DuckDBPyConnection, time_zone: str = "UTC") -> None:
@@ -110,6 +111,7 @@ def create_tables(connection: duckdb.DuckDBPyConnection, time_zone: str = "UTC")
     product_state.create_state(connection)
     kpi_state.create_state(connection, time_zone)
     person_hashes.create_state(connection)
+    funnel_windows.create_state(connection)
 
 
 def arrow_batch(schema: pa.Schema, rows: Sequence[Sequence[Any]] | Sequence[dict[str, Any]]) -> pa.Table:
@@ -144,6 +146,7 @@ def fold_state(connection: duckdb.DuckDBPyConnection, top: int) -> None:
     folded = int(connection.execute("SELECT folded FROM copy_state").fetchone()[0])  # type: ignore[index]
     person_hashes.fold(connection, f"e.applied > {folded} AND e.applied <= {int(top)}")
     kpi_state.fold(connection, top)
+    funnel_windows.fold(connection, folded, top)
     product_state.fold(connection, top)  # moves copy_state.folded: last
 
 
@@ -234,6 +237,8 @@ class FactMirror:
         self._written_rows = 0
         self._bulk_loaded = self.seq > 0  # a copy kept on disk catches up from its seq
         self.rows_handed_over = 0  # of the rows applied, those the consumer handed over (not read back)
+        # Funnel definitions asked for whose per-day state the copy builds (funnel_windows.py), by their state's key.
+        self._funnels: dict[str, FunnelDefinition] = {}
 
     def _claim_slot(self, root: Path) -> Path:
         """The first slot of ``root`` no other running copy holds, locked for this one."""
@@ -293,6 +298,7 @@ class FactMirror:
                                     extra={"time_zone": self.time_zone})
                         connection.execute("BEGIN")
                         kpi_state.rebuild_presence(connection, self.time_zone)
+                        funnel_windows.rebuild(connection)
                         connection.execute("COMMIT")
                     self.generation, self.seq, self.folded = newest, seq, folded
                     self.rows = connection.execute("SELECT count(*) FROM events").fetchone()[0]  # type: ignore[index]
@@ -339,6 +345,7 @@ class FactMirror:
                     self.duckdb.execute(f"DELETE FROM {table}")
                 kpi_state.clear(self.duckdb)
                 person_hashes.clear(self.duckdb)
+                funnel_windows.clear(self.duckdb)
                 self.duckdb.execute("UPDATE copy_state SET seq = 0, event_id = NULL, folded = 0, horizon = -1")
                 self.folded = 0
                 return
@@ -520,6 +527,39 @@ class FactMirror:
             if fold:
                 self.folded = top
 
+    def want_funnel(self, definition: FunnelDefinition) -> None:
+        """Keep a per-day state of this definition when one can answer it (funnel_windows.py): built by the
+        background follow, the usual path answering until then."""
+        if funnels.windowed(definition):
+            self._funnels.setdefault(funnels.window_key(definition), definition)
+
+    async def drop_funnel(self, definition: FunnelDefinition) -> None:
+        """The definition's state dropped (its funnel was deleted; another of the same steps asks for it again)."""
+        if self._funnels.pop(funnels.window_key(definition), None) is None:
+            return
+        async with self._lock:
+            await asyncio.to_thread(self._in_transaction, lambda connection: funnel_windows.drop(connection, definition))
+
+    async def _build_funnels(self) -> None:
+        """The states of the wanted definitions the copy does not hold yet, built over its folded rows."""
+        async with self._lock:
+            missing = [definition for key, definition in list(self._funnels.items())
+                       if key not in funnel_windows.registered(self.duckdb.cursor())]
+            for definition in missing:
+                await asyncio.to_thread(
+                    self._in_transaction, lambda connection, wanted=definition: funnel_windows.register(connection, wanted))
+
+    def _in_transaction(self, change: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
+        with self._write:
+            connection = self.duckdb
+            connection.execute("BEGIN")
+            try:
+                change(connection)
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+
     def state(self) -> str:
         """The copy's state in words: ``ok``, still loading, or why the last sync failed."""
         if self.failure is not None:
@@ -566,6 +606,7 @@ class FactMirror:
         while not self._stopping.is_set():
             try:
                 await self.refresh()
+                await self._build_funnels()
                 self.failure = None
                 if not self.loaded.is_set():
                     self.loaded.set()

@@ -40,6 +40,8 @@ carried up to as_of (ties by event_id, the event's own product before its lines,
 
 from __future__ import annotations
 
+import itertools
+import json
 import re
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -108,6 +110,11 @@ def funnel_result_sql(
         # Units by the rows' stored person numbers when no two keys share one; else by a hash computed here, checked
         # for units sharing it, and then, if some did, by the keys themselves.
         stored = kept and not person_hashes.clash_possible(cursor, bounds["folded"])
+        # A definition with a per-day state (funnel_windows.py): its days from the state, the rest from the rows.
+        if stored and breakdown is None and windowed(definition):
+            windows = _windows_result(cursor, definition, bounds)
+            if windows is not None:
+                return windows
         # Persons entering by a plain view, cart or inquiry: counted from the KPI state's day sets (kpi_state.py).
         first = definition.steps[0]
         present = (stored and breakdown is None and step_count > 1 and definition.unit == "person"
@@ -141,6 +148,54 @@ def funnel_result_sql(
         else:  # a middle value of the times to convert, in microseconds
             figures.middle.append(value)
     return _result(definition, step_count, groups, breakdown is not None)
+
+
+# Events after as_of above which days whose windows are open at as_of are not read from the state (their persons
+# would all be computed from the rows).
+OPEN_DAYS_LIMIT = 100_000
+
+
+def _windows_result(
+    cursor: duckdb.DuckDBPyConnection, definition: FunnelDefinition, bounds: dict[str, int]
+) -> FunnelResult | None:
+    """The answer from the definition's per-day state (funnel_windows.py) and the rows it leaves out; None when the
+    copy holds no state of the definition (in the caller's snapshot)."""
+    key = window_key(definition)
+    if not cursor.execute("SELECT count(*) FROM funnel_windows WHERE fid = ?", [key]).fetchone()[0]:  # type: ignore[index]
+        return None
+    _, capacity, zone = kpi_state.standing(cursor)
+    start, first_end, as_of, window = (bounds[name] for name in ("start", "first_end", "as_of", "window"))
+    # Whole days of the range: those whose windows closed by as_of answer for every person whose rows are folded; the
+    # later ones, for the persons with no event after as_of too (the state was folded over every folded row).
+    whole = [(low, high) for low, high in itertools.pairwise(window_days(start, first_end, zone))
+             if low >= start and high <= first_end]
+    w0 = w1 = start
+    later = _NEVER
+    if whole:
+        w0 = w1 = whole[0][0]
+        for _, high in whole:
+            if high + window <= as_of:
+                w1 = high
+        if w1 < whole[-1][1] and cursor.execute(
+                "SELECT count(*) FROM events WHERE occurred_us > ?", [as_of]).fetchone()[0] <= OPEN_DAYS_LIMIT:  # type: ignore[index]
+            w1, later = whole[-1][1], as_of
+    sql, params = _query(definition, None, numbering="stored", recent=False, windows=True)
+    params.update(bounds, fid=key, w0=w0, w1=w1, later=later, last_id=capacity - 1)
+    used = set(re.findall(r"\$(\w+)", sql))
+    rows = cursor.execute(sql, {name: value for name, value in params.items() if name in used}).fetchall()
+    step_count = len(definition.steps)
+    group = _Group(step_count)
+    at_least = [0] * (step_count + 1)
+    for kind, level, count, converting, value in rows:
+        if kind == 0:
+            at_least[level - 1] = count
+            group.converting[level - 1] = converting
+        elif kind == 1:
+            group.middle.append(int(value))
+        else:
+            group.scaled, group.value = count, int(value or 0)
+    group.units = [at_least[level] - at_least[level + 1] for level in range(step_count)]
+    return _result(definition, step_count, {None: group}, False)
 
 
 def handles(definition: FunnelDefinition) -> bool:
@@ -213,7 +268,7 @@ def _summary(definition: FunnelDefinition, step_count: int, group: _Group) -> Fu
 
 def _query(
     definition: FunnelDefinition, breakdown: Breakdown | None, *, numbering: str, recent: bool,
-    present: str | None = None,
+    present: str | None = None, windows: bool = False,
 ) -> tuple[str, dict[str, Any]]:
     steps = definition.steps
     step_count = len(steps)
@@ -224,11 +279,11 @@ def _query(
     # with a step-2 event (at 10M events, a few thousand of the 2M per-product entrants). With a breakdown every
     # entrant's entry is needed: all of them are grouped. (Keys and computed hashes group every entrant: that is
     # where the computed hash's check looks.)
-    restricted = numbering == "stored" and breakdown is None and step_count > 1
+    restricted = numbering == "stored" and breakdown is None and step_count > 1 and not windows
     keys = unit.keys
     key_list = ", ".join(keys)
     params: dict[str, Any] = {"steps": step_count}
-    ctes: list[str] = []
+    ctes: list[str] = [_MASKED] if windows else []
 
     def cols(alias: str) -> str:
         return ", ".join(f"{alias}.{key}" for key in keys)
@@ -240,7 +295,7 @@ def _query(
         ctes.append(product_state.latest_categories() if recent else _CATEGORIES)
     # Per unit, from its step-1 events in range: the latest start, the first one (k = 1), the entry (breakdown);
     # for units numbered by a hash, their keys (the one pair of them, unless two units shared the hash).
-    first_columns = ["max(t) AS s", f"{unit.mixed()} AS clash"]
+    first_columns = ["max(t) AS s", f"{unit.mixed()} AS clash", *(["any_value(pk) AS pk"] if windows else [])]
     if step_count == 1:
         first_columns.append("min(t) AS t0")
     first_columns += [f"min({name}) AS {name}" for name in unit.identity]
@@ -265,7 +320,11 @@ def _query(
         extra: tuple[str, ...] = ("eid", *entry_columns) if index == 0 and entry_columns else ()
         if index == step_count - 1 and step.type == "order":
             extra = (*dict.fromkeys((*extra, "eid")), *(("total",) if definition.unit == "person" else ()))
-        ctes += _step(index, step, unit, params, extra)
+        narrow: tuple[str, ...] = ()
+        if windows:  # (funnel_windows.py) chains start only at the step-1 events the state leaves to the rows
+            extra = (*extra, "pk") if index == 0 else extra
+            narrow = (_LOOSE,) if index == 0 else ("o.ph IN (SELECT ph FROM s0)",) if index == 1 else ()
+        ctes += _step(index, step, unit, params, extra, narrow)
         if index == 0 and not restricted:
             ctes.append(f"c0 AS (SELECT {key_list}, t FROM s0)")  # each its own start
             ctes.append(f"first AS (SELECT {', '.join((*keys, *first_columns))} FROM s0 GROUP BY {key_list})")
@@ -338,7 +397,7 @@ def _query(
         joins += f"\n    LEFT JOIN categories k ON k.product_id = {about}"
         params["none"] = UNKNOWN_CATEGORY
         group = "coalesce(k.category, $none)"
-    pid = ", f.pid" if definition.unit == "product" and hashed else ""
+    pid = ", f.pid" if definition.unit == "product" and hashed else ", f.pk" if windows else ""
     if restricted:
         # Units that went past step 1, each with its latest step-1 time (``entered``: is a level-1 unit converting);
         # the entrants' count and level-1 figures follow from them and one grouping of the step-1 rows.
@@ -393,6 +452,8 @@ worth AS (
             )
         value, worth_join = "w.cents", f"LEFT JOIN worth w ON {on('w', 'u')}"
 
+    if windows:
+        return "WITH " + ",\n".join((*ctes, _windows_final(steps[-1].type == "order"))) + _WINDOWS_SELECT, params
     by_group = breakdown is not None
     ctes.append(
         f"""valued AS (
@@ -549,13 +610,16 @@ categories AS (
 
 
 def _step(
-    index: int, step: FunnelStep, unit: _UnitColumns, params: dict[str, Any], extra: Sequence[str]
+    index: int, step: FunnelStep, unit: _UnitColumns, params: dict[str, Any], extra: Sequence[str],
+    narrow: Sequence[str] = (), *, upto: bool = False,
 ) -> list[str]:
     """The events matching one step, in its span: one row per event and unit (person, or person and product),
-    with its time and the `extra` columns asked for (eid, src, prod, total); as the CTE s{index}, after the
-    ones it needs. A later step keeps only the events of units some chain has reached before it."""
+    with its time and the `extra` columns asked for (eid, src, prod, total, pk); as the CTE s{index}, after the
+    ones it needs. A later step keeps only the events of units some chain has reached before it; ``narrow``: more
+    conditions on the rows ``o``; ``upto``: only the rows applied up to $top (a fold's)."""
     until = "$first_end" if index == 0 else "$horizon"
-    conditions: list[str] = []
+    conditions: list[str] = [*narrow]
+    live = " AND applied <= $top" if upto else ""
 
     def bind(name: str, value: str) -> str:
         params[f"{name}{index}"] = value
@@ -569,18 +633,18 @@ def _step(
         ctes.append(
             f"""o{index} AS (
     SELECT event_id, order_id, person_key, occurred_us, source, total_cents{", ph" if unit.stored else ""} FROM order_events
-    WHERE order_status = 'completed' AND occurred_us >= $start AND occurred_us < {until}{reached}
+    WHERE order_status = 'completed' AND occurred_us >= $start AND occurred_us < {until}{live}{reached}
 ),
 f{index} AS (
     SELECT order_id, min(occurred_us) AS first_us FROM order_events
-    WHERE order_status = 'completed' AND occurred_us < {until} AND order_id IN (SELECT order_id FROM o{index})
+    WHERE order_status = 'completed' AND occurred_us < {until}{live} AND order_id IN (SELECT order_id FROM o{index})
     GROUP BY order_id HAVING min(occurred_us) >= $start
 ),
 k{index} AS (
     SELECT c.* FROM o{index} c SEMI JOIN (
         -- At the order's first instant (in the span, else none of its events here counts): ties by event_id.
         SELECT e.event_id FROM order_events e JOIN f{index} f ON f.order_id = e.order_id AND f.first_us = e.occurred_us
-        WHERE e.order_status = 'completed' AND e.occurred_us >= $start AND e.occurred_us < {until}
+        WHERE e.order_status = 'completed' AND e.occurred_us >= $start AND e.occurred_us < {until}{live.replace("applied", "e.applied")}
         QUALIFY row_number() OVER (PARTITION BY e.order_id ORDER BY e.event_id) = 1
     ) f ON f.event_id = c.event_id
 )"""
@@ -595,6 +659,8 @@ k{index} AS (
     else:
         source, about = "events o", "o.product_id"
         conditions += [f"o.type = {bind('type', step.type)}", "o.occurred_us >= $start", f"o.occurred_us < {until}"]
+        if upto:
+            conditions.append("o.applied <= $top")
         if unit.product:
             conditions.append("o.product_id IS NOT NULL")
     columns, join, reached_units = unit.columns("o", index)
@@ -616,7 +682,7 @@ k{index} AS (
         )
     # prod: the product a breakdown by category looks at (an order of a person: its first line's, found later).
     more = {"eid": "o.event_id AS eid", "src": "o.source AS src", "prod": f"{about or 'NULL::VARCHAR'} AS prod",
-            "total": "o.total_cents AS total"}
+            "total": "o.total_cents AS total", "pk": "o.person_key AS pk"}
     columns = ", ".join((columns, "o.occurred_us AS t", *(more[name] for name in extra)))
     ctes.append(
         f"s{index} AS (\n    SELECT {columns}\n    FROM {source}{join}"
@@ -626,4 +692,179 @@ k{index} AS (
     return ctes
 
 
-__all__: Sequence[str] = ("funnel_result_sql", "handles")
+# --- the per-day state of a funnel (funnel_windows.py) ---------------------------------------------------------
+
+_NEVER = 2**62  # a time after every event (epoch micros)
+# A row of s0 whose chains the state does not hold for this answer: outside the usable days [$w0, $w1), or of a
+# person whose rows the state may not reflect (``masked``).
+_LOOSE = "(o.occurred_us < $w0 OR o.occurred_us >= $w1 OR o.ph IN (SELECT ph FROM masked))"
+# Persons the state may not answer for: those with rows not folded yet; those with a folded completed event of an
+# order that has a completed event not folded yet (it may take the order's counting event from them); and, when
+# days whose windows are still open at as_of are read from the state, those with events after as_of ($later).
+_MASKED = """masked AS MATERIALIZED (
+    SELECT DISTINCT ph, person_key FROM (
+        SELECT ph, person_key FROM events WHERE applied > $folded
+        UNION ALL
+        SELECT ph, person_key FROM order_events
+        WHERE order_status = 'completed' AND order_id IN (
+            SELECT order_id FROM order_events WHERE applied > $folded AND order_status = 'completed')
+        UNION ALL
+        SELECT ph, person_key FROM events WHERE occurred_us > $later
+    )
+),
+mask AS (
+    SELECT bitstring_agg(i.id, 0, $last_id) AS bits FROM masked m JOIN person_ids i ON i.person_key = m.person_key
+)"""
+_KEPT_ROWS = """FROM funnel_window_rows r, mask m
+        WHERE r.fid = $fid AND r.day_start >= $w0 AND r.day_end <= $w1 AND {which}
+          AND (m.bits IS NULL OR get_bit(m.bits, r.id::INTEGER) = 0)"""
+
+
+def _windows_final(ordered: bool) -> str:
+    """CTEs after ``units`` (the chains of the rows left to them) combining them with the state, per person: the
+    persons at level >= j are the union of the usable days' sets (less the masked persons) and the rows' units;
+    in_progress and the converted units' figures from the state's rows of those days and the rows' units."""
+    completing = ("c.eid, w.cents", "LEFT JOIN completing c ON c.ph = u.ph LEFT JOIN worth w ON w.ph = u.ph") if ordered \
+        else ("NULL::VARCHAR AS eid, NULL::HUGEINT AS cents", "")
+    return f"""loose AS MATERIALIZED (
+    SELECT coalesce(i.id::HUGEINT, -1 - u.ph::HUGEINT) AS who, i.id, u.level, u.s, u.fast, u.done, {completing[0]}
+    FROM units u LEFT JOIN person_ids i ON i.person_key = u.pk {completing[1]}
+),
+levels AS (SELECT range::INTEGER AS level FROM range(1, $steps + 1)),
+kept AS (
+    SELECT b.level, CASE WHEN m.bits IS NULL THEN b.bits ELSE b.bits & ~m.bits END AS bits
+    FROM (SELECT level, bit_or(bits) AS bits FROM funnel_window_bits
+          WHERE fid = $fid AND day_start >= $w0 AND day_end <= $w1 GROUP BY level) b, mask m
+),
+loose_sets AS (
+    SELECT v.level, bitstring_agg(l.id, 0, $last_id) FILTER (WHERE l.id IS NOT NULL) AS bits,
+           count(*) FILTER (WHERE l.id IS NULL) AS newcomers
+    FROM levels v JOIN loose l ON l.level >= v.level GROUP BY v.level
+),
+candidates AS (
+    SELECT r.id::HUGEINT AS who, r.id, r.level
+        {_KEPT_ROWS.format(which="r.level < $steps AND r.s + $window > $as_of")}
+    UNION ALL
+    SELECT who, id, level FROM loose WHERE level < $steps AND s + $window > $as_of
+),
+converting AS (
+    SELECT c.level, count(DISTINCT c.who) AS n
+    FROM candidates c LEFT JOIN kept k ON k.level = c.level + 1 LEFT JOIN loose l ON l.who = c.who
+    WHERE (c.id IS NULL OR k.bits IS NULL OR get_bit(k.bits, c.id::INTEGER) = 0) AND coalesce(l.level, 0) <= c.level
+    GROUP BY c.level
+),
+converted AS (
+    SELECT who, min(fast) AS fast, arg_min(struct_pack(c := cents), struct_pack(d := done, e := eid)).c AS cents
+    FROM (
+        SELECT r.id::HUGEINT AS who, r.fast, r.done, r.eid, r.cents::HUGEINT AS cents
+        {_KEPT_ROWS.format(which="r.level = $steps")}
+        UNION ALL
+        SELECT who, fast, done, eid, cents FROM loose WHERE level = $steps
+    ) GROUP BY who
+),
+middles AS (SELECT fast, row_number() OVER (ORDER BY fast) AS r, count(*) OVER () AS n FROM converted)"""
+
+
+_WINDOWS_SELECT = """
+SELECT 0 AS kind, v.level,
+       coalesce(bit_count(CASE WHEN k.bits IS NULL THEN u.bits WHEN u.bits IS NULL THEN k.bits
+                               ELSE k.bits | u.bits END), 0) + coalesce(u.newcomers, 0) AS n,
+       coalesce(c.n, 0) AS converting, NULL::HUGEINT AS value
+FROM levels v LEFT JOIN kept k ON k.level = v.level LEFT JOIN loose_sets u ON u.level = v.level
+     LEFT JOIN converting c ON c.level = v.level
+UNION ALL
+SELECT 1, NULL, NULL, NULL, fast::HUGEINT FROM middles WHERE r = (n + 1) // 2 OR r = n // 2 + 1
+UNION ALL
+SELECT 2, NULL, count(cents), NULL, sum(cents) FROM converted
+"""
+
+
+def windowed(definition: FunnelDefinition) -> bool:
+    """Whether a per-day state can answer the definition (funnel_windows.py): a person funnel of at least two steps
+    that no event can match twice, without category filters (a product's category is the latest up to as_of, so a
+    chain's steps could change after its window closed), whose step-1 persons all have an id in the KPI state
+    (a view, cart, inquiry or order)."""
+    first = definition.steps[0].type
+    return (definition.unit == "person" and len(definition.steps) > 1 and handles(definition)
+            and all(step.category is None for step in definition.steps)
+            and (first in kpi_state.PRESENCE_TYPES or first == "order"))
+
+
+def window_key(definition: FunnelDefinition) -> str:
+    """The state's name for a definition: what its answer depends on (not its name)."""
+    steps = [[step.type, step.product_id, step.source] for step in definition.steps]
+    return json.dumps({"steps": steps, "window": definition.window_seconds}, separators=(",", ":"))
+
+
+def window_days(low: int, high: int, time_zone: str) -> list[int]:
+    """The starts of the state's days around [low, high] (kpi_state.day_starts; the tests' days are shorter)."""
+    return kpi_state.day_starts(low, high, time_zone)
+
+
+def window_chains(definition: FunnelDefinition, starts: Sequence[int]) -> tuple[str, dict[str, Any]]:
+    """SQL: per day of ``starts`` at or after $start and person, the chains of the rows applied up to $top that start
+    at that person's step-1 events of that day: (day_start, day_end, id, level, s, fast, done, eid, cents), as
+    ``_query`` follows them per unit, each day's starts on their own (a later step's event joins every day of its
+    person whose windows reach it)."""
+    steps = definition.steps
+    step_count = len(steps)
+    unit = _UnitColumns("person", "stored")
+    params: dict[str, Any] = {"steps": step_count, "first_end": _NEVER, "horizon": _NEVER}
+    days = f"SELECT unnest({list(starts[:-1])}::BIGINT[]) AS day, unnest({list(starts[1:])}::BIGINT[]) AS day_end"
+    ctes: list[str] = []
+    for index, step in enumerate(steps):
+        extra: tuple[str, ...] = ("pk",) if index == 0 else ()
+        ordered = index == step_count - 1 and step.type == "order"
+        ctes += _step(index, step, unit, params, ("eid", "total") if ordered else extra, upto=True)
+        if index == 0:
+            ctes.append(f"""c0 AS (
+    SELECT s.ph, s.pk, s.t, d.day, d.day_end FROM s0 s ASOF JOIN ({days}) d ON s.t >= d.day
+)""")
+            continue
+        start = "t" if index == 1 else "l"
+        ctes.append(f"""c{index} AS (
+    SELECT b.ph, b.day, b.day_end, b.t, a.{start} AS l
+    FROM (SELECT b.ph, b.t, r.day, r.day_end FROM s{index} b
+          JOIN (SELECT DISTINCT ph, day, day_end FROM c{index - 1}) r
+            ON r.ph = b.ph AND b.t >= r.day AND b.t < r.day_end + $window) b
+    ASOF JOIN c{index - 1} a ON a.ph = b.ph AND a.day = b.day AND b.t >= a.t
+    WHERE b.t <= a.{start} + $window
+)""")
+    reached = [f"SELECT ph, day, {index + 1} AS level, l, NULL::BIGINT AS fast, NULL::BIGINT AS done FROM c{index}"
+               for index in range(1, step_count - 1)]
+    reached.append(f"SELECT ph, day, {step_count} AS level, l, t - l AS fast, t AS done FROM c{step_count - 1}")
+    ctes.append(f"""firsts AS (
+    SELECT ph, day, any_value(pk) AS pk, any_value(day_end) AS day_end, max(t) AS s FROM c0 GROUP BY ph, day
+),
+later AS (
+    SELECT ph, day, max(struct_pack(level := level, l := l)) AS top, min(fast) AS fast, min(done) AS done
+    FROM ({" UNION ALL ".join(reached)}) GROUP BY ph, day
+),
+units AS MATERIALIZED (
+    SELECT f.ph, f.pk, f.day, f.day_end, coalesce(struct_extract(x.top, 'level'), 1) AS level,
+           coalesce(struct_extract(x.top, 'l'), f.s) AS s, x.fast, x.done
+    FROM firsts f LEFT JOIN later x ON x.ph = f.ph AND x.day = f.day
+)""")
+    worth, value = "", "NULL::VARCHAR, NULL::BIGINT"
+    if steps[-1].type == "order":
+        last = f"s{step_count - 1}"
+        ctes.append(f"""completing AS (
+    SELECT u.ph, u.day, min(b.eid) AS eid FROM units u JOIN {last} b ON b.ph = u.ph AND b.t = u.done
+    WHERE u.level = $steps GROUP BY ALL
+),
+lines AS (
+    SELECT i.event_id, sum(i.quantity::HUGEINT * i.unit_price_cents) AS cents
+    FROM order_items i SEMI JOIN completing c ON c.eid = i.event_id GROUP BY ALL
+),
+worth AS (
+    SELECT c.ph, c.day, c.eid, coalesce(o.total, l.cents)::BIGINT AS cents
+    FROM completing c JOIN {last} o ON o.eid = c.eid LEFT JOIN lines l ON l.event_id = c.eid
+)""")
+        worth, value = " LEFT JOIN worth w ON w.ph = u.ph AND w.day = u.day", "w.eid, w.cents"
+    return ("WITH " + ",\n".join(ctes) + f"""
+SELECT u.day, u.day_end, i.id, u.level, u.s, u.fast, u.done, {value}
+FROM units u JOIN person_ids i ON i.person_key = u.pk{worth}
+ORDER BY u.day""", params)
+
+
+__all__: Sequence[str] = ("funnel_result_sql", "handles", "window_chains", "window_days", "window_key", "windowed")

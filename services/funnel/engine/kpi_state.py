@@ -141,7 +141,8 @@ def _fold_persons(connection: duckdb.DuckDBPyConnection, where: str) -> int:
     persons = connection.execute("SELECT count(*) FROM person_ids").fetchone()[0]  # type: ignore[index]
     if persons > capacity:
         grown = max(MIN_CAPACITY, 1 << (persons + persons // 4 - 1).bit_length())
-        for table in ("presence", "source_presence"):
+        # (funnel_window_bits: the per-day funnel state's sets, funnel_windows.py.)
+        for table in ("presence", "source_presence", "funnel_window_bits"):
             connection.execute(f"UPDATE {table} SET bits = bits || bitstring('0', ?)", [grown - capacity])
         capacity = grown
     connection.execute("UPDATE kpi_state SET persons = ?, capacity = ?", [persons, capacity])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 
 import duckdb
@@ -25,13 +25,15 @@ ERASED = "erased:pseudonym"
 
 
 def duck_of(facts: Sequence[FunnelEvent], *, cuts: Sequence[int] = (), folds: Collection[int] = (),
-            erase: str | None = None, time_zone: str = "UTC") -> duckdb.DuckDBPyConnection:
+            erase: str | None = None, time_zone: str = "UTC",
+            after: Callable[[duckdb.DuckDBPyConnection, int], None] | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB database holding these facts (first arrival of an event_id, as the consumer keeps),
     applied as the copy applies them: in batches split at ``cuts`` (positions in the facts, in their order),
     ``product_state`` folded after the batches numbered in ``folds``; then, with ``erase``, that person's rows
     rewritten under ``ERASED`` as an erasure does (deleted, appended again as a later batch, folded when
     ``folds`` holds -1), as the copy does (``replace_revised``: the KPI state renames the person first). The KPI
-    state's days are those of ``time_zone``. Whatever the batches, folds and zone, every answer must be the same."""
+    state's days are those of ``time_zone``. Whatever the batches, folds and zone, every answer must be the same.
+    ``after(connection, number)``: called after each batch (and its fold), -1 after the erasure."""
     first = list({fact.event_id: fact for fact in reversed(facts)}.values())
     connection = duckdb.connect(":memory:")
     create_tables(connection, time_zone)
@@ -42,6 +44,8 @@ def duck_of(facts: Sequence[FunnelEvent], *, cuts: Sequence[int] = (), folds: Co
         append_facts(connection, first[low:high], applied)
         if number in folds:
             fold_state(connection, applied)
+        if after is not None:
+            after(connection, number)
     if erase is not None:
         revised = [replace(fact, person_key=ERASED) for fact in first if fact.person_key == erase]
         event_rows, item_rows = fact_rows(revised)
@@ -52,6 +56,8 @@ def duck_of(facts: Sequence[FunnelEvent], *, cuts: Sequence[int] = (), folds: Co
         append(connection, "order_items", arrow_batch(ITEMS_SCHEMA, item_rows), applied)
         if -1 in folds:
             fold_state(connection, applied)
+        if after is not None:
+            after(connection, -1)
     return connection
 
 

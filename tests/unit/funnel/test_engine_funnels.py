@@ -29,7 +29,7 @@ from services.funnel.domain.funnels import (
     funnel_result,
 )
 from services.funnel.engine import funnels as engine
-from services.funnel.engine import kpi_state, person_hashes
+from services.funnel.engine import funnel_windows, kpi_state, person_hashes
 from services.funnel.engine.funnels import funnel_result_sql, handles
 from tests.integration.funnel.helpers import facts
 from tests.integration.funnel.test_property import CUSTOM_FUNNELS, FIRST_ERA, build
@@ -539,3 +539,74 @@ def test_persons_sharing_a_stored_number_are_told_apart(unit, breakdown, folded)
         counted = _Counting(duck.cursor())
         assert funnel_result_sql(counted, definition, at(), at(hours=1), at(days=1), breakdown) == want
         assert [".ph" in query for query in _queries(counted)] == [True]
+
+
+# --- the per-day state of a person funnel (engine/funnel_windows.py) -------------------------------------------
+
+# The state's "days" in these tests: three minutes, so that ten minutes of events span several, windows (0-10
+# minutes) close at some of them, and ranges hold whole and partial ones.
+_BUCKET_US = 3 * 60_000_000
+
+
+def _short_days(low: int, high: int, _zone: str) -> list[int]:
+    first = (low // _BUCKET_US - 1) * _BUCKET_US
+    return list(range(first, (high // _BUCKET_US + 3) * _BUCKET_US, _BUCKET_US))
+
+
+@contextmanager
+def short_days() -> Iterator[None]:
+    saved = engine.window_days
+    engine.window_days = _short_days
+    try:
+        yield
+    finally:
+        engine.window_days = saved
+
+
+@st.composite
+def windowed_cases(draw):
+    """A definition the state answers (a person funnel, no category filter, step 1 of a person with an id), a
+    history with journeys through it, a range and an as_of."""
+    definition = draw(definitions())
+    steps = tuple(replace(step, category=None) for step in definition.steps)
+    if steps[0].type not in ("view", "add_to_cart", "inquiry", "order"):
+        steps = (replace(steps[0], type=draw(st.sampled_from(("view", "add_to_cart", "inquiry", "order")))), *steps[1:])
+    if len(steps) == 1:
+        steps = (*steps, FunnelStep("order" if steps[0].type != "order" else "view"))
+    definition = replace(definition, steps=steps, unit="person", window_seconds=draw(st.sampled_from(
+        (0, 60, 120, 180, 300, 600))))
+    start, end, as_of = draw(ranges)
+    in_range = st.integers(0, max(0, (end - start) // timedelta(minutes=1) - 1)).map(
+        lambda m: start + timedelta(minutes=m))
+    facts = draw(histories(definition, st.one_of(instants, in_range)))
+    return definition, facts, (start, end, as_of)
+
+
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=windowed_cases(), applied=applications, registered_at=st.integers(-1, 4))
+def test_the_per_day_state_equals_the_domain(case, applied, registered_at):
+    # The copy applied in random batches with folds at random points (so late rows: applied after a fold, older than
+    # its days), a person erased or not; the definition's state registered after one of the batches (or after the
+    # erasure, -1); answers for as_of in the past and after every event, over ranges of whole and partial days.
+    definition, facts, (start, end, as_of) = case
+    if not handles(definition):
+        return
+
+    def register(connection, number):
+        if number == registered_at:
+            funnel_windows.register(connection, definition)
+
+    with short_days(), applied_copy(facts, **applied, after=register) as duck:
+        if not duck.execute("SELECT count(*) FROM funnel_windows").fetchone()[0]:
+            funnel_windows.register(duck, definition)
+        known = erased(facts, applied["erase"])
+        for span in ((start, end, as_of), (start - timedelta(minutes=1), end + timedelta(minutes=3), at(days=1)),
+                     (start, end, as_of + timedelta(minutes=7))):
+            cursor = _Counting(duck.cursor())
+            want = funnel_result(definition, as_stored(known), *span)
+            got = funnel_result_sql(cursor, definition, *span, None)
+            if got != want:
+                print("DEBUG", definition, applied, registered_at, span, [(f.event_id, f.type, f.person_key, f.occurred_at.isoformat(), f.source, f.product_id, f.order and (f.order.order_id, f.order.status)) for f in facts], got, want, sep="\n")
+            assert got == want
+            if min(span[1], span[2] + timedelta(microseconds=1)) > span[0]:  # (an empty range needs no query)
+                assert any("funnel_window_bits" in str(args[0]) for args in cursor.calls)  # the state's path answered
