@@ -122,6 +122,10 @@ async def _on_copy(request: Request, compute: Callable[[Any], T]) -> T:
                        headers={"Retry-After": _COPY_RETRY_AFTER}) from None
 
 
+# How long defining a funnel waits for its per-day state to be built (seconds at 10M events; it goes on after).
+_FUNNEL_BUILD_WAIT_SECONDS = 60.0
+
+
 def _after(cursor: str | None) -> str | None:
     """The last product_id of the previous page, from its opaque cursor (400 invalid_cursor if tampered)."""
     after = decode_cursor(cursor, 1)
@@ -168,7 +172,8 @@ async def create_funnel(request: Request, body: FunnelCreate, _key: CampaignsKey
     )
     async with _service(request).database.begin() as connection:
         stored = await add_funnel(connection, str(uuid.uuid4()), definition, datetime.now(UTC))
-    _service(request).mirror.want_funnel(definition)  # its per-day state built now, in the background
+    # Its per-day state built now (funnel_windows.py), waited for a while: it then answers the first query.
+    await _service(request).mirror.build_funnel(definition, _FUNNEL_BUILD_WAIT_SECONDS)
     return JsonResponse(
         funnel_public(stored), status_code=201, headers={"Location": f"/v1/funnels/{stored.funnel_id}"}
     )

@@ -159,6 +159,7 @@ def replace_revised(connection: duckdb.DuckDBPyConnection, batch: pa.Table, revi
     renamed = {old: new_keys[event_id] for event_id, old in old_keys
                if event_id in new_keys and new_keys[event_id] != old}
     kpi_state.rename_persons(connection, renamed)
+    funnel_windows.rename(connection, renamed)
     person_hashes.forget(connection, list(renamed))
     kpi_state.forget_refunds(connection, revised)
     for table in ("events", "order_events", "order_items"):
@@ -239,6 +240,7 @@ class FactMirror:
         self.rows_handed_over = 0  # of the rows applied, those the consumer handed over (not read back)
         # Funnel definitions asked for whose per-day state the copy builds (funnel_windows.py), by their state's key.
         self._funnels: dict[str, FunnelDefinition] = {}
+        self._built: set[str] = set()  # of those, the ones the copy holds (emptied when it starts over)
 
     def _claim_slot(self, root: Path) -> Path:
         """The first slot of ``root`` no other running copy holds, locked for this one."""
@@ -340,6 +342,7 @@ class FactMirror:
     def _clear(self) -> None:
         """An empty copy: a new file (the old one removed), or emptied tables in memory."""
         with self._write:
+            self._built.clear()
             if self.directory is None:
                 for table in ("events", "order_events", "order_items", "product_state"):
                     self.duckdb.execute(f"DELETE FROM {table}")
@@ -533,21 +536,30 @@ class FactMirror:
         if funnels.windowed(definition):
             self._funnels.setdefault(funnels.window_key(definition), definition)
 
+    async def build_funnel(self, definition: FunnelDefinition, wait_seconds: float) -> None:
+        """``want_funnel``, and its state built now if the copy is loaded, waited for at most ``wait_seconds`` (the
+        build goes on after that; the usual path answers until it ends)."""
+        self.want_funnel(definition)
+        if self.loaded.is_set() and funnels.windowed(definition):
+            try:
+                await asyncio.wait_for(asyncio.shield(self._build_funnels()), wait_seconds)
+            except TimeoutError:
+                pass
+
     async def drop_funnel(self, definition: FunnelDefinition) -> None:
         """The definition's state dropped (its funnel was deleted; another of the same steps asks for it again)."""
-        if self._funnels.pop(funnels.window_key(definition), None) is None:
-            return
-        async with self._lock:
-            await asyncio.to_thread(self._in_transaction, lambda connection: funnel_windows.drop(connection, definition))
+        self._funnels.pop(funnels.window_key(definition), None)
+        self._built.discard(funnels.window_key(definition))
+        await asyncio.to_thread(self._in_transaction, lambda connection: funnel_windows.drop(connection, definition))
 
     async def _build_funnels(self) -> None:
-        """The states of the wanted definitions the copy does not hold yet, built over its folded rows."""
-        async with self._lock:
-            missing = [definition for key, definition in list(self._funnels.items())
-                       if key not in funnel_windows.registered(self.duckdb.cursor())]
-            for definition in missing:
-                await asyncio.to_thread(
-                    self._in_transaction, lambda connection, wanted=definition: funnel_windows.register(connection, wanted))
+        """The states of the wanted definitions the copy does not hold yet, built over its folded rows (in the copy's
+        write lock: rows are applied after; queries go on, answered by the usual path until the state is there)."""
+        for key, definition in list(self._funnels.items()):
+            if key not in self._built:
+                await asyncio.to_thread(self._in_transaction,
+                                        lambda connection, wanted=definition: funnel_windows.register(connection, wanted))
+                self._built.add(key)
 
     def _in_transaction(self, change: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
         with self._write:

@@ -36,7 +36,7 @@ import re
 import duckdb
 
 from services.funnel.domain.funnels import FunnelDefinition, FunnelStep
-from services.funnel.engine import funnels, kpi_state
+from services.funnel.engine import funnels, kpi_state, person_hashes
 
 _TABLES = ("funnel_window_rows", "funnel_window_bits")
 # Days of rows folded into bitstrings by one statement (as kpi_state's presence: a bitstring of the capacity per
@@ -45,22 +45,25 @@ _FOLD_DAYS = 7
 
 
 def create_state(connection: duckdb.DuckDBPyConnection) -> None:
-    connection.execute("CREATE TABLE IF NOT EXISTS funnel_windows (fid VARCHAR, definition VARCHAR)")
-    connection.execute("CREATE TABLE IF NOT EXISTS funnel_window_bits (fid VARCHAR, day_start BIGINT, "
+    # fnum: the definition's number in the state's tables; fid: funnels.window_key.
+    connection.execute("CREATE TABLE IF NOT EXISTS funnel_windows (fnum INTEGER, fid VARCHAR, definition VARCHAR)")
+    connection.execute("CREATE TABLE IF NOT EXISTS funnel_window_bits (fnum INTEGER, day_start BIGINT, "
                        "day_end BIGINT, level INTEGER, bits BIT)")
-    # cents: the completing order's amount (one order's: 64 bits hold it, as order_state's).
-    connection.execute("CREATE TABLE IF NOT EXISTS funnel_window_rows (fid VARCHAR, day_start BIGINT, day_end BIGINT, "
-                       "id BIGINT, level INTEGER, s BIGINT, fast BIGINT, done BIGINT, eid VARCHAR, cents BIGINT)")
+    # ph: the person's number (person_hashes.py; renamed with the person by an erasure); cents: the completing
+    # order's amount (one order's: 64 bits hold it, as order_state's).
+    connection.execute("CREATE TABLE IF NOT EXISTS funnel_window_rows (fnum INTEGER, day_start BIGINT, day_end BIGINT, "
+                       "ph UBIGINT, id BIGINT, level INTEGER, s BIGINT, fast BIGINT, done BIGINT, eid VARCHAR, "
+                       "cents BIGINT)")
 
 
 def clear(connection: duckdb.DuckDBPyConnection) -> None:
-    """Every definition's days emptied (the copy starts over); the definitions stay registered."""
-    for table in _TABLES:
+    """No definition kept (the copy starts over: the mirror registers the wanted ones again)."""
+    for table in (*_TABLES, "funnel_windows"):
         connection.execute(f"DELETE FROM {table}")
 
 
-def registered(connection: duckdb.DuckDBPyConnection) -> list[str]:
-    return [row[0] for row in connection.execute("SELECT fid FROM funnel_windows").fetchall()]
+def registered(connection: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    return dict(connection.execute("SELECT fid, fnum FROM funnel_windows").fetchall())
 
 
 def register(connection: duckdb.DuckDBPyConnection, definition: FunnelDefinition) -> None:
@@ -68,78 +71,110 @@ def register(connection: duckdb.DuckDBPyConnection, definition: FunnelDefinition
     key = funnels.window_key(definition)
     if key in registered(connection):
         return
-    stored = json.dumps([[step.type, step.product_id, step.source] for step in definition.steps])
-    connection.execute("INSERT INTO funnel_windows VALUES (?, ?)", [key, json.dumps(
-        {"steps": json.loads(stored), "window": definition.window_seconds})])
+    number = int(connection.execute("SELECT coalesce(max(fnum), 0) + 1 FROM funnel_windows").fetchone()[0])  # type: ignore[index]
+    body = {"steps": [[step.type, step.product_id, step.source] for step in definition.steps],
+            "window": definition.window_seconds}
+    connection.execute("INSERT INTO funnel_windows VALUES (?, ?, ?)", [number, key, json.dumps(body)])
     folded = int(connection.execute("SELECT folded FROM copy_state").fetchone()[0])  # type: ignore[index]
-    _build(connection, key, _definition(connection, key), None, folded)
+    _build(connection, number, _definition(connection, number), None, folded)
 
 
 def drop(connection: duckdb.DuckDBPyConnection, definition: FunnelDefinition) -> None:
-    key = funnels.window_key(definition)
-    for table in (*_TABLES, "funnel_windows"):
-        connection.execute(f"DELETE FROM {table} WHERE fid = ?", [key])
+    number = registered(connection).get(funnels.window_key(definition))
+    if number is not None:
+        for table in (*_TABLES, "funnel_windows"):
+            connection.execute(f"DELETE FROM {table} WHERE fnum = ?", [number])
+
+
+# The persons whose chains rows applied in ($folded, $top] may change: theirs, and those of a folded completed event of
+# an order that one of them completes (it may take the order's counting event from them).
+_TOUCHED = """
+    SELECT ph FROM events WHERE applied > $folded AND applied <= $top
+    UNION
+    SELECT ph FROM order_events
+    WHERE order_status = 'completed' AND applied <= $top AND order_id IN (
+        SELECT order_id FROM order_events WHERE applied > $folded AND applied <= $top AND order_status = 'completed')"""
 
 
 def fold(connection: duckdb.DuckDBPyConnection, folded: int, top: int) -> None:
-    """The days reached by the rows applied after ``folded`` up to ``top`` recomputed for every registered
-    definition (after the KPI state's fold: their persons have ids)."""
-    keys = registered(connection)
-    if not keys:
+    """The days reached by the rows applied after ``folded`` up to ``top`` recomputed, for the persons those rows
+    touch, for every registered definition (after the KPI state's fold: their persons have ids)."""
+    numbers = list(registered(connection).values())
+    if not numbers:
         return
     earliest = connection.execute("SELECT min(occurred_us) FROM events WHERE applied > ? AND applied <= ?",
                                   [folded, top]).fetchone()[0]  # type: ignore[index]
     if earliest is None:
         return
-    for key in keys:
-        definition = _definition(connection, key)
-        _build(connection, key, definition, int(earliest) - definition.window_seconds * 1_000_000, top)
+    for number in numbers:
+        definition = _definition(connection, number)
+        _build(connection, number, definition, int(earliest) - definition.window_seconds * 1_000_000, top, folded)
 
 
 def rebuild(connection: duckdb.DuckDBPyConnection) -> None:
     """Every definition's days refolded (the reporting zone changed)."""
     folded = int(connection.execute("SELECT folded FROM copy_state").fetchone()[0])  # type: ignore[index]
-    for key in registered(connection):
-        _build(connection, key, _definition(connection, key), None, folded)
+    for number in registered(connection).values():
+        _build(connection, number, _definition(connection, number), None, folded)
 
 
-def _definition(connection: duckdb.DuckDBPyConnection, key: str) -> FunnelDefinition:
-    body = json.loads(connection.execute("SELECT definition FROM funnel_windows WHERE fid = ?", [key])
+def rename(connection: duckdb.DuckDBPyConnection, renamed: dict[str, str]) -> None:
+    """An erasure's new keys (old key -> pseudonym): the persons' rows of the state take the new key's number (their
+    rows come back under it, and are masked by it until folded again)."""
+    if not renamed:
+        return
+    old, new = (person_hashes.NUMBER.replace("person_key", f"r.{name}") for name in ("old", "new"))
+    connection.execute(f"""
+        UPDATE funnel_window_rows SET ph = {new}
+        FROM (SELECT unnest(?) AS old, unnest(?) AS new) r WHERE funnel_window_rows.ph = {old}""",
+                       [list(renamed), list(renamed.values())])
+
+
+def _definition(connection: duckdb.DuckDBPyConnection, number: int) -> FunnelDefinition:
+    body = json.loads(connection.execute("SELECT definition FROM funnel_windows WHERE fnum = ?", [number])
                       .fetchone()[0])  # type: ignore[index]
     steps = tuple(FunnelStep(kind, product_id=product, source=source) for kind, product, source in body["steps"])
     return FunnelDefinition("state", steps, window_seconds=body["window"])
 
 
-def _build(connection: duckdb.DuckDBPyConnection, key: str, definition: FunnelDefinition, since: int | None,
-           top: int) -> None:
-    """The days of ``key`` whose chains reach ``since`` or later (day end > since; every day when None) computed
-    again from the rows applied up to ``top``."""
+def _build(connection: duckdb.DuckDBPyConnection, number: int, definition: FunnelDefinition, since: int | None,
+           top: int, folded: int | None = None) -> None:
+    """The days of definition ``number`` whose chains reach ``since`` or later (day end > since; every day when None)
+    computed again from the rows applied up to ``top``: for every person, or, given ``folded``, for those the rows
+    applied after it touch (``_TOUCHED``); then those days' bitstrings from their rows."""
     low, high = connection.execute("SELECT min(occurred_us), max(occurred_us) FROM events WHERE applied <= ?",
                                    [top]).fetchone()  # type: ignore[misc]
     if since is None:
         since = -1 if low is None else int(low) - 1
-    for table in _TABLES:
-        connection.execute(f"DELETE FROM {table} WHERE fid = ? AND day_end > ?", [key, since])
+    bounds: dict[str, object] = {"fnum": number, "since": since, "top": top}
+    persons = None
+    if folded is not None:
+        persons, bounds["folded"] = _TOUCHED, folded
+    chosen = " AND ph IN (SELECT ph FROM touched)" if persons else ""
+    touched = f"WITH touched AS ({persons}) " if persons else ""
+    connection.execute(f"{touched}DELETE FROM funnel_window_rows WHERE fnum = $fnum AND day_end > $since{chosen}",
+                       {name: bounds[name] for name in ("fnum", "since", *(("top", "folded") if persons else ()))})
+    connection.execute("DELETE FROM funnel_window_bits WHERE fnum = ? AND day_end > ?", [number, since])
     if high is None or int(high) <= since:
         return
     starts = funnels.window_days(max(since, int(low)), int(high), kpi_state.time_zone_of(connection))
     # From the day holding ``since`` (its end is after it).
     first = max(index for index, start in enumerate(starts) if start <= max(since, starts[0]))
     starts = starts[first:]
-    sql, params = funnels.window_chains(definition, starts)
-    params.update(start=starts[0], top=top, window=definition.window_seconds * 1_000_000)
+    sql, params = funnels.window_chains(definition, starts, persons)
+    params.update(bounds, start=starts[0], window=definition.window_seconds * 1_000_000)
     used = set(re.findall(r"\$(\w+)", sql))  # DuckDB refuses parameters a statement does not use
-    connection.execute(f"INSERT INTO funnel_window_rows SELECT $fid AS fid, * FROM ({sql})",
-                       {"fid": key, **{name: value for name, value in params.items() if name in used}})
+    connection.execute(f"INSERT INTO funnel_window_rows SELECT $fnum AS fnum, * FROM ({sql})",
+                       {"fnum": number, **{name: value for name, value in params.items() if name in used}})
     capacity = int(connection.execute("SELECT capacity FROM kpi_state").fetchone()[0])  # type: ignore[index]
     for index in range(0, len(starts) - 1, _FOLD_DAYS):
         connection.execute(f"""
             INSERT INTO funnel_window_bits
-            SELECT r.fid, r.day_start, any_value(r.day_end), v.level, bitstring_agg(r.id, 0, {capacity - 1})
+            SELECT r.fnum, r.day_start, any_value(r.day_end), v.level, bitstring_agg(r.id, 0, {capacity - 1})
             FROM funnel_window_rows r JOIN range(1, {len(definition.steps) + 1}) v(level) ON r.level >= v.level
-            WHERE r.fid = ? AND r.day_start >= ? AND r.day_start < ?
-            GROUP BY r.fid, r.day_start, v.level""",
-            [key, starts[index], starts[min(index + _FOLD_DAYS, len(starts) - 1)]])
+            WHERE r.fnum = ? AND r.day_start >= ? AND r.day_start < ?
+            GROUP BY r.fnum, r.day_start, v.level""",
+            [number, starts[index], starts[min(index + _FOLD_DAYS, len(starts) - 1)]])
 
 
-__all__ = ("clear", "create_state", "drop", "fold", "rebuild", "register", "registered")
+__all__ = ("clear", "create_state", "drop", "fold", "rebuild", "register", "registered", "rename")

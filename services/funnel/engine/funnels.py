@@ -160,8 +160,8 @@ def _windows_result(
 ) -> FunnelResult | None:
     """The answer from the definition's per-day state (funnel_windows.py) and the rows it leaves out; None when the
     copy holds no state of the definition (in the caller's snapshot)."""
-    key = window_key(definition)
-    if not cursor.execute("SELECT count(*) FROM funnel_windows WHERE fid = ?", [key]).fetchone()[0]:  # type: ignore[index]
+    number = cursor.execute("SELECT fnum FROM funnel_windows WHERE fid = ?", [window_key(definition)]).fetchone()
+    if number is None:
         return None
     _, capacity, zone = kpi_state.standing(cursor)
     start, first_end, as_of, window = (bounds[name] for name in ("start", "first_end", "as_of", "window"))
@@ -180,7 +180,7 @@ def _windows_result(
                 "SELECT count(*) FROM events WHERE occurred_us > ?", [as_of]).fetchone()[0] <= OPEN_DAYS_LIMIT:  # type: ignore[index]
             w1, later = whole[-1][1], as_of
     sql, params = _query(definition, None, numbering="stored", recent=False, windows=True)
-    params.update(bounds, fid=key, w0=w0, w1=w1, later=later, last_id=capacity - 1)
+    params.update(bounds, fnum=number[0], w0=w0, w1=w1, later=later, last_id=capacity - 1)
     used = set(re.findall(r"\$(\w+)", sql))
     rows = cursor.execute(sql, {name: value for name, value in params.items() if name in used}).fetchall()
     step_count = len(definition.steps)
@@ -295,7 +295,7 @@ def _query(
         ctes.append(product_state.latest_categories() if recent else _CATEGORIES)
     # Per unit, from its step-1 events in range: the latest start, the first one (k = 1), the entry (breakdown);
     # for units numbered by a hash, their keys (the one pair of them, unless two units shared the hash).
-    first_columns = ["max(t) AS s", f"{unit.mixed()} AS clash", *(["any_value(pk) AS pk"] if windows else [])]
+    first_columns = ["max(t) AS s", f"{unit.mixed()} AS clash"]
     if step_count == 1:
         first_columns.append("min(t) AS t0")
     first_columns += [f"min({name}) AS {name}" for name in unit.identity]
@@ -322,7 +322,6 @@ def _query(
             extra = (*dict.fromkeys((*extra, "eid")), *(("total",) if definition.unit == "person" else ()))
         narrow: tuple[str, ...] = ()
         if windows:  # (funnel_windows.py) chains start only at the step-1 events the state leaves to the rows
-            extra = (*extra, "pk") if index == 0 else extra
             narrow = (_LOOSE,) if index == 0 else ("o.ph IN (SELECT ph FROM s0)",) if index == 1 else ()
         ctes += _step(index, step, unit, params, extra, narrow)
         if index == 0 and not restricted:
@@ -397,7 +396,7 @@ def _query(
         joins += f"\n    LEFT JOIN categories k ON k.product_id = {about}"
         params["none"] = UNKNOWN_CATEGORY
         group = "coalesce(k.category, $none)"
-    pid = ", f.pid" if definition.unit == "product" and hashed else ", f.pk" if windows else ""
+    pid = ", f.pid" if definition.unit == "product" and hashed else ""
     if restricted:
         # Units that went past step 1, each with its latest step-1 time (``entered``: is a level-1 unit converting);
         # the entrants' count and level-1 figures follow from them and one grouping of the step-1 rows.
@@ -702,39 +701,37 @@ _LOOSE = "(o.occurred_us < $w0 OR o.occurred_us >= $w1 OR o.ph IN (SELECT ph FRO
 # order that has a completed event not folded yet (it may take the order's counting event from them); and, when
 # days whose windows are still open at as_of are read from the state, those with events after as_of ($later).
 _MASKED = """masked AS MATERIALIZED (
-    SELECT DISTINCT ph, person_key FROM (
-        SELECT ph, person_key FROM events WHERE applied > $folded
-        UNION ALL
-        SELECT ph, person_key FROM order_events
-        WHERE order_status = 'completed' AND order_id IN (
-            SELECT order_id FROM order_events WHERE applied > $folded AND order_status = 'completed')
-        UNION ALL
-        SELECT ph, person_key FROM events WHERE occurred_us > $later
-    )
+    SELECT ph FROM events WHERE applied > $folded
+    UNION
+    SELECT ph FROM order_events
+    WHERE order_status = 'completed' AND order_id IN (
+        SELECT order_id FROM order_events WHERE applied > $folded AND order_status = 'completed')
+    UNION
+    SELECT ph FROM events WHERE occurred_us > $later
 ),
-mask AS (
-    SELECT bitstring_agg(i.id, 0, $last_id) AS bits FROM masked m JOIN person_ids i ON i.person_key = m.person_key
-)"""
-_KEPT_ROWS = """FROM funnel_window_rows r, mask m
-        WHERE r.fid = $fid AND r.day_start >= $w0 AND r.day_end <= $w1 AND {which}
-          AND (m.bits IS NULL OR get_bit(m.bits, r.id::INTEGER) = 0)"""
+usable AS (SELECT * FROM funnel_window_rows WHERE fnum = $fnum AND day_start >= $w0 AND day_end <= $w1),
+mask AS (SELECT bitstring_agg(id, 0, $last_id) AS bits FROM usable WHERE ph IN (SELECT ph FROM masked))"""
+_KEPT_ROWS = """FROM usable r, mask m
+        WHERE {which} AND (m.bits IS NULL OR get_bit(m.bits, r.id::INTEGER) = 0)"""
 
 
 def _windows_final(ordered: bool) -> str:
-    """CTEs after ``units`` (the chains of the rows left to them) combining them with the state, per person: the
-    persons at level >= j are the union of the usable days' sets (less the masked persons) and the rows' units;
-    in_progress and the converted units' figures from the state's rows of those days and the rows' units."""
+    """CTEs after ``units`` (the chains of the rows left to them) combining them with the state, per person (by the id
+    of the person's rows in the usable days; a person without any counts on its own): the persons at level >= j are
+    the union of the usable days' sets (less the masked persons) and the rows' units; in_progress and the converted
+    units' figures from the state's rows of those days and the rows' units."""
     completing = ("c.eid, w.cents", "LEFT JOIN completing c ON c.ph = u.ph LEFT JOIN worth w ON w.ph = u.ph") if ordered \
         else ("NULL::VARCHAR AS eid, NULL::HUGEINT AS cents", "")
     return f"""loose AS MATERIALIZED (
     SELECT coalesce(i.id::HUGEINT, -1 - u.ph::HUGEINT) AS who, i.id, u.level, u.s, u.fast, u.done, {completing[0]}
-    FROM units u LEFT JOIN person_ids i ON i.person_key = u.pk {completing[1]}
+    FROM units u LEFT JOIN (SELECT DISTINCT ph, id FROM usable WHERE ph IN (SELECT ph FROM units)) i ON i.ph = u.ph
+         {completing[1]}
 ),
 levels AS (SELECT range::INTEGER AS level FROM range(1, $steps + 1)),
 kept AS (
     SELECT b.level, CASE WHEN m.bits IS NULL THEN b.bits ELSE b.bits & ~m.bits END AS bits
     FROM (SELECT level, bit_or(bits) AS bits FROM funnel_window_bits
-          WHERE fid = $fid AND day_start >= $w0 AND day_end <= $w1 GROUP BY level) b, mask m
+          WHERE fnum = $fnum AND day_start >= $w0 AND day_end <= $w1 GROUP BY level) b, mask m
 ),
 loose_sets AS (
     SELECT v.level, bitstring_agg(l.id, 0, $last_id) FILTER (WHERE l.id IS NOT NULL) AS bits,
@@ -801,21 +798,24 @@ def window_days(low: int, high: int, time_zone: str) -> list[int]:
     return kpi_state.day_starts(low, high, time_zone)
 
 
-def window_chains(definition: FunnelDefinition, starts: Sequence[int]) -> tuple[str, dict[str, Any]]:
+def window_chains(
+    definition: FunnelDefinition, starts: Sequence[int], persons: str | None = None
+) -> tuple[str, dict[str, Any]]:
     """SQL: per day of ``starts`` at or after $start and person, the chains of the rows applied up to $top that start
-    at that person's step-1 events of that day: (day_start, day_end, id, level, s, fast, done, eid, cents), as
+    at that person's step-1 events of that day: (day_start, day_end, ph, id, level, s, fast, done, eid, cents), as
     ``_query`` follows them per unit, each day's starts on their own (a later step's event joins every day of its
-    person whose windows reach it)."""
+    person whose windows reach it). ``persons``: a query of the numbers (ph) of the only persons to follow."""
     steps = definition.steps
     step_count = len(steps)
     unit = _UnitColumns("person", "stored")
     params: dict[str, Any] = {"steps": step_count, "first_end": _NEVER, "horizon": _NEVER}
     days = f"SELECT unnest({list(starts[:-1])}::BIGINT[]) AS day, unnest({list(starts[1:])}::BIGINT[]) AS day_end"
-    ctes: list[str] = []
+    ctes: list[str] = [f"touched AS MATERIALIZED ({persons})"] if persons else []
     for index, step in enumerate(steps):
         extra: tuple[str, ...] = ("pk",) if index == 0 else ()
         ordered = index == step_count - 1 and step.type == "order"
-        ctes += _step(index, step, unit, params, ("eid", "total") if ordered else extra, upto=True)
+        narrow = ("o.ph IN (SELECT ph FROM touched)",) if persons and index == 0 else ()
+        ctes += _step(index, step, unit, params, ("eid", "total") if ordered else extra, narrow, upto=True)
         if index == 0:
             ctes.append(f"""c0 AS (
     SELECT s.ph, s.pk, s.t, d.day, d.day_end FROM s0 s ASOF JOIN ({days}) d ON s.t >= d.day
@@ -862,7 +862,7 @@ worth AS (
 )""")
         worth, value = " LEFT JOIN worth w ON w.ph = u.ph AND w.day = u.day", "w.eid, w.cents"
     return ("WITH " + ",\n".join(ctes) + f"""
-SELECT u.day, u.day_end, i.id, u.level, u.s, u.fast, u.done, {value}
+SELECT u.day, u.day_end, u.ph, i.id, u.level, u.s, u.fast, u.done, {value}
 FROM units u JOIN person_ids i ON i.person_key = u.pk{worth}
 ORDER BY u.day""", params)
 
