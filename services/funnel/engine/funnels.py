@@ -179,8 +179,19 @@ def _windows_result(
         if w1 < whole[-1][1] and cursor.execute(
                 "SELECT count(*) FROM events WHERE occurred_us > ?", [as_of]).fetchone()[0] <= OPEN_DAYS_LIMIT:  # type: ignore[index]
             w1, later = whole[-1][1], as_of
+    # Masked persons are masked only in the days whose windows reach what the state may not reflect: rows not folded
+    # (and the order rule's changes they bring, all at or after the earliest of them), events after as_of. The days
+    # [w0, wm) hold no such event in their reach; chains from the rows start at or after wm, or at the range's part
+    # before w0.
+    unfolded = cursor.execute("SELECT min(occurred_us) FROM events WHERE applied > ?", [bounds["folded"]]).fetchone()[0]  # type: ignore[index]
+    reach = min(_NEVER if unfolded is None else unfolded - window, _NEVER if later == _NEVER else as_of - window)
+    wm = w0
+    for _, high in whole:
+        if high <= min(reach, w1):
+            wm = high
     sql, params = _query(definition, None, numbering="stored", recent=False, windows=True)
-    params.update(bounds, fnum=number[0], w0=w0, w1=w1, later=later, last_id=capacity - 1)
+    params.update(bounds, fnum=number[0], w0=w0, w1=w1, wm=wm, low=start if w0 > start else wm, later=later,
+                  last_id=capacity - 1)
     used = set(re.findall(r"\$(\w+)", sql))
     rows = cursor.execute(sql, {name: value for name, value in params.items() if name in used}).fetchall()
     step_count = len(definition.steps)
@@ -322,7 +333,7 @@ def _query(
             extra = (*dict.fromkeys((*extra, "eid")), *(("total",) if definition.unit == "person" else ()))
         narrow: tuple[str, ...] = ()
         if windows:  # (funnel_windows.py) chains start only at the step-1 events the state leaves to the rows
-            narrow = (_LOOSE,) if index == 0 else ("o.ph IN (SELECT ph FROM s0)",) if index == 1 else ()
+            narrow = (_LOOSE,) if index == 0 else ("o.occurred_us >= $low", *(("o.ph IN (SELECT ph FROM s0)",) if index == 1 else ()))
         ctes += _step(index, step, unit, params, extra, narrow)
         if index == 0 and not restricted:
             ctes.append(f"c0 AS (SELECT {key_list}, t FROM s0)")  # each its own start
@@ -696,7 +707,7 @@ k{index} AS (
 _NEVER = 2**62  # a time after every event (epoch micros)
 # A row of s0 whose chains the state does not hold for this answer: outside the usable days [$w0, $w1), or of a
 # person whose rows the state may not reflect (``masked``).
-_LOOSE = "(o.occurred_us < $w0 OR o.occurred_us >= $w1 OR o.ph IN (SELECT ph FROM masked))"
+_LOOSE = "(o.occurred_us < $w0 OR o.occurred_us >= $w1 OR (o.occurred_us >= $wm AND o.ph IN (SELECT ph FROM masked)))"
 # Persons the state may not answer for: those with rows not folded yet; those with a folded completed event of an
 # order that has a completed event not folded yet (it may take the order's counting event from them); and, when
 # days whose windows are still open at as_of are read from the state, those with events after as_of ($later).
@@ -710,9 +721,9 @@ _MASKED = """masked AS MATERIALIZED (
     SELECT ph FROM events WHERE occurred_us > $later
 ),
 usable AS (SELECT * FROM funnel_window_rows WHERE fnum = $fnum AND day_start >= $w0 AND day_end <= $w1),
-mask AS (SELECT bitstring_agg(id, 0, $last_id) AS bits FROM usable WHERE ph IN (SELECT ph FROM masked))"""
+mask AS (SELECT bitstring_agg(id, 0, $last_id) AS bits FROM usable WHERE day_start >= $wm AND ph IN (SELECT ph FROM masked))"""
 _KEPT_ROWS = """FROM usable r, mask m
-        WHERE {which} AND (m.bits IS NULL OR get_bit(m.bits, r.id::INTEGER) = 0)"""
+        WHERE {which} AND (r.day_start < $wm OR m.bits IS NULL OR get_bit(m.bits, r.id::INTEGER) = 0)"""
 
 
 def _windows_final(ordered: bool) -> str:
@@ -729,9 +740,10 @@ def _windows_final(ordered: bool) -> str:
 ),
 levels AS (SELECT range::INTEGER AS level FROM range(1, $steps + 1)),
 kept AS (
-    SELECT b.level, CASE WHEN m.bits IS NULL THEN b.bits ELSE b.bits & ~m.bits END AS bits
-    FROM (SELECT level, bit_or(bits) AS bits FROM funnel_window_bits
-          WHERE fnum = $fnum AND day_start >= $w0 AND day_end <= $w1 GROUP BY level) b, mask m
+    SELECT level, bit_or(bits) AS bits FROM (
+        SELECT b.level, CASE WHEN b.day_start < $wm OR m.bits IS NULL THEN b.bits ELSE b.bits & ~m.bits END AS bits
+        FROM funnel_window_bits b, mask m WHERE b.fnum = $fnum AND b.day_start >= $w0 AND b.day_end <= $w1
+    ) GROUP BY level
 ),
 loose_sets AS (
     SELECT v.level, bitstring_agg(l.id, 0, $last_id) FILTER (WHERE l.id IS NOT NULL) AS bits,

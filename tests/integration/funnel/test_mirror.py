@@ -15,9 +15,13 @@ from services.funnel.adapters.tables import MIGRATIONS, events, metadata, order_
 from services.funnel.decoding import decode_event
 from services.funnel.engine import kpi_state, product_state
 from services.funnel.handlers import EventRecorder
+from services.funnel.domain.funnels import FunnelDefinition, FunnelStep
 from tests.integration.funnel.helpers import facts, inquiry, order, refund, review, view
+from tests.unit.funnel.test_engine_funnels import assert_state_is_its_build_from_scratch
 
 T = datetime(2026, 3, 1, tzinfo=UTC)
+VIEW_INQUIRY_ORDER = FunnelDefinition("mirror", (FunnelStep("view"), FunnelStep("inquiry"), FunnelStep("order")),
+                                      window_seconds=7200)
 # Text that CSV must quote or could take for NULL, and text that is not ASCII.
 AWKWARD = ('comma, "quoted"', "", "line\nbreak", "真丝连衣裙", "\\N", "NULL")
 
@@ -134,6 +138,11 @@ async def test_the_copy_equals_the_stored_facts_through_load_follow_and_erasure(
         stored = await _stored(database)
         assert len(stored[0]) == len(AWKWARD) + 4 and len(stored[1]) == 2
         assert _copied(mirror) == stored
+        # A person funnel's per-day state, built now and folded with the rest from here on.
+        mirror.want_funnel(VIEW_INQUIRY_ORDER)
+        await mirror._build_funnels()
+        assert mirror.duckdb.execute("SELECT count(*) FROM funnel_window_rows").fetchone()[0] == (
+            len(AWKWARD) if mirror.folded else 0)
 
         async with database.begin() as connection:
             await store_facts(connection, _events(2))
@@ -157,6 +166,9 @@ async def test_the_copy_equals_the_stored_facts_through_load_follow_and_erasure(
             assert mirror.duckdb.execute("SELECT horizon FROM copy_state").fetchone()[0] > 0
             _state_is_the_fold_of_its_rows(mirror)
             _kpi_state_is_the_fold_of_its_rows(mirror)
+            # The funnel's state, folded through the erasure (the person renamed in it), is its build from scratch.
+            assert_state_is_its_build_from_scratch(mirror.duckdb, VIEW_INQUIRY_ORDER)
+            assert mirror.duckdb.execute("SELECT count(*) FROM funnel_window_rows WHERE level = 3").fetchone()[0] == 2
             # p-0 .. p-5 (the later p-9 is past the horizon, a day before it: read beside the state).
             assert mirror.duckdb.execute("SELECT count(*) FROM product_state").fetchone()[0] == len(AWKWARD)
     finally:
