@@ -463,7 +463,7 @@ worth AS (
         value, worth_join = "w.cents", f"LEFT JOIN worth w ON {on('w', 'u')}"
 
     if windows:
-        return "WITH " + ",\n".join((*ctes, _windows_final(steps[-1].type == "order"))) + _WINDOWS_SELECT, params
+        return "WITH " + ",\n".join((*ctes, _windows_final(steps[-1].type == "order", step_count))) + _WINDOWS_SELECT, params
     by_group = breakdown is not None
     ctes.append(
         f"""valued AS (
@@ -720,13 +720,15 @@ _MASKED = """masked AS MATERIALIZED (
     UNION
     SELECT ph FROM events WHERE occurred_us > $later
 ),
-usable AS (SELECT * FROM funnel_window_rows WHERE fnum = $fnum AND day_start >= $w0 AND day_end <= $w1),
+usable AS NOT MATERIALIZED (
+    SELECT * FROM funnel_window_rows WHERE fnum = $fnum AND day_start >= $w0 AND day_end <= $w1
+),
 mask AS (SELECT bitstring_agg(id, 0, $last_id) AS bits FROM usable WHERE day_start >= $wm AND ph IN (SELECT ph FROM masked))"""
 _KEPT_ROWS = """FROM usable r, mask m
         WHERE {which} AND (r.day_start < $wm OR m.bits IS NULL OR get_bit(m.bits, r.id::INTEGER) = 0)"""
 
 
-def _windows_final(ordered: bool) -> str:
+def _windows_final(ordered: bool, step_count: int) -> str:
     """CTEs after ``units`` (the chains of the rows left to them) combining them with the state, per person (by the id
     of the person's rows in the usable days; a person without any counts on its own): the persons at level >= j are
     the union of the usable days' sets (less the masked persons) and the rows' units; in_progress and the converted
@@ -752,14 +754,21 @@ loose_sets AS (
 ),
 candidates AS (
     SELECT r.id::HUGEINT AS who, r.id, r.level
-        {_KEPT_ROWS.format(which="r.level < $steps AND r.s + $window > $as_of")}
+        {_KEPT_ROWS.format(which="r.s > $as_of - $window AND r.level < $steps")}
     UNION ALL
     SELECT who, id, level FROM loose WHERE level < $steps AND s + $window > $as_of
 ),
+higher AS (
+    SELECT {", ".join(f"max(bits) FILTER (WHERE level = {level}) AS above{level - 1}" for level in range(2, step_count + 1))}
+    FROM kept
+),
 converting AS (
     SELECT c.level, count(DISTINCT c.who) AS n
-    FROM candidates c LEFT JOIN kept k ON k.level = c.level + 1 LEFT JOIN loose l ON l.who = c.who
-    WHERE (c.id IS NULL OR k.bits IS NULL OR get_bit(k.bits, c.id::INTEGER) = 0) AND coalesce(l.level, 0) <= c.level
+    FROM candidates c CROSS JOIN higher h LEFT JOIN loose l ON l.who = c.who
+    WHERE (c.id IS NULL OR coalesce(get_bit(CASE c.level {" ".join(f"WHEN {level} THEN h.above{level}"
+                                                                    for level in range(1, step_count))} END,
+                                             c.id::INTEGER), 0) = 0)
+      AND coalesce(l.level, 0) <= c.level
     GROUP BY c.level
 ),
 converted AS (
