@@ -20,12 +20,15 @@ of the state: those with rows not folded yet (late events, an erasure's rewritte
 a completed event not folded yet. The step-1 events outside the days read are followed from the rows (the usual
 chain SQL, ``funnels._query``), and both are combined per person id.
 
-A fold recomputes, for every registered definition, the days whose windows reach the earliest newly folded event
-(t >= day start and t <= day end + W): with events arriving in time order, the last W of days. An erasure keeps
-each person's id (``kpi_state.rename_persons``), so the state stays right; its rewritten rows are folded again and
-their days recomputed. A definition is registered (built over every folded row) when the copy is asked for it
-(``FactMirror.want_funnel``; until then the usual path answers) and dropped when its funnel is deleted; a change
-of the reporting zone rebuilds every definition's days (``rebuild``).
+A fold recomputes, for every registered definition, the persons its rows touch (theirs, and those of a folded
+completed event of an order the rows complete again: it may take the order's counting event from them) in the days
+whose windows reach the earliest of those rows (day end + W > t), then those days' bitstrings from their rows. An
+erasure keeps each person's id (``kpi_state.rename_persons``) and renames the person's number in the state
+(``rename``), so the person is masked until their rewritten rows are folded again, then recomputed. A definition
+is registered (built over every folded row) when a funnel is defined or first asked for (``FactMirror.want_funnel``,
+``build_funnel``; until then the usual path answers) and dropped when its funnel is deleted; a change of the
+reporting zone rebuilds every definition's days (``rebuild``). Breakdowns, unit = product and category filters keep
+the usual path.
 """
 
 from __future__ import annotations

@@ -736,7 +736,7 @@ def _windows_final(ordered: bool, step_count: int) -> str:
     completing = ("c.eid, w.cents", "LEFT JOIN completing c ON c.ph = u.ph LEFT JOIN worth w ON w.ph = u.ph") if ordered \
         else ("NULL::VARCHAR AS eid, NULL::HUGEINT AS cents", "")
     return f"""loose AS MATERIALIZED (
-    SELECT coalesce(i.id::HUGEINT, -1 - u.ph::HUGEINT) AS who, i.id, u.level, u.s, u.fast, u.done, {completing[0]}
+    SELECT coalesce(i.id::HUGEINT, -1 - u.ph::HUGEINT) AS who, i.id, u.ph, u.level, u.s, u.fast, u.done, {completing[0]}
     FROM units u LEFT JOIN (SELECT DISTINCT ph, id FROM usable WHERE ph IN (SELECT ph FROM units)) i ON i.ph = u.ph
          {completing[1]}
 ),
@@ -753,18 +753,18 @@ loose_sets AS (
     FROM levels v JOIN loose l ON l.level >= v.level GROUP BY v.level
 ),
 candidates AS (
-    SELECT r.id::HUGEINT AS who, r.id, r.level
+    SELECT r.id, NULL::UBIGINT AS ph, r.level
         {_KEPT_ROWS.format(which="r.s > $as_of - $window AND r.level < $steps")}
     UNION ALL
-    SELECT who, id, level FROM loose WHERE level < $steps AND s + $window > $as_of
+    SELECT id, CASE WHEN id IS NULL THEN ph END, level FROM loose WHERE level < $steps AND s + $window > $as_of
 ),
 higher AS (
     SELECT {", ".join(f"max(bits) FILTER (WHERE level = {level}) AS above{level - 1}" for level in range(2, step_count + 1))}
     FROM kept
 ),
 converting AS (
-    SELECT c.level, count(DISTINCT c.who) AS n
-    FROM candidates c CROSS JOIN higher h LEFT JOIN loose l ON l.who = c.who
+    SELECT c.level, count(DISTINCT c.id) + count(DISTINCT c.ph) AS n
+    FROM candidates c CROSS JOIN higher h LEFT JOIN loose l ON l.id = c.id
     WHERE (c.id IS NULL OR coalesce(get_bit(CASE c.level {" ".join(f"WHEN {level} THEN h.above{level}"
                                                                     for level in range(1, step_count))} END,
                                              c.id::INTEGER), 0) = 0)

@@ -12,7 +12,7 @@ from decimal import Decimal
 
 import duckdb
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from libs.common.db import cents
@@ -563,6 +563,16 @@ def short_days() -> Iterator[None]:
         engine.window_days = saved
 
 
+@contextmanager
+def open_days_limit(limit: int) -> Iterator[None]:
+    saved = engine.OPEN_DAYS_LIMIT
+    engine.OPEN_DAYS_LIMIT = limit
+    try:
+        yield
+    finally:
+        engine.OPEN_DAYS_LIMIT = saved
+
+
 @st.composite
 def windowed_cases(draw):
     """A definition the state answers (a person funnel, no category filter, step 1 of a person with an id), a
@@ -583,11 +593,12 @@ def windowed_cases(draw):
 
 
 @settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
-@given(case=windowed_cases(), applied=applications, registered_at=st.integers(-1, 4))
-def test_the_per_day_state_equals_the_domain(case, applied, registered_at):
+@given(case=windowed_cases(), applied=applications, registered_at=st.integers(-1, 4), open_days=st.booleans())
+def test_the_per_day_state_equals_the_domain(case, applied, registered_at, open_days):
     # The copy applied in random batches with folds at random points (so late rows: applied after a fold, older than
     # its days), a person erased or not; the definition's state registered after one of the batches (or after the
-    # erasure, -1); answers for as_of in the past and after every event, over ranges of whole and partial days.
+    # erasure, -1); answers for as_of in the past and after every event, over ranges of whole and partial days; the
+    # days whose windows are open at as_of read from the state (their persons with later events masked) or not.
     definition, facts, (start, end, as_of) = case
     if not handles(definition):
         return
@@ -596,7 +607,8 @@ def test_the_per_day_state_equals_the_domain(case, applied, registered_at):
         if number == registered_at:
             funnel_windows.register(connection, definition)
 
-    with short_days(), applied_copy(facts, **applied, after=register) as duck:
+    with short_days(), open_days_limit(engine.OPEN_DAYS_LIMIT if open_days else -1), \
+            applied_copy(facts, **applied, after=register) as duck:
         if not duck.execute("SELECT count(*) FROM funnel_windows").fetchone()[0]:
             funnel_windows.register(duck, definition)
         known = erased(facts, applied["erase"])
@@ -605,6 +617,7 @@ def test_the_per_day_state_equals_the_domain(case, applied, registered_at):
                      (start, end, as_of + timedelta(minutes=7))):
             cursor = _Counting(duck.cursor())
             want = funnel_result(definition, as_stored(known), *span)
+            note(f"{definition} {span} {[(f.event_id, f.type, f.person_key, f.occurred_at, f.source, f.product_id, f.order) for f in facts]}")
             assert funnel_result_sql(cursor, definition, *span, None) == want
             if min(span[1], span[2] + timedelta(microseconds=1)) > span[0]:  # (an empty range needs no query)
                 assert any("funnel_window_bits" in str(args[0]) for args in cursor.calls)  # the state's path answered
