@@ -90,14 +90,38 @@ def timed(call: Callable[[], object], runs: int) -> str:
     return f"p50 {statistics.median(seconds) * 1000:,.0f} ms, max {max(seconds) * 1000:,.0f} ms"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(description: str | None, path: str = "the copy's file (kept; reused when it exists)") -> argparse.Namespace:
+    """The options of the benches over a built copy (this one and bench/funnel_windows.py)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--persons", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--unfolded", type=int, default=100_000, help="rows appended and left unfolded")
-    parser.add_argument("--path", help="the copy's file (kept; reused when it exists)")
-    args = parser.parse_args()
+    parser.add_argument("--path", help=path)
+    return parser.parse_args()
+
+
+def append_unfolded(connection: duckdb.DuckDBPyConnection, count: int) -> int:
+    """``count`` rows appended as one batch: copies of the newest, an hour earlier, under new event and order ids.
+    Returns the seq they are applied at (not folded)."""
+    top = connection.execute("SELECT max(applied) FROM events").fetchone()[0]  # type: ignore[index]
+    new = top + count
+    connection.execute("BEGIN")
+    connection.execute(
+        f"INSERT INTO events SELECT * REPLACE ('n-' || event_id AS event_id, {new} AS applied, "
+        f"'n-' || order_id AS order_id, occurred_us - 3600000000 AS occurred_us) "
+        f"FROM events WHERE applied <= {top} ORDER BY occurred_us DESC LIMIT {count}")
+    connection.execute(f"INSERT INTO order_events SELECT * FROM events WHERE applied = {new} "
+                       "AND order_status IS NOT NULL")
+    connection.execute(f"INSERT INTO order_items SELECT 'n-' || event_id, line, product_id, category, quantity, "
+                       f"unit_price_cents, {new} FROM order_items WHERE 'n-' || event_id IN "
+                       f"(SELECT event_id FROM events WHERE applied = {new})")
+    connection.execute("COMMIT")
+    return int(new)
+
+
+def main() -> None:
+    args = arguments(__doc__)
     with tempfile.TemporaryDirectory(prefix="shoploop-kpi-state-") as directory:
         path = Path(args.path) if args.path else Path(directory, "copy.duckdb")
         existed = path.exists()
@@ -117,19 +141,7 @@ def main() -> None:
                 ("range, plain SQL", timed(lambda: answer(False), args.runs)),
                 ("per day, with the state", timed(lambda: answer(True, "UTC"), args.runs)),
                 ("per day, plain SQL", timed(lambda: answer(False, "UTC"), args.runs))]
-        top = connection.execute("SELECT max(applied) FROM events").fetchone()[0]  # type: ignore[index]
-        new = top + args.unfolded
-        connection.execute("BEGIN")
-        connection.execute(
-            f"INSERT INTO events SELECT * REPLACE ('n-' || event_id AS event_id, {new} AS applied, "
-            f"'n-' || order_id AS order_id, occurred_us - 3600000000 AS occurred_us) "
-            f"FROM events WHERE applied <= {top} ORDER BY occurred_us DESC LIMIT {args.unfolded}")
-        connection.execute(f"INSERT INTO order_events SELECT * FROM events WHERE applied = {new} "
-                           "AND order_status IS NOT NULL")
-        connection.execute(f"INSERT INTO order_items SELECT 'n-' || event_id, line, product_id, category, quantity, "
-                           f"unit_price_cents, {new} FROM order_items WHERE 'n-' || event_id IN "
-                           f"(SELECT event_id FROM events WHERE applied = {new})")
-        connection.execute("COMMIT")
+        new = append_unfolded(connection, args.unfolded)
         unfolded = answer(True)
         assert unfolded == answer(False)
         rows.append((f"range, with the state and {args.unfolded:,} rows not folded", timed(lambda: answer(True), args.runs)))

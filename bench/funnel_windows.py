@@ -14,7 +14,6 @@ Run: ``python bench/funnel_windows.py --events 3000000 --persons 300000``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -30,7 +29,7 @@ import duckdb
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.funnel_kpi_state import END, build  # noqa: E402
+from bench.funnel_kpi_state import END, append_unfolded, arguments, build  # noqa: E402
 from services.funnel.adapters.mirror import fold_state  # noqa: E402
 from services.funnel.domain.funnels import FunnelDefinition, FunnelStep  # noqa: E402
 from services.funnel.engine import funnel_windows, funnels  # noqa: E402
@@ -65,13 +64,7 @@ def transaction(connection: duckdb.DuckDBPyConnection, change: Callable[[], None
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=10_000_000)
-    parser.add_argument("--persons", type=int, default=1_000_000)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--unfolded", type=int, default=100_000, help="rows appended and left unfolded")
-    parser.add_argument("--path", help="the copy's file, without the funnel's state (kept; reused when it exists)")
-    args = parser.parse_args()
+    args = arguments(__doc__, "the copy's file, without the funnel's state (kept; reused when it exists)")
     config = {"threads": 2, "memory_limit": "512MB"}
     with tempfile.TemporaryDirectory(prefix="shoploop-bench-windows-") as directory:
         path = Path(args.path) if args.path else Path(directory, "copy.duckdb")
@@ -107,19 +100,7 @@ def main() -> None:
         rows += [("4-step, from the state", timed(answer, args.runs)),
                  ("4-step, the usual path on the copy", timed(usual, args.runs)),
                  ("4-step, the Parquet form (kept=False)", timed(lambda: answer(False), args.runs))]
-        top = connection.execute("SELECT max(applied) FROM events").fetchone()[0]  # type: ignore[index]
-        new = top + args.unfolded
-        connection.execute("BEGIN")
-        connection.execute(
-            f"INSERT INTO events SELECT * REPLACE ('n-' || event_id AS event_id, {new} AS applied, "
-            f"'n-' || order_id AS order_id, occurred_us - 3600000000 AS occurred_us) "
-            f"FROM events WHERE applied <= {top} ORDER BY occurred_us DESC LIMIT {args.unfolded}")
-        connection.execute(f"INSERT INTO order_events SELECT * FROM events WHERE applied = {new} "
-                           "AND order_status IS NOT NULL")
-        connection.execute(f"INSERT INTO order_items SELECT 'n-' || event_id, line, product_id, category, quantity, "
-                           f"unit_price_cents, {new} FROM order_items WHERE 'n-' || event_id IN "
-                           f"(SELECT event_id FROM events WHERE applied = {new})")
-        connection.execute("COMMIT")
+        new = append_unfolded(connection, args.unfolded)
         assert answer() == usual()
         rows.append((f"4-step, from the state, {args.unfolded:,} rows not folded", timed(answer, args.runs)))
         rows.append((f"4-step, the usual path, {args.unfolded:,} rows not folded", timed(usual, args.runs)))

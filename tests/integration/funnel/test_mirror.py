@@ -365,7 +365,9 @@ async def test_a_copy_kept_on_disk_refolds_its_days_when_the_reporting_time_zone
     await database.start()
     directory = tmp_path / "copy"
     around_midnight = facts([view(f"u-{n}", T + timedelta(hours=hour), "p-1")
-                             for n, hour in enumerate((-9, -1, 1, 9, 23, 25))])
+                             for n, hour in enumerate((-9, -1, 1, 9, 23, 25))]
+                            + [order("u-2", T + timedelta(hours=1, minutes=30), "o-1", [("p-1", 1, "5.00")])])
+    view_order = FunnelDefinition("view order", (FunnelStep("view"), FunnelStep("order")), window_seconds=3600)
     try:
         async with database.begin() as connection:
             await store_facts(connection, around_midnight)
@@ -373,6 +375,11 @@ async def test_a_copy_kept_on_disk_refolds_its_days_when_the_reporting_time_zone
         await mirror.refresh()
         _kpi_state_is_the_fold_of_its_rows(mirror)
         utc_days = mirror.duckdb.execute("SELECT DISTINCT day_start FROM presence ORDER BY 1").fetchall()
+        mirror.want_funnel(view_order)  # a funnel's per-day state: refolded with presence
+        await mirror._build_funnels()
+        assert_state_is_its_build_from_scratch(mirror.duckdb, view_order)
+        funnel_days = mirror.duckdb.execute("SELECT DISTINCT day_start FROM funnel_window_rows ORDER BY 1").fetchall()
+        assert funnel_days == utc_days
         await mirror.stop()
 
         mirror = FactMirror(database, directory=directory, time_zone="Asia/Shanghai")
@@ -380,6 +387,9 @@ async def test_a_copy_kept_on_disk_refolds_its_days_when_the_reporting_time_zone
         assert mirror.duckdb.execute("SELECT time_zone FROM kpi_state").fetchone()[0] == "Asia/Shanghai"
         _kpi_state_is_the_fold_of_its_rows(mirror)
         assert mirror.duckdb.execute("SELECT DISTINCT day_start FROM presence ORDER BY 1").fetchall() != utc_days
+        assert_state_is_its_build_from_scratch(mirror.duckdb, view_order)
+        assert mirror.duckdb.execute("SELECT DISTINCT day_start FROM funnel_window_rows ORDER BY 1").fetchall() == (
+            mirror.duckdb.execute("SELECT DISTINCT day_start FROM presence ORDER BY 1").fetchall())
         await mirror.stop()
     finally:
         await database.close()
