@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from libs.common.events import MAX_MONEY, format_timestamp
 from services.funnel.domain.funnels import DEFAULT_FUNNEL, FunnelDefinition, FunnelStep
-from services.funnel.engine import product_state
+from services.funnel.engine import funnel_windows, product_state
+from services.funnel.engine.funnels import window_key
 from services.funnel.settings import FunnelSettings
 from tests.integration.funnel import expected
 from tests.integration.funnel.helpers import (
@@ -192,6 +193,8 @@ async def test_answers_equal_the_domain_on_random_histories_sent_shuffled(shop, 
         result = await funnel.get(f"/v1/funnels/{funnel.custom.get(name, name)}/result", **span)
         want = expected.funnel(known, definition, start, end, as_of, None)
         assert expected.subset(result, want) == want, name
+    held = funnel_windows.registered(funnel.app.state.service.mirror.duckdb.cursor())
+    assert window_key(CUSTOM_FUNNELS["inquiry path"]) in held  # built when it was defined
 
     assert (await funnel.get("/v1/products", **span))["items"] == expected.products(known, start, end, as_of)
     # The matrix looks 56 days back: once more from late in the era, where history reaches beyond that.

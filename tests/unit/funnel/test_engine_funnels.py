@@ -642,3 +642,55 @@ def assert_state_is_its_build_from_scratch(duck: duckdb.DuckDBPyConnection, defi
     funnel_windows.register(duck, definition)
     assert state() == kept
     duck.execute("ROLLBACK")
+
+
+@pytest.mark.parametrize("open_days", [True, False])
+@pytest.mark.parametrize("window, as_of, late", [
+    # A later step after as_of, inside the window of a day that ended before as_of.
+    (120, at(minutes=7), at(minutes=7, seconds=30)),
+    # The day [3, 6) minutes, W = 1 minute: its last step-1 instant's window ends 1 us after as_of.
+    (60, at(minutes=7, microseconds=-2), at(minutes=7, microseconds=-1)),
+])
+def test_a_days_window_closes_at_its_end_plus_w_and_later_events_are_masked(open_days, window, as_of, late):
+    definition = person_funnel(FunnelStep("view"), FunnelStep("add_to_cart"), window_seconds=window)
+    facts = [
+        view("ann", at(minutes=6, microseconds=-1), event_id="a1"), cart("ann", late, event_id="a2"),
+        view("bob", at(minutes=1), event_id="b1"), cart("bob", at(minutes=2), event_id="b2"),
+    ]
+    with short_days(), open_days_limit(engine.OPEN_DAYS_LIMIT if open_days else -1), \
+            applied_copy(facts, folds={0}) as duck:
+        funnel_windows.register(duck, definition)
+        for span in ((at(), at(minutes=9), as_of), (at(), at(minutes=9), at(days=1))):
+            cursor = _Counting(duck.cursor())
+            got = funnel_result_sql(cursor, definition, *span, None)
+            assert got == funnel_result(definition, facts, *span)
+            assert any("funnel_window_bits" in str(args[0]) for args in cursor.calls)
+        assert funnel_result_sql(duck.cursor(), definition, at(), at(minutes=9), as_of, None).counts == (2, 1)
+
+
+@pytest.mark.parametrize("folds", [{0, 1}, {0}])
+def test_a_fold_recomputes_the_persons_whose_order_another_persons_late_event_completes_first(folds):
+    # ann's order o1 completes at 5 minutes (folded, in the state); bob's completed event of o1 at 2 minutes arrives
+    # after that fold: o1 counts at bob's event, so ann's chain ends at the view. The next fold must recompute ann;
+    # until then (folds {0}) the query masks ann too.
+    definition = person_funnel(FunnelStep("view"), FunnelStep("order"), window_seconds=600)
+    # (The copy takes the facts in reverse, as first arrivals: ann's come in the first batch.)
+    facts = [view("bob", at(minutes=1), event_id="b0"), order("bob", at(minutes=2), "o1", "4.00", event_id="b1"),
+             view("ann", at(minutes=1), event_id="a1"), order("ann", at(minutes=5), "o1", "4.00", event_id="a2")]
+
+    def register(connection, number):
+        if number == 0:
+            funnel_windows.register(connection, definition)
+
+    with short_days(), applied_copy(facts, cuts=[2], folds=folds, after=register) as duck:
+        assert_state_is_its_build_from_scratch(duck, definition)
+        got = assert_same_from_state(duck, definition, facts, at(), at(minutes=9), at(days=1))
+        assert got.counts == (2, 1)
+
+
+def assert_same_from_state(duck, definition, facts, start, end, as_of):
+    cursor = _Counting(duck.cursor())
+    got = funnel_result_sql(cursor, definition, start, end, as_of, None)
+    assert any("funnel_window_bits" in str(args[0]) for args in cursor.calls)
+    assert got == funnel_result(definition, facts, start, end, as_of)
+    return got
