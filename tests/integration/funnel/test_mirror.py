@@ -13,9 +13,9 @@ from services.funnel.adapters.facts import pseudonymise_persons, store_facts
 from services.funnel.adapters.mirror import EVENTS_SCHEMA, ITEMS_SCHEMA, FactMirror
 from services.funnel.adapters.tables import MIGRATIONS, events, metadata, order_items
 from services.funnel.decoding import decode_event
+from services.funnel.domain.funnels import FunnelDefinition, FunnelStep
 from services.funnel.engine import kpi_state, product_state
 from services.funnel.handlers import EventRecorder
-from services.funnel.domain.funnels import FunnelDefinition, FunnelStep
 from tests.integration.funnel.helpers import facts, inquiry, order, refund, review, view
 from tests.unit.funnel.test_engine_funnels import assert_state_is_its_build_from_scratch
 

@@ -28,8 +28,8 @@ from services.funnel.domain.funnels import (
     _matches,
     funnel_result,
 )
-from services.funnel.engine import funnels as engine
 from services.funnel.engine import funnel_windows, kpi_state, person_hashes
+from services.funnel.engine import funnels as engine
 from services.funnel.engine.funnels import funnel_result_sql, handles
 from tests.integration.funnel.helpers import facts
 from tests.integration.funnel.test_property import CUSTOM_FUNNELS, FIRST_ERA, build
