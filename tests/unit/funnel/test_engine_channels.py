@@ -4,27 +4,45 @@ and at the edges of the 30-day lookback and of new customers."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from unittest import mock
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.funnel.domain.channels import channel_metrics
 from services.funnel.engine import channels as engine
+from services.funnel.engine import kpi_state
 from tests.integration.funnel.helpers import cart, facts, order, view
 from tests.integration.funnel.test_property import FIRST_ERA, build, histories
 from tests.unit.funnel.duck import applications, duck_of, erased
 from tests.unit.funnel.test_engine_products import span_of
 
 
+# A long tail of sources: up to 40 names given to events of the history (views mostly), so that a day has many
+# sources of one or two viewers each.
+TAIL = st.lists(st.one_of(st.none(), st.integers(0, 39)), max_size=80)
+
+
+def with_tail(arrived, tail):
+    """The facts with the i-th one's source replaced by ``tail-<n>`` where ``tail[i]`` is n."""
+    return [replace(fact, source=f"tail-{n}") if i < len(tail) and (n := tail[i]) is not None else fact
+            for i, fact in enumerate(arrived)]
+
+
 @settings(max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(raw=histories, applied=applications, weeks_later=st.integers(0, 6),
-       zone=st.sampled_from(("UTC", "America/New_York")))
-def test_equal_to_the_domain_on_random_histories(raw, applied, weeks_later, zone):
+       zone=st.sampled_from(("UTC", "America/New_York")), tail=TAIL, sparse=st.sampled_from((0, 1, 2, 10**9)),
+       fold_days=st.sampled_from((1, 2, 3, 7)))
+def test_equal_to_the_domain_on_random_histories(raw, applied, weeks_later, zone, tail, sparse, fold_days):
     # The copy applied in random batches with the state (each order's counting event, each day's viewers per source
     # in the days of ``zone``) folded at random points, a person erased or not: buyers and new customers by the
-    # state's person ids, or by key beside unfolded orders; viewers of whole days from the state.
-    arrived = facts(build(raw, 0))
+    # state's person ids, or by key beside unfolded orders; viewers of whole days from the state. Sources in a long
+    # tail or not; a (day, source) with more than ``sparse`` viewers a bitstring, the others id rows (0: every one a
+    # bitstring, 10**9: none; 1 and 2: both, and id rows made a bitstring as later folds add viewers); a fold
+    # aggregating ``fold_days`` days per statement (histories span 2 to 10 weeks: several chunks).
+    arrived = with_tail(facts(build(raw, 0)), tail)
     known = erased(arrived, applied["erase"])
     start, end, as_of = span_of(raw)
     inner = (start + timedelta(hours=5), end + timedelta(hours=7), start + timedelta(days=1, hours=3))
@@ -33,8 +51,11 @@ def test_equal_to_the_domain_on_random_histories(raw, applied, weeks_later, zone
              as_of + timedelta(weeks=weeks_later))
     # Asked after the range: its whole days come from the state.
     after = (start, end, end + timedelta(days=1))
-    with duck_of(arrived, **applied, time_zone=zone) as duck:
-        for span in ((start, end, as_of), inner, later, after):
+    # Every day of the history, asked after its end: the whole of the state.
+    everything = (FIRST_ERA - timedelta(days=1), FIRST_ERA + timedelta(days=80), FIRST_ERA + timedelta(days=81))
+    with mock.patch.object(kpi_state, "sparse_limit", lambda capacity: sparse), \
+            mock.patch.object(kpi_state, "FOLD_DAYS", fold_days), duck_of(arrived, **applied, time_zone=zone) as duck:
+        for span in ((start, end, as_of), inner, later, after, everything):
             assert engine.channel_metrics(duck.cursor(), *span) == channel_metrics(known, *span)
 
 

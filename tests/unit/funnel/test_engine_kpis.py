@@ -28,10 +28,11 @@ def _both(known, start, end, as_of, time_zone=TIME_ZONE):
 
 @settings(max_examples=120, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(raw=histories, applied=applications, state_zone=st.sampled_from((TIME_ZONE, TIME_ZONE, "UTC", "America/New_York")),
-       capacity=st.sampled_from((1, 2, 64, kpi_state.MIN_CAPACITY)))
-def test_equal_to_the_domain_on_random_histories(raw, applied, state_zone, capacity):
+       capacity=st.sampled_from((1, 2, 64, kpi_state.MIN_CAPACITY)), fold_days=st.sampled_from((1, 2, 3, 7)))
+def test_equal_to_the_domain_on_random_histories(raw, applied, state_zone, capacity, fold_days):
     # The copy applied in random batches with the state folded at random points, a person erased or not; the
-    # state's days in the answer's zone or not; its bitstrings starting at `capacity` bits, growing as needed.
+    # state's days in the answer's zone or not; its bitstrings starting at `capacity` bits, growing as needed; a
+    # fold aggregating `fold_days` days per statement (histories span 2 to 10 weeks: many chunks, and their bounds).
     arrived = facts(build(raw, 0))
     known = erased(arrived, applied["erase"])
     base = FIRST_ERA.date()
@@ -41,7 +42,7 @@ def test_equal_to_the_domain_on_random_histories(raw, applied, state_zone, capac
     as_of = FIRST_ERA + timedelta(hours=raw["as_of_hours"])
     # A range that starts and ends inside days, and an as_of inside it.
     inner = (start + timedelta(hours=5), end + timedelta(hours=7), start + timedelta(days=1, hours=3))
-    with mock.patch.object(kpi_state, "MIN_CAPACITY", capacity), \
+    with mock.patch.object(kpi_state, "MIN_CAPACITY", capacity), mock.patch.object(kpi_state, "FOLD_DAYS", fold_days), \
             duck_of(arrived, **applied, time_zone=state_zone) as duck:
         # ... and one after every event, where every day of the range is whole and the state answers for it.
         for span in ((start, end, as_of), inner, (start, end, FIRST_ERA + timedelta(days=100))):
