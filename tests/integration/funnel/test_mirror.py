@@ -128,6 +128,8 @@ def _kpi_state_is_the_fold_of_its_rows(mirror: FactMirror) -> None:
 @pytest.mark.parametrize("fold_rows", [product_state.FOLD_ROWS, 1])
 async def test_the_copy_equals_the_stored_facts_through_load_follow_and_erasure(database_url, fold_rows, monkeypatch):
     monkeypatch.setattr(product_state, "FOLD_ROWS", fold_rows)
+    if fold_rows == 1:  # a (day, source) of two viewers or more a bitstring, the others id rows
+        monkeypatch.setattr(kpi_state, "sparse_limit", lambda capacity: 1)
     database = Database(database_url, metadata=metadata, migrations=MIGRATIONS)
     await database.start()
     mirror = FactMirror(database)
@@ -161,6 +163,8 @@ async def test_the_copy_equals_the_stored_facts_through_load_follow_and_erasure(
             assert mirror.duckdb.execute("SELECT horizon FROM copy_state").fetchone()[0] > 0
             _state_is_the_fold_of_its_rows(mirror)
             _kpi_state_is_the_fold_of_its_rows(mirror)
+            assert all(mirror.duckdb.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                       for table in ("source_presence", "source_viewers"))  # both kinds checked
             # p-0 .. p-5 (the later p-9 is past the horizon, a day before it: read beside the state).
             assert mirror.duckdb.execute("SELECT count(*) FROM product_state").fetchone()[0] == len(AWKWARD)
     finally:

@@ -19,7 +19,6 @@ from tests.integration.funnel.test_property import FIRST_ERA, build, histories
 from tests.unit.funnel.duck import applications, duck_of, erased
 from tests.unit.funnel.test_engine_products import span_of
 
-
 # A long tail of sources: up to 40 names given to events of the history (views mostly), so that a day has many
 # sources of one or two viewers each.
 TAIL = st.lists(st.one_of(st.none(), st.integers(0, 39)), max_size=80)
