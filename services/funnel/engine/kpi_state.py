@@ -11,8 +11,10 @@ joins on person and order keys, which are strings):
   bitstring of ``capacity`` bits (DuckDB ``bitstring_agg``). The distinct persons of whole days are the
   ``bit_count`` of the ``bit_or`` of their bitstrings; the rest of a span (a part of a day at either end, the day
   holding as_of, rows not folded yet) is read from the rows and joined in by id, a person without an id yet
-  counted by key (such a person is in no bitstring). Exact: a set union, never an estimate. ``source_presence``
-  holds the viewers of each (day, channel source) the same way, for the channels' uv per source (channels.py);
+  counted by key (such a person is in no bitstring). Exact: a set union, never an estimate. The viewers of each
+  (day, channel source), for the channels' uv per source (channels.py), are a bitstring the same way in
+  ``source_presence`` when they are many (``sparse_limit``), else their ids as rows of ``source_viewers``: a shop's
+  long tail of sources costs what its viewers do, not a bitstring of every person per source and day;
 - the order rule (``History.orders``): an order counts once, at its earliest completed event (ties by
   event_id) up to as_of; ``counted_orders`` is its compiled form over the state, which the KPIs, products, matrix
   and channels read. ``order_state`` holds, per order_id, that earliest completed event over the folded rows
@@ -158,10 +160,11 @@ FOLD_DAYS = 7
 def sparse_limit(capacity: int) -> int:
     """The most viewers a (day, source) keeps as id rows in ``source_viewers``; more make it a bitstring of
     ``capacity`` bits in ``source_presence``. A bitstring costs ``capacity / 8`` bytes whatever its viewers, an id
-    row ~3 bytes on disk (ids of up to 22 bits, bit-packed; day and source compress to nothing) and 8 in memory: at
-    a 32nd of the capacity both cost about the same on disk, and a query counts the rows (a hash of ids) where it
-    would or a bitstring."""
-    return capacity // 32
+    row ~3–4 bytes on disk (bit-packed ids; day and source compress to nothing) and a hash of it in a query, where a
+    bitstring is an ``or`` of its bytes: at a 256th of the capacity a bitstring costs at most 32 bytes per viewer
+    (so the state grows with the viewers, whatever the sources), and the bench's six sources, thousands of viewers a
+    day each, stay bitstrings (a 32nd made them rows: the channels query ~2x slower at 3M events, load 5–8)."""
+    return capacity // 256
 
 
 def _fold_presence(connection: duckdb.DuckDBPyConnection, where: str, capacity: int) -> None:
