@@ -194,26 +194,28 @@ def _fold_presence(connection: duckdb.DuckDBPyConnection, where: str, capacity: 
             CREATE OR REPLACE TEMP TABLE viewers_fold AS
             SELECT DISTINCT {day_of('e.occurred_us', starts)} AS day_start, e.source, p.id
             {rows} AND e.type = 'view'""")
+        # The state of the chunk's days only: a join builds its hash table of the whole right side.
+        days = f"day_start >= {int(since)} AND day_start < {int(until)}"
+        kept = f"SELECT day_start, source FROM source_presence WHERE {days}"
         # Into the bitstrings of the (day, source)s that have one.
         connection.execute(f"""
             UPDATE source_presence SET bits = source_presence.bits | f.bits
             FROM (SELECT day_start, source, bitstring_agg(id, 0, {capacity - 1}) AS bits
-                  FROM viewers_fold SEMI JOIN source_presence USING (day_start, source) GROUP BY ALL) f
+                  FROM viewers_fold SEMI JOIN ({kept}) k USING (day_start, source) GROUP BY ALL) f
             WHERE source_presence.day_start = f.day_start AND source_presence.source = f.source""")
         # The others' new ids as rows, then those holding too many made a bitstring.
-        connection.execute("""
+        connection.execute(f"""
             INSERT INTO source_viewers
-            SELECT f.* FROM viewers_fold f ANTI JOIN source_presence USING (day_start, source)
-            ANTI JOIN source_viewers USING (day_start, source, id)""")
+            SELECT f.* FROM viewers_fold f ANTI JOIN ({kept}) k USING (day_start, source)
+            ANTI JOIN (SELECT * FROM source_viewers WHERE {days}) v USING (day_start, source, id)""")
         connection.execute(f"""
             CREATE OR REPLACE TEMP TABLE viewers_grown AS
-            SELECT day_start, source FROM source_viewers
-            WHERE day_start >= {int(since)} AND day_start < {int(until)} GROUP BY ALL
+            SELECT day_start, source FROM source_viewers WHERE {days} GROUP BY ALL
             HAVING count(*) > {int(sparse_limit(capacity))}""")
         connection.execute(f"""
             INSERT INTO source_presence
             SELECT day_start, source, bitstring_agg(id, 0, {capacity - 1})
-            FROM source_viewers SEMI JOIN viewers_grown USING (day_start, source) GROUP BY ALL""")
+            FROM source_viewers SEMI JOIN viewers_grown USING (day_start, source) WHERE {days} GROUP BY ALL""")
         connection.execute("""
             DELETE FROM source_viewers USING viewers_grown g
             WHERE source_viewers.day_start = g.day_start AND source_viewers.source = g.source""")
