@@ -39,7 +39,7 @@ END = datetime(2026, 11, 1, tzinfo=UTC)
 _EVENTS = """
 INSERT INTO events
 SELECT 'e-' || g, kind, 'u-' || person, $start + g * $step + (hi % 60000000),
-       (['(direct)', '(direct)', 'google', 'douyin', 'xiaohongshu', 'wechat', 'email'])[1 + hi % 7],
+       {source},
        CASE WHEN kind <> 'order' THEN 'p-' || product END,
        CASE WHEN kind = 'view' THEN 'Product ' || product END,
        CASE WHEN kind = 'view' THEN 'c-' || (product % 40) END,
@@ -62,10 +62,21 @@ FROM (SELECT g, (hash(g) % 1000000007)::BIGINT AS hi, floor(power(random(), 1.5)
 """
 
 
-def build(connection: duckdb.DuckDBPyConnection, events: int, persons: int) -> None:
+# The bench's sources: two in seven events direct, the rest one of five sources (or of ``sources`` ``tail-<n>``).
+_SIX_SOURCES = "(['(direct)', '(direct)', 'google', 'douyin', 'xiaohongshu', 'wechat', 'email'])[1 + hi % 7]"
+
+
+def source_of(sources: int) -> str:
+    """SQL: an event's source, ``hi`` its hash: the bench's six (with ``(direct)``), or a long tail of ``sources``."""
+    if not sources:
+        return _SIX_SOURCES
+    return f"CASE WHEN hi % 7 < 2 THEN '(direct)' ELSE 'tail-' || (hi // 7) % {int(sources)} END"
+
+
+def build(connection: duckdb.DuckDBPyConnection, events: int, persons: int, sources: int = 0) -> None:
     create_tables(connection, "UTC")
     began = time.perf_counter()
-    connection.execute(_EVENTS, {"start": epoch_micros(END - timedelta(days=90)), "step": 90 * 86_400_000_000 // events,
+    connection.execute(_EVENTS.replace("{source}", source_of(sources)), {"start": epoch_micros(END - timedelta(days=90)), "step": 90 * 86_400_000_000 // events,
                                  "events": events, "persons": persons})
     connection.execute("INSERT INTO order_events SELECT * FROM events WHERE order_status IS NOT NULL")
     connection.execute("INSERT INTO order_items SELECT event_id, 0, 'p-' || (hash(event_id) % 20000), "

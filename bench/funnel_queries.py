@@ -12,7 +12,8 @@ bench/funnel.py measures) with ``--events`` events (default 10,000,000) of ``--p
   order over the same 30 days, GET /v1/products (the first page of 100, and a walk of every page of 1,000),
   GET /v1/products/matrix (first page) and GET /v1/channels, each ``--runs`` times after one warm-up: p50
   and p95 of the HTTP round trip;
-- its resident memory after those (and its peak), then a restart (SIGTERM, start again on the same file)
+- its resident memory after those (and its peak), the peak while each route ran (the first load's too), then a
+  restart (SIGTERM, start again on the same file)
   until /readyz, and the resident memory then;
 - the KPI and funnel questions asked of DuckDB directly over the events exported to Parquet (the same SQL the
   service runs, on ``read_parquet`` views; for the KPIs the plain form, without the copy's KPI state), in one
@@ -25,10 +26,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -160,6 +163,15 @@ def resident_megabytes(pid: int, field: str = "VmRSS") -> float:
     return float("nan")
 
 
+@contextlib.contextmanager
+def peak_of(pid: int, peaks: dict[str, tuple[float, float]], name: str) -> Iterator[None]:
+    """The process's peak resident memory (VmHWM) while the block runs, and its resident memory after, kept in
+    ``peaks[name]``: the peak is reset first (``/proc/<pid>/clear_refs``, Linux 4.0+)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    yield
+    peaks[name] = (resident_megabytes(pid, "VmHWM"), resident_megabytes(pid))
+
+
 async def walk_products(client: httpx.AsyncClient, url: str, params: dict[str, str]) -> tuple[float, list[float], int]:
     """Every page of /v1/products at 1,000 a page: total seconds, seconds per page, products seen."""
     pages: list[float] = []
@@ -224,11 +236,15 @@ async def query_latency(args: argparse.Namespace, workdir: Path, rows: list[Row]
             async with httpx.AsyncClient(timeout=600, headers=HEADERS) as client:
                 await service.wait_ready(client, deadline_seconds=1200)
                 loaded = time.perf_counter() - began
+                pid = service.popen.pid
+                peaks = {"first load": (resident_megabytes(pid, "VmHWM"), resident_megabytes(pid))}
                 rows.append((f"funnel start-up until its DuckDB copy is loaded ({size})", "",
-                             f"{loaded:.1f} s, then {resident_megabytes(service.popen.pid):,.0f} MB resident", ""))
+                             f"{loaded:.1f} s, then {resident_megabytes(pid):,.0f} MB resident", ""))
                 base = service.base_url
-                kpis = await timed_http(client, f"{base}/v1/kpis", args.runs, span)
-                daily = await timed_http(client, f"{base}/v1/kpis", args.runs, span | {"granularity": "day"})
+                with peak_of(pid, peaks, "kpis"):
+                    kpis = await timed_http(client, f"{base}/v1/kpis", args.runs, span)
+                with peak_of(pid, peaks, "kpis per day"):
+                    daily = await timed_http(client, f"{base}/v1/kpis", args.runs, span | {"granularity": "day"})
                 figures = (await client.get(f"{base}/v1/kpis", params=span)).json()
                 print("kpis: " + ", ".join(f"{k}={figures[k]}" for k in ("pv", "uv", "buyers", "orders", "gmv",
                                                                        "refunds", "inquiry_conversion")),
@@ -240,32 +256,39 @@ async def query_latency(args: argparse.Namespace, workdir: Path, rows: list[Row]
                     created = await client.post(f"{base}/v1/funnels", json=body, headers=CAMPAIGNS)
                     created.raise_for_status()
                     funnel_url = f"{base}/v1/funnels/{created.json()['funnel_id']}/result"
-                    funnel = await timed_http(client, funnel_url, args.runs, span)
+                    with peak_of(pid, peaks, "4-step funnel"):
+                        funnel = await timed_http(client, funnel_url, args.runs, span)
                 if "products" in args.queries:
                     body = {"name": "bench per product", "window_seconds": 7 * 86400, "unit": "product",
                             "steps": [{"type": step} for step in PRODUCT_STEPS]}
                     created = await client.post(f"{base}/v1/funnels", json=body, headers=CAMPAIGNS)
                     created.raise_for_status()
-                    per_product = await timed_http(
-                        client, f"{base}/v1/funnels/{created.json()['funnel_id']}/result", args.runs, span)
+                    with peak_of(pid, peaks, "per-product funnel"):
+                        per_product = await timed_http(
+                            client, f"{base}/v1/funnels/{created.json()['funnel_id']}/result", args.runs, span)
                     rows.append((f"GET per-product 3-step funnel result, 30 days ({size})", "", summary(per_product),
                                  "p95 < 1 s"))
-                    first_page = await timed_http(client, f"{base}/v1/products", args.runs, span | {"limit": "100"})
+                    with peak_of(pid, peaks, "products, first page"):
+                        first_page = await timed_http(client, f"{base}/v1/products", args.runs, span | {"limit": "100"})
                     rows.append((f"GET /v1/products, first page of 100, 30 days ({size})", "", summary(first_page),
                                  "p95 < 1 s"))
-                    walked, pages, seen = await walk_products(client, f"{base}/v1/products", span)
+                    with peak_of(pid, peaks, "products, every page"):
+                        walked, pages, seen = await walk_products(client, f"{base}/v1/products", span)
                     rows.append((f"GET /v1/products, every page of 1,000 ({seen:,} products, {len(pages)} pages)", "",
                                  f"{walked:.1f} s in all; per page {summary(pages)}", "p95 < 1 s"))
-                    matrix = await timed_http(client, f"{base}/v1/products/matrix", args.runs,
-                                              {"as_of": span["as_of"], "limit": "100"})
+                    with peak_of(pid, peaks, "matrix"):
+                        matrix = await timed_http(client, f"{base}/v1/products/matrix", args.runs,
+                                                  {"as_of": span["as_of"], "limit": "100"})
                     rows.append((f"GET /v1/products/matrix, first page of 100 ({size})", "", summary(matrix),
                                  "p95 < 1 s"))
-                    channels = await timed_http(client, f"{base}/v1/channels", args.runs, span)
+                    with peak_of(pid, peaks, "channels"):
+                        channels = await timed_http(client, f"{base}/v1/channels", args.runs, span)
                     rows.append((f"GET /v1/channels, 30 days ({size})", "", summary(channels), "p95 < 1 s"))
-                pid = service.popen.pid
-                rows.append(("funnel resident memory after the queries (peak)", "",
-                             f"{resident_megabytes(pid):,.0f} MB ({resident_megabytes(pid, 'VmHWM'):,.0f} MB)",
+                rows.append(("funnel resident memory after the queries (highest peak)", "",
+                             f"{resident_megabytes(pid):,.0f} MB ({max(high for high, _ in peaks.values()):,.0f} MB)",
                              "< 1 GB"))
+                rows.append(("funnel peak resident memory per route (then resident)", "", "; ".join(
+                    f"{name} {high:,.0f} MB ({after:,.0f})" for name, (high, after) in peaks.items()), "< 1 GB"))
                 service.stop()
                 began = time.perf_counter()
                 service = Process("services.funnel", env, port, workdir / "funnel-restart.log")

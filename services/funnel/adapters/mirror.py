@@ -84,7 +84,7 @@ _DUCKDB_TYPES = {pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.float64(): "DOU
 
 
 # The copy's tables and what they hold: a file written under another version is rebuilt, not read.
-COPY_SCHEMA_VERSION = 4
+COPY_SCHEMA_VERSION = 5
 
 
 def create_tables(connection: duckdb.DuckDBPyConnection, time_zone: str = "UTC") -> None:

@@ -8,8 +8,9 @@ by tests/unit/funnel/test_engine_channels.py on random histories.
   in [t - 30 days, t) (ties by the larger event_id): an ASOF JOIN finds the latest instant before t, and the
   events at that instant settle the tie; else ``(direct)``.
 - uv per source: the viewers of the range's whole days (of the KPI state's time zone, at or before as_of) are the
-  union of ``source_presence``'s bitstrings; the rest (partial days, views not folded yet) is read from the rows and
-  added by person id (by key for a person without one), as ``kpis.py`` counts uv;
+  union of ``source_presence``'s bitstrings (its large (day, source)s) and ``source_viewers``' ids (the others); the
+  rest (partial days, views not folded yet) is read from the rows and added by person id (by key for a person
+  without one), as ``kpis.py`` counts uv: the bitstrings' count plus the distinct ids not in their union;
 - counted orders: each order's counting event from the KPI state (``kpi_state.counted_orders``: ``order_state``
   with the completed events not folded yet), not a window over the order events;
 - ``new_customers``: buyers in the range with no counted order before it (the counting events before the range,
@@ -44,16 +45,30 @@ placed AS (
     SELECT p.*, k.source FROM placed_events p
     JOIN order_events k ON k.event_id = p.event_id AND k.occurred_us >= $since AND k.occurred_us < $until
 ),
--- Viewers per source: of the whole days from the KPI state's bitstrings, the rest from the rows by person id (by
--- key for a person without one, who is in no bitstring).
+-- Viewers per source: of the whole days from the KPI state (the bitstrings of its large (day, source)s, the id rows
+-- of the others), the rest from the rows by person id (by key for a person without one, who is in no bitstring).
+-- The ids count where the bitstrings' union lacks them: no bitstring is built per source for them.
 kept_views AS (
     SELECT source, bit_or(bits) AS bits FROM source_presence WHERE day_start >= $w0 AND day_start < $w1 GROUP BY source
 ),
 {unkept_views},
+viewer_ids AS (
+    SELECT source, id FROM source_viewers WHERE day_start >= $w0 AND day_start < $w1
+    UNION ALL
+    SELECT source, id FROM unkept_views WHERE id IS NOT NULL
+),
+more_viewers AS (
+    SELECT v.source, count(DISTINCT v.id) AS viewers
+    FROM viewer_ids v LEFT JOIN kept_views k USING (source)
+    WHERE k.bits IS NULL OR get_bit(k.bits, v.id::INTEGER) = 0
+    GROUP BY v.source
+),
+newcomer_views AS (
+    SELECT source, count(DISTINCT person_key) AS viewers FROM unkept_views WHERE id IS NULL GROUP BY source
+),
 traffic AS (
-    SELECT source, coalesce(bit_count(CASE WHEN k.bits IS NULL THEN u.bits WHEN u.bits IS NULL THEN k.bits
-                                           ELSE k.bits | u.bits END), 0) + coalesce(u.newcomers, 0) AS uv
-    FROM kept_views k FULL JOIN unkept_views u USING (source)
+    SELECT source, coalesce(bit_count(k.bits), 0) + coalesce(m.viewers, 0) + coalesce(n.viewers, 0) AS uv
+    FROM kept_views k FULL JOIN more_viewers m USING (source) FULL JOIN newcomer_views n USING (source)
 ),
 unsourced AS (
     SELECT event_id, person_key, occurred_us FROM placed WHERE source = $direct
@@ -107,18 +122,16 @@ ORDER BY s.source
 """
 
 
-# Viewers per source of the loose views (``_loose_views``) by person id, by key for a person without one; when there are
-# loose views only: a join with person_ids builds the hash table of every id (0.5 s at 10M), whichever side is empty.
+# The loose views (``_loose_views``) with their person's id (NULL for a person without one); when there are loose
+# views only: a join with person_ids builds the hash table of every id (0.5 s at 10M), whichever side is empty.
 _UNKEPT_VIEWS = """loose_views AS (
     {loose}
 ),
-unkept_views AS (
-    SELECT l.source, bitstring_agg(i.id, 0, $last_id) FILTER (WHERE i.id IS NOT NULL) AS bits,
-           count(DISTINCT l.person_key) FILTER (WHERE i.id IS NULL) AS newcomers
-    FROM loose_views l LEFT JOIN person_ids i ON i.person_key = l.person_key
-    GROUP BY l.source
+unkept_views AS MATERIALIZED (
+    SELECT l.source, l.person_key, i.id FROM loose_views l LEFT JOIN person_ids i ON i.person_key = l.person_key
 )"""
-_NO_UNKEPT_VIEWS = "unkept_views AS (SELECT NULL::VARCHAR AS source, NULL::BIT AS bits, 0 AS newcomers WHERE false)"
+_NO_UNKEPT_VIEWS = ("unkept_views AS (SELECT NULL::VARCHAR AS source, NULL::VARCHAR AS person_key, NULL::BIGINT AS id "
+                    "WHERE false)")
 
 
 def _loose_views(since: int, until: int, as_of: int, whole: tuple[int, int]) -> str:
@@ -141,9 +154,9 @@ def channel_metrics(
     params = {"since": epoch_micros(start), "until": epoch_micros(end), "as_of": epoch_micros(as_of),
               "direct": DIRECT, "lookback": micros(CHANNEL_LOOKBACK)}
     with product_state.snapshot(cursor):
-        folded, capacity, time_zone = kpi_state.standing(cursor)
+        folded, _, time_zone = kpi_state.standing(cursor)
         whole = whole_days(params["since"], params["until"], params["as_of"], time_zone)
-        params |= {"w0": whole[0], "w1": whole[1], "folded": folded, "last_id": capacity - 1}
+        params |= {"w0": whole[0], "w1": whole[1], "folded": folded}
         loose = _loose_views(params["since"], params["until"], params["as_of"], whole)
         unkept = (_UNKEPT_VIEWS.replace("{loose}", loose)
                   if fetch(cursor, f"SELECT count(*) FROM ({loose})", params)[0][0] else _NO_UNKEPT_VIEWS)

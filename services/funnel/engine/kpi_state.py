@@ -11,8 +11,10 @@ joins on person and order keys, which are strings):
   bitstring of ``capacity`` bits (DuckDB ``bitstring_agg``). The distinct persons of whole days are the
   ``bit_count`` of the ``bit_or`` of their bitstrings; the rest of a span (a part of a day at either end, the day
   holding as_of, rows not folded yet) is read from the rows and joined in by id, a person without an id yet
-  counted by key (such a person is in no bitstring). Exact: a set union, never an estimate. ``source_presence``
-  holds the viewers of each (day, channel source) the same way, for the channels' uv per source (channels.py);
+  counted by key (such a person is in no bitstring). Exact: a set union, never an estimate. The viewers of each
+  (day, channel source), for the channels' uv per source (channels.py), are a bitstring the same way in
+  ``source_presence`` when they are many (``sparse_limit``), else their ids as rows of ``source_viewers``: a shop's
+  long tail of sources costs what its viewers do, not a bitstring of every person per source and day;
 - the order rule (``History.orders``): an order counts once, at its earliest completed event (ties by
   event_id) up to as_of; ``counted_orders`` is its compiled form over the state, which the KPIs, products, matrix
   and channels read. ``order_state`` holds, per order_id, that earliest completed event over the folded rows
@@ -64,8 +66,10 @@ MIN_CAPACITY = 1 << 16
 def create_state(connection: duckdb.DuckDBPyConnection, time_zone: str = "UTC") -> None:
     connection.execute("CREATE TABLE IF NOT EXISTS person_ids (person_key VARCHAR, id BIGINT)")
     connection.execute("CREATE TABLE IF NOT EXISTS presence (day_start BIGINT, type VARCHAR, bits BIT)")
-    # The viewers of each (day, channel source): the channels' uv per source.
+    # The viewers of each (day, channel source), the channels' uv per source: a bitstring for a source with many
+    # viewers that day (source_presence), their ids as rows for one with few (source_viewers); see ``sparse_limit``.
     connection.execute("CREATE TABLE IF NOT EXISTS source_presence (day_start BIGINT, source VARCHAR, bits BIT)")
+    connection.execute("CREATE TABLE IF NOT EXISTS source_viewers (day_start BIGINT, source VARCHAR, id BIGINT)")
     # amount: one order's, which fits 64 bits (a total, or lines of at most 10^14 cents each in a 32 KB event);
     # sums of it are taken as HUGEINT. (A HUGEINT column scans ~50x slower: its bit-packing.)
     # Per order_id: its earliest completed event (NULLs while only refunds are known) with the person's id, and its
@@ -87,7 +91,8 @@ def create_state(connection: duckdb.DuckDBPyConnection, time_zone: str = "UTC") 
 
 
 def clear(connection: duckdb.DuckDBPyConnection) -> None:
-    for table in ("person_ids", "presence", "source_presence", "order_state", "inquiry_state", "refund_state"):
+    for table in ("person_ids", "presence", "source_presence", "source_viewers", "order_state", "inquiry_state",
+                  "refund_state"):
         connection.execute(f"DELETE FROM {table}")
     connection.execute("UPDATE kpi_state SET persons = 0, capacity = ?", [MIN_CAPACITY])
 
@@ -156,45 +161,83 @@ def _fold_persons(connection: duckdb.DuckDBPyConnection, where: str) -> int:
 FOLD_BYTES = 48 << 20
 
 
+def sparse_limit(capacity: int) -> int:
+    """The most viewers a (day, source) keeps as id rows in ``source_viewers``; more make it a bitstring of
+    ``capacity`` bits in ``source_presence``. A bitstring costs ``capacity / 8`` bytes whatever its viewers, an id
+    row ~3–4 bytes on disk (bit-packed ids; day and source compress to nothing) and a hash of it in a query, where a
+    bitstring is an ``or`` of its bytes: at a 256th of the capacity a bitstring costs at most 32 bytes per viewer
+    (so the state grows with the viewers, whatever the sources), and the bench's six sources, thousands of viewers a
+    day each, stay bitstrings (a 32nd made them rows: the channels query ~2x slower at 3M events, load 5–8)."""
+    return capacity // 256
+
+
 def _fold_presence(connection: duckdb.DuckDBPyConnection, where: str, capacity: int) -> None:
     """The persons of the rows meeting ``where`` added to their (day, type) bitstrings, and those of views to their
-    (day, channel source) bitstrings."""
+    (day, channel source) viewers: or-ed into the bitstring of a (day, source) that has one, else added as id rows,
+    and the id rows of a (day, source) that then holds more than ``sparse_limit`` made a bitstring."""
     low, high, sources = connection.execute(
         f"SELECT min(occurred_us), max(occurred_us), count(DISTINCT source) FILTER (WHERE e.type = 'view') "
         f"FROM events e WHERE {where} AND e.type IN ({_TYPES})").fetchone()  # type: ignore[misc]
     if low is None:
         return
     starts = day_starts(int(low), int(high), time_zone_of(connection))
-    # Some days at a time: every (day, type, source) group holds a bitstring of ``capacity`` bits while it is
-    # aggregated, and all of a first load's groups at once (90 days x the sources x 512 KB at 3M persons) passed
-    # the copy's memory limit (an OutOfMemoryException at 30M events).
+    # Some days at a time: every (day, type) group, and every (day, source) kept as a bitstring, holds a bitstring of
+    # ``capacity`` bits while it is aggregated, and all of a first load's groups at once (90 days x the sources x
+    # 512 KB at 3M persons, when every (day, source) was a bitstring) passed the copy's memory limit (an
+    # OutOfMemoryException at 30M events). The rows' sources bound the (day, source)s kept as bitstrings.
     day_bytes = max(1, (len(PRESENCE_TYPES) + int(sources)) * capacity // 8)
-    days = max(1, FOLD_BYTES // day_bytes)
+    per_statement = max(1, FOLD_BYTES // day_bytes)
     last = len(starts) - 1
-    for first in range(0, last, days):
-        since, until = starts[first], starts[min(first + days, last)]
+    for first in range(0, last, per_statement):
+        since, until = starts[first], starts[min(first + per_statement, last)]
+        rows = f"""
+            FROM events e JOIN person_ids p ON p.person_key = e.person_key
+            WHERE {where} AND e.occurred_us >= {int(since)} AND e.occurred_us < {int(until)}"""
         connection.execute(f"""
             CREATE OR REPLACE TEMP TABLE presence_fold AS
-            SELECT {day_of('e.occurred_us', starts)} AS day_start, e.type,
-                   CASE WHEN e.type = 'view' THEN e.source END AS source, bitstring_agg(p.id, 0, {capacity - 1}) AS bits
-            FROM events e JOIN person_ids p ON p.person_key = e.person_key
-            WHERE {where} AND e.type IN ({_TYPES}) AND e.occurred_us >= {int(since)} AND e.occurred_us < {int(until)}
-            GROUP BY ALL""")
-        _merge(connection, "presence", "type",
-               "SELECT day_start, type, bit_or(bits) AS bits FROM presence_fold GROUP BY day_start, type")
-        _merge(connection, "source_presence", "source",
-               "SELECT day_start, source, bits FROM presence_fold WHERE type = 'view'")
-        connection.execute("DROP TABLE presence_fold")
+            SELECT {day_of('e.occurred_us', starts)} AS day_start, e.type, bitstring_agg(p.id, 0, {capacity - 1}) AS bits
+            {rows} AND e.type IN ({_TYPES}) GROUP BY ALL""")
+        _merge(connection, "presence", "type", "presence_fold")
+        connection.execute(f"""
+            CREATE OR REPLACE TEMP TABLE viewers_fold AS
+            SELECT DISTINCT {day_of('e.occurred_us', starts)} AS day_start, e.source, p.id
+            {rows} AND e.type = 'view'""")
+        # The state of the chunk's days only: a join builds its hash table of the whole right side.
+        days = f"day_start >= {int(since)} AND day_start < {int(until)}"
+        kept = f"SELECT day_start, source FROM source_presence WHERE {days}"
+        # Into the bitstrings of the (day, source)s that have one.
+        connection.execute(f"""
+            UPDATE source_presence SET bits = source_presence.bits | f.bits
+            FROM (SELECT day_start, source, bitstring_agg(id, 0, {capacity - 1}) AS bits
+                  FROM viewers_fold SEMI JOIN ({kept}) k USING (day_start, source) GROUP BY ALL) f
+            WHERE source_presence.day_start = f.day_start AND source_presence.source = f.source""")
+        # The others' new ids as rows, then those holding too many made a bitstring.
+        connection.execute(f"""
+            INSERT INTO source_viewers
+            SELECT f.* FROM viewers_fold f ANTI JOIN ({kept}) k USING (day_start, source)
+            ANTI JOIN (SELECT * FROM source_viewers WHERE {days}) v USING (day_start, source, id)""")
+        connection.execute(f"""
+            CREATE OR REPLACE TEMP TABLE viewers_grown AS
+            SELECT day_start, source FROM source_viewers WHERE {days} GROUP BY ALL
+            HAVING count(*) > {int(sparse_limit(capacity))}""")
+        connection.execute(f"""
+            INSERT INTO source_presence
+            SELECT day_start, source, bitstring_agg(id, 0, {capacity - 1})
+            FROM source_viewers SEMI JOIN viewers_grown USING (day_start, source) WHERE {days} GROUP BY ALL""")
+        connection.execute("""
+            DELETE FROM source_viewers USING viewers_grown g
+            WHERE source_viewers.day_start = g.day_start AND source_viewers.source = g.source""")
+        for table in ("presence_fold", "viewers_fold", "viewers_grown"):
+            connection.execute(f"DROP TABLE {table}")
 
 
 def _merge(connection: duckdb.DuckDBPyConnection, table: str, kind: str, folded: str) -> None:
-    """Bitstrings (day_start, ``kind``, bits) of the query ``folded`` or-ed into ``table``'s, or added to it. The
-    query is read twice rather than kept in a table of its own: at the first load its bitstrings are ~200 MB."""
+    """Bitstrings (day_start, ``kind``, bits) of the table ``folded`` or-ed into ``table``'s, or added to it."""
     connection.execute(f"""
-        UPDATE {table} SET bits = {table}.bits | f.bits FROM ({folded}) f
+        UPDATE {table} SET bits = {table}.bits | f.bits FROM {folded} f
         WHERE {table}.day_start = f.day_start AND {table}.{kind} = f.{kind}""")
     connection.execute(f"""
-        INSERT INTO {table} SELECT f.* FROM ({folded}) f
+        INSERT INTO {table} SELECT f.* FROM {folded} f
         ANTI JOIN {table} p ON p.day_start = f.day_start AND p.{kind} = f.{kind}""")
 
 
@@ -306,8 +349,8 @@ def fold(connection: duckdb.DuckDBPyConnection, top: int) -> None:
 def rebuild_presence(connection: duckdb.DuckDBPyConnection, time_zone: str) -> None:
     """``presence`` refolded from every folded row in the days of ``time_zone`` (the setting changed)."""
     folded = int(connection.execute("SELECT folded FROM copy_state").fetchone()[0])  # type: ignore[index]
-    connection.execute("DELETE FROM presence")
-    connection.execute("DELETE FROM source_presence")
+    for table in ("presence", "source_presence", "source_viewers"):
+        connection.execute(f"DELETE FROM {table}")
     connection.execute("UPDATE kpi_state SET time_zone = ?", [time_zone])
     capacity = int(connection.execute("SELECT capacity FROM kpi_state").fetchone()[0])  # type: ignore[index]
     _fold_presence(connection, f"e.applied <= {folded}", capacity)

@@ -66,7 +66,7 @@ def _state_is_the_fold_of_its_rows(mirror: FactMirror) -> None:
 def _kpi_state_is_the_fold_of_its_rows(mirror: FactMirror) -> None:
     """The KPI state holds exactly what its rows say (every row applied is folded when FOLD_ROWS is 1): each
     (day, type)'s bits are the ids of the persons with such an event that day, each (day, source)'s those of the
-    persons with a view from that source; ids are unique; each order's
+    persons with a view from that source (a bitstring or id rows); ids are unique; each order's
     counting event, person id and earliest refund; every inquiry by its person's id."""
     connection = mirror.duckdb
     ids = dict(connection.execute("SELECT person_key, id FROM person_ids").fetchall())
@@ -84,7 +84,11 @@ def _kpi_state_is_the_fold_of_its_rows(mirror: FactMirror) -> None:
     assert present == want
     viewed = {(day, source, keys[i]) for day, source, i in connection.execute(
         f"SELECT p.day_start, p.source, r.i FROM source_presence p, range({capacity}) r(i) "
-        "WHERE get_bit(p.bits, r.i::INTEGER) = 1").fetchall()}
+        "WHERE get_bit(p.bits, r.i::INTEGER) = 1 UNION ALL SELECT day_start, source, id FROM source_viewers").fetchall()}
+    # A (day, source) is a bitstring or id rows, each id once.
+    assert connection.execute("SELECT count(*) FROM source_viewers SEMI JOIN source_presence USING (day_start, source) "
+                              "UNION ALL SELECT count(*) - count(DISTINCT (day_start, source, id)) FROM source_viewers"
+                              ).fetchall() == [(0,), (0,)]
     assert viewed == set(connection.execute(
         f"SELECT DISTINCT {kpi_state.day_of('e.occurred_us', starts)}, e.source, e.person_key FROM events e "
         "WHERE e.type = 'view'").fetchall())
@@ -124,6 +128,8 @@ def _kpi_state_is_the_fold_of_its_rows(mirror: FactMirror) -> None:
 @pytest.mark.parametrize("fold_rows", [product_state.FOLD_ROWS, 1])
 async def test_the_copy_equals_the_stored_facts_through_load_follow_and_erasure(database_url, fold_rows, monkeypatch):
     monkeypatch.setattr(product_state, "FOLD_ROWS", fold_rows)
+    if fold_rows == 1:  # a (day, source) of two viewers or more a bitstring, the others id rows
+        monkeypatch.setattr(kpi_state, "sparse_limit", lambda capacity: 1)
     database = Database(database_url, metadata=metadata, migrations=MIGRATIONS)
     await database.start()
     mirror = FactMirror(database)
@@ -157,6 +163,8 @@ async def test_the_copy_equals_the_stored_facts_through_load_follow_and_erasure(
             assert mirror.duckdb.execute("SELECT horizon FROM copy_state").fetchone()[0] > 0
             _state_is_the_fold_of_its_rows(mirror)
             _kpi_state_is_the_fold_of_its_rows(mirror)
+            assert all(mirror.duckdb.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                       for table in ("source_presence", "source_viewers"))  # both kinds checked
             # p-0 .. p-5 (the later p-9 is past the horizon, a day before it: read beside the state).
             assert mirror.duckdb.execute("SELECT count(*) FROM product_state").fetchone()[0] == len(AWKWARD)
     finally:

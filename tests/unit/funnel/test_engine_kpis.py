@@ -29,11 +29,12 @@ def _both(known, start, end, as_of, time_zone=TIME_ZONE):
 @settings(max_examples=120, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(raw=histories, applied=applications, state_zone=st.sampled_from((TIME_ZONE, TIME_ZONE, "UTC", "America/New_York")),
        capacity=st.sampled_from((1, 2, 64, kpi_state.MIN_CAPACITY)),
-       fold_bytes=st.sampled_from((1, 100, kpi_state.FOLD_BYTES)))
+       fold_bytes=st.sampled_from((1, 100, 1_000, 10_000, kpi_state.FOLD_BYTES)))
 def test_equal_to_the_domain_on_random_histories(raw, applied, state_zone, capacity, fold_bytes):
     # The copy applied in random batches with the state folded at random points, a person erased or not; the
     # state's days in the answer's zone or not; its bitstrings starting at `capacity` bits, growing as needed;
-    # a fold's days aggregated one per statement, a few, or all in one (``fold_bytes``).
+    # a fold's days aggregated one per statement, a few, or all in one (``fold_bytes``; histories span 2 to 10
+    # weeks: many chunks, and their bounds).
     arrived = facts(build(raw, 0))
     known = erased(arrived, applied["erase"])
     base = FIRST_ERA.date()
