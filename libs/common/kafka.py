@@ -393,6 +393,9 @@ class _FinishBatchBeforeRevoke(ConsumerRebalanceListener):
             pass
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        # Another member may have committed on these partitions meanwhile: the lag counts from the position again
+        # until this process commits on them.
+        self.runtime.forget_commits()
         self.runtime.status.assigned = sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned)
         log.info("partitions assigned", extra={"consumer": self.runtime.subscription.group,
                                                "partitions": self.runtime.status.assigned})
@@ -450,6 +453,9 @@ class ConsumerRuntime:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._lag_checked = 0.0
+        # The offsets this process committed, per partition of its current assignment (the lag is counted from
+        # them: the fetch position runs ahead of what is applied while the next batch is fetched and decoded).
+        self._committed: dict[TopicPartition, int] = {}
         self.dead_letter_topic = dead_letter_topic(subscription.group)
 
     async def start(self) -> None:
@@ -537,6 +543,7 @@ class ConsumerRuntime:
         assert consumer is not None
         try:
             await self._with_transient_retries(lambda: consumer.commit(offsets))
+            self._committed.update(offsets)
         except _GROUP_MOVED_ON as exc:
             log.warning("offset commit lost to a rebalance", extra={"error": repr(exc)})
 
@@ -725,17 +732,26 @@ class ConsumerRuntime:
                 self.status.last_event_occurred_at = newest
                 self.metrics.last_event_time.labels(self.subscription.group).set(newest.timestamp())
 
+    def forget_commits(self) -> None:
+        """The offsets committed before a rebalance no longer count for the lag."""
+        self._committed.clear()
+
     async def _update_lag(self) -> None:
         now = time.monotonic()
         if self._consumer is None or now - self._lag_checked < 1.0:
             return
         self._lag_checked = now
         total = 0
-        for tp in self._consumer.assignment():
+        assignment = self._consumer.assignment()
+        # Lag as Kafka's tools count it, from the committed offset: a batch fetched (the position moved) but not yet
+        # applied and committed is still behind. A partition this process has not committed since it got it (or got
+        # it back: ``forget_commits``) counts from its position.
+        for tp in assignment:
             highwater = self._consumer.highwater(tp)
             if highwater is None:
                 continue
-            behind = max(highwater - await self._consumer.position(tp), 0)
+            done = self._committed.get(tp)
+            behind = max(highwater - (done if done is not None else await self._consumer.position(tp)), 0)
             total += behind
             self.metrics.consumer_lag.labels(self.subscription.group, tp.topic, str(tp.partition)).set(behind)
         self.status.lag = total

@@ -361,3 +361,33 @@ async def test_an_outage_longer_than_every_retry_bound_dead_letters_nothing(harn
     assert outage["left"] == 0
     assert consumed(runtime, "shoploop_dead_letters_total") == 0
     assert await read_topic(broker.bootstrap_servers, dead_letter_topic(GROUP), count=1, deadline_seconds=1) == []
+
+
+async def test_the_lag_counts_a_fetched_batch_until_it_is_applied_and_committed(harness):
+    # The runtime fetches the next batch while it writes this one, so the fetch position runs ahead of what is
+    # applied: the lag (what /readyz and the gateway show, and what tests wait on) must count from the committed
+    # offsets, or it reads 0 while a fetched batch is still to be written.
+    gate, entered = asyncio.Event(), asyncio.Event()
+    runtimes: list[ConsumerRuntime] = []
+
+    async def held(connection, events):
+        if any(e.event_id == "later" for e in events):
+            entered.set()
+            await gate.wait()
+        else:
+            async def prefetched() -> bool:  # the held batch fetched before this one commits
+                if not runtimes:
+                    return False
+                consumer = runtimes[0]._consumer
+                return sum([await consumer.position(tp) for tp in consumer.assignment()]) >= 2
+            await eventually(prefetched, what="the next batch fetched")
+        await record(connection, events)
+
+    await harness.send(event("first"), event("later"))  # one person: one partition, in this order
+    runtime = await harness.start(handle=held, max_batch=1)
+    runtimes.append(runtime)
+    await asyncio.wait_for(entered.wait(), 30)
+    assert runtime.status.lag == 1  # "later" is fetched, not applied
+    gate.set()
+    await harness.wait_applied({"first": 1, "later": 1})
+    await eventually(lambda: runtime.status.lag == 0, what="the lag back to 0 once everything is committed")
