@@ -273,9 +273,9 @@ def main() -> int:
     if external:
         bootstrap = external
     else:
-        broker = EmbeddedBroker(free_port() if args.free_ports else 9092, log_path=logs / "broker.log",
+        # With --free-ports the broker picks its port (and moves if another process takes it before tansu binds).
+        broker = EmbeddedBroker(None if args.free_ports else 9092, log_path=logs / "broker.log",
                                 own_session=True)  # Ctrl-C reaches the launcher only: it stops the broker last
-        bootstrap = broker.bootstrap_servers
     running: list[Running] = []
     stopping = Stopping()
     signal.signal(signal.SIGTERM, stopping.on_signal)
@@ -284,7 +284,10 @@ def main() -> int:
     try:
         if broker is not None:
             broker.start()
-        asyncio.run(wait_for_broker(bootstrap))
+            asyncio.run(broker.wait_ready())
+            bootstrap = broker.bootstrap_servers
+        else:
+            asyncio.run(wait_for_broker(bootstrap))
         kafka = CommonSettings(kafka=KafkaSettings(bootstrap_servers=bootstrap)).kafka
         asyncio.run(ensure_topics(kafka, ALL_TOPICS))
         for name, default_port in available_services():
