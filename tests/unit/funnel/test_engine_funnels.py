@@ -367,6 +367,26 @@ def test_as_of_before_the_later_steps():
     assert got.in_progress == (1, 0, 1, 0)  # both windows (one hour) are still open at as_of
 
 
+@pytest.mark.parametrize("folds", [(), (0,)])
+def test_a_unit_converts_while_its_latest_step_1_event_is_within_w_of_as_of(folds):
+    w = 3600
+    as_of = at(hours=2)
+    closed = as_of - timedelta(seconds=w)  # t + W == as_of: that window closed at as_of
+    open_ = closed + timedelta(microseconds=1)
+    facts = [
+        view("ann", closed, event_id="a1"),  # level 1, closed
+        view("bob", open_, event_id="b1"),  # level 1, converting
+        # Level 2 by a view of t0, closed; a later view still open keeps no level-1 figure (cid is not level 1).
+        view("cid", at(), event_id="c1"), cart("cid", at(minutes=1), event_id="c2"), view("cid", open_, event_id="c3"),
+        # Level 2 whose latest start reaching it is exactly W before as_of: not converting.
+        view("dan", closed, event_id="d1"), cart("dan", closed + timedelta(minutes=1), event_id="d2"),
+    ]
+    for connection in (None, applied_copy(facts, folds=folds)):
+        got = assert_same(person_funnel(), facts, at(), as_of, as_of, connection=connection)
+        assert got.counts == (4, 2, 0, 0)
+        assert got.in_progress == (1, 0, 0, 0)
+
+
 def test_the_fastest_conversion_and_the_earliest_completing_order_may_be_of_different_chains():
     facts = [
         # A slow chain completes first (o1 at 30 minutes, after 30), a fast one later (o2 at 50, after 5).
