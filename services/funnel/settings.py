@@ -31,7 +31,8 @@ class FunnelSettings(ServiceSettings):
     # DuckDB's buffer pool for the copy (e.g. "512MB"): on disk, the copy's memory stays within it (queries
     # that need more spill to a temporary directory beside the file).
     fact_copy_memory_limit: str = Field(default="512MB", pattern=MEMORY_SIZE_PATTERN)
-    # The buffer pool while the first load (PostgreSQL) reads every row and folds them: the process's peak. At 10M
-    # events the load took 36 s at 256MB against 25 s at 512MB, and peaked ~170 MB lower (docs/funnel.md).
-    fact_copy_load_memory_limit: str = Field(default="256MB", pattern=MEMORY_SIZE_PATTERN)
+    # The buffer pool while the first load (PostgreSQL) reads every row and folds them, which sets the process's
+    # peak; unset: ``fact_copy_memory_limit``. At 10M events 256MB peaked at 684 MB against 855 MB (docs/funnel.md
+    # "The first load in steps"), but at 30M events (3M persons) the presence fold runs out of it.
+    fact_copy_load_memory_limit: str | None = Field(default=None, pattern=MEMORY_SIZE_PATTERN)
     fact_copy_threads: int = Field(default=2, ge=1, le=64)

@@ -413,10 +413,10 @@ class FactMirror:
         return self.rows
 
     def _load_csv(self, paths: dict[str, Path], top: int, top_event: str) -> None:
-        """The rows, then their fold, committed in steps under ``load_memory_limit``: one transaction's commit
-        of it all held ~400 MB more than the load itself at 10M events (the fold's bitstrings). Until its last step
-        the copy's version is ``LOADING``: a process stopped half way leaves a file ``_open`` rebuilds, and a load
-        that fails is emptied for the retry (``_clear``)."""
+        """The rows, then their fold, committed in steps (under ``load_memory_limit`` when given): one
+        transaction's commit of it all held ~270-400 MB more than the load itself at 10M events (the fold's
+        bitstrings). Until its last step the copy's version is ``LOADING``: a process stopped half way leaves a
+        file ``_open`` rebuilds, and a load that fails is emptied for the retry (``_clear``)."""
         try:
             with self._write:
                 self._load_in_steps(paths, top, top_event)
