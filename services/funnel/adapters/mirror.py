@@ -222,9 +222,11 @@ class FactMirror:
         self._config: dict[str, Any] = {"threads": threads}
         if memory_limit is not None:
             self._config["memory_limit"] = memory_limit
-        # The first load's buffer pool (PostgreSQL's bulk load): a SET statement's text, so a size and nothing else.
-        if load_memory_limit is not None and not _MEMORY_SIZE.fullmatch(load_memory_limit):
-            raise ValueError(f"not a memory size: {load_memory_limit!r}")
+        # The first load's buffer pool (PostgreSQL's bulk load), and the copy's after it: a SET statement's text,
+        # so a size and nothing else.
+        for size in (memory_limit, load_memory_limit):
+            if size is not None and not _MEMORY_SIZE.fullmatch(size):
+                raise ValueError(f"not a memory size: {size!r}")
         self._load_memory_limit = load_memory_limit
         self.generation = 0
         self.seq = 0

@@ -348,9 +348,9 @@ def _query(
         # when the KPI state counts the entrants, else from the one grouping of the step-1 rows that counts them.
         ctes.append(
             (f"""recent AS MATERIALIZED (SELECT DISTINCT {key_list} FROM s0 WHERE t + $window > $as_of),
-{present}""" if present else f"""firsts AS MATERIALIZED (SELECT {key_list}, max(t) AS s FROM s0 GROUP BY {key_list}),
-recent AS (SELECT {key_list} FROM firsts WHERE s + $window > $as_of),
-entrants AS (SELECT count(*) AS n, (SELECT count(*) FROM recent) AS converting FROM firsts)""") + f""",
+{present}""" if present else f"""latest_entry AS MATERIALIZED (SELECT {key_list}, max(t) AS s FROM s0 GROUP BY {key_list}),
+recent AS (SELECT {key_list} FROM latest_entry WHERE s + $window > $as_of),
+entrants AS (SELECT count(*) AS n, (SELECT count(*) FROM recent) AS converting FROM latest_entry)""") + f""",
 units AS MATERIALIZED (
     SELECT {cols("x")}, x.packed // $span AS level, $start + x.packed % $span AS s, x.fast, x.done,
            NULL::VARCHAR AS grp, FALSE AS clash, r.entered

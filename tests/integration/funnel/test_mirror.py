@@ -208,8 +208,9 @@ async def test_a_first_load_that_fails_or_stops_half_way_leaves_no_half_loaded_c
             want = configured.execute("SELECT current_setting('memory_limit')").fetchone()
         assert mirror.duckdb.execute("SELECT current_setting('memory_limit')").fetchone() == want
         await mirror.stop()
-        with pytest.raises(ValueError, match="not a memory size"):
-            FactMirror(database, load_memory_limit="1GB'; DROP TABLE events; --")
+        for sizes in ({"load_memory_limit": "1GB'; DROP TABLE events; --"}, {"memory_limit": "1GB' --"}):
+            with pytest.raises(ValueError, match="not a memory size"):
+                FactMirror(database, **sizes)
 
         failing = True
         clear = FactMirror._clear
