@@ -5,9 +5,6 @@ from pydantic_settings import SettingsConfigDict
 
 from libs.common.settings import ServiceSettings
 
-# A DuckDB memory size (memory_limit), e.g. "512MB".
-MEMORY_SIZE_PATTERN = r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$"
-
 
 class FunnelSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="SHOPLOOP_FUNNEL__", env_nested_delimiter="__", extra="ignore")
@@ -30,9 +27,5 @@ class FunnelSettings(ServiceSettings):
     fact_copy_dir: str | None = None
     # DuckDB's buffer pool for the copy (e.g. "512MB"): on disk, the copy's memory stays within it (queries
     # that need more spill to a temporary directory beside the file).
-    fact_copy_memory_limit: str = Field(default="512MB", pattern=MEMORY_SIZE_PATTERN)
-    # The buffer pool while the first load (PostgreSQL) reads every row and folds them, which sets the process's
-    # peak; unset: ``fact_copy_memory_limit``. At 10M events 256MB peaked at 684 MB against 855 MB (docs/funnel.md
-    # "The first load in steps"), but at 30M events (3M persons) the presence fold runs out of it.
-    fact_copy_load_memory_limit: str | None = Field(default=None, pattern=MEMORY_SIZE_PATTERN)
+    fact_copy_memory_limit: str = Field(default="512MB", pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
     fact_copy_threads: int = Field(default=2, ge=1, le=64)

@@ -32,7 +32,6 @@ import asyncio
 import fcntl
 import itertools
 import logging
-import re
 import tempfile
 import threading
 import time
@@ -51,7 +50,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from libs.common.db import Database
 from services.funnel.adapters.tables import events, order_items
 from services.funnel.engine import kpi_state, person_hashes, product_state
-from services.funnel.settings import MEMORY_SIZE_PATTERN
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -87,9 +85,6 @@ _DUCKDB_TYPES = {pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.float64(): "DOU
 
 # The copy's tables and what they hold: a file written under another version is rebuilt, not read.
 COPY_SCHEMA_VERSION = 5
-_MEMORY_SIZE = re.compile(MEMORY_SIZE_PATTERN)
-# copy_state.version while a first load is under way (its steps are committed one by one): never read.
-LOADING = -1
 
 
 def create_tables(connection: duckdb.DuckDBPyConnection, time_zone: str = "UTC") -> None:
@@ -143,15 +138,12 @@ def append(connection: duckdb.DuckDBPyConnection, table: str, batch: pa.Table, a
         append(connection, "order_events", batch.filter(pc.is_valid(batch.column("order_status"))), applied)
 
 
-def fold_state(connection: duckdb.DuckDBPyConnection, top: int, step: Callable[[], None] | None = None) -> None:
+def fold_state(connection: duckdb.DuckDBPyConnection, top: int) -> None:
     """Fold the rows applied since the last fold, up to ``top``, into the KPI state and ``product_state`` (in the
-    caller's transaction). ``step``: called between the fold's parts (the registry, the persons, each chunk of days
-    of presence, the orders), e.g. to commit a first load in pieces; the copy is not read in between."""
+    caller's transaction)."""
     folded = int(connection.execute("SELECT folded FROM copy_state").fetchone()[0])  # type: ignore[index]
     person_hashes.fold(connection, f"e.applied > {folded} AND e.applied <= {int(top)}")
-    if step is not None:
-        step()
-    kpi_state.fold(connection, top, step)
+    kpi_state.fold(connection, top)
     product_state.fold(connection, top)  # moves copy_state.folded: last
 
 
@@ -208,8 +200,7 @@ class FactMirror:
     (an unreachable database or a missing table would otherwise hold every request for as long as it lasts)."""
 
     def __init__(self, database: Database, *, load_wait_seconds: float = 5.0, directory: str | Path | None = None,
-                 memory_limit: str | None = None, threads: int = 2, time_zone: str = "UTC",
-                 load_memory_limit: str | None = None) -> None:
+                 memory_limit: str | None = None, threads: int = 2, time_zone: str = "UTC") -> None:
         self.database = database
         self.time_zone = time_zone  # the reporting time zone: the days of the KPI state
         self.load_wait_seconds = load_wait_seconds
@@ -222,12 +213,6 @@ class FactMirror:
         self._config: dict[str, Any] = {"threads": threads}
         if memory_limit is not None:
             self._config["memory_limit"] = memory_limit
-        # The first load's buffer pool (PostgreSQL's bulk load), and the copy's after it: a SET statement's text,
-        # so a size and nothing else.
-        for size in (memory_limit, load_memory_limit):
-            if size is not None and not _MEMORY_SIZE.fullmatch(size):
-                raise ValueError(f"not a memory size: {size!r}")
-        self._load_memory_limit = load_memory_limit
         self.generation = 0
         self.seq = 0
         self.folded = 0  # the seq up to which product_state holds the rows
@@ -317,9 +302,7 @@ class FactMirror:
                     log.info("fact copy opened", extra={"path": str(self._path(newest)), "seq": seq, "rows": self.rows})
                     return connection
                 connection.close()
-                if version == LOADING:
-                    log.warning("fact copy left half loaded: rebuilt")
-                elif version != COPY_SCHEMA_VERSION:
+                if version != COPY_SCHEMA_VERSION:
                     log.warning("fact copy of another version: rebuilt", extra={"version": version})
             except (duckdb.Error, TypeError, ValueError) as exc:
                 log.warning("fact copy unreadable: rebuilt", extra={"reason": _reason(exc)})
@@ -356,8 +339,7 @@ class FactMirror:
                     self.duckdb.execute(f"DELETE FROM {table}")
                 kpi_state.clear(self.duckdb)
                 person_hashes.clear(self.duckdb)
-                self.duckdb.execute("UPDATE copy_state SET version = ?, seq = 0, event_id = NULL, folded = 0, "
-                                    "horizon = -1", [COPY_SCHEMA_VERSION])
+                self.duckdb.execute("UPDATE copy_state SET seq = 0, event_id = NULL, folded = 0, horizon = -1")
                 self.folded = 0
                 return
             self.duckdb.close()
@@ -415,54 +397,28 @@ class FactMirror:
         return self.rows
 
     def _load_csv(self, paths: dict[str, Path], top: int, top_event: str) -> None:
-        """The rows, then their fold, committed in steps (under ``load_memory_limit`` when given): one
-        transaction's commit of it all held ~270-400 MB more than the load itself at 10M events (the fold's
-        bitstrings). Until its last step the copy's version is ``LOADING``: a process stopped half way leaves a
-        file ``_open`` rebuilds, and a load that fails is emptied for the retry (``_clear``)."""
-        try:
-            with self._write:
-                self._load_in_steps(paths, top, top_event)
-        except BaseException:
-            self._clear()
-            raise
-
-    def _load_in_steps(self, paths: dict[str, Path], top: int, top_event: str) -> None:
-        connection = self.duckdb
-        if self._load_memory_limit is not None:
-            connection.execute(f"SET memory_limit = '{self._load_memory_limit}'")
-
-        def step() -> None:
-            connection.execute("COMMIT")
-            connection.execute("BEGIN")
-
-        try:
-            connection.execute("BEGIN")
+        # One transaction: a load that fails half way leaves nothing behind for the retry to load again.
+        with self._write:
+            self.duckdb.execute("BEGIN")
             try:
-                connection.execute("UPDATE copy_state SET version = ?", [LOADING])
                 for name, schema in (("events", EVENTS_SCHEMA), ("order_items", ITEMS_SCHEMA)):
                     if paths[name].stat().st_size == 0:
                         continue  # no rows (e.g. no order yet): DuckDB cannot sniff an empty file
                     columns = {field.name: _DUCKDB_TYPES[field.type] for field in schema}
                     # PostgreSQL's CSV: NULL is an empty unquoted field, an empty string is "".
                     numbered = f", {person_hashes.NUMBER}" if name == "events" else ""
-                    connection.execute(
+                    self.duckdb.execute(
                         f"INSERT INTO {name} SELECT *, ?{numbered} FROM read_csv(?, columns = ?, header = false, "
                         "quote = '\"', escape = '\"', allow_quoted_nulls = false, nullstr = '')",
                         [top, str(paths[name]), columns],
                     )
-                connection.execute("INSERT INTO order_events SELECT * FROM events WHERE order_status IS NOT NULL")
-                connection.execute("UPDATE copy_state SET seq = ?, event_id = ?", [top, top_event])
-                step()
-                fold_state(connection, top, step)
-                connection.execute("UPDATE copy_state SET version = ?", [COPY_SCHEMA_VERSION])
-                connection.execute("COMMIT")
+                self.duckdb.execute("INSERT INTO order_events SELECT * FROM events WHERE order_status IS NOT NULL")
+                self.duckdb.execute("UPDATE copy_state SET seq = ?, event_id = ?", [top, top_event])
+                fold_state(self.duckdb, top)
+                self.duckdb.execute("COMMIT")
             except BaseException:
-                connection.execute("ROLLBACK")
+                self.duckdb.execute("ROLLBACK")
                 raise
-        finally:
-            if self._load_memory_limit is not None:
-                limit = self._config.get("memory_limit")
-                connection.execute(f"SET memory_limit = '{limit}'" if limit is not None else "RESET memory_limit")
 
     def written(self, first_seq: int, last_seq: int, event_rows: Sequence[tuple[Any, ...]],
                 item_rows: Sequence[tuple[Any, ...]]) -> None:

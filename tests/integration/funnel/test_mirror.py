@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import duckdb
 import pytest
 from sqlalchemy import select
 
@@ -170,63 +169,6 @@ async def test_the_copy_equals_the_stored_facts_through_load_follow_and_erasure(
             assert mirror.duckdb.execute("SELECT count(*) FROM product_state").fetchone()[0] == len(AWKWARD)
     finally:
         await mirror.stop()
-        await database.close()
-
-
-async def test_a_first_load_that_fails_or_stops_half_way_leaves_no_half_loaded_copy(database_url, tmp_path,
-                                                                                    monkeypatch):
-    """The first load commits its rows and their fold in steps (PostgreSQL; on SQLite the batches fold as they
-    apply): a failure in the fold empties the copy for the retry, and a process stopped there (nothing cleaned up)
-    leaves a file the next start rebuilds, not a copy with rows and half their state."""
-    monkeypatch.setattr(product_state, "FOLD_ROWS", 1)  # SQLite's batches fold too
-    database = Database(database_url, metadata=metadata, migrations=MIGRATIONS)
-    await database.start()
-    failing = True
-    fold_orders = kpi_state._fold_orders
-
-    def failing_fold_orders(connection, where):
-        if failing:
-            raise RuntimeError("disk full")
-        fold_orders(connection, where)
-
-    monkeypatch.setattr(kpi_state, "_fold_orders", failing_fold_orders)
-    try:
-        for offset in (1, 2):
-            async with database.begin() as connection:
-                await store_facts(connection, _events(offset))
-        stored = await _stored(database)
-        mirror = FactMirror(database, directory=tmp_path / "failed", memory_limit="300MB", load_memory_limit="100MB")
-        with pytest.raises(RuntimeError, match="disk full"):
-            await mirror.refresh()
-        assert mirror.duckdb.execute("SELECT count(*) FROM events").fetchone()[0] == 0
-        failing = False
-        assert await mirror.refresh() == len(stored[0])
-        assert _copied(mirror) == stored
-        _kpi_state_is_the_fold_of_its_rows(mirror)
-        # The load's own buffer pool was for the load alone.
-        with duckdb.connect(config={"memory_limit": "300MB"}) as configured:
-            want = configured.execute("SELECT current_setting('memory_limit')").fetchone()
-        assert mirror.duckdb.execute("SELECT current_setting('memory_limit')").fetchone() == want
-        await mirror.stop()
-        for sizes in ({"load_memory_limit": "1GB'; DROP TABLE events; --"}, {"memory_limit": "1GB' --"}):
-            with pytest.raises(ValueError, match="not a memory size"):
-                FactMirror(database, **sizes)
-
-        failing = True
-        clear = FactMirror._clear
-        monkeypatch.setattr(FactMirror, "_clear", lambda self: None)  # the process dies in the fold
-        mirror = FactMirror(database, directory=tmp_path / "stopped")
-        with pytest.raises(RuntimeError, match="disk full"):
-            await mirror.refresh()
-        await mirror.stop()
-        monkeypatch.setattr(FactMirror, "_clear", clear)
-        failing = False
-        mirror = FactMirror(database, directory=tmp_path / "stopped")
-        assert await mirror.refresh() == len(stored[0])  # everything loaded again
-        assert _copied(mirror) == stored
-        _kpi_state_is_the_fold_of_its_rows(mirror)
-        await mirror.stop()
-    finally:
         await database.close()
 
 
