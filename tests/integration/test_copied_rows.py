@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, Text, delete, select
@@ -89,5 +90,27 @@ async def test_rows_staged_before_the_transactions_first_statement_are_read_by_i
         async with database.read() as connection:
             assert [tuple(row) for row in await connection.execute(select(things).order_by(things.c.key))] == \
                 [("a", 1, "x"), ("b", None, None)]
+    finally:
+        await database.close()
+
+
+async def test_rows_are_not_staged_outside_a_transaction(database_url):
+    """On a connection that commits each statement (AUTOCOMMIT), PostgreSQL's staged rows would be emptied by ON
+    COMMIT before the statement that reads them: refused, nothing stored. SQLite stages nothing: its rows are bound
+    as the statement's parameters, as without ``copied``."""
+    database = Database(database_url, metadata=metadata, migrations=MIGRATIONS)
+    await database.start()
+    try:
+        rows = BulkRows(things, COLUMNS, copied=True)
+        batch = [("a", 1, "x")]
+        async with database.engine.connect() as plain:
+            connection = await plain.execution_options(isolation_level="AUTOCOMMIT")
+            await connection.execute(delete(things))
+            if connection.dialect.name == "postgresql":
+                with pytest.raises(RuntimeError, match="inside a transaction"):
+                    await rows.bind(connection, batch)
+            else:
+                assert await rows.bind(connection, batch) == rows.params(connection.dialect.name, batch)
+            assert (await connection.execute(select(things))).all() == []
     finally:
         await database.close()
