@@ -22,11 +22,12 @@ class FunnelService(Service):
         settings = self.settings
         self.mirror = FactMirror(self.database, load_wait_seconds=settings.fact_copy_wait_seconds,
                                  directory=settings.fact_copy_dir, memory_limit=settings.fact_copy_memory_limit,
-                                 threads=settings.fact_copy_threads, time_zone=settings.common.timezone)
+                                 threads=settings.fact_copy_threads, time_zone=settings.common.timezone,
+                                 load_memory_limit=settings.fact_copy_load_memory_limit)
 
     async def start(self) -> None:
         await super().start()
-        self.mirror.start()
+        self.mirror.start(retry_max_seconds=self.settings.fact_copy_retry_max_seconds)
 
     async def stop(self) -> None:
         await self.mirror.stop()

@@ -5,6 +5,9 @@ from pydantic_settings import SettingsConfigDict
 
 from libs.common.settings import ServiceSettings
 
+# A DuckDB memory size (memory_limit), e.g. "512MB".
+MEMORY_SIZE_PATTERN = r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$"
+
 
 class FunnelSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="SHOPLOOP_FUNNEL__", env_nested_delimiter="__", extra="ignore")
@@ -27,5 +30,13 @@ class FunnelSettings(ServiceSettings):
     fact_copy_dir: str | None = None
     # DuckDB's buffer pool for the copy (e.g. "512MB"): on disk, the copy's memory stays within it (queries
     # that need more spill to a temporary directory beside the file).
-    fact_copy_memory_limit: str = Field(default="512MB", pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
+    fact_copy_memory_limit: str = Field(default="512MB", pattern=MEMORY_SIZE_PATTERN)
+    # The buffer pool while the first load from PostgreSQL reads every row and folds them in one transaction:
+    # that load sets the process's peak memory (at 10M events 1,035 MB under 512MB, 640 MB under 256MB, in
+    # DuckDB alone; docs/funnel.md "The first load's buffer pool"). A load that runs out of it is retried under
+    # ``fact_copy_memory_limit``. None: ``fact_copy_memory_limit``.
+    fact_copy_load_memory_limit: str | None = Field(default="256MB", pattern=MEMORY_SIZE_PATTERN)
     fact_copy_threads: int = Field(default=2, ge=1, le=64)
+    # The longest pause between two attempts of a copy sync that keeps failing (the pause doubles from 0.25 s
+    # at each failure in a row): a failed first load exports every row again at each attempt.
+    fact_copy_retry_max_seconds: float = Field(default=60.0, gt=0, le=3600)

@@ -32,6 +32,7 @@ import asyncio
 import fcntl
 import itertools
 import logging
+import re
 import tempfile
 import threading
 import time
@@ -50,6 +51,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from libs.common.db import Database
 from services.funnel.adapters.tables import events, order_items
 from services.funnel.engine import kpi_state, person_hashes, product_state
+from services.funnel.settings import MEMORY_SIZE_PATTERN
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -85,6 +87,7 @@ _DUCKDB_TYPES = {pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.float64(): "DOU
 
 # The copy's tables and what they hold: a file written under another version is rebuilt, not read.
 COPY_SCHEMA_VERSION = 5
+_MEMORY_SIZE = re.compile(MEMORY_SIZE_PATTERN)
 
 
 def create_tables(connection: duckdb.DuckDBPyConnection, time_zone: str = "UTC") -> None:
@@ -200,7 +203,8 @@ class FactMirror:
     (an unreachable database or a missing table would otherwise hold every request for as long as it lasts)."""
 
     def __init__(self, database: Database, *, load_wait_seconds: float = 5.0, directory: str | Path | None = None,
-                 memory_limit: str | None = None, threads: int = 2, time_zone: str = "UTC") -> None:
+                 memory_limit: str | None = None, threads: int = 2, time_zone: str = "UTC",
+                 load_memory_limit: str | None = None) -> None:
         self.database = database
         self.time_zone = time_zone  # the reporting time zone: the days of the KPI state
         self.load_wait_seconds = load_wait_seconds
@@ -213,6 +217,12 @@ class FactMirror:
         self._config: dict[str, Any] = {"threads": threads}
         if memory_limit is not None:
             self._config["memory_limit"] = memory_limit
+        # The first load's buffer pool (PostgreSQL's bulk load; the copy's own after it): a SET statement's text,
+        # so a size and nothing else. Dropped once a load runs out of it.
+        for size in (memory_limit, load_memory_limit):
+            if size is not None and not _MEMORY_SIZE.fullmatch(size):
+                raise ValueError(f"not a memory size: {size!r}")
+        self._load_memory_limit = load_memory_limit
         self.generation = 0
         self.seq = 0
         self.folded = 0  # the seq up to which product_state holds the rows
@@ -397,28 +407,47 @@ class FactMirror:
         return self.rows
 
     def _load_csv(self, paths: dict[str, Path], top: int, top_event: str) -> None:
-        # One transaction: a load that fails half way leaves nothing behind for the retry to load again.
+        """One transaction: a load that fails half way leaves nothing behind for the retry to load again. Under
+        ``load_memory_limit`` (the load sets the process's peak memory); one that runs out of it drops that
+        limit, so the retry runs under the copy's own."""
         with self._write:
-            self.duckdb.execute("BEGIN")
+            limit = self._load_memory_limit
+            if limit is not None:
+                self.duckdb.execute(f"SET memory_limit = '{limit}'")
             try:
-                for name, schema in (("events", EVENTS_SCHEMA), ("order_items", ITEMS_SCHEMA)):
-                    if paths[name].stat().st_size == 0:
-                        continue  # no rows (e.g. no order yet): DuckDB cannot sniff an empty file
-                    columns = {field.name: _DUCKDB_TYPES[field.type] for field in schema}
-                    # PostgreSQL's CSV: NULL is an empty unquoted field, an empty string is "".
-                    numbered = f", {person_hashes.NUMBER}" if name == "events" else ""
-                    self.duckdb.execute(
-                        f"INSERT INTO {name} SELECT *, ?{numbered} FROM read_csv(?, columns = ?, header = false, "
-                        "quote = '\"', escape = '\"', allow_quoted_nulls = false, nullstr = '')",
-                        [top, str(paths[name]), columns],
-                    )
-                self.duckdb.execute("INSERT INTO order_events SELECT * FROM events WHERE order_status IS NOT NULL")
-                self.duckdb.execute("UPDATE copy_state SET seq = ?, event_id = ?", [top, top_event])
-                fold_state(self.duckdb, top)
-                self.duckdb.execute("COMMIT")
-            except BaseException:
-                self.duckdb.execute("ROLLBACK")
+                self._load_in_one_transaction(paths, top, top_event)
+            except duckdb.OutOfMemoryException as exc:
+                if limit is not None:
+                    log.warning("fact copy's first load ran out of its load memory limit: retried under the copy's",
+                                extra={"load_memory_limit": limit, "reason": _reason(exc)})
+                    self._load_memory_limit = None
                 raise
+            finally:
+                if limit is not None:
+                    own = self._config.get("memory_limit")
+                    self.duckdb.execute(f"SET memory_limit = '{own}'" if own is not None else "RESET memory_limit")
+
+    def _load_in_one_transaction(self, paths: dict[str, Path], top: int, top_event: str) -> None:
+        self.duckdb.execute("BEGIN")
+        try:
+            for name, schema in (("events", EVENTS_SCHEMA), ("order_items", ITEMS_SCHEMA)):
+                if paths[name].stat().st_size == 0:
+                    continue  # no rows (e.g. no order yet): DuckDB cannot sniff an empty file
+                columns = {field.name: _DUCKDB_TYPES[field.type] for field in schema}
+                # PostgreSQL's CSV: NULL is an empty unquoted field, an empty string is "".
+                numbered = f", {person_hashes.NUMBER}" if name == "events" else ""
+                self.duckdb.execute(
+                    f"INSERT INTO {name} SELECT *, ?{numbered} FROM read_csv(?, columns = ?, header = false, "
+                    "quote = '\"', escape = '\"', allow_quoted_nulls = false, nullstr = '')",
+                    [top, str(paths[name]), columns],
+                )
+            self.duckdb.execute("INSERT INTO order_events SELECT * FROM events WHERE order_status IS NOT NULL")
+            self.duckdb.execute("UPDATE copy_state SET seq = ?, event_id = ?", [top, top_event])
+            fold_state(self.duckdb, top)
+            self.duckdb.execute("COMMIT")
+        except BaseException:
+            self.duckdb.execute("ROLLBACK")
+            raise
 
     def written(self, first_seq: int, last_seq: int, event_rows: Sequence[tuple[Any, ...]],
                 item_rows: Sequence[tuple[Any, ...]]) -> None:
@@ -557,29 +586,38 @@ class FactMirror:
 
         return await asyncio.to_thread(run)
 
-    def start(self, poll_seconds: float = 0.25) -> None:
-        """Load the copy, then follow the database in the background."""
-        self._task = asyncio.create_task(self._follow(poll_seconds), name="funnel-mirror")
+    def start(self, poll_seconds: float = 0.25, retry_max_seconds: float = 60.0) -> None:
+        """Load the copy, then follow the database in the background, every ``poll_seconds``; after a failure
+        the pause doubles, up to ``retry_max_seconds`` (a failed first load would otherwise export every row
+        again at each poll: minutes at 30M events)."""
+        self._task = asyncio.create_task(self._follow(poll_seconds, retry_max_seconds), name="funnel-mirror")
 
-    async def _follow(self, poll_seconds: float) -> None:
+    async def _follow(self, poll_seconds: float, retry_max_seconds: float) -> None:
         started = time.perf_counter()
+        pause = poll_seconds
         while not self._stopping.is_set():
             try:
                 await self.refresh()
                 self.failure = None
+                pause = poll_seconds
                 if not self.loaded.is_set():
                     self.loaded.set()
                     log.info("fact copy loaded", extra={"rows": self.rows,
                                                          "seconds": round(time.perf_counter() - started, 2)})
             except Exception as exc:
                 self.failure = _reason(exc)
-                log.exception("fact copy sync failed; retrying")
+                pause = min(pause * 2, max(retry_max_seconds, poll_seconds))
+                log.exception("fact copy sync failed; retrying", extra={"retry_in_seconds": pause})
             # Not woken by each commit of the consumer: on PostgreSQL that cost ~8% of the consumer's rate
             # (bench/funnel.py), and a query applies what was handed over before it answers anyway.
-            try:
-                await asyncio.wait_for(self._stopping.wait(), poll_seconds)
-            except TimeoutError:
-                pass
+            await self._pause(pause)
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds`` between two syncs, or until ``stop``."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            pass
 
     async def stop(self) -> None:
         self._stopping.set()

@@ -45,7 +45,8 @@ async def test_copy_routes_answer_503_with_retry_after_while_the_first_load_fail
     await _rename_events(database_url, "events", "events_aside")
 
     wait_seconds = 0.5
-    settings = settings.model_copy(update={"fact_copy_wait_seconds": wait_seconds})
+    # The retries' pause doubles at each failure: bounded here so the recovery below is seen within a second.
+    settings = settings.model_copy(update={"fact_copy_wait_seconds": wait_seconds, "fact_copy_retry_max_seconds": 1})
     async with running_funnel(settings, ready_path="/healthz") as funnel:
         client = funnel.client
 

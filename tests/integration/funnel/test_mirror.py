@@ -3,8 +3,10 @@ followed by seq afterwards, and rewritten rows (erasure) replaced — on SQLite 
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
+import duckdb
 import pytest
 from sqlalchemy import select
 
@@ -170,6 +172,92 @@ async def test_the_copy_equals_the_stored_facts_through_load_follow_and_erasure(
     finally:
         await mirror.stop()
         await database.close()
+
+
+def _memory_limit_of(size: str) -> str:
+    """How DuckDB shows a memory_limit set to ``size``."""
+    with duckdb.connect(config={"memory_limit": size}) as configured:
+        return configured.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+
+
+async def test_a_first_load_runs_under_its_own_buffer_pool_and_one_out_of_it_is_retried_under_the_copys(
+        database_url, tmp_path, monkeypatch):
+    """PostgreSQL's bulk load (one transaction, which sets the process's peak memory) runs under
+    ``load_memory_limit``; a load that runs out of it leaves an empty copy and drops that limit, so the retry
+    runs under the copy's own; the copy's limit is back after either. SQLite's batches never use it."""
+    monkeypatch.setattr(product_state, "FOLD_ROWS", 1)  # SQLite's batches fold as they apply
+    database = Database(database_url, metadata=metadata, migrations=MIGRATIONS)
+    await database.start()
+    limits: list[str] = []
+    out_of_memory = True
+    fold = kpi_state.fold
+
+    def recording_fold(connection, top, *args):
+        limits.append(connection.execute("SELECT current_setting('memory_limit')").fetchone()[0])
+        if out_of_memory:
+            raise duckdb.OutOfMemoryException("Out of Memory Error: failed to pin block")
+        fold(connection, top, *args)
+
+    monkeypatch.setattr(kpi_state, "fold", recording_fold)
+    own, load = _memory_limit_of("300MB"), _memory_limit_of("100MB")
+    try:
+        for offset in (1, 2):
+            async with database.begin() as connection:
+                await store_facts(connection, _events(offset))
+        stored = await _stored(database)
+        mirror = FactMirror(database, directory=tmp_path, memory_limit="300MB", load_memory_limit="100MB")
+        with pytest.raises(duckdb.OutOfMemoryException):
+            await mirror.refresh()
+        assert mirror.duckdb.execute("SELECT count(*) FROM events").fetchone()[0] == 0
+        assert mirror.duckdb.execute("SELECT current_setting('memory_limit')").fetchone()[0] == own
+        out_of_memory = False
+        assert await mirror.refresh() == len(stored[0])
+        assert _copied(mirror) == stored
+        _kpi_state_is_the_fold_of_its_rows(mirror)
+        assert limits == ([own, own] if database.is_sqlite else [load, own])
+        assert mirror.duckdb.execute("SELECT current_setting('memory_limit')").fetchone()[0] == own
+        await mirror.stop()
+
+        # A load that does not run out of it keeps it for the next copy's load.
+        limits.clear()
+        mirror = FactMirror(database, directory=tmp_path / "second", memory_limit="300MB", load_memory_limit="100MB")
+        assert await mirror.refresh() == len(stored[0])
+        assert limits == ([own] if database.is_sqlite else [load])
+        assert mirror.duckdb.execute("SELECT current_setting('memory_limit')").fetchone()[0] == own
+        await mirror.stop()
+        for sizes in ({"load_memory_limit": "1GB'; DROP TABLE events; --"}, {"memory_limit": "1GB' --"}):
+            with pytest.raises(ValueError, match="not a memory size"):
+                FactMirror(database, **sizes)
+    finally:
+        await database.close()
+
+
+async def test_a_sync_that_keeps_failing_is_retried_after_pauses_doubling_up_to_the_maximum(database_url, monkeypatch):
+    """Each failure in a row doubles the pause before the next attempt (a failed first load exports every row
+    again), up to ``retry_max_seconds``; a success goes back to the poll; the state says which."""
+    database = Database(database_url, metadata=metadata, migrations=MIGRATIONS)
+    mirror = FactMirror(database)
+    outcomes = [False] * 6 + [True, False, True]
+    pauses: list[tuple[float, str]] = []
+
+    async def refresh() -> int:
+        if not outcomes.pop(0):
+            raise RuntimeError("database down")
+        return 0
+
+    async def pause(seconds: float) -> None:
+        pauses.append((seconds, mirror.state()))
+        if not outcomes:
+            mirror._stopping.set()
+
+    monkeypatch.setattr(mirror, "refresh", refresh)
+    monkeypatch.setattr(mirror, "_pause", pause)
+    mirror.start(poll_seconds=0.25, retry_max_seconds=4)
+    await asyncio.wait_for(mirror._task, 10)  # ends once the last outcome's pause stops it
+    await mirror.stop()
+    assert [seconds for seconds, _ in pauses] == [0.5, 1, 2, 4, 4, 4, 0.25, 0.5, 0.25]
+    assert [state for _, state in pauses] == (["not loaded (0 rows so far); last sync failed, retrying"] * 6
+                                              + ["ok", "loaded; last sync failed, retrying", "ok"])
 
 
 async def _record(database: Database, recorder: EventRecorder, built, *, commit: bool = True) -> None:
