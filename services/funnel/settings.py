@@ -31,10 +31,9 @@ class FunnelSettings(ServiceSettings):
     # DuckDB's buffer pool for the copy (e.g. "512MB"): on disk, the copy's memory stays within it (queries
     # that need more spill to a temporary directory beside the file).
     fact_copy_memory_limit: str = Field(default="512MB", pattern=MEMORY_SIZE_PATTERN)
-    # The buffer pool while the first load from PostgreSQL reads every row and folds them in one transaction:
-    # that load sets the process's peak memory (at 10M events 1,035 MB under 512MB, 640 MB under 256MB, in
-    # DuckDB alone; docs/funnel.md "The first load's buffer pool"). A load that runs out of it is retried under
-    # ``fact_copy_memory_limit``. None: ``fact_copy_memory_limit``.
+    # The buffer pool while the first load from PostgreSQL reads every row and folds them, committed in steps:
+    # that load sets the process's peak memory (docs/funnel.md "The first load's buffer pool"). A load that runs
+    # out of it (30M events) is retried in one transaction under ``fact_copy_memory_limit``. None: that at once.
     fact_copy_load_memory_limit: str | None = Field(default="256MB", pattern=MEMORY_SIZE_PATTERN)
     fact_copy_threads: int = Field(default=2, ge=1, le=64)
     # The longest pause between two attempts of a copy sync that keeps failing (the pause doubles from 0.25 s

@@ -88,6 +88,8 @@ _DUCKDB_TYPES = {pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.float64(): "DOU
 # The copy's tables and what they hold: a file written under another version is rebuilt, not read.
 COPY_SCHEMA_VERSION = 5
 _MEMORY_SIZE = re.compile(MEMORY_SIZE_PATTERN)
+# copy_state.version while a first load is under way (its steps are committed one by one): never read.
+LOADING = -1
 
 
 def create_tables(connection: duckdb.DuckDBPyConnection, time_zone: str = "UTC") -> None:
@@ -141,12 +143,15 @@ def append(connection: duckdb.DuckDBPyConnection, table: str, batch: pa.Table, a
         append(connection, "order_events", batch.filter(pc.is_valid(batch.column("order_status"))), applied)
 
 
-def fold_state(connection: duckdb.DuckDBPyConnection, top: int) -> None:
+def fold_state(connection: duckdb.DuckDBPyConnection, top: int, step: Callable[[], None] | None = None) -> None:
     """Fold the rows applied since the last fold, up to ``top``, into the KPI state and ``product_state`` (in the
-    caller's transaction)."""
+    caller's transaction). ``step``: called between the fold's parts (the registry, the persons, each chunk of days
+    of presence, the orders), e.g. to commit a first load in pieces; the copy is not read in between."""
     folded = int(connection.execute("SELECT folded FROM copy_state").fetchone()[0])  # type: ignore[index]
     person_hashes.fold(connection, f"e.applied > {folded} AND e.applied <= {int(top)}")
-    kpi_state.fold(connection, top)
+    if step is not None:
+        step()
+    kpi_state.fold(connection, top, step)
     product_state.fold(connection, top)  # moves copy_state.folded: last
 
 
@@ -312,7 +317,9 @@ class FactMirror:
                     log.info("fact copy opened", extra={"path": str(self._path(newest)), "seq": seq, "rows": self.rows})
                     return connection
                 connection.close()
-                if version != COPY_SCHEMA_VERSION:
+                if version == LOADING:
+                    log.warning("fact copy left half loaded: rebuilt")
+                elif version != COPY_SCHEMA_VERSION:
                     log.warning("fact copy of another version: rebuilt", extra={"version": version})
             except (duckdb.Error, TypeError, ValueError) as exc:
                 log.warning("fact copy unreadable: rebuilt", extra={"reason": _reason(exc)})
@@ -349,7 +356,8 @@ class FactMirror:
                     self.duckdb.execute(f"DELETE FROM {table}")
                 kpi_state.clear(self.duckdb)
                 person_hashes.clear(self.duckdb)
-                self.duckdb.execute("UPDATE copy_state SET seq = 0, event_id = NULL, folded = 0, horizon = -1")
+                self.duckdb.execute("UPDATE copy_state SET version = ?, seq = 0, event_id = NULL, folded = 0, "
+                                    "horizon = -1", [COPY_SCHEMA_VERSION])
                 self.folded = 0
                 return
             self.duckdb.close()
@@ -407,46 +415,61 @@ class FactMirror:
         return self.rows
 
     def _load_csv(self, paths: dict[str, Path], top: int, top_event: str) -> None:
-        """One transaction: a load that fails half way leaves nothing behind for the retry to load again. Under
-        ``load_memory_limit`` (the load sets the process's peak memory); one that runs out of it drops that
-        limit, so the retry runs under the copy's own."""
-        with self._write:
-            limit = self._load_memory_limit
-            if limit is not None:
-                self.duckdb.execute(f"SET memory_limit = '{limit}'")
-            try:
-                self._load_in_one_transaction(paths, top, top_event)
-            except duckdb.OutOfMemoryException as exc:
-                if limit is not None:
-                    log.warning("fact copy's first load ran out of its load memory limit: retried under the copy's",
-                                extra={"load_memory_limit": limit, "reason": _reason(exc)})
-                    self._load_memory_limit = None
-                raise
-            finally:
-                if limit is not None:
-                    own = self._config.get("memory_limit")
-                    self.duckdb.execute(f"SET memory_limit = '{own}'" if own is not None else "RESET memory_limit")
-
-    def _load_in_one_transaction(self, paths: dict[str, Path], top: int, top_event: str) -> None:
-        self.duckdb.execute("BEGIN")
+        """The rows and their fold. Under ``load_memory_limit``, committed in steps (the rows, then each part of
+        their fold): one transaction's commit of it all held ~300 MB more than the load itself at 10M events (the
+        fold's bitstrings), the process's peak. Until its last step the copy's version is ``LOADING``: a process
+        stopped half way leaves a file ``_open`` rebuilds, and a load that fails is emptied for the retry. One that
+        runs out of that buffer pool drops it, and the retry loads in one transaction under the copy's own (at 30M
+        events the steps ran out of 256MB, where one transaction under 512MB completes)."""
+        limit = self._load_memory_limit
         try:
+            with self._write:
+                if limit is not None:
+                    self.duckdb.execute(f"SET memory_limit = '{limit}'")
+                try:
+                    self._load(paths, top, top_event, stepped=limit is not None)
+                finally:
+                    if limit is not None:
+                        own = self._config.get("memory_limit")
+                        self.duckdb.execute(f"SET memory_limit = '{own}'" if own is not None else "RESET memory_limit")
+        except BaseException as exc:
+            if limit is not None and isinstance(exc, duckdb.OutOfMemoryException):
+                log.warning("fact copy's first load ran out of its load memory limit: retried in one transaction "
+                            "under the copy's", extra={"load_memory_limit": limit, "reason": _reason(exc)})
+                self._load_memory_limit = None
+            self._clear()
+            raise
+
+    def _load(self, paths: dict[str, Path], top: int, top_event: str, *, stepped: bool) -> None:
+        connection = self.duckdb
+
+        def step() -> None:
+            connection.execute("COMMIT")
+            connection.execute("BEGIN")
+
+        connection.execute("BEGIN")
+        try:
+            connection.execute("UPDATE copy_state SET version = ?", [LOADING])
             for name, schema in (("events", EVENTS_SCHEMA), ("order_items", ITEMS_SCHEMA)):
                 if paths[name].stat().st_size == 0:
                     continue  # no rows (e.g. no order yet): DuckDB cannot sniff an empty file
                 columns = {field.name: _DUCKDB_TYPES[field.type] for field in schema}
                 # PostgreSQL's CSV: NULL is an empty unquoted field, an empty string is "".
                 numbered = f", {person_hashes.NUMBER}" if name == "events" else ""
-                self.duckdb.execute(
+                connection.execute(
                     f"INSERT INTO {name} SELECT *, ?{numbered} FROM read_csv(?, columns = ?, header = false, "
                     "quote = '\"', escape = '\"', allow_quoted_nulls = false, nullstr = '')",
                     [top, str(paths[name]), columns],
                 )
-            self.duckdb.execute("INSERT INTO order_events SELECT * FROM events WHERE order_status IS NOT NULL")
-            self.duckdb.execute("UPDATE copy_state SET seq = ?, event_id = ?", [top, top_event])
-            fold_state(self.duckdb, top)
-            self.duckdb.execute("COMMIT")
+            connection.execute("INSERT INTO order_events SELECT * FROM events WHERE order_status IS NOT NULL")
+            connection.execute("UPDATE copy_state SET seq = ?, event_id = ?", [top, top_event])
+            if stepped:
+                step()
+            fold_state(connection, top, step if stepped else None)
+            connection.execute("UPDATE copy_state SET version = ?", [COPY_SCHEMA_VERSION])
+            connection.execute("COMMIT")
         except BaseException:
-            self.duckdb.execute("ROLLBACK")
+            connection.execute("ROLLBACK")
             raise
 
     def written(self, first_seq: int, last_seq: int, event_rows: Sequence[tuple[Any, ...]],

@@ -48,6 +48,7 @@ test_mirror.py checks the state equals a fold from scratch after load, follow an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -171,7 +172,8 @@ def sparse_limit(capacity: int) -> int:
     return capacity // 256
 
 
-def _fold_presence(connection: duckdb.DuckDBPyConnection, where: str, capacity: int) -> None:
+def _fold_presence(connection: duckdb.DuckDBPyConnection, where: str, capacity: int,
+                   step: Callable[[], None] = lambda: None) -> None:
     """The persons of the rows meeting ``where`` added to their (day, type) bitstrings, and those of views to their
     (day, channel source) viewers: or-ed into the bitstring of a (day, source) that has one, else added as id rows,
     and the id rows of a (day, source) that then holds more than ``sparse_limit`` made a bitstring."""
@@ -213,7 +215,7 @@ def _fold_presence(connection: duckdb.DuckDBPyConnection, where: str, capacity: 
             WHERE source_presence.day_start = f.day_start AND source_presence.source = f.source""")
         # The others: those that would then hold more than ``sparse_limit`` ids made a bitstring of their rows and
         # the new ids, the rest's new ids added as rows. (Adding the ids first and making bitstrings of them after
-        # wrote millions of rows a first load then deleted in its one transaction.)
+        # wrote millions of rows a first load then deleted, in its one transaction: memory at its commit.)
         fresh = f"SELECT * FROM viewers_fold ANTI JOIN ({kept}) k USING (day_start, source)"
         connection.execute(f"""
             CREATE OR REPLACE TEMP TABLE viewers_grown AS
@@ -237,6 +239,7 @@ def _fold_presence(connection: duckdb.DuckDBPyConnection, where: str, capacity: 
             WHERE source_viewers.day_start = g.day_start AND source_viewers.source = g.source""")
         for table in ("presence_fold", "viewers_fold", "viewers_grown"):
             connection.execute(f"DROP TABLE {table}")
+        step()
 
 
 def _merge(connection: duckdb.DuckDBPyConnection, table: str, kind: str, folded: str) -> None:
@@ -344,14 +347,17 @@ def _fold_orders(connection: duckdb.DuckDBPyConnection, where: str) -> None:
         WHERE {where} AND e.type = 'inquiry' ORDER BY e.occurred_us""")
 
 
-def fold(connection: duckdb.DuckDBPyConnection, top: int) -> None:
+def fold(connection: duckdb.DuckDBPyConnection, top: int, step: Callable[[], None] | None = None) -> None:
     """Fold the rows applied after ``copy_state.folded`` up to ``top`` into the KPI state (inside the caller's
-    transaction; product_state.fold then moves ``folded``)."""
+    transaction; product_state.fold then moves ``folded``); ``step`` called after each part (mirror.fold_state)."""
     folded = int(connection.execute("SELECT folded FROM copy_state").fetchone()[0])  # type: ignore[index]
     where = f"e.applied > {folded} AND e.applied <= {int(top)}"
+    step = step or (lambda: None)
     capacity = _fold_persons(connection, where)
-    _fold_presence(connection, where, capacity)
+    step()
+    _fold_presence(connection, where, capacity, step)
     _fold_orders(connection, where)
+    step()
 
 
 def rebuild_presence(connection: duckdb.DuckDBPyConnection, time_zone: str) -> None:

@@ -174,6 +174,56 @@ async def test_the_copy_equals_the_stored_facts_through_load_follow_and_erasure(
         await database.close()
 
 
+async def test_a_first_load_that_fails_or_stops_half_way_leaves_no_half_loaded_copy(database_url, tmp_path,
+                                                                                    monkeypatch):
+    """The first load commits its rows and their fold in steps (PostgreSQL; on SQLite the batches fold as they
+    apply): a failure in the fold empties the copy for the retry, and a process stopped there (nothing cleaned up)
+    leaves a file the next start rebuilds, not a copy with rows and half their state."""
+    monkeypatch.setattr(product_state, "FOLD_ROWS", 1)  # SQLite's batches fold too
+    database = Database(database_url, metadata=metadata, migrations=MIGRATIONS)
+    await database.start()
+    failing = True
+    fold_orders = kpi_state._fold_orders
+
+    def failing_fold_orders(connection, where):
+        if failing:
+            raise RuntimeError("disk full")
+        fold_orders(connection, where)
+
+    monkeypatch.setattr(kpi_state, "_fold_orders", failing_fold_orders)
+    try:
+        for offset in (1, 2):
+            async with database.begin() as connection:
+                await store_facts(connection, _events(offset))
+        stored = await _stored(database)
+        mirror = FactMirror(database, directory=tmp_path / "failed", memory_limit="300MB", load_memory_limit="100MB")
+        with pytest.raises(RuntimeError, match="disk full"):
+            await mirror.refresh()
+        assert mirror.duckdb.execute("SELECT count(*) FROM events").fetchone()[0] == 0
+        failing = False
+        assert await mirror.refresh() == len(stored[0])
+        assert _copied(mirror) == stored
+        _kpi_state_is_the_fold_of_its_rows(mirror)
+        await mirror.stop()
+
+        failing = True
+        clear = FactMirror._clear
+        monkeypatch.setattr(FactMirror, "_clear", lambda self: None)  # the process dies in the fold
+        mirror = FactMirror(database, directory=tmp_path / "stopped", load_memory_limit="100MB")
+        with pytest.raises(RuntimeError, match="disk full"):
+            await mirror.refresh()
+        await mirror.stop()
+        monkeypatch.setattr(FactMirror, "_clear", clear)
+        failing = False
+        mirror = FactMirror(database, directory=tmp_path / "stopped", load_memory_limit="100MB")
+        assert await mirror.refresh() == len(stored[0])  # everything loaded again
+        assert _copied(mirror) == stored
+        _kpi_state_is_the_fold_of_its_rows(mirror)
+        await mirror.stop()
+    finally:
+        await database.close()
+
+
 def _memory_limit_of(size: str) -> str:
     """How DuckDB shows a memory_limit set to ``size``."""
     with duckdb.connect(config={"memory_limit": size}) as configured:
@@ -182,21 +232,21 @@ def _memory_limit_of(size: str) -> str:
 
 async def test_a_first_load_runs_under_its_own_buffer_pool_and_one_out_of_it_is_retried_under_the_copys(
         database_url, tmp_path, monkeypatch):
-    """PostgreSQL's bulk load (one transaction, which sets the process's peak memory) runs under
-    ``load_memory_limit``; a load that runs out of it leaves an empty copy and drops that limit, so the retry
-    runs under the copy's own; the copy's limit is back after either. SQLite's batches never use it."""
+    """PostgreSQL's bulk load (which sets the process's peak memory) runs in steps under ``load_memory_limit``; a
+    load that runs out of it leaves an empty copy and drops that limit, so the retry runs in one transaction under
+    the copy's own; the copy's limit is back after either. SQLite's batches never use it."""
     monkeypatch.setattr(product_state, "FOLD_ROWS", 1)  # SQLite's batches fold as they apply
     database = Database(database_url, metadata=metadata, migrations=MIGRATIONS)
     await database.start()
-    limits: list[str] = []
+    limits: list[tuple[str, bool]] = []  # per fold: the buffer pool, and whether it commits in steps
     out_of_memory = True
     fold = kpi_state.fold
 
-    def recording_fold(connection, top, *args):
-        limits.append(connection.execute("SELECT current_setting('memory_limit')").fetchone()[0])
+    def recording_fold(connection, top, step=None):
+        limits.append((connection.execute("SELECT current_setting('memory_limit')").fetchone()[0], step is not None))
         if out_of_memory:
             raise duckdb.OutOfMemoryException("Out of Memory Error: failed to pin block")
-        fold(connection, top, *args)
+        fold(connection, top, step)
 
     monkeypatch.setattr(kpi_state, "fold", recording_fold)
     own, load = _memory_limit_of("300MB"), _memory_limit_of("100MB")
@@ -214,7 +264,8 @@ async def test_a_first_load_runs_under_its_own_buffer_pool_and_one_out_of_it_is_
         assert await mirror.refresh() == len(stored[0])
         assert _copied(mirror) == stored
         _kpi_state_is_the_fold_of_its_rows(mirror)
-        assert limits == ([own, own] if database.is_sqlite else [load, own])
+        # PostgreSQL: in steps under the load's, then in one transaction under the copy's.
+        assert limits == ([(own, False)] * 2 if database.is_sqlite else [(load, True), (own, False)])
         assert mirror.duckdb.execute("SELECT current_setting('memory_limit')").fetchone()[0] == own
         await mirror.stop()
 
@@ -222,7 +273,7 @@ async def test_a_first_load_runs_under_its_own_buffer_pool_and_one_out_of_it_is_
         limits.clear()
         mirror = FactMirror(database, directory=tmp_path / "second", memory_limit="300MB", load_memory_limit="100MB")
         assert await mirror.refresh() == len(stored[0])
-        assert limits == ([own] if database.is_sqlite else [load])
+        assert limits == ([(own, False)] if database.is_sqlite else [(load, True)])
         assert mirror.duckdb.execute("SELECT current_setting('memory_limit')").fetchone()[0] == own
         await mirror.stop()
         for sizes in ({"load_memory_limit": "1GB'; DROP TABLE events; --"}, {"memory_limit": "1GB' --"}):

@@ -41,7 +41,7 @@ def duck_of(facts: Sequence[FunnelEvent], *, cuts: Sequence[int] = (), folds: Co
         applied += high - low
         append_facts(connection, first[low:high], applied)
         if number in folds:
-            fold_state(connection, applied)
+            _fold(connection, applied, stepped=number % 2 == 1)
     if erase is not None:
         revised = [replace(fact, person_key=ERASED) for fact in first if fact.person_key == erase]
         event_rows, item_rows = fact_rows(revised)
@@ -51,8 +51,24 @@ def duck_of(facts: Sequence[FunnelEvent], *, cuts: Sequence[int] = (), folds: Co
         append(connection, "events", batch, applied)
         append(connection, "order_items", arrow_batch(ITEMS_SCHEMA, item_rows), applied)
         if -1 in folds:
-            fold_state(connection, applied)
+            _fold(connection, applied, stepped=True)
     return connection
+
+
+def _fold(connection: duckdb.DuckDBPyConnection, applied: int, *, stepped: bool) -> None:
+    """``fold_state`` in one statement group, or ``stepped`` in a transaction committed between its parts (as the
+    first load folds)."""
+    if not stepped:
+        fold_state(connection, applied)
+        return
+
+    def step() -> None:
+        connection.execute("COMMIT")
+        connection.execute("BEGIN")
+
+    connection.execute("BEGIN")
+    fold_state(connection, applied, step)
+    connection.execute("COMMIT")
 
 
 def erased(facts: Sequence[FunnelEvent], person_key: str | None) -> list[FunnelEvent]:
