@@ -90,6 +90,9 @@ COPY_SCHEMA_VERSION = 5
 _MEMORY_SIZE = re.compile(MEMORY_SIZE_PATTERN)
 # copy_state.version while a first load is under way (its steps are committed one by one): never read.
 LOADING = -1
+# The presence fold's budget per statement in a first load under its own pool (kpi_state.FOLD_BYTES otherwise): at
+# 30M events (3M persons) under 256MB, 48 MiB ran out of the pool and 8 MiB completed (peak 614 MB, DuckDB alone).
+LOAD_FOLD_BYTES = 8 << 20
 
 
 def create_tables(connection: duckdb.DuckDBPyConnection, time_zone: str = "UTC") -> None:
@@ -143,15 +146,17 @@ def append(connection: duckdb.DuckDBPyConnection, table: str, batch: pa.Table, a
         append(connection, "order_events", batch.filter(pc.is_valid(batch.column("order_status"))), applied)
 
 
-def fold_state(connection: duckdb.DuckDBPyConnection, top: int, step: Callable[[], None] | None = None) -> None:
+def fold_state(connection: duckdb.DuckDBPyConnection, top: int, step: Callable[[], None] | None = None,
+               fold_bytes: int | None = None) -> None:
     """Fold the rows applied since the last fold, up to ``top``, into the KPI state and ``product_state`` (in the
     caller's transaction). ``step``: called between the fold's parts (the registry, the persons, each chunk of days
-    of presence, the orders), e.g. to commit a first load in pieces; the copy is not read in between."""
+    of presence, the orders), e.g. to commit a first load in pieces; the copy is not read in between.
+    ``fold_bytes``: the presence fold's budget per statement (kpi_state.FOLD_BYTES when None)."""
     folded = int(connection.execute("SELECT folded FROM copy_state").fetchone()[0])  # type: ignore[index]
     person_hashes.fold(connection, f"e.applied > {folded} AND e.applied <= {int(top)}")
     if step is not None:
         step()
-    kpi_state.fold(connection, top, step)
+    kpi_state.fold(connection, top, step, fold_bytes)
     product_state.fold(connection, top)  # moves copy_state.folded: last
 
 
@@ -465,7 +470,10 @@ class FactMirror:
             connection.execute("UPDATE copy_state SET seq = ?, event_id = ?", [top, top_event])
             if stepped:
                 step()
-            fold_state(connection, top, step if stepped else None)
+            if stepped:
+                fold_state(connection, top, step, LOAD_FOLD_BYTES)
+            else:
+                fold_state(connection, top)
             connection.execute("UPDATE copy_state SET version = ?", [COPY_SCHEMA_VERSION])
             connection.execute("COMMIT")
         except BaseException:

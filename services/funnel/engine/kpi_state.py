@@ -173,10 +173,11 @@ def sparse_limit(capacity: int) -> int:
 
 
 def _fold_presence(connection: duckdb.DuckDBPyConnection, where: str, capacity: int,
-                   step: Callable[[], None] = lambda: None) -> None:
+                   step: Callable[[], None] = lambda: None, fold_bytes: int | None = None) -> None:
     """The persons of the rows meeting ``where`` added to their (day, type) bitstrings, and those of views to their
     (day, channel source) viewers: or-ed into the bitstring of a (day, source) that has one, else added as id rows,
-    and the id rows of a (day, source) that then holds more than ``sparse_limit`` made a bitstring."""
+    and the id rows of a (day, source) that then holds more than ``sparse_limit`` made a bitstring. ``fold_bytes``:
+    the bitstrings one statement may hold (``FOLD_BYTES`` when None)."""
     low, high, sources = connection.execute(
         f"SELECT min(occurred_us), max(occurred_us), count(DISTINCT source) FILTER (WHERE e.type = 'view') "
         f"FROM events e WHERE {where} AND e.type IN ({_TYPES})").fetchone()  # type: ignore[misc]
@@ -188,7 +189,7 @@ def _fold_presence(connection: duckdb.DuckDBPyConnection, where: str, capacity: 
     # 512 KB at 3M persons, when every (day, source) was a bitstring) passed the copy's memory limit (an
     # OutOfMemoryException at 30M events). The rows' sources bound the (day, source)s kept as bitstrings.
     day_bytes = max(1, (len(PRESENCE_TYPES) + int(sources)) * capacity // 8)
-    per_statement = max(1, FOLD_BYTES // day_bytes)
+    per_statement = max(1, (fold_bytes or FOLD_BYTES) // day_bytes)
     last = len(starts) - 1
     for first in range(0, last, per_statement):
         since, until = starts[first], starts[min(first + per_statement, last)]
@@ -347,15 +348,17 @@ def _fold_orders(connection: duckdb.DuckDBPyConnection, where: str) -> None:
         WHERE {where} AND e.type = 'inquiry' ORDER BY e.occurred_us""")
 
 
-def fold(connection: duckdb.DuckDBPyConnection, top: int, step: Callable[[], None] | None = None) -> None:
+def fold(connection: duckdb.DuckDBPyConnection, top: int, step: Callable[[], None] | None = None,
+         fold_bytes: int | None = None) -> None:
     """Fold the rows applied after ``copy_state.folded`` up to ``top`` into the KPI state (inside the caller's
-    transaction; product_state.fold then moves ``folded``); ``step`` called after each part (mirror.fold_state)."""
+    transaction; product_state.fold then moves ``folded``); ``step`` called after each part (mirror.fold_state);
+    ``fold_bytes``: the presence fold's budget per statement (``FOLD_BYTES`` when None)."""
     folded = int(connection.execute("SELECT folded FROM copy_state").fetchone()[0])  # type: ignore[index]
     where = f"e.applied > {folded} AND e.applied <= {int(top)}"
     step = step or (lambda: None)
     capacity = _fold_persons(connection, where)
     step()
-    _fold_presence(connection, where, capacity, step)
+    _fold_presence(connection, where, capacity, step, fold_bytes)
     _fold_orders(connection, where)
     step()
 

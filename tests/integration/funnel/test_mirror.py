@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from libs.common.db import Database
 from services.funnel.adapters.facts import pseudonymise_persons, store_facts
-from services.funnel.adapters.mirror import EVENTS_SCHEMA, ITEMS_SCHEMA, FactMirror
+from services.funnel.adapters.mirror import EVENTS_SCHEMA, ITEMS_SCHEMA, LOAD_FOLD_BYTES, FactMirror
 from services.funnel.adapters.tables import MIGRATIONS, events, metadata, order_items
 from services.funnel.decoding import decode_event
 from services.funnel.engine import kpi_state, product_state
@@ -238,15 +238,17 @@ async def test_a_first_load_runs_under_its_own_buffer_pool_and_one_out_of_it_is_
     monkeypatch.setattr(product_state, "FOLD_ROWS", 1)  # SQLite's batches fold as they apply
     database = Database(database_url, metadata=metadata, migrations=MIGRATIONS)
     await database.start()
-    limits: list[tuple[str, bool]] = []  # per fold: the buffer pool, and whether it commits in steps
+    # Per fold: the buffer pool, whether it commits in steps, and the presence fold's budget per statement.
+    limits: list[tuple[str, bool, int | None]] = []
     out_of_memory = True
     fold = kpi_state.fold
 
-    def recording_fold(connection, top, step=None):
-        limits.append((connection.execute("SELECT current_setting('memory_limit')").fetchone()[0], step is not None))
+    def recording_fold(connection, top, step=None, fold_bytes=None):
+        limits.append((connection.execute("SELECT current_setting('memory_limit')").fetchone()[0], step is not None,
+                       fold_bytes))
         if out_of_memory:
             raise duckdb.OutOfMemoryException("Out of Memory Error: failed to pin block")
-        fold(connection, top, step)
+        fold(connection, top, step, fold_bytes)
 
     monkeypatch.setattr(kpi_state, "fold", recording_fold)
     own, load = _memory_limit_of("300MB"), _memory_limit_of("100MB")
@@ -264,8 +266,9 @@ async def test_a_first_load_runs_under_its_own_buffer_pool_and_one_out_of_it_is_
         assert await mirror.refresh() == len(stored[0])
         assert _copied(mirror) == stored
         _kpi_state_is_the_fold_of_its_rows(mirror)
-        # PostgreSQL: in steps under the load's, then in one transaction under the copy's.
-        assert limits == ([(own, False)] * 2 if database.is_sqlite else [(load, True), (own, False)])
+        # PostgreSQL: in steps under the load's (with the smaller budget), then in one transaction under the copy's.
+        assert limits == ([(own, False, None)] * 2 if database.is_sqlite
+                          else [(load, True, LOAD_FOLD_BYTES), (own, False, None)])
         assert mirror.duckdb.execute("SELECT current_setting('memory_limit')").fetchone()[0] == own
         await mirror.stop()
 
@@ -273,7 +276,7 @@ async def test_a_first_load_runs_under_its_own_buffer_pool_and_one_out_of_it_is_
         limits.clear()
         mirror = FactMirror(database, directory=tmp_path / "second", memory_limit="300MB", load_memory_limit="100MB")
         assert await mirror.refresh() == len(stored[0])
-        assert limits == ([(own, False)] if database.is_sqlite else [(load, True)])
+        assert limits == ([(own, False, None)] if database.is_sqlite else [(load, True, LOAD_FOLD_BYTES)])
         assert mirror.duckdb.execute("SELECT current_setting('memory_limit')").fetchone()[0] == own
         await mirror.stop()
         for sizes in ({"load_memory_limit": "1GB'; DROP TABLE events; --"}, {"memory_limit": "1GB' --"}):

@@ -11,6 +11,8 @@ from unittest import mock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from libs.common.events import epoch_micros
+from services.funnel.adapters.mirror import fold_state
 from services.funnel.domain.kpis import daily_kpis, range_kpis
 from services.funnel.engine import kpi_state
 from services.funnel.engine.kpis import kpis
@@ -109,3 +111,34 @@ def test_gmv_of_the_largest_orders_stays_exact_past_64_bits():
         got, _ = kpis(duck.cursor(), start, end, end, None)
     assert (got.orders, got.buyers, got.gmv) == (count, 1, count * 10**12)
     assert count * 10**14 > 2**63
+
+
+class _Counting:
+    """A DuckDB connection that counts the statements creating the presence fold's per-chunk table."""
+
+    def __init__(self, connection):
+        self.connection, self.chunks = connection, 0
+
+    def execute(self, sql, *args):
+        self.chunks += "TEMP TABLE presence_fold" in sql
+        return self.connection.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self.connection, name)
+
+
+def test_a_folds_budget_sets_the_days_one_presence_statement_aggregates():
+    """``fold_bytes`` (a first load's smaller budget, mirror.LOAD_FOLD_BYTES) chunks the presence fold: one byte
+    aggregates a day per statement, the default a short history's days in one; the state is the same."""
+    events = facts([view(f"u{n}", T + timedelta(days=n, hours=n), "p1", source=f"s{n % 2}") for n in range(5)])
+    states, chunks = [], []
+    for fold_bytes in (1, None):
+        with duck_of(events) as duck:
+            counting = _Counting(duck)
+            fold_state(counting, len(events), fold_bytes=fold_bytes)
+            chunks.append(counting.chunks)
+            states.append([duck.execute(f"SELECT * FROM {table} ORDER BY ALL").fetchall()
+                           for table in ("presence", "source_presence", "source_viewers")])
+    days = len(kpi_state.day_starts(epoch_micros(T), epoch_micros(T + timedelta(days=4, hours=4)), "UTC")) - 1
+    assert days >= 5 and chunks == [days, 1]
+    assert states[0] == states[1] and states[0][0]
