@@ -29,6 +29,7 @@ space of deleted rows only in part, so the erased keys would otherwise linger in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import itertools
 import logging
@@ -354,21 +355,16 @@ class FactMirror:
         self._bulk_loaded = False
 
     def _clear(self) -> None:
-        """An empty copy: a new file (the old one removed), or emptied tables in memory."""
+        """An empty copy: a new file (the old one removed), or a new database in memory. (Not the old one emptied:
+        a DuckDB error can leave its database invalidated, "must be restarted prior to being used again".)"""
         with self._write:
-            if self.directory is None:
-                for table in ("events", "order_events", "order_items", "product_state"):
-                    self.duckdb.execute(f"DELETE FROM {table}")
-                kpi_state.clear(self.duckdb)
-                person_hashes.clear(self.duckdb)
-                self.duckdb.execute("UPDATE copy_state SET version = ?, seq = 0, event_id = NULL, folded = 0, "
-                                    "horizon = -1", [COPY_SCHEMA_VERSION])
-                self.folded = 0
-                return
             self.duckdb.close()
-            self._remove(self.generation)
-            self.generation += 1
-            self.duckdb = duckdb.connect(str(self._path(self.generation)), config=self._config)
+            if self.directory is None:
+                self.duckdb = duckdb.connect(":memory:", config=self._config)
+            else:
+                self._remove(self.generation)
+                self.generation += 1
+                self.duckdb = duckdb.connect(str(self._path(self.generation)), config=self._config)
             create_tables(self.duckdb, self.time_zone)
             self.folded = 0
 
@@ -424,23 +420,23 @@ class FactMirror:
         their fold): one transaction's commit of it all held ~300 MB more than the load itself at 10M events (the
         fold's bitstrings), the process's peak. Until its last step the copy's version is ``LOADING``: a process
         stopped half way leaves a file ``_open`` rebuilds, and a load that fails is emptied for the retry. One that
-        runs out of that buffer pool drops it, and the retry loads in one transaction under the copy's own (at 30M
-        events the steps ran out of 256MB, where one transaction under 512MB completes)."""
+        fails in DuckDB drops that pool, and the retry loads in one transaction under the copy's own: at 30M events
+        the steps under 256MB ran out of it (OutOfMemory), or their commit's checkpoint did, which invalidates the
+        database (FatalException), where one transaction under 512MB completes."""
         limit = self._load_memory_limit
         try:
             with self._write:
                 if limit is not None:
                     self.duckdb.execute(f"SET memory_limit = '{limit}'")
-                try:
-                    self._load(paths, top, top_event, stepped=limit is not None)
-                finally:
-                    if limit is not None:
-                        own = self._config.get("memory_limit")
-                        self.duckdb.execute(f"SET memory_limit = '{own}'" if own is not None else "RESET memory_limit")
+                self._load(paths, top, top_event, stepped=limit is not None)
+                if limit is not None:
+                    own = self._config.get("memory_limit")
+                    self.duckdb.execute(f"SET memory_limit = '{own}'" if own is not None else "RESET memory_limit")
         except BaseException as exc:
-            if limit is not None and isinstance(exc, duckdb.OutOfMemoryException):
-                log.warning("fact copy's first load ran out of its load memory limit: retried in one transaction "
-                            "under the copy's", extra={"load_memory_limit": limit, "reason": _reason(exc)})
+            # (_clear's new database has the copy's own pool.)
+            if limit is not None and isinstance(exc, duckdb.Error):
+                log.warning("fact copy's first load in steps under its load memory limit failed: retried in one "
+                            "transaction under the copy's", extra={"load_memory_limit": limit, "reason": _reason(exc)})
                 self._load_memory_limit = None
             self._clear()
             raise
@@ -477,7 +473,8 @@ class FactMirror:
             connection.execute("UPDATE copy_state SET version = ?", [COPY_SCHEMA_VERSION])
             connection.execute("COMMIT")
         except BaseException:
-            connection.execute("ROLLBACK")
+            with contextlib.suppress(duckdb.Error):  # an invalidated database refuses it; _clear replaces it
+                connection.execute("ROLLBACK")
             raise
 
     def written(self, first_seq: int, last_seq: int, event_rows: Sequence[tuple[Any, ...]],

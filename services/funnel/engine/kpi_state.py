@@ -216,7 +216,7 @@ def _fold_presence(connection: duckdb.DuckDBPyConnection, where: str, capacity: 
             WHERE source_presence.day_start = f.day_start AND source_presence.source = f.source""")
         # The others: those that would then hold more than ``sparse_limit`` ids made a bitstring of their rows and
         # the new ids, the rest's new ids added as rows. (Adding the ids first and making bitstrings of them after
-        # wrote millions of rows a first load then deleted, in its one transaction: memory at its commit.)
+        # wrote millions of rows a first load then deleted.)
         fresh = f"SELECT * FROM viewers_fold ANTI JOIN ({kept}) k USING (day_start, source)"
         connection.execute(f"""
             CREATE OR REPLACE TEMP TABLE viewers_grown AS

@@ -230,11 +230,14 @@ def _memory_limit_of(size: str) -> str:
         return configured.execute("SELECT current_setting('memory_limit')").fetchone()[0]
 
 
+@pytest.mark.parametrize("failure", [duckdb.OutOfMemoryException, duckdb.FatalException])
+@pytest.mark.parametrize("on_disk", [True, False])
 async def test_a_first_load_runs_under_its_own_buffer_pool_and_one_out_of_it_is_retried_under_the_copys(
-        database_url, tmp_path, monkeypatch):
+        database_url, tmp_path, monkeypatch, failure, on_disk):
     """PostgreSQL's bulk load (which sets the process's peak memory) runs in steps under ``load_memory_limit``; a
-    load that runs out of it leaves an empty copy and drops that limit, so the retry runs in one transaction under
-    the copy's own; the copy's limit is back after either. SQLite's batches never use it."""
+    load that fails in DuckDB there (out of that pool; or its checkpoint out of it, which invalidates the database:
+    a FatalException) leaves an empty copy and drops that limit, so the retry runs in one transaction under the
+    copy's own; the copy's limit is back after either; in a file or in memory. SQLite's batches never use it."""
     monkeypatch.setattr(product_state, "FOLD_ROWS", 1)  # SQLite's batches fold as they apply
     database = Database(database_url, metadata=metadata, migrations=MIGRATIONS)
     await database.start()
@@ -247,7 +250,7 @@ async def test_a_first_load_runs_under_its_own_buffer_pool_and_one_out_of_it_is_
         limits.append((connection.execute("SELECT current_setting('memory_limit')").fetchone()[0], step is not None,
                        fold_bytes))
         if out_of_memory:
-            raise duckdb.OutOfMemoryException("Out of Memory Error: failed to pin block")
+            raise failure("failed to pin block")
         fold(connection, top, step, fold_bytes)
 
     monkeypatch.setattr(kpi_state, "fold", recording_fold)
@@ -257,8 +260,9 @@ async def test_a_first_load_runs_under_its_own_buffer_pool_and_one_out_of_it_is_
             async with database.begin() as connection:
                 await store_facts(connection, _events(offset))
         stored = await _stored(database)
-        mirror = FactMirror(database, directory=tmp_path, memory_limit="300MB", load_memory_limit="100MB")
-        with pytest.raises(duckdb.OutOfMemoryException):
+        mirror = FactMirror(database, directory=tmp_path if on_disk else None, memory_limit="300MB",
+                            load_memory_limit="100MB")
+        with pytest.raises(failure):
             await mirror.refresh()
         assert mirror.duckdb.execute("SELECT count(*) FROM events").fetchone()[0] == 0
         assert mirror.duckdb.execute("SELECT current_setting('memory_limit')").fetchone()[0] == own
