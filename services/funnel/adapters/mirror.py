@@ -648,9 +648,16 @@ class FactMirror:
             pass
 
     async def stop(self) -> None:
+        """Stop following, after one last sync of a loaded copy: a clean stop leaves the copy as the database is,
+        so an erasure applied since the last poll is compacted out of the file now, not at the next start."""
         self._stopping.set()
         if self._task is not None:
             await self._task
+            if self.loaded.is_set():
+                try:
+                    await self.refresh()
+                except Exception:
+                    log.exception("fact copy's last sync before stopping failed")
         self.duckdb.close()
         if self._slot_lock is not None:
             self._slot_lock.close()  # releases the slot for the next start

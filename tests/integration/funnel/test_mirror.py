@@ -18,6 +18,7 @@ from services.funnel.decoding import decode_event
 from services.funnel.engine import kpi_state, product_state
 from services.funnel.handlers import EventRecorder
 from tests.integration.funnel.helpers import facts, inquiry, order, refund, review, view
+from tests.support import eventually
 
 T = datetime(2026, 3, 1, tzinfo=UTC)
 # Text that CSV must quote or could take for NULL, and text that is not ASCII.
@@ -429,6 +430,30 @@ async def test_a_restart_catches_up_from_its_seq_exactly_and_an_erasure_leaves_n
         assert await mirror.refresh() == 0
         assert _copied(mirror) == await _stored(database)
         await mirror.stop()
+    finally:
+        await database.close()
+
+
+async def test_a_clean_stop_syncs_once_more_so_an_erasure_just_applied_leaves_no_key_in_the_file(
+        database_url, tmp_path):
+    """The follow polls now and then; an erasure the database applied since its last poll is in the copy's file
+    until the next sync. A clean stop syncs once more (the follow here polls only for its first load)."""
+    database = Database(database_url, metadata=metadata, migrations=MIGRATIONS)
+    await database.start()
+    directory = tmp_path / "copy"
+    try:
+        async with database.begin() as connection:
+            await store_facts(connection, _events(1))
+        mirror = FactMirror(database, directory=directory)
+        mirror.start(poll_seconds=3600)
+        await eventually(mirror.loaded.is_set, what="the first load")
+        mirror.duckdb.execute("CHECKPOINT")
+        assert b"u-1-0" in _bytes(directory), "the key is readable in the file, so its absence below means something"
+        async with database.begin() as connection:
+            await pseudonymise_persons(connection, {"u-1-0": "erased:x"})
+        await mirror.stop()
+        assert b"u-1-0" not in _bytes(directory)
+        assert _files(directory) == ["slot-0/facts-000002.duckdb"]  # compacted into a new generation
     finally:
         await database.close()
 
