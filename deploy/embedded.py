@@ -305,7 +305,10 @@ def main() -> int:
         ready = True
         _announce(bootstrap, running, logs, embedded=broker is not None)
         if args.state_file:
-            args.state_file.write_text(json.dumps({"broker": bootstrap, **{s.name: s.url for s in running}}))
+            # Written aside and renamed: whoever waits for the file never reads it half written.
+            written = args.state_file.with_name(f"{args.state_file.name}.tmp")
+            written.write_text(json.dumps({"broker": bootstrap, **{s.name: s.url for s in running}}))
+            written.replace(args.state_file)
         memory = BrokerMemoryWatch(broker, settings) if broker is not None else None
         while not stopping.requested:
             for service in running:
