@@ -391,20 +391,30 @@ def _bytes(directory) -> bytes:
     return b"".join(path.read_bytes() for path in directory.rglob("*") if path.is_file())
 
 
+async def _database_with_events(database_url: str) -> Database:
+    """The funnel's database, started, holding ``_events(1)`` (u-1-0's among them)."""
+    database = Database(database_url, metadata=metadata, migrations=MIGRATIONS)
+    await database.start()
+    async with database.begin() as connection:
+        await store_facts(connection, _events(1))
+    return database
+
+
+def _key_is_in_the_file(mirror: FactMirror, directory) -> None:
+    mirror.duckdb.execute("CHECKPOINT")
+    assert b"u-1-0" in _bytes(directory), "the key is readable in the file, so its absence below means something"
+
+
 async def test_a_restart_catches_up_from_its_seq_exactly_and_an_erasure_leaves_no_key_in_the_file(
     database_url, tmp_path
 ):
-    database = Database(database_url, metadata=metadata, migrations=MIGRATIONS)
-    await database.start()
+    database = await _database_with_events(database_url)
     directory = tmp_path / "copy"
     try:
-        async with database.begin() as connection:
-            await store_facts(connection, _events(1))
         mirror = FactMirror(database, directory=directory, memory_limit="64MB")
         loaded = await mirror.refresh()
         assert loaded == len(AWKWARD) + 4
-        mirror.duckdb.execute("CHECKPOINT")
-        assert b"u-1-0" in _bytes(directory), "the key is readable in the file, so its absence below means something"
+        _key_is_in_the_file(mirror, directory)
         await mirror.stop()
 
         # While the copy is down: new rows, and an erasure that rewrites rows the file already holds.
@@ -438,17 +448,13 @@ async def test_a_clean_stop_syncs_once_more_so_an_erasure_just_applied_leaves_no
         database_url, tmp_path):
     """The follow polls now and then; an erasure the database applied since its last poll is in the copy's file
     until the next sync. A clean stop syncs once more (the follow here polls only for its first load)."""
-    database = Database(database_url, metadata=metadata, migrations=MIGRATIONS)
-    await database.start()
+    database = await _database_with_events(database_url)
     directory = tmp_path / "copy"
     try:
-        async with database.begin() as connection:
-            await store_facts(connection, _events(1))
         mirror = FactMirror(database, directory=directory)
         mirror.start(poll_seconds=3600)
         await eventually(mirror.loaded.is_set, what="the first load")
-        mirror.duckdb.execute("CHECKPOINT")
-        assert b"u-1-0" in _bytes(directory), "the key is readable in the file, so its absence below means something"
+        _key_is_in_the_file(mirror, directory)
         async with database.begin() as connection:
             await pseudonymise_persons(connection, {"u-1-0": "erased:x"})
         await mirror.stop()
