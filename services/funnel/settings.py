@@ -33,8 +33,8 @@ class FunnelSettings(ServiceSettings):
     fact_copy_memory_limit: str = Field(default="512MB", pattern=MEMORY_SIZE_PATTERN)
     # The buffer pool while the first load from PostgreSQL reads every row and folds them, committed in steps:
     # that load sets the process's peak memory (docs/funnel.md "The first load's buffer pool"). A load that runs
-    # out of it (any DuckDB error) is retried in one transaction under ``fact_copy_memory_limit``. None: that at once.
-    fact_copy_load_memory_limit: str | None = Field(default="256MB", pattern=MEMORY_SIZE_PATTERN)
+    # out of it (any DuckDB error) is retried in one transaction under ``fact_copy_memory_limit``.
+    fact_copy_load_memory_limit: str = Field(default="256MB", pattern=MEMORY_SIZE_PATTERN)
     fact_copy_threads: int = Field(default=2, ge=1, le=64)
     # The longest pause between two attempts of a copy sync that keeps failing (the pause doubles from 0.25 s
     # at each failure in a row): a failed first load exports every row again at each attempt.

@@ -466,7 +466,6 @@ class FactMirror:
             connection.execute("UPDATE copy_state SET seq = ?, event_id = ?", [top, top_event])
             if stepped:
                 step()
-            if stepped:
                 fold_state(connection, top, step, LOAD_FOLD_BYTES)
             else:
                 fold_state(connection, top)
