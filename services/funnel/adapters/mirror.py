@@ -51,7 +51,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.db import Database
 from services.funnel.adapters.tables import events, order_items
-from services.funnel.engine import kpi_state, person_hashes, product_state
+from services.funnel.engine import kpi_state, person_hashes, prior_views, product_state
 from services.funnel.settings import MEMORY_SIZE_PATTERN
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ _DUCKDB_TYPES = {pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.float64(): "DOU
 
 
 # The copy's tables and what they hold: a file written under another version is rebuilt, not read.
-COPY_SCHEMA_VERSION = 5
+COPY_SCHEMA_VERSION = 6
 _MEMORY_SIZE = re.compile(MEMORY_SIZE_PATTERN)
 # copy_state.version while a first load is under way (its steps are committed one by one): never read.
 LOADING = -1
@@ -103,10 +103,13 @@ def create_tables(connection: duckdb.DuckDBPyConnection, time_zone: str = "UTC")
     # completed event, refunds) scan them rather than every event.
     # applied: the seq the copy reached with the batch that brought the row (product_state folds up to one).
     # ph: the events' person number (person_hashes.py), computed as they are appended.
+    # pv: for the events that are not views, the time of their person's latest view at or before them, set by the
+    # fold (prior_views.py).
     for name, schema in (("events", EVENTS_SCHEMA), ("order_events", EVENTS_SCHEMA), ("order_items", ITEMS_SCHEMA)):
         columns = ", ".join(f"{field.name} {_DUCKDB_TYPES[field.type]}" for field in schema)
         numbered = ", ph UBIGINT" if schema is EVENTS_SCHEMA else ""
-        connection.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns}, applied BIGINT{numbered})")
+        prior = ", pv BIGINT" if name == "events" else ""
+        connection.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns}, applied BIGINT{numbered}{prior})")
     # Where the copy stands: the last seq it holds, the event_id stored at it then, and the `applied` and time up
     # to which product_state holds the rows (times are >= 0: a horizon of -1 holds none); and how the DuckDB that
     # numbered its persons hashes a fixed text.
@@ -140,7 +143,7 @@ def append(connection: duckdb.DuckDBPyConnection, table: str, batch: pa.Table, a
     # on both of DuckDB's threads for a few thousand rows).
     rows = connection.from_arrow(marked)
     if table != "order_items":
-        rows = rows.project(f"*, {person_hashes.NUMBER} AS ph")
+        rows = rows.project(f"*, {person_hashes.NUMBER} AS ph{', NULL::BIGINT AS pv' if table == 'events' else ''}")
     rows.insert_into(table)
     if table == "events":
         # Filtered in Arrow, not by a second scan of the whole batch in DuckDB (about 3 us per row).
@@ -149,8 +152,8 @@ def append(connection: duckdb.DuckDBPyConnection, table: str, batch: pa.Table, a
 
 def fold_state(connection: duckdb.DuckDBPyConnection, top: int, step: Callable[[], None] | None = None,
                fold_bytes: int | None = None) -> None:
-    """Fold the rows applied since the last fold, up to ``top``, into the KPI state and ``product_state`` (in the
-    caller's transaction). ``step``: called between the fold's parts (the registry, the persons, each chunk of days
+    """Fold the rows applied since the last fold, up to ``top``, into the KPI state, the rows' latest views
+    (prior_views.py) and ``product_state`` (in the caller's transaction). ``step``: called between the fold's parts (the registry, the persons, each chunk of days
     of presence, the orders), e.g. to commit a first load in pieces; the copy is not read in between.
     ``fold_bytes``: the presence fold's budget per statement (kpi_state.FOLD_BYTES when None)."""
     folded = int(connection.execute("SELECT folded FROM copy_state").fetchone()[0])  # type: ignore[index]
@@ -158,6 +161,7 @@ def fold_state(connection: duckdb.DuckDBPyConnection, top: int, step: Callable[[
     if step is not None:
         step()
     kpi_state.fold(connection, top, step, fold_bytes)
+    prior_views.fold(connection, folded, top, step)
     product_state.fold(connection, top)  # moves copy_state.folded: last
 
 
@@ -456,13 +460,13 @@ class FactMirror:
                     continue  # no rows (e.g. no order yet): DuckDB cannot sniff an empty file
                 columns = {field.name: _DUCKDB_TYPES[field.type] for field in schema}
                 # PostgreSQL's CSV: NULL is an empty unquoted field, an empty string is "".
-                numbered = f", {person_hashes.NUMBER}" if name == "events" else ""
+                numbered = f", {person_hashes.NUMBER}, NULL" if name == "events" else ""
                 connection.execute(
                     f"INSERT INTO {name} SELECT *, ?{numbered} FROM read_csv(?, columns = ?, header = false, "
                     "quote = '\"', escape = '\"', allow_quoted_nulls = false, nullstr = '')",
                     [top, str(paths[name]), columns],
                 )
-            connection.execute("INSERT INTO order_events SELECT * FROM events WHERE order_status IS NOT NULL")
+            connection.execute("INSERT INTO order_events SELECT * EXCLUDE (pv) FROM events WHERE order_status IS NOT NULL")
             connection.execute("UPDATE copy_state SET seq = ?, event_id = ?", [top, top_event])
             if stepped:
                 step()

@@ -59,7 +59,7 @@ from services.funnel.domain.funnels import (
     Unit,
 )
 from services.funnel.domain.stats import median, ratio
-from services.funnel.engine import kpi_state, kpis, person_hashes, product_state
+from services.funnel.engine import kpi_state, kpis, person_hashes, prior_views, product_state
 
 _MAX_BIGINT = 2**63 - 1
 # How units are numbered for joins and groups, from their keys (a collision is detected, and the answer is then
@@ -122,9 +122,14 @@ def funnel_result_sql(
                 "type0": first.type, **{name: bounds[name] for name in ("start", "first_end", "w0", "w1", "folded")}
             }).fetchone()[0]  # type: ignore[index]
             present_sql = _present_entrants(loose=bool(loose))
+        # Step 2 joined to its persons' latest view from the rows' ``pv`` (prior_views.py) when step 1 is every view.
+        second = definition.steps[1] if step_count > 1 else None
+        prior = (stored and definition.unit == "person" and second is not None and second.type != "order"
+                 and (first.type, first.product_id, first.category, first.source) == ("view", None, None, None))
         for numbering in ("stored",) if stored else ("hashed", "keys"):
             sql, params = _query(definition, breakdown, numbering=numbering, recent=recent,
-                                 present=present_sql if present and numbering == "stored" else None)
+                                 present=present_sql if present and numbering == "stored" else None,
+                                 prior=prior and numbering == "stored")
             params.update(bounds)
             used = set(re.findall(r"\$(\w+)", sql))  # DuckDB refuses parameters a statement does not use
             rows = cursor.execute(sql, {name: value for name, value in params.items() if name in used}).fetchall()
@@ -213,7 +218,7 @@ def _summary(definition: FunnelDefinition, step_count: int, group: _Group) -> Fu
 
 def _query(
     definition: FunnelDefinition, breakdown: Breakdown | None, *, numbering: str, recent: bool,
-    present: str | None = None,
+    present: str | None = None, prior: bool = False,
 ) -> tuple[str, dict[str, Any]]:
     steps = definition.steps
     step_count = len(steps)
@@ -265,6 +270,8 @@ def _query(
         extra: tuple[str, ...] = ("eid", *entry_columns) if index == 0 and entry_columns else ()
         if index == step_count - 1 and step.type == "order":
             extra = (*dict.fromkeys((*extra, "eid")), *(("total",) if definition.unit == "person" else ()))
+        if index == 1 and prior:
+            extra = (*extra, "pv", "applied")
         ctes += _step(index, step, unit, params, extra)
         if index == 0 and not restricted:
             ctes.append(f"c0 AS (SELECT {key_list}, t FROM s0)")  # each its own start
@@ -282,6 +289,25 @@ def _query(
                     ctes.append(f"c0 AS (SELECT {key_list}, t FROM s0)")
             start = "t" if index == 1 else "l"
             later_rows = "s1_going" if index == 1 and restricted and unit.product else f"s{index}"
+            if index == 1 and prior:
+                # A step-2 event's latest start is its person's latest view at or before it, when that lies in
+                # range (if it lies before, so does every earlier view): ``pv``, where the fold keeps it (folded
+                # rows of persons with no view applied since); the other rows, and those whose latest view lies
+                # after the range (which ends before them), are joined to the range's views of their persons.
+                ctes.append(f"""dirty AS ({prior_views.DIRTY}),
+loose1 AS MATERIALIZED (
+    SELECT * FROM s1 WHERE applied > $folded OR pv >= $first_end OR ph IN (SELECT ph FROM dirty)
+),
+c1 AS (
+    SELECT ph, t, pv AS l, clash FROM s1
+    WHERE pv >= $start AND pv < $first_end AND t <= pv + $window AND applied <= $folded
+      AND ph NOT IN (SELECT ph FROM dirty)
+    UNION ALL
+    SELECT b.ph, b.t, a.t AS l, b.clash
+    FROM loose1 b ASOF JOIN (SELECT * FROM c0 WHERE ph IN (SELECT ph FROM loose1)) a ON a.ph = b.ph AND b.t >= a.t
+    WHERE b.t <= a.t + $window
+)""")
+                continue
             ctes.append(
                 f"""c{index} AS (
     SELECT {cols("b")}, b.t, a.{start} AS l, b.clash
@@ -620,7 +646,7 @@ k{index} AS (
         )
     # prod: the product a breakdown by category looks at (an order of a person: its first line's, found later).
     more = {"eid": "o.event_id AS eid", "src": "o.source AS src", "prod": f"{about or 'NULL::VARCHAR'} AS prod",
-            "total": "o.total_cents AS total"}
+            "total": "o.total_cents AS total", "pv": "o.pv AS pv", "applied": "o.applied AS applied"}
     columns = ", ".join((columns, "o.occurred_us AS t", *(more[name] for name in extra)))
     ctes.append(
         f"s{index} AS (\n    SELECT {columns}\n    FROM {source}{join}"

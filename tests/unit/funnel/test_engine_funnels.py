@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from libs.common.db import cents
+from libs.common.events import epoch_micros
 from services.funnel.adapters.mirror import (
     create_tables,
     fold_state,
@@ -217,9 +218,9 @@ ranges = st.tuples(
 
 
 @st.composite
-def cases(draw):
+def cases(draw, drawn_definitions=definitions()):
     """A definition, a history with journeys through it, a range, an as_of and a breakdown."""
-    definition = draw(definitions())
+    definition = draw(drawn_definitions)
     start, end, as_of = draw(ranges)
     # Journeys start anywhere, or in the range.
     in_range = st.integers(0, max(0, (end - start) // timedelta(minutes=1) - 1)).map(
@@ -264,6 +265,57 @@ def test_equal_to_the_domain_on_random_histories(case, collide, applied):
     # each collision must be noticed and undone.
     with colliding_hash() if collide else nullcontext(), applied_copy(facts, **applied) as duck:
         _check(duck, definition, erased(facts, applied["erase"]), start, end, as_of, breakdown)
+
+
+# Person funnels that start with every view: step 2 is joined to its persons' latest view from the rows' ``pv``,
+# which the fold keeps (services/funnel/engine/prior_views.py). The test above draws few of them.
+@st.composite
+def viewing_definitions(draw) -> FunnelDefinition:
+    later = draw(st.permutations([kind for kind in EVENT_TYPES if kind != "view"]).filter(lambda k: k[0] != "order"))
+    steps = (FunnelStep("view"), *(FunnelStep(kind, **draw(filters)) for kind in later[: draw(st.integers(1, 3))]))
+    window = draw(st.sampled_from((0, 60, 120, 180, 300, 600, 7 * 24 * 3600)))
+    return FunnelDefinition("viewing", steps, window_seconds=window)
+
+
+@contextmanager
+def queries_made() -> Iterator[list[dict]]:
+    """The options of every query the engine builds meanwhile."""
+    made: list[dict] = []
+    real = engine._query
+
+    def spy(*args, **options):
+        made.append(options)
+        return real(*args, **options)
+
+    engine._query = spy
+    try:
+        yield made
+    finally:
+        engine._query = real
+
+
+def stale_latest_views(duck: duckdb.DuckDBPyConnection) -> int:
+    """The folded rows of persons with no view applied since (and no shared number) whose ``pv`` is not their
+    person's latest view at or before them among the copy's rows (a correlated max, not the fold's ASOF JOIN)."""
+    return duck.execute("""
+        WITH standing AS (SELECT folded FROM copy_state)
+        SELECT count(*) FROM events e, standing s
+        WHERE e.type <> 'view' AND e.applied <= s.folded
+          AND e.ph NOT IN (SELECT ph FROM events, standing WHERE applied > folded AND type = 'view')
+          AND e.ph NOT IN (SELECT ph FROM hash_clashes)
+          AND e.pv IS DISTINCT FROM (
+              SELECT max(v.occurred_us) FROM events v
+              WHERE v.type = 'view' AND v.ph = e.ph AND v.occurred_us <= e.occurred_us)""").fetchone()[0]
+
+
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=cases(viewing_definitions()), applied=applications)
+def test_step_two_from_the_latest_view_equals_the_domain(case, applied):
+    definition, facts, (start, end, as_of), breakdown = case
+    with queries_made() as made, applied_copy(facts, **applied) as duck:
+        _check(duck, definition, erased(facts, applied["erase"]), start, end, as_of, breakdown)
+        assert stale_latest_views(duck) == 0
+    assert any(options.get("prior") for options in made)  # the wider range of _check always asks
 
 
 @contextmanager
@@ -365,6 +417,45 @@ def test_as_of_before_the_later_steps():
     got = assert_same(person_funnel(), facts, at(), at(hours=1), at(minutes=25))
     assert got.counts == (2, 1, 1, 0)
     assert got.in_progress == (1, 0, 1, 0)  # both windows (one hour) are still open at as_of
+
+
+# Step 2 from the rows' latest view (prior_views.py): the facts applied in this order, a batch each, the state
+# folded after the batches numbered in ``folds``.
+VIEW_CART = person_funnel(FunnelStep("view"), FunnelStep("add_to_cart"), window_seconds=600)
+
+
+def _level_two(facts, folds, start, end):
+    copy = applied_copy(facts[::-1], cuts=range(len(facts)), folds=folds)  # (applied_copy keeps the last of each id)
+    assert copy.execute("SELECT list(occurred_us ORDER BY applied) FROM events").fetchone()[0] == [
+        epoch_micros(fact.occurred_at) for fact in facts]
+    with queries_made() as made:
+        got = assert_same(VIEW_CART, facts, start, end, at(hours=1), connection=copy)
+    assert any(options["prior"] for options in made)
+    return got.counts
+
+
+def test_a_cart_applied_after_the_fold_is_joined_to_its_views():
+    facts = [view("ann", at(minutes=1)), cart("ann", at(minutes=2))]
+    assert _level_two(facts, {0}, at(), at(minutes=10)) == (1, 1)  # the cart unfolded, its view folded
+
+
+def test_a_late_view_before_a_folded_cart_counts_before_and_after_its_fold():
+    # The cart folded with no view before it (pv NULL); a view before it arrives late.
+    facts = [cart("ann", at(minutes=5)), view("ann", at(minutes=3))]
+    assert _level_two(facts, {0}, at(), at(minutes=10)) == (1, 1)  # ann masked until the view is folded
+    assert _level_two(facts, {0, 1}, at(), at(minutes=10)) == (1, 1)  # the fold sets the cart's pv again
+
+
+def test_a_late_view_between_a_folded_view_and_cart_becomes_the_carts_latest():
+    # The cart's latest view was the one before the range, until a later one, in range, was folded.
+    facts = [view("ann", at(minutes=1)), cart("ann", at(minutes=5)), view("ann", at(minutes=3))]
+    assert _level_two(facts, {1, 2}, at(minutes=2), at(minutes=10)) == (1, 1)
+
+
+def test_a_cart_after_the_range_whose_latest_view_is_after_it_too():
+    # The range ends at 4: the cart at 6 chains from the view at 2, not from its latest view (5, out of range).
+    facts = [view("ann", at(minutes=2)), view("ann", at(minutes=5)), cart("ann", at(minutes=6))]
+    assert _level_two(facts, {2}, at(), at(minutes=4)) == (1, 1)
 
 
 @pytest.mark.parametrize("folds", [(), (0,)])
