@@ -65,8 +65,7 @@ SELECT
     NULL AS discount_cents, NULL AS coupon_code, NULL AS refund_cents,
     CASE WHEN r >= 0.90 THEN 1 + (product % 5) END AS rating,
     1 AS applied,  -- one batch
-    hash('u' || person) AS ph,  -- the person's number, as the copy computes it (person_hashes.py)
-    NULL AS pv  -- set by a fold (prior_views.py): none here
+    hash('u' || person) AS ph  -- the person's number, as the copy computes it (person_hashes.py)
 FROM (
     SELECT i, random() AS r, random() AS r2, random() AS r3, (random() * $persons)::BIGINT AS person,
            (random() * 10000)::BIGINT AS product
@@ -91,7 +90,7 @@ def fill(connection: duckdb.DuckDBPyConnection, count: int, persons: int, days: 
     connection.execute("SELECT setseed(0.42)")
     connection.execute(_EVENTS, {"first": epoch_micros(FIRST), "days": days, "persons": persons, "n": count})
     connection.execute(_ITEMS)
-    connection.execute("INSERT INTO order_events SELECT * EXCLUDE (pv) FROM events WHERE order_status IS NOT NULL")
+    connection.execute("INSERT INTO order_events SELECT * FROM events WHERE order_status IS NOT NULL")
 
 
 def facts_of(connection: duckdb.DuckDBPyConnection) -> list[FunnelEvent]:

@@ -53,7 +53,7 @@ SELECT 'e-' || g, kind, 'u-' || person, $start + g * $step + (hi % 60000000),
        CASE WHEN g % 100 = 8 THEN 'refunded' WHEN kind = 'order' THEN 'completed' END,
        CASE WHEN kind = 'order' AND g % 100 <> 8 THEN (1 + hi % 3) * (100 + (product * 7919) % 50000) END,
        NULL, NULL, CASE WHEN g % 100 = 8 AND g % 2 = 0 THEN 500 END,
-       CASE WHEN kind = 'review' THEN 1 + hi % 5 END, $events, hash('u-' || person), NULL
+       CASE WHEN kind = 'review' THEN 1 + hi % 5 END, $events, hash('u-' || person)
 FROM (SELECT g, (hash(g) % 1000000007)::BIGINT AS hi, floor(power(random(), 1.5) * $persons)::BIGINT AS person,
              floor(power(random(), 3) * 20000)::BIGINT AS product,
              CASE WHEN g % 100 < 9 THEN 'order' WHEN g % 100 < 14 THEN 'inquiry' WHEN g % 100 < 20 THEN 'review'
@@ -78,7 +78,7 @@ def build(connection: duckdb.DuckDBPyConnection, events: int, persons: int, sour
     began = time.perf_counter()
     connection.execute(_EVENTS.replace("{source}", source_of(sources)), {"start": epoch_micros(END - timedelta(days=90)), "step": 90 * 86_400_000_000 // events,
                                  "events": events, "persons": persons})
-    connection.execute("INSERT INTO order_events SELECT * EXCLUDE (pv) FROM events WHERE order_status IS NOT NULL")
+    connection.execute("INSERT INTO order_events SELECT * FROM events WHERE order_status IS NOT NULL")
     connection.execute("INSERT INTO order_items SELECT event_id, 0, 'p-' || (hash(event_id) % 20000), "
                        "'c-' || (hash(event_id) % 40), 1, total_cents, applied FROM events "
                        "WHERE order_status = 'completed'")
@@ -133,9 +133,9 @@ def main() -> None:
         connection.execute("BEGIN")
         connection.execute(
             f"INSERT INTO events SELECT * REPLACE ('n-' || event_id AS event_id, {new} AS applied, "
-            f"'n-' || order_id AS order_id, occurred_us - 3600000000 AS occurred_us, NULL AS pv) "
+            f"'n-' || order_id AS order_id, occurred_us - 3600000000 AS occurred_us) "
             f"FROM events WHERE applied <= {top} ORDER BY occurred_us DESC LIMIT {args.unfolded}")
-        connection.execute(f"INSERT INTO order_events SELECT * EXCLUDE (pv) FROM events WHERE applied = {new} "
+        connection.execute(f"INSERT INTO order_events SELECT * FROM events WHERE applied = {new} "
                            "AND order_status IS NOT NULL")
         connection.execute(f"INSERT INTO order_items SELECT 'n-' || event_id, line, product_id, category, quantity, "
                            f"unit_price_cents, {new} FROM order_items WHERE 'n-' || event_id IN "

@@ -103,13 +103,10 @@ def create_tables(connection: duckdb.DuckDBPyConnection, time_zone: str = "UTC")
     # completed event, refunds) scan them rather than every event.
     # applied: the seq the copy reached with the batch that brought the row (product_state folds up to one).
     # ph: the events' person number (person_hashes.py), computed as they are appended.
-    # pv: for the events that are not views, the time of their person's latest view at or before them, set by the
-    # fold (prior_views.py).
     for name, schema in (("events", EVENTS_SCHEMA), ("order_events", EVENTS_SCHEMA), ("order_items", ITEMS_SCHEMA)):
         columns = ", ".join(f"{field.name} {_DUCKDB_TYPES[field.type]}" for field in schema)
         numbered = ", ph UBIGINT" if schema is EVENTS_SCHEMA else ""
-        prior = ", pv BIGINT" if name == "events" else ""
-        connection.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns}, applied BIGINT{numbered}{prior})")
+        connection.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns}, applied BIGINT{numbered})")
     # Where the copy stands: the last seq it holds, the event_id stored at it then, and the `applied` and time up
     # to which product_state holds the rows (times are >= 0: a horizon of -1 holds none); and how the DuckDB that
     # numbered its persons hashes a fixed text.
@@ -122,6 +119,7 @@ def create_tables(connection: duckdb.DuckDBPyConnection, time_zone: str = "UTC")
     product_state.create_state(connection)
     kpi_state.create_state(connection, time_zone)
     person_hashes.create_state(connection)
+    prior_views.create_state(connection)
 
 
 def arrow_batch(schema: pa.Schema, rows: Sequence[Sequence[Any]] | Sequence[dict[str, Any]]) -> pa.Table:
@@ -143,7 +141,7 @@ def append(connection: duckdb.DuckDBPyConnection, table: str, batch: pa.Table, a
     # on both of DuckDB's threads for a few thousand rows).
     rows = connection.from_arrow(marked)
     if table != "order_items":
-        rows = rows.project(f"*, {person_hashes.NUMBER} AS ph{', NULL::BIGINT AS pv' if table == 'events' else ''}")
+        rows = rows.project(f"*, {person_hashes.NUMBER} AS ph")
     rows.insert_into(table)
     if table == "events":
         # Filtered in Arrow, not by a second scan of the whole batch in DuckDB (about 3 us per row).
@@ -152,9 +150,10 @@ def append(connection: duckdb.DuckDBPyConnection, table: str, batch: pa.Table, a
 
 def fold_state(connection: duckdb.DuckDBPyConnection, top: int, step: Callable[[], None] | None = None,
                fold_bytes: int | None = None) -> None:
-    """Fold the rows applied since the last fold, up to ``top``, into the KPI state, the rows' latest views
-    (prior_views.py) and ``product_state`` (in the caller's transaction). ``step``: called between the fold's parts (the registry, the persons, each chunk of days
-    of presence, the orders), e.g. to commit a first load in pieces; the copy is not read in between.
+    """Fold the rows applied since the last fold, up to ``top``, into the KPI state, ``prior_views`` and
+    ``product_state`` (in the caller's transaction). ``step``: called between the fold's parts (the registry, the
+    persons, each chunk of days of presence, the orders, each bucket of prior_views), e.g. to commit a first load in
+    pieces; the copy is not read in between.
     ``fold_bytes``: the presence fold's budget per statement (kpi_state.FOLD_BYTES when None)."""
     folded = int(connection.execute("SELECT folded FROM copy_state").fetchone()[0])  # type: ignore[index]
     person_hashes.fold(connection, f"e.applied > {folded} AND e.applied <= {int(top)}")
@@ -176,6 +175,7 @@ def replace_revised(connection: duckdb.DuckDBPyConnection, batch: pa.Table, revi
     kpi_state.rename_persons(connection, renamed)
     person_hashes.forget(connection, list(renamed))
     kpi_state.forget_refunds(connection, revised)
+    prior_views.forget(connection, revised)
     for table in ("events", "order_events", "order_items"):
         connection.execute(f"DELETE FROM {table} WHERE event_id IN (SELECT unnest(?))", [revised])
 
@@ -460,13 +460,13 @@ class FactMirror:
                     continue  # no rows (e.g. no order yet): DuckDB cannot sniff an empty file
                 columns = {field.name: _DUCKDB_TYPES[field.type] for field in schema}
                 # PostgreSQL's CSV: NULL is an empty unquoted field, an empty string is "".
-                numbered = f", {person_hashes.NUMBER}, NULL" if name == "events" else ""
+                numbered = f", {person_hashes.NUMBER}" if name == "events" else ""
                 connection.execute(
                     f"INSERT INTO {name} SELECT *, ?{numbered} FROM read_csv(?, columns = ?, header = false, "
                     "quote = '\"', escape = '\"', allow_quoted_nulls = false, nullstr = '')",
                     [top, str(paths[name]), columns],
                 )
-            connection.execute("INSERT INTO order_events SELECT * EXCLUDE (pv) FROM events WHERE order_status IS NOT NULL")
+            connection.execute("INSERT INTO order_events SELECT * FROM events WHERE order_status IS NOT NULL")
             connection.execute("UPDATE copy_state SET seq = ?, event_id = ?", [top, top_event])
             if stepped:
                 step()

@@ -19,6 +19,7 @@ from services.funnel.engine import kpi_state, product_state
 from services.funnel.handlers import EventRecorder
 from tests.integration.funnel.helpers import facts, inquiry, order, refund, review, view
 from tests.support import eventually
+from tests.unit.funnel.duck import stale_latest_views
 
 T = datetime(2026, 3, 1, tzinfo=UTC)
 # Text that CSV must quote or could take for NULL, and text that is not ASCII.
@@ -126,6 +127,9 @@ def _kpi_state_is_the_fold_of_its_rows(mirror: FactMirror) -> None:
     assert sorted(connection.execute("SELECT * FROM person_hashes").fetchall()) == sorted(connection.execute(
         "SELECT DISTINCT ph, person_key FROM events").fetchall())
     assert connection.execute("SELECT count(*) FROM hash_clashes").fetchone()[0] == 0
+    # Each folded row that is not a view is in prior_views with its person's latest view (but for the persons a view
+    # of whom is not folded yet).
+    assert stale_latest_views(connection) == 0
 
 
 @pytest.mark.parametrize("fold_rows", [product_state.FOLD_ROWS, 1])

@@ -89,3 +89,24 @@ applications = st.fixed_dictionaries({
     "folds": st.sets(st.integers(-1, 4), max_size=3),
     "erase": st.sampled_from((None, None, "x0-ann", "x0-bob")),  # build(raw, 0)'s persons
 })
+
+
+def stale_latest_views(duck: duckdb.DuckDBPyConnection) -> int:
+    """For the persons with no view applied since the fold (and no shared number), the rows of ``prior_views`` that
+    differ from one row per folded event that is not a view with its person's latest view at or before it among the
+    copy's rows (a correlated max, not the fold's ASOF JOIN), either way."""
+    return duck.execute("""
+        WITH standing AS (SELECT folded FROM copy_state),
+        kept AS (
+            SELECT ph FROM events EXCEPT SELECT ph FROM events, standing WHERE applied > folded AND type = 'view'
+            EXCEPT SELECT ph FROM hash_clashes
+        ),
+        expected AS (
+            SELECT e.type, e.ph, e.occurred_us AS t, (
+                SELECT max(v.occurred_us) FROM events v
+                WHERE v.type = 'view' AND v.ph = e.ph AND v.occurred_us <= e.occurred_us) AS pv
+            FROM events e, standing s WHERE e.type <> 'view' AND e.applied <= s.folded AND e.ph IN (SELECT ph FROM kept)
+        ),
+        held AS (SELECT * FROM prior_views WHERE ph IN (SELECT ph FROM kept))
+        SELECT (SELECT count(*) FROM (SELECT * FROM expected EXCEPT ALL SELECT * FROM held))
+             + (SELECT count(*) FROM (SELECT * FROM held EXCEPT ALL SELECT * FROM expected))""").fetchone()[0]

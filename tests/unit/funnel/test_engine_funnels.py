@@ -37,7 +37,7 @@ from tests.integration.funnel.test_property import CUSTOM_FUNNELS, FIRST_ERA, bu
 from tests.integration.funnel.test_property import histories as shop_histories
 
 from .builders import at, cart, inquiry, item, order, refund, view
-from .duck import append_facts, erased
+from .duck import append_facts, erased, stale_latest_views
 from .duck import duck_of as applied_copy
 
 
@@ -45,7 +45,7 @@ def load(connection: duckdb.DuckDBPyConnection, facts: Sequence[FunnelEvent]) ->
     """The copy holding exactly these facts, as the service stores them (first arrival of an event_id)."""
     first = list({fact.event_id: fact for fact in reversed(facts)}.values())
     create_tables(connection)
-    for table in ("events", "order_events", "order_items", "product_state"):
+    for table in ("events", "order_events", "order_items", "product_state", "prior_views"):
         connection.execute(f"DELETE FROM {table}")
     kpi_state.clear(connection)  # the day sets and the registry are read by funnels too: none of another example's
     person_hashes.clear(connection)
@@ -292,20 +292,6 @@ def queries_made() -> Iterator[list[dict]]:
         yield made
     finally:
         engine._query = real
-
-
-def stale_latest_views(duck: duckdb.DuckDBPyConnection) -> int:
-    """The folded rows of persons with no view applied since (and no shared number) whose ``pv`` is not their
-    person's latest view at or before them among the copy's rows (a correlated max, not the fold's ASOF JOIN)."""
-    return duck.execute("""
-        WITH standing AS (SELECT folded FROM copy_state)
-        SELECT count(*) FROM events e, standing s
-        WHERE e.type <> 'view' AND e.applied <= s.folded
-          AND e.ph NOT IN (SELECT ph FROM events, standing WHERE applied > folded AND type = 'view')
-          AND e.ph NOT IN (SELECT ph FROM hash_clashes)
-          AND e.pv IS DISTINCT FROM (
-              SELECT max(v.occurred_us) FROM events v
-              WHERE v.type = 'view' AND v.ph = e.ph AND v.occurred_us <= e.occurred_us)""").fetchone()[0]
 
 
 @settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
