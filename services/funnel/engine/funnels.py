@@ -11,7 +11,9 @@ is a function of the earlier steps only:
 - L(e) = t(e) for a step-1 event in range;
 - for a later step, L(e) = the largest L(e') over the previous step's events e' with t(e') <= t(e), provided
   t(e) <= that L + W (else no chain reaches e). Among the events a chain reaches, L never decreases with time,
-  so that largest L is the one of the latest reached event at or before t(e): one ASOF JOIN per step.
+  so that largest L is the one of the latest reached event at or before t(e): one ASOF JOIN per step. When step 1
+  is every view (no filter), step 2's L(e) is its person's latest view at or before t(e) if that lies in range:
+  read from ``prior_views`` (prior_views.py), which the copy's fold keeps, for all but the persons it may be stale for.
 
 Then, per unit: its level is the furthest step reached, ``latest_start_at_level`` the largest L there
 (in_progress), its time to convert the smallest ``t(ek) - L(ek)``, and its completing event the last-step

@@ -12,7 +12,7 @@ the same insert), and the fold keeps, beside the KPI and product state:
 
 A funnel may group by ``ph`` alone when no two keys among the rows it reads share one, which holds when
 ``hash_clashes`` is empty and the rows applied after ``copy_state.folded`` (at most a fold's worth) bring no key
-whose number another key has, in the registry or among them (``clash_possible``, one query in the funnel's
+whose number another key has, in the registry or among them (``clash_possible``, in the funnel's
 snapshot). Otherwise the funnel computes its answer by the keys themselves.
 
 Exact under everything the copy meets: a row's ``ph`` is a function of its own key, so late and out-of-order
@@ -27,6 +27,7 @@ running DuckDB hashes it otherwise (``mirror.py``).
 from __future__ import annotations
 
 import duckdb
+import pyarrow as pa
 
 # A row's person number, as the copy computes it when the row is appended.
 NUMBER = "hash(person_key)"
@@ -71,13 +72,27 @@ def forget(connection: duckdb.DuckDBPyConnection, person_keys: list[str]) -> Non
 
 def clash_possible(cursor: duckdb.DuckDBPyConnection, folded: int) -> bool:
     """Whether two keys among the copy's rows may share a number: a recorded clash, or a key of the rows applied
-    after ``folded`` whose number another key has (registered, or of those rows). Run in the query's snapshot."""
-    return bool(cursor.execute("""
-        WITH fresh AS (SELECT DISTINCT ph, person_key FROM events WHERE applied > $folded)
-        SELECT EXISTS (SELECT 1 FROM hash_clashes)
-            OR EXISTS (SELECT 1 FROM fresh f JOIN person_hashes p ON p.ph = f.ph WHERE p.person_key <> f.person_key)
-            OR EXISTS (SELECT 1 FROM fresh GROUP BY ph HAVING count(*) > 1)""",
-        {"folded": folded}).fetchone()[0])  # type: ignore[index]
+    after ``folded`` whose number another key has (registered, or of those rows). Run in the query's snapshot.
+    In steps, so that the registry (a row per person) is only probed for the unfolded rows' numbers: as one join,
+    DuckDB built its hash table on the registry at every funnel query (1M persons: 135-215 ms with no unfolded row;
+    now 1.3 ms, and ~130 ms with 50,000 unfolded rows)."""
+    if cursor.execute("SELECT EXISTS (SELECT 1 FROM hash_clashes)").fetchone()[0]:  # type: ignore[index]
+        return True
+    fresh = cursor.execute("SELECT ph, count(DISTINCT person_key), min(person_key) FROM events WHERE applied > ? "
+                           "GROUP BY ph", [folded]).fetchall()
+    if any(keys > 1 for _, keys, _ in fresh):
+        return True
+    if not fresh:
+        return False
+    keys = {number: key for number, _, key in fresh}
+    # (An Arrow table: a list parameter of 50,000 numbers took 10 s to probe with.)
+    cursor.register("fresh_numbers", pa.table({"ph": pa.array(list(keys), pa.uint64())}))
+    try:
+        registered = cursor.execute(
+            "SELECT ph, person_key FROM person_hashes WHERE ph IN (SELECT ph FROM fresh_numbers)").fetchall()
+    finally:
+        cursor.unregister("fresh_numbers")
+    return any(keys[number] != key for number, key in registered)
 
 
 __all__ = ("HASH_PROBE", "NUMBER", "PROBE_SQL", "clash_possible", "clear", "create_state", "fold", "forget")
