@@ -75,7 +75,7 @@ def clash_possible(cursor: duckdb.DuckDBPyConnection, folded: int) -> bool:
     after ``folded`` whose number another key has (registered, or of those rows). Run in the query's snapshot.
     In steps, so that the registry (a row per person) is only probed for the unfolded rows' numbers: as one join,
     DuckDB built its hash table on the registry at every funnel query (1M persons: 135-215 ms with no unfolded row;
-    now 1.3 ms, and ~130 ms with 50,000 unfolded rows)."""
+    now 1-2 ms, and 170-300 ms with 50,000 unfolded rows)."""
     if cursor.execute("SELECT EXISTS (SELECT 1 FROM hash_clashes)").fetchone()[0]:  # type: ignore[index]
         return True
     fresh = cursor.execute("SELECT ph, count(DISTINCT person_key), min(person_key) FROM events WHERE applied > ? "

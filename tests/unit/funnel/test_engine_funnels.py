@@ -30,7 +30,7 @@ from services.funnel.domain.funnels import (
     funnel_result,
 )
 from services.funnel.engine import funnels as engine
-from services.funnel.engine import kpi_state, person_hashes
+from services.funnel.engine import kpi_state, person_hashes, prior_views
 from services.funnel.engine.funnels import funnel_result_sql, handles
 from tests.integration.funnel.helpers import facts
 from tests.integration.funnel.test_property import CUSTOM_FUNNELS, FIRST_ERA, build
@@ -295,13 +295,24 @@ def queries_made() -> Iterator[list[dict]]:
 
 
 @settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
-@given(case=cases(viewing_definitions()), applied=applications)
-def test_step_two_from_the_latest_view_equals_the_domain(case, applied):
+@given(case=cases(viewing_definitions()), applied=applications, bucket_rows=st.sampled_from((2_000_000, 1, 7)))
+def test_step_two_from_the_latest_view_equals_the_domain(case, applied, bucket_rows):
     definition, facts, (start, end, as_of), breakdown = case
-    with queries_made() as made, applied_copy(facts, **applied) as duck:
+    # The fold in buckets of persons (by number) as a large first load computes it: here of a row or a few.
+    with bucketed(bucket_rows), queries_made() as made, applied_copy(facts, **applied) as duck:
         _check(duck, definition, erased(facts, applied["erase"]), start, end, as_of, breakdown)
         assert stale_latest_views(duck) == 0
     assert any(options.get("prior") for options in made)  # the wider range of _check always asks
+
+
+@contextmanager
+def bucketed(rows: int) -> Iterator[None]:
+    saved = prior_views.BUCKET_ROWS
+    prior_views.BUCKET_ROWS = rows
+    try:
+        yield
+    finally:
+        prior_views.BUCKET_ROWS = saved
 
 
 @contextmanager
