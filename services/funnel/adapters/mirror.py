@@ -426,7 +426,8 @@ class FactMirror:
         their fold): one transaction's commit of it all held ~300 MB more than the load itself at 10M events (the
         fold's bitstrings), the process's peak. Until its last step the copy's version is ``LOADING``: a process
         stopped half way leaves a file ``_open`` rebuilds, and a load that fails is emptied for the retry. One that
-        fails in DuckDB drops that pool, and the retry loads in one transaction under the copy's own: at 30M events
+        fails in DuckDB drops that pool, and the retry loads in one transaction under the copy's own (then
+        ``prior_views`` in a second, see ``_load``): at 30M events
         the steps under 256MB ran out of it (OutOfMemory), or their commit's checkpoint did, which invalidates the
         database (FatalException), where one transaction under 512MB completes."""
         limit = self._load_memory_limit

@@ -91,13 +91,6 @@ def create_state(connection: duckdb.DuckDBPyConnection, time_zone: str = "UTC") 
         connection.execute("INSERT INTO kpi_state VALUES (?, 0, ?)", [time_zone, MIN_CAPACITY])
 
 
-def clear(connection: duckdb.DuckDBPyConnection) -> None:
-    for table in ("person_ids", "presence", "source_presence", "source_viewers", "order_state", "inquiry_state",
-                  "refund_state"):
-        connection.execute(f"DELETE FROM {table}")
-    connection.execute("UPDATE kpi_state SET persons = 0, capacity = ?", [MIN_CAPACITY])
-
-
 def time_zone_of(connection: duckdb.DuckDBPyConnection) -> str:
     return str(connection.execute("SELECT time_zone FROM kpi_state").fetchone()[0])  # type: ignore[index]
 

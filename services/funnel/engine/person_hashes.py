@@ -41,11 +41,6 @@ def create_state(connection: duckdb.DuckDBPyConnection) -> None:
     connection.execute("CREATE TABLE IF NOT EXISTS hash_clashes (ph UBIGINT)")
 
 
-def clear(connection: duckdb.DuckDBPyConnection) -> None:
-    for table in ("person_hashes", "hash_clashes"):
-        connection.execute(f"DELETE FROM {table}")
-
-
 def fold(connection: duckdb.DuckDBPyConnection, where: str) -> None:
     """The keys of the rows meeting ``where`` registered with their number, and the numbers they share with
     another key recorded (inside the caller's transaction)."""
@@ -95,4 +90,4 @@ def clash_possible(cursor: duckdb.DuckDBPyConnection, folded: int) -> bool:
     return any(keys[number] != key for number, key in registered)
 
 
-__all__ = ("HASH_PROBE", "NUMBER", "PROBE_SQL", "clash_possible", "clear", "create_state", "fold", "forget")
+__all__ = ("HASH_PROBE", "NUMBER", "PROBE_SQL", "clash_possible", "create_state", "fold", "forget")

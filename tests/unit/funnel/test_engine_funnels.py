@@ -30,7 +30,7 @@ from services.funnel.domain.funnels import (
     funnel_result,
 )
 from services.funnel.engine import funnels as engine
-from services.funnel.engine import kpi_state, person_hashes, prior_views
+from services.funnel.engine import person_hashes, prior_views
 from services.funnel.engine.funnels import funnel_result_sql, handles
 from tests.integration.funnel.helpers import facts
 from tests.integration.funnel.test_property import CUSTOM_FUNNELS, FIRST_ERA, build
@@ -44,12 +44,11 @@ from .duck import duck_of as applied_copy
 def load(connection: duckdb.DuckDBPyConnection, facts: Sequence[FunnelEvent]) -> duckdb.DuckDBPyConnection:
     """The copy holding exactly these facts, as the service stores them (first arrival of an event_id)."""
     first = list({fact.event_id: fact for fact in reversed(facts)}.values())
+    # Every table of another example's copy dropped (the state's too: funnels read the day sets and the registry),
+    # then created afresh.
+    for (table,) in connection.execute("SELECT table_name FROM duckdb_tables() WHERE NOT temporary").fetchall():
+        connection.execute(f'DROP TABLE "{table}"')
     create_tables(connection)
-    for table in ("events", "order_events", "order_items", "product_state", "prior_views"):
-        connection.execute(f"DELETE FROM {table}")
-    kpi_state.clear(connection)  # the day sets and the registry are read by funnels too: none of another example's
-    person_hashes.clear(connection)
-    connection.execute("UPDATE copy_state SET folded = 0, horizon = -1")
     # In two batches, product_state folded after the first: products' categories come from the state and the
     # rows beside it (or, for an as_of before the state's horizon, from the events).
     append_facts(connection, first[: len(first) // 2], 1)
