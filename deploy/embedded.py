@@ -209,17 +209,28 @@ async def drain(running: list[Running], bootstrap: str, control_dir: Path, setti
     return False
 
 
-def _stop(running: list[Running], broker: EmbeddedBroker | None) -> None:
+# How long the services have to stop after SIGTERM (uvicorn's graceful shutdown is 20 s) before they are killed.
+STOP_SECONDS = 30.0
+
+
+def _stop(running: list[Running], broker: EmbeddedBroker | None, timeout_seconds: float = STOP_SECONDS) -> list[str]:
+    """SIGTERM every service, then the broker; a service still running ``timeout_seconds`` later is killed.
+    Returns the names of those killed."""
     for service in reversed(running):
         if service.process.poll() is None:
             service.process.send_signal(signal.SIGTERM)
+    killed = []
+    deadline = time.monotonic() + timeout_seconds
     for service in reversed(running):
         try:
-            service.process.wait(timeout=30)
+            service.process.wait(timeout=max(deadline - time.monotonic(), 0.01))
         except subprocess.TimeoutExpired:
             service.process.kill()
+            service.process.wait()
+            killed.append(service.name)
     if broker is not None:
         broker.stop()
+    return killed
 
 
 class BrokerMemoryWatch:
@@ -322,15 +333,21 @@ def main() -> int:
         print(flush=True)
         drained = asyncio.run(drain(running, bootstrap, control_dir, settings, stopping))
         print("services finish their batch in hand and close their databases, then the broker stops", flush=True)
-        return 0 if drained else 1
+        status = 0 if drained else 1
     except (RuntimeError, TimeoutError, OSError) as exc:
         print(f"make run failed: {exc}\nlogs: {logs}", file=sys.stderr)
         return 1
     finally:
-        _stop(running, broker)
+        killed = _stop(running, broker)
         shutil.rmtree(control_dir, ignore_errors=True)
+        if killed:
+            # Not a clean stop: a SQLite database then keeps its last writes in the -wal file beside it (applied at
+            # the next start), not in the file itself.
+            print(f"{', '.join(killed)} did not stop within {STOP_SECONDS:.0f} s and {'was' if len(killed) == 1 else 'were'} "
+                  f"killed; logs: {logs}", file=sys.stderr, flush=True)
         if ready:
             print("stopped", flush=True)
+    return 1 if killed else status
 
 
 def _announce(bootstrap: str, running: list[Running], logs: Path, *, embedded: bool) -> None:
