@@ -23,7 +23,8 @@ class FunnelService(Service):
         self.mirror = FactMirror(self.database, load_wait_seconds=settings.fact_copy_wait_seconds,
                                  directory=settings.fact_copy_dir, memory_limit=settings.fact_copy_memory_limit,
                                  threads=settings.fact_copy_threads, time_zone=settings.common.timezone,
-                                 load_memory_limit=settings.fact_copy_load_memory_limit)
+                                 load_memory_limit=settings.fact_copy_load_memory_limit,
+                                 retry_memory_limit=settings.fact_copy_retry_memory_limit)
 
     async def start(self) -> None:
         await super().start()

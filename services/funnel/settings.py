@@ -28,13 +28,16 @@ class FunnelSettings(ServiceSettings):
     # memory and rebuilds it from the database at every start. On disk its size is bounded by disk, not RAM,
     # and a restart catches up from the seq it had reached.
     fact_copy_dir: str | None = None
-    # DuckDB's buffer pool for the copy (e.g. "512MB"): on disk, the copy's memory stays within it (queries
-    # that need more spill to a temporary directory beside the file).
-    fact_copy_memory_limit: str = Field(default="512MB", pattern=MEMORY_SIZE_PATTERN)
+    # DuckDB's buffer pool for the copy (e.g. "384MB"): on disk, the copy's memory stays within it (queries
+    # that need more spill to a temporary directory beside the file). DuckDB keeps the buffers it freed up to it,
+    # so the process's resident memory settles near its Python part plus this (docs/funnel.md, session 12).
+    fact_copy_memory_limit: str = Field(default="384MB", pattern=MEMORY_SIZE_PATTERN)
     # The buffer pool while the first load from PostgreSQL reads every row and folds them, committed in steps:
     # that load sets the process's peak memory (docs/funnel.md "The first load's buffer pool"). A load that runs
-    # out of it (any DuckDB error) is retried in one transaction under ``fact_copy_memory_limit``.
+    # out of it (any DuckDB error) is retried in one transaction under ``fact_copy_retry_memory_limit``.
     fact_copy_load_memory_limit: str = Field(default="256MB", pattern=MEMORY_SIZE_PATTERN)
+    # The buffer pool of that retry (the pool in which one transaction completed the first load at 30M events).
+    fact_copy_retry_memory_limit: str = Field(default="512MB", pattern=MEMORY_SIZE_PATTERN)
     fact_copy_threads: int = Field(default=2, ge=1, le=64)
     # The longest pause between two attempts of a copy sync that keeps failing (the pause doubles from 0.25 s
     # at each failure in a row): a failed first load exports every row again at each attempt.

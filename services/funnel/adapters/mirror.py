@@ -221,7 +221,7 @@ class FactMirror:
 
     def __init__(self, database: Database, *, load_wait_seconds: float = 5.0, directory: str | Path | None = None,
                  memory_limit: str | None = None, threads: int = 2, time_zone: str = "UTC",
-                 load_memory_limit: str | None = None) -> None:
+                 load_memory_limit: str | None = None, retry_memory_limit: str | None = None) -> None:
         self.database = database
         self.time_zone = time_zone  # the reporting time zone: the days of the KPI state
         self.load_wait_seconds = load_wait_seconds
@@ -234,12 +234,14 @@ class FactMirror:
         self._config: dict[str, Any] = {"threads": threads}
         if memory_limit is not None:
             self._config["memory_limit"] = memory_limit
-        # The first load's buffer pool (PostgreSQL's bulk load; the copy's own after it): a SET statement's text,
-        # so a size and nothing else. Dropped once a load runs out of it.
-        for size in (memory_limit, load_memory_limit):
+        # The first load's buffer pool (PostgreSQL's bulk load; the copy's own after it), and that of its retry in
+        # one transaction (None: the copy's own): a SET statement's text, so a size and nothing else. The first is
+        # dropped once a load runs out of it.
+        for size in (memory_limit, load_memory_limit, retry_memory_limit):
             if size is not None and not _MEMORY_SIZE.fullmatch(size):
                 raise ValueError(f"not a memory size: {size!r}")
         self._load_memory_limit = load_memory_limit
+        self._retry_memory_limit = retry_memory_limit
         self.generation = 0
         self.seq = 0
         self.folded = 0  # the seq up to which product_state holds the rows
@@ -426,24 +428,27 @@ class FactMirror:
         their fold): one transaction's commit of it all held ~300 MB more than the load itself at 10M events (the
         fold's bitstrings), the process's peak. Until its last step the copy's version is ``LOADING``: a process
         stopped half way leaves a file ``_open`` rebuilds, and a load that fails is emptied for the retry. One that
-        fails in DuckDB drops that pool, and the retry loads in one transaction under the copy's own (then
-        ``prior_views`` in a second, see ``_load``): at 30M events
-        the steps under 256MB ran out of it (OutOfMemory), or their commit's checkpoint did, which invalidates the
-        database (FatalException), where one transaction under 512MB completes."""
-        limit = self._load_memory_limit
+        fails in DuckDB drops that pool, and the retry loads in one transaction under ``retry_memory_limit`` (then
+        ``prior_views`` in a second, see ``_load``): at 30M events the steps under 256MB ran out of it (OutOfMemory),
+        or their commit's checkpoint did, which invalidates the database (FatalException), where one transaction
+        under 512MB completes."""
+        stepped = self._load_memory_limit is not None
+        limit = self._load_memory_limit if stepped else self._retry_memory_limit
         try:
             with self._write:
                 if limit is not None:
                     self.duckdb.execute(f"SET memory_limit = '{limit}'")
-                self._load(paths, top, top_event, stepped=limit is not None)
+                self._load(paths, top, top_event, stepped=stepped)
                 if limit is not None:
                     own = self._config.get("memory_limit")
                     self.duckdb.execute(f"SET memory_limit = '{own}'" if own is not None else "RESET memory_limit")
         except BaseException as exc:
             # (_clear's new database has the copy's own pool.)
-            if limit is not None and isinstance(exc, duckdb.Error):
+            if stepped and isinstance(exc, duckdb.Error):
                 log.warning("fact copy's first load in steps under its load memory limit failed: retried in one "
-                            "transaction under the copy's", extra={"load_memory_limit": limit, "reason": _reason(exc)})
+                            "transaction", extra={"load_memory_limit": limit,
+                                                  "retry_memory_limit": self._retry_memory_limit,
+                                                  "reason": _reason(exc)})
                 self._load_memory_limit = None
             self._clear()
             raise

@@ -237,12 +237,13 @@ def _memory_limit_of(size: str) -> str:
 
 @pytest.mark.parametrize("failure", [duckdb.OutOfMemoryException, duckdb.FatalException])
 @pytest.mark.parametrize("on_disk", [True, False])
-async def test_a_first_load_runs_under_its_own_buffer_pool_and_one_out_of_it_is_retried_under_the_copys(
+async def test_a_first_load_runs_under_its_own_buffer_pool_and_one_out_of_it_is_retried_under_the_retrys(
         database_url, tmp_path, monkeypatch, failure, on_disk):
     """PostgreSQL's bulk load (which sets the process's peak memory) runs in steps under ``load_memory_limit``; a
     load that fails in DuckDB there (out of that pool; or its checkpoint out of it, which invalidates the database:
-    a FatalException) leaves an empty copy and drops that limit, so the retry runs in one transaction under the
-    copy's own; the copy's limit is back after either; in a file or in memory. SQLite's batches never use it."""
+    a FatalException) leaves an empty copy and drops that limit, so the retry runs in one transaction under
+    ``retry_memory_limit``; the copy's limit is back after either; in a file or in memory. SQLite's batches never
+    use either."""
     monkeypatch.setattr(product_state, "FOLD_ROWS", 1)  # SQLite's batches fold as they apply
     database = Database(database_url, metadata=metadata, migrations=MIGRATIONS)
     await database.start()
@@ -259,14 +260,14 @@ async def test_a_first_load_runs_under_its_own_buffer_pool_and_one_out_of_it_is_
         fold(connection, top, step, fold_bytes)
 
     monkeypatch.setattr(kpi_state, "fold", recording_fold)
-    own, load = _memory_limit_of("300MB"), _memory_limit_of("100MB")
+    own, load, retry = _memory_limit_of("300MB"), _memory_limit_of("100MB"), _memory_limit_of("200MB")
     try:
         for offset in (1, 2):
             async with database.begin() as connection:
                 await store_facts(connection, _events(offset))
         stored = await _stored(database)
         mirror = FactMirror(database, directory=tmp_path if on_disk else None, memory_limit="300MB",
-                            load_memory_limit="100MB")
+                            load_memory_limit="100MB", retry_memory_limit="200MB")
         with pytest.raises(failure):
             await mirror.refresh()
         assert mirror.duckdb.execute("SELECT count(*) FROM events").fetchone()[0] == 0
@@ -275,9 +276,9 @@ async def test_a_first_load_runs_under_its_own_buffer_pool_and_one_out_of_it_is_
         assert await mirror.refresh() == len(stored[0])
         assert _copied(mirror) == stored
         _kpi_state_is_the_fold_of_its_rows(mirror)
-        # PostgreSQL: in steps under the load's (with the smaller budget), then in one transaction under the copy's.
+        # PostgreSQL: in steps under the load's (with the smaller budget), then in one transaction under the retry's.
         assert limits == ([(own, False, None)] * 2 if database.is_sqlite
-                          else [(load, True, LOAD_FOLD_BYTES), (own, False, None)])
+                          else [(load, True, LOAD_FOLD_BYTES), (retry, False, None)])
         assert mirror.duckdb.execute("SELECT current_setting('memory_limit')").fetchone()[0] == own
         await mirror.stop()
 
@@ -288,7 +289,8 @@ async def test_a_first_load_runs_under_its_own_buffer_pool_and_one_out_of_it_is_
         assert limits == ([(own, False, None)] if database.is_sqlite else [(load, True, LOAD_FOLD_BYTES)])
         assert mirror.duckdb.execute("SELECT current_setting('memory_limit')").fetchone()[0] == own
         await mirror.stop()
-        for sizes in ({"load_memory_limit": "1GB'; DROP TABLE events; --"}, {"memory_limit": "1GB' --"}):
+        for sizes in ({"load_memory_limit": "1GB'; DROP TABLE events; --"}, {"memory_limit": "1GB' --"},
+                      {"retry_memory_limit": "1GB' --"}):
             with pytest.raises(ValueError, match="not a memory size"):
                 FactMirror(database, **sizes)
     finally:
