@@ -27,6 +27,16 @@ def micros(period: timedelta) -> int:
     return (period.days * 86_400 + period.seconds) * 1_000_000 + period.microseconds
 
 
+def first_completed(columns: str, where: str) -> str:
+    """SQL: per order, its earliest completed event (ties by the smallest event_id) among the rows of ``order_events
+    e`` meeting ``where``, with ``columns`` of ``e``: where ``History.orders`` counts an order. The one form of that
+    rule over the rows: the KPI state's fold (``kpi_state.counting_events``), the KPIs' plain SQL and a funnel's
+    order step take it from here."""
+    return f"""SELECT {columns} FROM order_events e
+    WHERE {where} AND e.order_status = 'completed' AND e.order_id IS NOT NULL
+    QUALIFY row_number() OVER (PARTITION BY e.order_id ORDER BY e.occurred_us, e.event_id) = 1"""
+
+
 def placed_orders() -> str:
     """CTEs ``placed_events`` (the orders of the CTE ``counted``, ``kpi_state.counted_orders``, whose counting event
     lies in [$since, $until) and at or before $as_of: event_id, order_id, person_key, person_id, occurred_us, amount: the

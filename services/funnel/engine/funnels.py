@@ -62,6 +62,7 @@ from services.funnel.domain.funnels import (
 )
 from services.funnel.domain.stats import median, ratio
 from services.funnel.engine import kpi_state, kpis, person_hashes, prior_views, product_state
+from services.funnel.engine.facts import first_completed
 
 _MAX_BIGINT = 2**63 - 1
 # How units are numbered for joins and groups, from their keys (a collision is detected, and the answer is then
@@ -647,10 +648,9 @@ def _step(
 ),
 k{index} AS (
     SELECT * FROM (
-        SELECT event_id, order_id, person_key, occurred_us, source, total_cents{", ph" if unit.stored else ""}
-        FROM order_events
-        WHERE order_status = 'completed' AND occurred_us < {until} AND order_id IN (SELECT order_id FROM o{index})
-        QUALIFY row_number() OVER (PARTITION BY order_id ORDER BY occurred_us, event_id) = 1
+        {first_completed(
+            f"e.event_id, e.order_id, e.person_key, e.occurred_us, e.source, e.total_cents{', e.ph' if unit.stored else ''}",
+            f"e.occurred_us < {until} AND e.order_id IN (SELECT order_id FROM o{index})")}
     ) WHERE occurred_us >= $start{reached}
 )"""
         )

@@ -55,6 +55,7 @@ from zoneinfo import ZoneInfo
 import duckdb
 
 from libs.common.events import epoch_micros
+from services.funnel.engine.facts import first_completed
 
 # The event types whose distinct persons the KPIs count.
 PRESENCE_TYPES = ("view", "add_to_cart", "inquiry")
@@ -251,10 +252,7 @@ def counting_events(where: str) -> str:
     (order_id, event_id, person_key, occurred_us, amount), amount the total, else the sum of its lines."""
     return f"""
     WITH firsts AS (
-        SELECT e.order_id, e.event_id, e.person_key, e.occurred_us, e.total_cents
-        FROM order_events e
-        WHERE {where} AND e.order_status = 'completed' AND e.order_id IS NOT NULL
-        QUALIFY row_number() OVER (PARTITION BY e.order_id ORDER BY e.occurred_us, e.event_id) = 1
+        {first_completed("e.order_id, e.event_id, e.person_key, e.occurred_us, e.total_cents", where)}
     ),
     lines AS (
         SELECT i.event_id, sum(i.quantity::HUGEINT * i.unit_price_cents) AS cents

@@ -22,7 +22,7 @@ import duckdb
 from libs.common.events import epoch_micros
 from services.funnel.domain.kpis import INQUIRY_FOLLOW_UP, KpiCounts, Kpis, day_spans, kpis_of
 from services.funnel.engine import kpi_state, product_state
-from services.funnel.engine.facts import fetch
+from services.funnel.engine.facts import fetch, first_completed
 
 _FOLLOW_UP_US = INQUIRY_FOLLOW_UP.days * 86_400_000_000 + INQUIRY_FOLLOW_UP.seconds * 1_000_000
 
@@ -102,10 +102,8 @@ candidates AS (
       AND occurred_us <= $as_of
 ),
 counting AS (
-    SELECT k.event_id, k.order_id, k.person_key, k.occurred_us, k.total_cents
-    FROM order_events k SEMI JOIN candidates c ON k.order_id = c.order_id
-    WHERE k.order_status = 'completed' AND k.occurred_us <= $as_of
-    QUALIFY row_number() OVER (PARTITION BY k.order_id ORDER BY k.occurred_us, k.event_id) = 1
+    """ + first_completed("e.event_id, e.order_id, e.person_key, e.occurred_us, e.total_cents",
+                            "e.order_id IN (SELECT order_id FROM candidates) AND e.occurred_us <= $as_of") + """
 ),
 lines AS (
     SELECT i.event_id, sum(i.quantity::HUGEINT * i.unit_price_cents) AS cents
