@@ -362,7 +362,10 @@ async def test_the_copy_fed_by_the_consumer_equals_the_stored_facts_with_other_w
         second = _built(2)
         await _record(database, recorder, second)
         assert len(mirror._written) == 1
+        handed_over = mirror.rows_handed_over
         assert await mirror.refresh() == len(AWKWARD) + 1
+        # Applied as handed over, not read back from the database.
+        assert mirror.rows_handed_over - handed_over == len(AWKWARD) + 1
         assert not mirror._written and _copied(mirror) == await _stored(database)
 
         # Another replica writes between two of this process's batches; then a batch that rolls back, a batch
