@@ -214,7 +214,7 @@ STOP_SECONDS = 30.0
 
 
 def _stop(running: list[Running], broker: EmbeddedBroker | None, timeout_seconds: float = STOP_SECONDS) -> list[str]:
-    """SIGTERM every service, then the broker; a service still running ``timeout_seconds`` later is killed.
+    """SIGTERM every service, then stop the broker; a service still running ``timeout_seconds`` later is killed.
     Returns the names of those killed."""
     for service in reversed(running):
         if service.process.poll() is None:

@@ -224,8 +224,7 @@ class Database:
         clean stop leaves one self-contained file (and no older page versions in a -wal beside it)."""
         if self.is_sqlite:
             try:
-                # (Up to 2 s: at a stop under load, a request or batch finishing may still hold a snapshot.)
-                await self._checkpoint(attempts=20)
+                await self._checkpoint()
             except Exception:
                 log.exception("checkpoint at close failed; the WAL is applied at the next open")
         await self.engine.dispose()
